@@ -1,0 +1,153 @@
+//! Algorithm registry: wire ids, nonce and tag sizes (DESIGN §3).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, FormatError};
+
+/// A value's algorithm, as named by byte 3 of the wire header.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// AES-256-GCM, 96-bit random nonce (id `0x01`). The default.
+    #[default]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305, 96-bit random nonce (id `0x02`).
+    ChaCha20Poly1305,
+    /// XChaCha20-Poly1305, 192-bit random nonce (id `0x03`).
+    XChaCha20Poly1305,
+    /// AES-256-GCM-SIV, nonce-misuse resistant (id `0x04`).
+    Aes256GcmSiv,
+    /// HMAC-SHA256 signatures, no nonce, 32-byte tag (id `0x10`).
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// All algorithms, in id order.
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::Aes256Gcm,
+        Algorithm::ChaCha20Poly1305,
+        Algorithm::XChaCha20Poly1305,
+        Algorithm::Aes256GcmSiv,
+        Algorithm::HmacSha256,
+    ];
+
+    /// The AEAD algorithms (everything but HMAC).
+    pub const AEAD: [Algorithm; 4] = [
+        Algorithm::Aes256Gcm,
+        Algorithm::ChaCha20Poly1305,
+        Algorithm::XChaCha20Poly1305,
+        Algorithm::Aes256GcmSiv,
+    ];
+
+    /// The wire id byte.
+    pub const fn id(self) -> u8 {
+        match self {
+            Algorithm::Aes256Gcm => 0x01,
+            Algorithm::ChaCha20Poly1305 => 0x02,
+            Algorithm::XChaCha20Poly1305 => 0x03,
+            Algorithm::Aes256GcmSiv => 0x04,
+            Algorithm::HmacSha256 => 0x10,
+        }
+    }
+
+    /// The algorithm with this wire id.
+    pub const fn from_id(id: u8) -> Result<Algorithm, FormatError> {
+        Ok(match id {
+            0x01 => Algorithm::Aes256Gcm,
+            0x02 => Algorithm::ChaCha20Poly1305,
+            0x03 => Algorithm::XChaCha20Poly1305,
+            0x04 => Algorithm::Aes256GcmSiv,
+            0x10 => Algorithm::HmacSha256,
+            other => return Err(FormatError::UnknownAlgorithm(other)),
+        })
+    }
+
+    /// Nonce length in bytes (0 for HMAC).
+    pub const fn nonce_len(self) -> usize {
+        match self {
+            Algorithm::XChaCha20Poly1305 => 24,
+            Algorithm::HmacSha256 => 0,
+            _ => 12,
+        }
+    }
+
+    /// Tag length in bytes.
+    pub const fn tag_len(self) -> usize {
+        match self {
+            Algorithm::HmacSha256 => 32,
+            _ => 16,
+        }
+    }
+
+    /// Whether this is an AEAD (encrypting) algorithm.
+    pub const fn is_aead(self) -> bool {
+        !matches!(self, Algorithm::HmacSha256)
+    }
+
+    /// HKDF label of DESIGN §3: `"aead"` or `"mac"`.
+    pub const fn kdf_label(self) -> &'static [u8] {
+        if self.is_aead() { b"aead" } else { b"mac" }
+    }
+
+    /// Safe number of encryptions per key version with random nonces, if the
+    /// algorithm has such a limit: 2^32 for 96-bit random nonces (NIST SP 800-38D
+    /// §8.3); none for XChaCha (192-bit nonces), AES-GCM-SIV (misuse resistant,
+    /// but we keep the same conservative bound) and HMAC.
+    pub const fn encryption_limit(self) -> Option<u64> {
+        match self {
+            Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 | Algorithm::Aes256GcmSiv => {
+                Some(1 << 32)
+            }
+            Algorithm::XChaCha20Poly1305 | Algorithm::HmacSha256 => None,
+        }
+    }
+
+    /// Stable name, e.g. `aes-256-gcm`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::Aes256Gcm => "aes-256-gcm",
+            Algorithm::ChaCha20Poly1305 => "chacha20-poly1305",
+            Algorithm::XChaCha20Poly1305 => "xchacha20-poly1305",
+            Algorithm::Aes256GcmSiv => "aes-256-gcm-siv",
+            Algorithm::HmacSha256 => "hmac-sha256",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown algorithm name {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_unknown_ids_are_typed() {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::from_id(a.id()), Ok(a));
+            assert_eq!(a.name().parse::<Algorithm>().expect("name"), a);
+        }
+        for id in 0..=255u8 {
+            if !Algorithm::ALL.iter().any(|a| a.id() == id) {
+                assert_eq!(Algorithm::from_id(id), Err(FormatError::UnknownAlgorithm(id)));
+            }
+        }
+    }
+}

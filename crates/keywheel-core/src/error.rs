@@ -1,0 +1,247 @@
+//! The one error type of keywheel, and the typed format errors of the wire parser.
+
+use crate::{KeyState, KeyVersion, KeyringId};
+
+/// Result alias used throughout keywheel.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a stored value is not a well-formed keywheel value (DESIGN §3).
+///
+/// Returned by [`parse`](crate::parse) and by every call that reads a value.
+/// None of these variants carry key material; they only describe bytes that the
+/// caller already holds.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The value is shorter than its header or its algorithm's minimum length.
+    #[error("value truncated: needs at least {needed} bytes, has {actual}")]
+    Truncated {
+        /// Minimum length for this value's form and algorithm.
+        needed: usize,
+        /// Length actually present.
+        actual: usize,
+    },
+    /// The first two bytes are not the magic `kw` (0x6B 0x77).
+    #[error("not a keywheel value: bad magic bytes")]
+    BadMagic,
+    /// The format version byte is not one this build understands.
+    #[error("unsupported keywheel format version {0}")]
+    UnsupportedFormat(u8),
+    /// The algorithm byte is not one of the registered algorithm ids.
+    #[error("unknown algorithm id 0x{0:02x}")]
+    UnknownAlgorithm(u8),
+    /// The key version field is zero (versions start at 1).
+    #[error("key version 0 is invalid (versions start at 1)")]
+    ZeroVersion,
+    /// The text form does not match `kw:v{version}:{base64}`.
+    #[error("malformed text form: {0}")]
+    MalformedText(&'static str),
+    /// The base64 part of the text form does not decode.
+    #[error("malformed text form: base64 payload does not decode")]
+    Base64,
+    /// A signature value longer than header and tag.
+    #[error("value has {actual} bytes where exactly {expected} are expected")]
+    TrailingBytes {
+        /// Exact length for this kind of value.
+        expected: usize,
+        /// Length actually present.
+        actual: usize,
+    },
+    /// The version in the text prefix differs from the one in the binary header.
+    #[error("text form says version {text} but the binary header says {binary}")]
+    VersionMismatch {
+        /// Version written in the `kw:v{N}:` prefix.
+        text: u32,
+        /// Version in the decoded binary header.
+        binary: u32,
+    },
+}
+
+/// Everything that can go wrong in keywheel.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you handle and keep a
+/// wildcard arm. [`Error::is_retryable`] tells whether the same call may succeed
+/// if repeated. No variant ever carries key material, and an authentication
+/// failure is a single opaque [`Error::Decrypt`] (no oracle about which check failed).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The value is malformed; see [`FormatError`].
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Authentication failed: wrong key, wrong context, wrong keyring or a
+    /// tampered value. Deliberately says nothing more.
+    #[error("decryption failed: the value is not authentic for this keyring and context")]
+    Decrypt,
+    /// The value was written under a version whose material has been destroyed.
+    #[error("key version {version} is retired: its key material has been destroyed")]
+    KeyRetired {
+        /// The retired version named in the value's header.
+        version: KeyVersion,
+    },
+    /// The value names a version the keyring does not have (even after a reload).
+    #[error("unknown key version {version}")]
+    UnknownKeyVersion {
+        /// The version named in the value's header.
+        version: KeyVersion,
+    },
+    /// The value's algorithm byte differs from the algorithm of its key version.
+    #[error("value uses {found} but key version {version} is {expected}")]
+    AlgorithmMismatch {
+        /// The version named in the value.
+        version: KeyVersion,
+        /// Algorithm of that key version.
+        expected: crate::Algorithm,
+        /// Algorithm named in the value's header.
+        found: crate::Algorithm,
+    },
+    /// The operation needs a value of another kind (an AEAD value vs a signature).
+    #[error("wrong kind of value: {0}")]
+    WrongValueKind(&'static str),
+    /// The keyring has no Active version yet, so nothing can be encrypted.
+    #[error("keyring {keyring} has no active key version")]
+    NoActiveVersion {
+        /// The keyring.
+        keyring: KeyringId,
+    },
+    /// A lifecycle transition that DESIGN §2 does not allow.
+    #[error("illegal transition of key version {version} from {from} to {to}")]
+    IllegalTransition {
+        /// The version concerned.
+        version: KeyVersion,
+        /// Its current state.
+        from: KeyState,
+        /// The requested state.
+        to: KeyState,
+    },
+    /// The keyring does not exist in the store.
+    #[error("keyring {0} not found")]
+    KeyringNotFound(KeyringId),
+    /// A keyring with this id already exists.
+    #[error("keyring {0} already exists")]
+    KeyringExists(KeyringId),
+    /// The version is not part of the keyring.
+    #[error("keyring {keyring} has no version {version}")]
+    VersionNotFound {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The missing version.
+        version: KeyVersion,
+    },
+    /// A version with this number already exists (versions are never reused).
+    #[error("keyring {keyring} already has version {version}")]
+    DuplicateVersion {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The version that exists already.
+        version: KeyVersion,
+    },
+    /// The compare-and-set lost: someone else changed the keyring first.
+    /// Reload and retry.
+    #[error("keyring {keyring} changed concurrently: expected generation {expected}, found {actual}")]
+    GenerationConflict {
+        /// The keyring.
+        keyring: KeyringId,
+        /// Generation the caller based its change on.
+        expected: u64,
+        /// Generation found in the store.
+        actual: u64,
+    },
+    /// Another holder owns the keyring's lease.
+    #[error("keyring {keyring} is leased by {holder} until {expires_at}")]
+    LeaseHeld {
+        /// The keyring.
+        keyring: KeyringId,
+        /// Who holds the lease.
+        holder: String,
+        /// When the lease expires unless renewed.
+        expires_at: crate::Timestamp,
+    },
+    /// The lease presented is no longer the current one (expired and taken over, or released).
+    #[error("lease on keyring {keyring} was lost")]
+    LeaseLost {
+        /// The keyring.
+        keyring: KeyringId,
+    },
+    /// The keyring id is not in canonical form (DESIGN §3).
+    #[error("invalid keyring id: {0}")]
+    InvalidKeyringId(&'static str),
+    /// A context is not encodable (duplicate name, over-long name or value).
+    #[error("invalid context: {0}")]
+    InvalidContext(&'static str),
+    /// Caller-supplied key material is unusable (e.g. not 32 bytes).
+    #[error("invalid key material: {0}")]
+    InvalidKeyMaterial(&'static str),
+    /// Key material is wrapped under a KEK with another id than the one configured.
+    #[error("key is wrapped under KEK {found}, but the configured KEK is {expected}")]
+    KekMismatch {
+        /// Id of the configured KEK.
+        expected: String,
+        /// Id recorded with the wrapped key.
+        found: String,
+    },
+    /// The configured master key is not the one the keys were wrapped with
+    /// (the key check value does not match). Reported once per load, before any
+    /// key is unwrapped.
+    #[error("wrong master key for KEK {kek_id}: the key check value does not match")]
+    WrongMasterKey {
+        /// Id of the KEK whose master key is wrong.
+        kek_id: String,
+    },
+    /// A KEK could not be used (configuration, KMS failure, unwrap failure).
+    #[error("key-encryption key {kek_id}: {message}")]
+    Kek {
+        /// The KEK.
+        kek_id: String,
+        /// What went wrong (never key bytes).
+        message: String,
+        /// Whether repeating the call may succeed (e.g. a KMS timeout).
+        retryable: bool,
+    },
+    /// The key version reached its safe encryption limit in this process
+    /// (2^32 for random 96-bit nonces); rotate the keyring.
+    #[error("key version {version} reached its encryption limit of {limit}; rotate the keyring")]
+    UsageLimitReached {
+        /// The exhausted version.
+        version: KeyVersion,
+        /// The limit.
+        limit: u64,
+    },
+    /// The operating system's random number generator failed.
+    #[error("the OS random number generator failed")]
+    Rng,
+    /// A backend (key store, record source, audit sink) failed.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// Which backend, e.g. `"postgres key store"`.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+        /// Whether repeating the call may succeed.
+        retryable: bool,
+    },
+    /// The audit sink refused the event; the operation it recorded did not complete
+    /// (keywheel fails closed).
+    #[error("audit sink failed: {0}")]
+    Audit(String),
+    /// An argument outside its allowed range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Whether repeating the same call may succeed without any other change:
+    /// lost compare-and-set races, held leases, transient backend or KMS faults.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::GenerationConflict { .. } | Error::LeaseHeld { .. } => true,
+            Error::Backend { retryable, .. } | Error::Kek { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// A backend error with the given name and message.
+    pub fn backend(backend: &'static str, message: impl Into<String>, retryable: bool) -> Self {
+        Error::Backend { backend, message: message.into(), retryable }
+    }
+}

@@ -1,0 +1,453 @@
+//! The `Keywheel` facade: lifecycle operations over the traits, and a cache of
+//! keyring snapshots for the hot path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::{
+    Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
+    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Result, SystemClock,
+    Timestamp, VersionRecord,
+};
+
+/// Builds a [`Keywheel`]; store, KEK and audit sink are required.
+#[derive(Default)]
+pub struct KeywheelBuilder {
+    store: Option<Arc<dyn KeyStore>>,
+    kek: Option<Arc<dyn KeyEncryptionKey>>,
+    audit: Option<Arc<dyn AuditSink>>,
+    clock: Option<Arc<dyn Clock>>,
+    actor: Option<String>,
+    refresh_interval: Option<Duration>,
+    reload_cooldown: Option<Duration>,
+}
+
+impl fmt::Debug for KeywheelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeywheelBuilder").finish_non_exhaustive()
+    }
+}
+
+impl KeywheelBuilder {
+    /// The key store (required).
+    pub fn store(mut self, store: Arc<dyn KeyStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// The key-encryption key (required).
+    pub fn kek(mut self, kek: Arc<dyn KeyEncryptionKey>) -> Self {
+        self.kek = Some(kek);
+        self
+    }
+    /// The audit sink (required).
+    pub fn audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+    /// The clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+    /// The actor named in audit events (default `keywheel`).
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+    /// How old a cached snapshot may get before the next access reloads it (default 60 s).
+    pub fn refresh_interval(mut self, d: Duration) -> Self {
+        self.refresh_interval = Some(d);
+        self
+    }
+    /// Minimum time between two reloads forced by an unknown version in a
+    /// decrypt, per keyring (default 1 s), so a flood of bad values cannot
+    /// hammer the store.
+    pub fn reload_cooldown(mut self, d: Duration) -> Self {
+        self.reload_cooldown = Some(d);
+        self
+    }
+    /// Build it. [`Error::InvalidArgument`] names a missing component.
+    pub fn build(self) -> Result<Keywheel> {
+        let missing = |what: &str| Error::InvalidArgument(format!("Keywheel::builder() needs a {what}"));
+        Ok(Keywheel {
+            inner: Arc::new(Inner {
+                store: self.store.ok_or_else(|| missing("store"))?,
+                kek: self.kek.ok_or_else(|| missing("KEK"))?,
+                audit: self.audit.ok_or_else(|| missing("audit sink"))?,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                actor: self.actor.unwrap_or_else(|| "keywheel".to_owned()),
+                refresh_interval: self.refresh_interval.unwrap_or(Duration::from_secs(60)),
+                reload_cooldown: self.reload_cooldown.unwrap_or(Duration::from_secs(1)),
+                cache: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+struct Cached {
+    ring: Arc<Keyring>,
+    loaded_at: Timestamp,
+    last_forced_reload: Option<Timestamp>,
+}
+
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    kek: Arc<dyn KeyEncryptionKey>,
+    audit: Arc<dyn AuditSink>,
+    clock: Arc<dyn Clock>,
+    actor: String,
+    refresh_interval: Duration,
+    reload_cooldown: Duration,
+    cache: RwLock<HashMap<KeyringId, Cached>>,
+}
+
+/// The entry point: creates keyrings, runs manual lifecycle steps (each atomic
+/// and audited), and serves cached [`Keyring`] snapshots for encrypt/decrypt.
+///
+/// Cheap to clone (an `Arc`); share one per process.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use keywheel_core::*;
+/// # async fn demo(store: Arc<dyn KeyStore>, audit: Arc<dyn AuditSink>) -> Result<()> {
+/// let kw = Keywheel::builder()
+///     .store(store)
+///     .kek(Arc::new(LocalKek::from_env("KEYWHEEL_MASTER_KEY")?))
+///     .audit(audit)
+///     .build()?;
+/// let id = KeyringId::new("acme", Purpose::Token)?;
+/// kw.create_keyring(&id, Algorithm::Aes256Gcm).await?;
+/// let ctx = Context::field("users", "oauth_token", "42");
+/// let stored = kw.encrypt(&id, b"ya29.secret", &ctx).await?;
+/// assert_eq!(&kw.decrypt(&id, &stored, &ctx).await?[..], b"ya29.secret");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Keywheel {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Keywheel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keywheel")
+            .field("store", &self.inner.store)
+            .field("kek", &self.inner.kek.id())
+            .field("actor", &self.inner.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh random correlation id (128 bits, hex).
+pub fn correlation_id() -> Result<String> {
+    let bytes: [u8; 16] = crate::nonce::random_nonce()?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Keywheel {
+    /// Start building.
+    pub fn builder() -> KeywheelBuilder {
+        KeywheelBuilder::default()
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// The audit sink.
+    pub fn audit_sink(&self) -> &Arc<dyn AuditSink> {
+        &self.inner.audit
+    }
+
+    /// The KEK.
+    pub fn kek(&self) -> &Arc<dyn KeyEncryptionKey> {
+        &self.inner.kek
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The current time from the injected clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// An audit event by this instance's actor, now.
+    pub fn event(&self, keyring: Option<&KeyringId>, kind: AuditKind, correlation_id: &str) -> AuditEvent {
+        AuditEvent {
+            at: self.now(),
+            actor: self.inner.actor.clone(),
+            keyring: keyring.cloned(),
+            kind,
+            reason: None,
+            correlation_id: correlation_id.to_owned(),
+            outcome: Outcome::Success,
+        }
+    }
+
+    /// Record events in the sink; any failure is [`Error::Audit`] (fail closed).
+    pub async fn record_all(&self, events: &[AuditEvent]) -> Result<()> {
+        for e in events {
+            self.inner.audit.record(e).await.map_err(|err| match err {
+                Error::Audit(_) => err,
+                other => Error::Audit(other.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Audit `events`, then apply `changes` to the keyring with compare-and-set
+    /// against `record.generation`. The changes are validated first, so illegal
+    /// ones are refused before anything is audited or written. If the store then
+    /// refuses the update, a `Failed` copy of the last event is recorded (best
+    /// effort) and the store's error returned.
+    pub async fn apply_audited(
+        &self,
+        record: &KeyringRecord,
+        changes: &[KeyringChange],
+        events: &[AuditEvent],
+    ) -> Result<KeyringRecord> {
+        record.clone().apply(changes)?;
+        self.record_all(events).await?;
+        match self.inner.store.update_keyring(&record.id, record.generation, changes).await {
+            Ok(updated) => {
+                self.invalidate(&record.id);
+                Ok(updated)
+            }
+            Err(e) => {
+                if let Some(last) = events.last() {
+                    let mut failed = last.clone();
+                    failed.outcome = Outcome::Failed;
+                    failed.reason = Some(e.to_string());
+                    // The original error matters more than a failure to record the failure.
+                    let _ = self.inner.audit.record(&failed).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The stored record of a keyring ([`Error::KeyringNotFound`] if absent).
+    pub async fn record(&self, id: &KeyringId) -> Result<KeyringRecord> {
+        self.inner.store.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))
+    }
+
+    /// All keyring ids.
+    pub async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
+        self.inner.store.list_keyrings().await
+    }
+
+    /// Create a keyring with version 1 generated and Active, ready to encrypt.
+    pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
+        let now = self.now();
+        let cid = correlation_id()?;
+        let v1 = self.new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated).await?;
+        let mut record = KeyringRecord::new(id.clone(), algorithm, now);
+        record.versions.push(v1);
+        record.apply(&[KeyringChange::SetState { version: KeyVersion::FIRST, state: KeyState::Active, at: now }])?;
+        record.generation = 1;
+        self.record_all(&[
+            self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
+            self.event(Some(id), AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated }, &cid),
+            self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
+        ])
+        .await?;
+        self.inner.store.create_keyring(&record).await?;
+        self.keyring(id).await
+    }
+
+    async fn new_version_record(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        algorithm: Algorithm,
+        material: KeyMaterial,
+        origin: KeyOrigin,
+    ) -> Result<VersionRecord> {
+        let wrapped = self.inner.kek.wrap(id, version, &material).await?;
+        Ok(VersionRecord {
+            version,
+            algorithm,
+            state: KeyState::Pending,
+            origin,
+            wrapped: Some(wrapped),
+            created_at: self.now(),
+            activated_at: None,
+            deprecated_at: None,
+            retired_at: None,
+            compromised: false,
+        })
+    }
+
+    /// Generate the next version and store it as Pending (it decrypts at once,
+    /// encrypts only once activated). Returns its number.
+    pub async fn add_version(&self, id: &KeyringId) -> Result<KeyVersion> {
+        self.add_material(id, KeyMaterial::generate()?, KeyOrigin::Generated).await
+    }
+
+    /// Import caller-supplied material (bring your own key) as the next Pending version.
+    pub async fn import_version(&self, id: &KeyringId, material: KeyMaterial) -> Result<KeyVersion> {
+        self.add_material(id, material, KeyOrigin::Imported).await
+    }
+
+    async fn add_material(&self, id: &KeyringId, material: KeyMaterial, origin: KeyOrigin) -> Result<KeyVersion> {
+        let record = self.record(id).await?;
+        let version = record.next_version()?;
+        let algorithm = record.algorithm;
+        let v = self.new_version_record(id, version, algorithm, material, origin).await?;
+        let cid = correlation_id()?;
+        let event = self.event(Some(id), AuditKind::KeyCreated { version, algorithm, origin }, &cid);
+        self.apply_audited(&record, &[KeyringChange::AddVersion(v)], &[event]).await?;
+        Ok(version)
+    }
+
+    /// Make `version` (Pending, or Deprecated for a rollback) the Active one;
+    /// the previously Active version becomes Deprecated in the same atomic update.
+    pub async fn activate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
+        let record = self.record(id).await?;
+        let now = self.now();
+        let previous = record.active_version().filter(|&p| p != version);
+        let cid = correlation_id()?;
+        let mut changes = vec![KeyringChange::SetState { version, state: KeyState::Active, at: now }];
+        let mut events = Vec::new();
+        if let Some(p) = previous {
+            changes.insert(0, KeyringChange::SetState { version: p, state: KeyState::Deprecated, at: now });
+            events.push(self.event(Some(id), AuditKind::KeyDeprecated { version: p }, &cid));
+        }
+        events.push(self.event(Some(id), AuditKind::KeyActivated { version, previous }, &cid));
+        self.apply_audited(&record, &changes, &events).await
+    }
+
+    /// Deprecate the Active `version`. Because a keyring always keeps exactly one
+    /// Active version, this activates the newest Pending version in the same
+    /// update; with no Pending version it fails ([`Error::InvalidArgument`]).
+    pub async fn deprecate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
+        let record = self.record(id).await?;
+        let state = record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
+        state.check_transition(version, KeyState::Deprecated)?;
+        let successor = record
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.state == KeyState::Pending)
+            .map(|v| v.version)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
+                ))
+            })?;
+        self.activate(id, successor).await
+    }
+
+    /// Retire a Deprecated version: its material is destroyed in the store, its
+    /// metadata stays. Values still on it become undecryptable
+    /// ([`Error::KeyRetired`]), so run a census first; `reason` is audited.
+    pub async fn retire(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
+        let record = self.record(id).await?;
+        let cid = correlation_id()?;
+        let mut event = self.event(Some(id), AuditKind::KeyRetired { version, forced: false }, &cid);
+        event.reason = reason.map(str::to_owned);
+        let change = KeyringChange::SetState { version, state: KeyState::Retired, at: self.now() };
+        self.apply_audited(&record, &[change], &[event]).await
+    }
+
+    /// The snapshot of a keyring: cached, reloaded when older than the refresh interval.
+    pub async fn keyring(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
+        let now = self.now();
+        if let Some(ring) = self.cached(id, |c| now.since(c.loaded_at) < self.inner.refresh_interval) {
+            return Ok(ring);
+        }
+        self.reload(id, false).await
+    }
+
+    /// Reload a keyring from the store now, replacing the cached snapshot.
+    pub async fn refresh(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
+        self.reload(id, false).await
+    }
+
+    /// Forget cached snapshots of `id` (the next access reloads).
+    pub fn invalidate(&self, id: &KeyringId) {
+        if let Ok(mut cache) = self.inner.cache.write() {
+            cache.remove(id);
+        }
+    }
+
+    fn cached(&self, id: &KeyringId, fresh: impl Fn(&Cached) -> bool) -> Option<Arc<Keyring>> {
+        let cache = self.inner.cache.read().ok()?;
+        cache.get(id).filter(|c| fresh(c)).map(|c| Arc::clone(&c.ring))
+    }
+
+    async fn reload(&self, id: &KeyringId, forced: bool) -> Result<Arc<Keyring>> {
+        let record = self.record(id).await?;
+        let previous = self.cached(id, |_| true);
+        let ring = Arc::new(self.snapshot(&record, previous).await?);
+        let now = self.now();
+        if let Ok(mut cache) = self.inner.cache.write() {
+            let last_forced = cache.get(id).and_then(|c| c.last_forced_reload);
+            cache.insert(
+                id.clone(),
+                Cached {
+                    ring: Arc::clone(&ring),
+                    loaded_at: now,
+                    last_forced_reload: if forced { Some(now) } else { last_forced },
+                },
+            );
+        }
+        Ok(ring)
+    }
+
+    /// Build a snapshot from a stored record, unwrapping every live version.
+    /// A wrong master key fails once, on the first version, with
+    /// [`Error::WrongMasterKey`].
+    pub async fn snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
+        record.validate()?;
+        let mut builder = Keyring::builder(record.id.clone()).generation(record.generation);
+        if let Some(p) = previous {
+            builder = builder.inherit_usage(p);
+        }
+        for v in &record.versions {
+            let material = match &v.wrapped {
+                Some(w) if v.state != KeyState::Retired => Some(self.inner.kek.unwrap(&record.id, v.version, w).await?),
+                _ => None,
+            };
+            builder.push(v.state, v.algorithm, material);
+        }
+        builder.build()
+    }
+
+    /// Encrypt with the keyring's Active version (binary form).
+    pub async fn encrypt(&self, id: &KeyringId, plaintext: &[u8], context: &Context) -> Result<Vec<u8>> {
+        self.keyring(id).await?.encrypt(plaintext, context)
+    }
+
+    /// Encrypt with the keyring's Active version (text form `kw:v{N}:…`).
+    pub async fn encrypt_text(&self, id: &KeyringId, plaintext: &[u8], context: &Context) -> Result<String> {
+        self.keyring(id).await?.encrypt_text(plaintext, context)
+    }
+
+    /// Decrypt a value of either form. If the value names a version the cached
+    /// snapshot does not know (another process added it), the keyring is
+    /// reloaded once — at most once per reload cooldown — and the decrypt retried.
+    pub async fn decrypt(&self, id: &KeyringId, value: &[u8], context: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let ring = self.keyring(id).await?;
+        match ring.decrypt(value, context) {
+            Err(Error::UnknownKeyVersion { version }) => {
+                let now = self.now();
+                let cooled = self
+                    .cached(id, |c| c.last_forced_reload.is_none_or(|t| now.since(t) >= self.inner.reload_cooldown))
+                    .is_some();
+                if !cooled {
+                    return Err(Error::UnknownKeyVersion { version });
+                }
+                self.reload(id, true).await?.decrypt(value, context)
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! # keywheel-core
+//!
+//! Versioned field-level encryption with key rotation: the wire format, the
+//! keyring snapshot (hot path), the key lifecycle, the three backend traits
+//! ([`KeyStore`], [`RecordSource`], [`AuditSink`]), the KEK abstraction and the
+//! audit hash chain. No I/O happens here (the single exception is
+//! [`LocalKek::from_file`], which reads its master key once); backends live in
+//! sibling crates.
+//!
+//! Start with [`Keywheel`] for applications, [`Keyring`] for the synchronous
+//! encrypt/decrypt path, [`parse`] to inspect stored values, and the
+//! [`manual`] for the format, the security model and how to implement a backend.
+#![forbid(unsafe_code)]
+
+mod algorithm;
+mod audit;
+mod cipher;
+mod context;
+mod error;
+mod id;
+mod kek;
+mod keyring;
+mod keywheel;
+pub mod manual;
+mod material;
+mod nonce;
+mod source;
+mod state;
+mod store;
+mod time;
+mod wire;
+
+pub use algorithm::Algorithm;
+pub use audit::{
+    AuditChain, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainViolation, ChainViolationKind, GENESIS_HASH,
+    Outcome, entry_hash, verify_chain,
+};
+pub use cipher::KDF_SALT;
+pub use context::Context;
+pub use error::{Error, FormatError, Result};
+pub use id::{KeyVersion, KeyringId, Purpose};
+pub use kek::{KeyEncryptionKey, LocalKek, WrappedKey};
+pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
+pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
+pub use material::KeyMaterial;
+pub use nonce::random_nonce;
+pub use source::{Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, census_by_scan};
+pub use state::KeyState;
+pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, grant_lease};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use wire::{FORMAT_V1, Form, HEADER_LEN, MAGIC, TEXT_PREFIX, ValueInfo, parse, version_of};
+
+// Re-exported so that implementors of the async traits use the same macro version.
+pub use async_trait::async_trait;

@@ -1,0 +1,174 @@
+//! The `RecordSource` trait: the application's encrypted values (DESIGN §4).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Context, KeyVersion, KeyringId, Result};
+
+/// A position in a source's scan order. Opaque to keywheel: the source defines
+/// its meaning and order (e.g. a primary key and a column name). Persisted in
+/// rotation checkpoints, so it must stay valid across process restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub String);
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One encrypted value as a source yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    /// Where it is, in scan order.
+    pub cursor: Cursor,
+    /// Which keyring it belongs to.
+    pub keyring: KeyringId,
+    /// What it is bound to.
+    pub context: Context,
+    /// The stored bytes (binary form, or the UTF-8 bytes of the text form).
+    pub value: Vec<u8>,
+}
+
+/// What to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanRequest {
+    /// Yield values strictly after this cursor; `None` starts at the beginning.
+    pub after: Option<Cursor>,
+    /// At most this many values (at least 1).
+    pub limit: usize,
+    /// Only values of this keyring (a source may also return others; callers re-check).
+    pub keyring: Option<KeyringId>,
+    /// Values already on this version may be left out (a hint for sources that
+    /// can filter, e.g. in SQL on the header bytes; callers re-check).
+    pub skip_version: Option<KeyVersion>,
+}
+
+impl ScanRequest {
+    /// Scan everything from the start, `limit` at a time.
+    pub fn all(limit: usize) -> Self {
+        ScanRequest { after: None, limit, keyring: None, skip_version: None }
+    }
+}
+
+/// Replace `old` by `new` at `cursor`, only if the stored value is still `old`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// Where.
+    pub cursor: Cursor,
+    /// The value read by the scan.
+    pub old: Vec<u8>,
+    /// The re-encrypted value.
+    pub new: Vec<u8>,
+}
+
+/// What happened to one [`Replacement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceOutcome {
+    /// The stored value was `old` and is now `new`.
+    Replaced,
+    /// The stored value was no longer `old` (changed or deleted concurrently);
+    /// nothing was written. The application's write wins.
+    Changed,
+}
+
+/// Values per keyring and key version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Census {
+    /// Count of values per keyring, then per version.
+    pub counts: BTreeMap<KeyringId, BTreeMap<KeyVersion, u64>>,
+    /// Values whose header could not be parsed.
+    pub unparseable: u64,
+}
+
+impl Census {
+    /// Count one value.
+    pub fn add(&mut self, keyring: &KeyringId, version: KeyVersion, n: u64) {
+        *self.counts.entry(keyring.clone()).or_default().entry(version).or_default() += n;
+    }
+
+    /// Add another census into this one.
+    pub fn merge(&mut self, other: &Census) {
+        for (keyring, versions) in &other.counts {
+            for (version, n) in versions {
+                self.add(keyring, *version, *n);
+            }
+        }
+        self.unparseable += other.unparseable;
+    }
+
+    /// Values of `keyring` on `version`.
+    pub fn count(&self, keyring: &KeyringId, version: KeyVersion) -> u64 {
+        self.counts.get(keyring).and_then(|v| v.get(&version)).copied().unwrap_or(0)
+    }
+
+    /// Values of `keyring` on any version.
+    pub fn total(&self, keyring: &KeyringId) -> u64 {
+        self.counts.get(keyring).map_or(0, |v| v.values().sum())
+    }
+}
+
+/// The application's encrypted values, as keywheel scans and rewrites them.
+///
+/// # Contract
+///
+/// * **Scan order** is a total order on cursors, fixed by the source and stable
+///   across calls. [`scan`](Self::scan) returns at most `limit` values with
+///   cursors strictly greater than `after`, in ascending order. An **empty
+///   batch means the end**; a short batch does not. The `keyring` and
+///   `skip_version` fields are filters a source may apply or ignore.
+/// * **Resumability**: scanning again after the last cursor of a batch resumes
+///   exactly where it stopped, also in another process.
+/// * **Compare-and-set replace**: [`replace`](Self::replace) writes `new` only
+///   where the stored value still equals `old` byte for byte, and returns one
+///   [`ReplaceOutcome`] per replacement, in order. A concurrent application write
+///   always wins and is never overwritten. Replacing again with the same
+///   arguments is harmless (the second time it reports `Changed`).
+/// * **Census** counts values per keyring and version from the headers alone.
+///   The default implementation scans everything; override it with a fast path
+///   (e.g. SQL `GROUP BY`) when you can.
+/// * **Errors**: backend faults are [`crate::Error::Backend`]; a value that is not
+///   keywheel ciphertext is not an error of the source.
+#[async_trait]
+pub trait RecordSource: Send + Sync + fmt::Debug {
+    /// A short name for reports, e.g. `users.email`.
+    fn name(&self) -> &str;
+
+    /// The next batch after `request.after`.
+    async fn scan(&self, request: &ScanRequest) -> Result<Vec<StoredValue>>;
+
+    /// Compare-and-set replace of a batch; one outcome per replacement.
+    async fn replace(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>>;
+
+    /// Values per keyring and version (only `keyring` if given).
+    async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
+        census_by_scan(self, keyring, 1024).await
+    }
+}
+
+/// The scan-based census, the default of [`RecordSource::census`]: reads every
+/// value's header in batches of `batch`.
+pub async fn census_by_scan<S: RecordSource + ?Sized>(
+    source: &S,
+    keyring: Option<&KeyringId>,
+    batch: usize,
+) -> Result<Census> {
+    let mut census = Census::default();
+    let mut request = ScanRequest { keyring: keyring.cloned(), ..ScanRequest::all(batch.max(1)) };
+    loop {
+        let values = source.scan(&request).await?;
+        let Some(last) = values.last() else { return Ok(census) };
+        request.after = Some(last.cursor.clone());
+        for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
+            match crate::wire::version_of(&v.value) {
+                Ok(version) => census.add(&v.keyring, version, 1),
+                Err(_) => census.unparseable += 1,
+            }
+        }
+    }
+}
