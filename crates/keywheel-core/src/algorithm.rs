@@ -36,12 +36,8 @@ impl Algorithm {
     ];
 
     /// The AEAD algorithms (everything but HMAC).
-    pub const AEAD: [Algorithm; 4] = [
-        Algorithm::Aes256Gcm,
-        Algorithm::ChaCha20Poly1305,
-        Algorithm::XChaCha20Poly1305,
-        Algorithm::Aes256GcmSiv,
-    ];
+    pub const AEAD: [Algorithm; 4] =
+        [Algorithm::Aes256Gcm, Algorithm::ChaCha20Poly1305, Algorithm::XChaCha20Poly1305, Algorithm::Aes256GcmSiv];
 
     /// The wire id byte.
     pub const fn id(self) -> u8 {
@@ -99,9 +95,7 @@ impl Algorithm {
     /// but we keep the same conservative bound) and HMAC.
     pub const fn encryption_limit(self) -> Option<u64> {
         match self {
-            Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 | Algorithm::Aes256GcmSiv => {
-                Some(1 << 32)
-            }
+            Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 | Algorithm::Aes256GcmSiv => Some(1 << 32),
             Algorithm::XChaCha20Poly1305 | Algorithm::HmacSha256 => None,
         }
     }

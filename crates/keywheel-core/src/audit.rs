@@ -126,7 +126,7 @@ pub enum AuditKind {
     },
     /// The key-encryption key was rotated.
     KekRotated {
-        /// Old KEK id.
+        /// Id(s) of the KEK(s) the keys were wrapped under, comma-separated.
         from: String,
         /// New KEK id.
         to: String,
@@ -198,8 +198,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// The event's JSON is serde_json's output for [`AuditEvent`], whose field
 /// order is fixed, so the hash is reproducible from a stored entry.
 pub fn entry_hash(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<String> {
-    let json = serde_json::to_vec(event)
-        .map_err(|e| crate::Error::Audit(format!("cannot encode audit event: {e}")))?;
+    let json = serde_json::to_vec(event).map_err(|e| crate::Error::Audit(format!("cannot encode audit event: {e}")))?;
     let mut h = Sha256::new();
     h.update(b"keywheel/audit/v1");
     h.update(seq.to_be_bytes());
@@ -289,12 +288,19 @@ pub fn verify_chain(entries: &[AuditEntry]) -> std::result::Result<u64, ChainVio
         let expected_seq = index as u64;
         let violation = |kind| ChainViolation { index, seq: e.seq, kind };
         if e.seq > expected_seq {
-            return Err(violation(ChainViolationKind::Missing { expected_seq }));
+            // The expected entry further on means entries were moved, not removed.
+            let moved = entries[index + 1..].iter().any(|later| later.seq == expected_seq);
+            return Err(violation(if moved {
+                ChainViolationKind::Reordered { expected_seq }
+            } else {
+                ChainViolationKind::Missing { expected_seq }
+            }));
         }
         if e.seq < expected_seq {
             return Err(violation(ChainViolationKind::Reordered { expected_seq }));
         }
-        let recomputed = entry_hash(e.seq, &e.prev_hash, &e.event).map_err(|_| violation(ChainViolationKind::Altered))?;
+        let recomputed =
+            entry_hash(e.seq, &e.prev_hash, &e.event).map_err(|_| violation(ChainViolationKind::Altered))?;
         if recomputed != e.hash {
             return Err(violation(ChainViolationKind::Altered));
         }
@@ -349,10 +355,13 @@ mod tests {
         );
         let mut swapped = good.clone();
         swapped.swap(1, 3);
-        assert_eq!(verify_chain(&swapped).expect_err("swapped").index, 1);
-        let mut renumbered = good;
-        renumbered.swap(3, 4);
-        let err = verify_chain(&renumbered).expect_err("swapped");
-        assert_eq!((err.index, err.kind), (3, ChainViolationKind::Missing { expected_seq: 3 }));
+        assert_eq!(
+            verify_chain(&swapped).expect_err("swapped"),
+            ChainViolation { index: 1, seq: 3, kind: ChainViolationKind::Reordered { expected_seq: 1 } }
+        );
+        let mut adjacent = good;
+        adjacent.swap(3, 4);
+        let err = verify_chain(&adjacent).expect_err("swapped");
+        assert_eq!((err.index, err.kind), (3, ChainViolationKind::Reordered { expected_seq: 3 }));
     }
 }

@@ -73,9 +73,9 @@ impl VersionCipher {
     pub(crate) fn seal(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16]> {
         fn go<C: AeadInOut>(c: &C, nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16]> {
             let nonce = aes_gcm::aead::Nonce::<C>::try_from(nonce).map_err(|_| Error::Decrypt)?;
-            let tag = c.encrypt_inout_detached(&nonce, aad, buf.into()).map_err(|_| {
-                Error::InvalidArgument("plaintext or context too long for the algorithm".into())
-            })?;
+            let tag = c
+                .encrypt_inout_detached(&nonce, aad, buf.into())
+                .map_err(|_| Error::InvalidArgument("plaintext or context too long for the algorithm".into()))?;
             let mut out = [0u8; 16];
             out.copy_from_slice(tag.as_slice());
             Ok(out)
@@ -101,7 +101,9 @@ impl VersionCipher {
             VersionCipher::ChaCha20Poly1305(c) => go(c.as_ref(), nonce, aad, buf, tag),
             VersionCipher::XChaCha20Poly1305(c) => go(c.as_ref(), nonce, aad, buf, tag),
             VersionCipher::Aes256GcmSiv(c) => go(c.as_ref(), nonce, aad, buf, tag),
-            VersionCipher::HmacSha256(_) => Err(Error::WrongValueKind("an HMAC key verifies signatures; it does not decrypt")),
+            VersionCipher::HmacSha256(_) => {
+                Err(Error::WrongValueKind("an HMAC key verifies signatures; it does not decrypt"))
+            }
         }
     }
 

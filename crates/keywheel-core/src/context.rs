@@ -55,8 +55,7 @@ impl Context {
         V: AsRef<[u8]>,
     {
         let pairs: Vec<(N, V)> = pairs.into_iter().collect();
-        let mut refs: Vec<(&str, &[u8])> =
-            pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
+        let mut refs: Vec<(&str, &[u8])> = pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         refs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         if refs.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(Error::InvalidContext("context names must be unique"));
@@ -114,10 +113,7 @@ impl fmt::Debug for Context {
         // Context values are not secret (they are stored beside the value), but
         // keep Debug compact: names and values as lossy text.
         match self.pairs() {
-            Ok(pairs) => f
-                .debug_map()
-                .entries(pairs.iter().map(|(n, v)| (n, String::from_utf8_lossy(v))))
-                .finish(),
+            Ok(pairs) => f.debug_map().entries(pairs.iter().map(|(n, v)| (n, String::from_utf8_lossy(v)))).finish(),
             Err(_) => f.write_str("Context(<invalid>)"),
         }
     }

@@ -224,6 +224,50 @@ pub enum Error {
     /// (keywheel fails closed).
     #[error("audit sink failed: {0}")]
     Audit(String),
+    /// Another rotation of this keyring is running or unfinished.
+    #[error("a rotation of keyring {keyring} is in progress ({detail})")]
+    RotationInProgress {
+        /// The keyring.
+        keyring: KeyringId,
+        /// Who holds it, or which job to resume.
+        detail: String,
+    },
+    /// Retirement refused: values (or unresolved job failures) still use the version.
+    #[error("retirement of {version} refused: {remaining} values still use it")]
+    RetirementRefused {
+        /// The version.
+        version: KeyVersion,
+        /// Values (and failed values) still on it.
+        remaining: u64,
+    },
+    /// Retirement refused: the grace period has not ended.
+    #[error("retirement of {version} refused: its grace period ends at {until}")]
+    GracePeriodNotOver {
+        /// The version.
+        version: KeyVersion,
+        /// When the grace period ends.
+        until: crate::Timestamp,
+    },
+    /// Rollback refused: the policy's rollback window has closed.
+    #[error("rollback of keyring {keyring} refused: the rollback window closed at {closed_at}")]
+    RollbackWindowClosed {
+        /// The keyring.
+        keyring: KeyringId,
+        /// When the window closed.
+        closed_at: crate::Timestamp,
+    },
+    /// Rollback refused: there is no Deprecated version to return to (none yet, or retired).
+    #[error("rollback of keyring {keyring} refused: no deprecated version to return to")]
+    NothingToRollBack {
+        /// The keyring.
+        keyring: KeyringId,
+    },
+    /// A forced operation needs a non-empty reason.
+    #[error("a forced {0} needs a reason (it is audited)")]
+    ReasonRequired(&'static str),
+    /// No such job.
+    #[error("rotation job {0} not found")]
+    JobNotFound(String),
     /// An argument outside its allowed range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -105,9 +105,7 @@ fn validate_part(part: &str) -> Result<()> {
         return Err(Error::InvalidKeyringId("tenant and purpose must not contain '/'"));
     }
     if part.chars().any(char::is_control) {
-        return Err(Error::InvalidKeyringId(
-            "tenant and purpose must not contain control characters",
-        ));
+        return Err(Error::InvalidKeyringId("tenant and purpose must not contain control characters"));
     }
     Ok(())
 }
@@ -124,7 +122,7 @@ fn validate_part(part: &str) -> Result<()> {
 /// assert_eq!("acme/token".parse::<KeyringId>()?, id);
 /// # Ok::<(), keywheel_core::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyringId {
     tenant: String,
     purpose: Purpose,
@@ -155,6 +153,23 @@ impl KeyringId {
     }
 }
 
+/// Ordered by the canonical form `tenant/purpose`, bytewise, so that every
+/// store (memory, file, SQL `ORDER BY` on the text id) lists keyrings alike.
+impl Ord for KeyringId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let canonical = |k: &KeyringId| {
+            k.tenant.as_bytes().iter().chain(b"/").chain(k.purpose.as_str().as_bytes()).copied().collect::<Vec<u8>>()
+        };
+        if self == other { std::cmp::Ordering::Equal } else { canonical(self).cmp(&canonical(other)) }
+    }
+}
+
+impl PartialOrd for KeyringId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Display for KeyringId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.tenant, self.purpose.as_str())
@@ -164,9 +179,7 @@ impl fmt::Display for KeyringId {
 impl FromStr for KeyringId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (tenant, purpose) = s
-            .split_once('/')
-            .ok_or(Error::InvalidKeyringId("expected the form tenant/purpose"))?;
+        let (tenant, purpose) = s.split_once('/').ok_or(Error::InvalidKeyringId("expected the form tenant/purpose"))?;
         KeyringId::new(tenant, purpose.parse()?)
     }
 }
@@ -264,6 +277,16 @@ mod tests {
         assert_eq!(Purpose::ApiSignature.default_grace_period(), d(30));
         assert!(Purpose::Session.expires_instead_of_reencrypting());
         assert!(!Purpose::Token.expires_instead_of_reencrypting());
+    }
+
+    #[test]
+    fn keyring_ids_sort_by_canonical_form() {
+        let ids: Vec<KeyringId> =
+            ["b/token", "a/token", "a-b/file", "a/database"].iter().map(|s| s.parse().expect("valid")).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let text: Vec<String> = sorted.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["a-b/file", "a/database", "a/token", "b/token"]);
     }
 
     #[test]

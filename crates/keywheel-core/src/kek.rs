@@ -123,9 +123,8 @@ impl LocalKek {
 
     /// A KEK from a master key given as a slice; it must be 32 bytes.
     pub fn from_slice(master: &[u8]) -> Result<Self> {
-        let master: &[u8; 32] = master
-            .try_into()
-            .map_err(|_| Error::InvalidKeyMaterial("the master key must be exactly 32 bytes"))?;
+        let master: &[u8; 32] =
+            master.try_into().map_err(|_| Error::InvalidKeyMaterial("the master key must be exactly 32 bytes"))?;
         Ok(Self::from_bytes(master))
     }
 

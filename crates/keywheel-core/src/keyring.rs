@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
 use crate::cipher::VersionCipher;
 use crate::wire::{self, Form, HEADER_LEN};
-use crate::{Algorithm, Context, Error, KeyMaterial, KeyState, KeyVersion, KeyringId, Result};
+use crate::{Algorithm, Context, Error, KeyMaterial, KeyState, KeyVersion, KeyringId, Plaintext, Result};
 
 /// Public view of one version in a snapshot (no key material).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +114,7 @@ impl Keyring {
     }
 
     fn active_slot(&self) -> Result<&Slot> {
-        self.active
-            .map(|i| &self.slots[i])
-            .ok_or_else(|| Error::NoActiveVersion { keyring: self.id.clone() })
+        self.active.map(|i| &self.slots[i]).ok_or_else(|| Error::NoActiveVersion { keyring: self.id.clone() })
     }
 
     /// The cipher for decrypting/verifying a value of `algorithm` under `version`.
@@ -133,9 +130,7 @@ impl Keyring {
     fn count_use(slot: &Slot) -> Result<()> {
         let used = slot.encryptions.fetch_add(1, Ordering::Relaxed);
         match slot.summary.algorithm.encryption_limit() {
-            Some(limit) if used >= limit => {
-                Err(Error::UsageLimitReached { version: slot.summary.version, limit })
-            }
+            Some(limit) if used >= limit => Err(Error::UsageLimitReached { version: slot.summary.version, limit }),
             _ => Ok(()),
         }
     }
@@ -160,9 +155,7 @@ impl Keyring {
         crate::nonce::fill_nonce(&mut out[HEADER_LEN..])?;
         out.extend_from_slice(plaintext);
         let (head, body) = out.split_at_mut(HEADER_LEN + nonce_len);
-        let tag = wire::with_aad(&header, &self.id_aad, ctx, |aad| {
-            cipher.seal(&head[HEADER_LEN..], aad, body)
-        })?;
+        let tag = wire::with_aad(&header, &self.id_aad, ctx, |aad| cipher.seal(&head[HEADER_LEN..], aad, body))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -179,7 +172,7 @@ impl Keyring {
     /// Errors: [`Error::Format`] for malformed input, [`Error::UnknownKeyVersion`]
     /// and [`Error::KeyRetired`] for versions this snapshot cannot use, and the
     /// opaque [`Error::Decrypt`] for every authentication failure.
-    pub fn decrypt(&self, value: &[u8], context: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn decrypt(&self, value: &[u8], context: &Context) -> Result<Plaintext> {
         let decoded = wire::decode(value)?;
         let algorithm = decoded.info.algorithm;
         if !algorithm.is_aead() {
@@ -189,10 +182,8 @@ impl Keyring {
         let ctx = context.encoded()?;
         let body = decoded.body();
         let (ciphertext, tag) = body.split_at(body.len() - algorithm.tag_len());
-        let mut out = Zeroizing::new(ciphertext.to_vec());
-        wire::with_aad(decoded.header(), &self.id_aad, ctx, |aad| {
-            cipher.open(decoded.nonce(), aad, &mut out, tag)
-        })?;
+        let mut out = Plaintext::new(ciphertext.to_vec());
+        wire::with_aad(decoded.header(), &self.id_aad, ctx, |aad| cipher.open(decoded.nonce(), aad, &mut out.0, tag))?;
         Ok(out)
     }
 
@@ -352,7 +343,9 @@ mod tests {
         assert!(full.needs_rotation(&retired).expect("parse"));
         let mut unknown = v.clone();
         unknown[4..8].copy_from_slice(&9u32.to_be_bytes());
-        assert!(matches!(full.decrypt(&unknown, &ctx), Err(Error::UnknownKeyVersion { version }) if version.get() == 9));
+        assert!(
+            matches!(full.decrypt(&unknown, &ctx), Err(Error::UnknownKeyVersion { version }) if version.get() == 9)
+        );
         let mut other = v;
         other[4..8].copy_from_slice(&2u32.to_be_bytes());
         assert!(matches!(full.decrypt(&other, &ctx), Err(Error::Decrypt)));

@@ -6,12 +6,10 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
-    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Result, SystemClock,
-    Timestamp, VersionRecord,
+    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Plaintext, Result,
+    SystemClock, Timestamp, VersionRecord,
 };
 
 /// Builds a [`Keywheel`]; store, KEK and audit sink are required.
@@ -247,14 +245,20 @@ impl Keywheel {
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
         let now = self.now();
         let cid = correlation_id()?;
-        let v1 = self.new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated).await?;
+        let v1 = self
+            .new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated)
+            .await?;
         let mut record = KeyringRecord::new(id.clone(), algorithm, now);
         record.versions.push(v1);
         record.apply(&[KeyringChange::SetState { version: KeyVersion::FIRST, state: KeyState::Active, at: now }])?;
         record.generation = 1;
         self.record_all(&[
             self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
-            self.event(Some(id), AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated }, &cid),
+            self.event(
+                Some(id),
+                AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated },
+                &cid,
+            ),
             self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
         ])
         .await?;
@@ -329,19 +333,17 @@ impl Keywheel {
     /// update; with no Pending version it fails ([`Error::InvalidArgument`]).
     pub async fn deprecate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
         let record = self.record(id).await?;
-        let state = record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
+        let state =
+            record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
         state.check_transition(version, KeyState::Deprecated)?;
-        let successor = record
-            .versions
-            .iter()
-            .rev()
-            .find(|v| v.state == KeyState::Pending)
-            .map(|v| v.version)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
-                ))
-            })?;
+        let successor =
+            record.versions.iter().rev().find(|v| v.state == KeyState::Pending).map(|v| v.version).ok_or_else(
+                || {
+                    Error::InvalidArgument(format!(
+                        "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
+                    ))
+                },
+            )?;
         self.activate(id, successor).await
     }
 
@@ -434,7 +436,7 @@ impl Keywheel {
     /// Decrypt a value of either form. If the value names a version the cached
     /// snapshot does not know (another process added it), the keyring is
     /// reloaded once — at most once per reload cooldown — and the decrypt retried.
-    pub async fn decrypt(&self, id: &KeyringId, value: &[u8], context: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    pub async fn decrypt(&self, id: &KeyringId, value: &[u8], context: &Context) -> Result<Plaintext> {
         let ring = self.keyring(id).await?;
         match ring.decrypt(value, context) {
             Err(Error::UnknownKeyVersion { version }) => {

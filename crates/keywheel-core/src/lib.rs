@@ -18,12 +18,15 @@ mod cipher;
 mod context;
 mod error;
 mod id;
+mod job;
 mod kek;
 mod keyring;
 mod keywheel;
 pub mod manual;
 mod material;
 mod nonce;
+mod policy;
+mod rotation;
 mod source;
 mod state;
 mod store;
@@ -39,14 +42,21 @@ pub use cipher::KDF_SALT;
 pub use context::Context;
 pub use error::{Error, FormatError, Result};
 pub use id::{KeyVersion, KeyringId, Purpose};
+pub use job::{
+    JobCounts, JobFailure, JobKind, JobPhase, MAX_STORED_FAILURES, RotationJob, RotationReport, SourceCheckpoint,
+};
 pub use kek::{KeyEncryptionKey, LocalKek, WrappedKey};
 pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
-pub use material::KeyMaterial;
+pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;
+pub use policy::{AfterRotation, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
+pub use rotation::{
+    CancelToken, KekRing, KekRotationReport, Progress, ProgressFn, RollbackReport, RotateOptions, Rotator, VerifyReport,
+};
 pub use source::{Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, census_by_scan};
 pub use state::KeyState;
-pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, grant_lease};
+pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, check_fence, grant_lease};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use wire::{FORMAT_V1, Form, HEADER_LEN, MAGIC, TEXT_PREFIX, ValueInfo, parse, version_of};
 

@@ -39,7 +39,8 @@ pub struct StoredValue {
 pub struct ScanRequest {
     /// Yield values strictly after this cursor; `None` starts at the beginning.
     pub after: Option<Cursor>,
-    /// At most this many values (at least 1).
+    /// At most this many values. Must be at least 1 (an empty batch means "the
+    /// end"); sources answer 0 with [`crate::Error::InvalidArgument`].
     pub limit: usize,
     /// Only values of this keyring (a source may also return others; callers re-check).
     pub keyring: Option<KeyringId>,
@@ -162,13 +163,63 @@ pub async fn census_by_scan<S: RecordSource + ?Sized>(
     let mut request = ScanRequest { keyring: keyring.cloned(), ..ScanRequest::all(batch.max(1)) };
     loop {
         let values = source.scan(&request).await?;
-        let Some(last) = values.last() else { return Ok(census) };
-        request.after = Some(last.cursor.clone());
+        let Some(last) = values.last() else {
+            return Ok(census);
+        };
+        request.after = Some(advanced(source, &request, last)?);
         for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
             match crate::wire::version_of(&v.value) {
                 Ok(version) => census.add(&v.keyring, version, 1),
                 Err(_) => census.unparseable += 1,
             }
         }
+    }
+}
+
+/// The cursor to continue after `last`, or an error if the source did not move
+/// past `request.after` (a broken source would otherwise make every scan loop forever).
+pub(crate) fn advanced<S: RecordSource + ?Sized>(
+    source: &S,
+    request: &ScanRequest,
+    last: &StoredValue,
+) -> Result<Cursor> {
+    if request.after.as_ref() == Some(&last.cursor) {
+        return Err(crate::Error::backend(
+            "record source",
+            format!("{} returned cursor {} again instead of values after it", source.name(), last.cursor),
+            false,
+        ));
+    }
+    Ok(last.cursor.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Purpose;
+
+    /// A broken source that ignores `after` and yields the same value forever.
+    #[derive(Debug)]
+    struct Stuck(StoredValue);
+
+    #[async_trait]
+    impl RecordSource for Stuck {
+        fn name(&self) -> &str {
+            "stuck"
+        }
+        async fn scan(&self, _: &ScanRequest) -> Result<Vec<StoredValue>> {
+            Ok(vec![self.0.clone()])
+        }
+        async fn replace(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>> {
+            Ok(vec![ReplaceOutcome::Changed; batch.len()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_that_does_not_advance_is_an_error_not_a_hang() {
+        let keyring = KeyringId::new("t", Purpose::Token).expect("id");
+        let value = StoredValue { cursor: Cursor("1".into()), keyring, context: Context::empty(), value: vec![1] };
+        let err = Stuck(value).census(None).await.expect_err("must not loop forever");
+        assert!(err.to_string().contains("returned cursor 1 again"), "{err}");
     }
 }

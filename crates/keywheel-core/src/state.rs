@@ -28,19 +28,12 @@ impl KeyState {
     /// Whether `self → to` is a legal transition.
     pub fn can_transition_to(self, to: KeyState) -> bool {
         use KeyState::*;
-        matches!(
-            (self, to),
-            (Pending, Active) | (Active, Deprecated) | (Deprecated, Retired) | (Deprecated, Active)
-        )
+        matches!((self, to), (Pending, Active) | (Active, Deprecated) | (Deprecated, Retired) | (Deprecated, Active))
     }
 
     /// `Ok(())` if `self → to` is legal, else the typed error naming both states.
     pub fn check_transition(self, version: KeyVersion, to: KeyState) -> Result<()> {
-        if self.can_transition_to(to) {
-            Ok(())
-        } else {
-            Err(Error::IllegalTransition { version, from: self, to })
-        }
+        if self.can_transition_to(to) { Ok(()) } else { Err(Error::IllegalTransition { version, from: self, to }) }
     }
 
     /// Whether a version in this state can decrypt (Pending, Active, Deprecated).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Error, KeyState, KeyVersion, KeyringId, Result, Timestamp, WrappedKey};
+use crate::{Algorithm, Error, KeyState, KeyVersion, KeyringId, Policy, Result, RotationJob, Timestamp, WrappedKey};
 
 /// Where a version's material came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,8 +249,8 @@ pub struct Lease {
 ///   for transient conditions (timeouts, serialization failures).
 #[async_trait]
 pub trait KeyStore: Send + Sync + fmt::Debug {
-    /// Store a new keyring. [`Error::KeyringExists`] if the id is taken. The
-    /// record has passed [`KeyringRecord::validate`].
+    /// Store a new keyring. [`Error::KeyringExists`] if the id is taken. Stores
+    /// call [`KeyringRecord::validate`] and refuse an invalid record with its error.
     async fn create_keyring(&self, record: &KeyringRecord) -> Result<()>;
 
     /// The keyring's current record, or `None`.
@@ -273,17 +273,46 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
 
     /// Take the keyring's lease for `holder` until `now + ttl`. Succeeds if no
     /// lease exists, the existing one has expired (`expires_at <= now`), or it is
-    /// held by the same `holder` (re-entry). Every grant carries a token greater
-    /// than all earlier ones for this keyring. Otherwise [`Error::LeaseHeld`].
+    /// held by the same `holder` (re-entry). Every grant, re-entry included,
+    /// carries a token greater than all earlier ones for this keyring, so a
+    /// `Lease` value from before a re-entry is stale. Otherwise [`Error::LeaseHeld`].
     async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease>;
 
     /// Extend a lease to `now + ttl`, keeping its token. [`Error::LeaseLost`] if
-    /// the stored lease is not this one (taken over or released).
+    /// the stored lease is not this one (taken over or released). A lease that
+    /// expired but was not taken over may still be renewed: nobody else acted on it.
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease>;
 
     /// Release a lease. Idempotent: releasing a lease that is no longer the
     /// current one does nothing.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Insert or replace a rotation job (by `job.id`), fenced by `lease`: only if
+    /// the stored lease of `job.keyring` still carries `lease.token` (see
+    /// [`check_fence`]), else [`Error::LeaseLost`] and nothing is written. This
+    /// keeps a rotator that lost its lease from overwriting the new holder's checkpoints.
+    async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()>;
+
+    /// A job by id.
+    async fn load_job(&self, id: &str) -> Result<Option<RotationJob>>;
+
+    /// All jobs of a keyring, oldest first (by `started_at`, then id).
+    async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>>;
+
+    /// Store the keyring's policy (replacing any previous one).
+    async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()>;
+
+    /// The keyring's stored policy, if any.
+    async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>>;
+}
+
+/// The fencing rule of [`KeyStore::save_job`]: `Ok` only if `current` (the
+/// stored lease of the keyring) has the same token as `lease`.
+pub fn check_fence(current: Option<&Lease>, lease: &Lease) -> Result<()> {
+    match current {
+        Some(l) if l.token == lease.token && l.keyring == lease.keyring => Ok(()),
+        _ => Err(Error::LeaseLost { keyring: lease.keyring.clone() }),
+    }
 }
 
 /// The lease rules of the [`KeyStore`] contract on an in-memory map entry, for

@@ -92,13 +92,10 @@ pub(crate) fn decode(value: &[u8]) -> Result<Decoded<'_>, FormatError> {
 }
 
 fn decode_text(value: &[u8]) -> Result<Decoded<'static>, FormatError> {
-    let rest = value
-        .strip_prefix(TEXT_PREFIX.as_bytes())
-        .ok_or(FormatError::MalformedText("expected the prefix kw:v"))?;
-    let colon = rest
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(FormatError::MalformedText("expected ':' after the version"))?;
+    let rest =
+        value.strip_prefix(TEXT_PREFIX.as_bytes()).ok_or(FormatError::MalformedText("expected the prefix kw:v"))?;
+    let colon =
+        rest.iter().position(|&b| b == b':').ok_or(FormatError::MalformedText("expected ':' after the version"))?;
     let digits = &rest[..colon];
     if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(FormatError::MalformedText("the version must be decimal digits"));
