@@ -62,6 +62,8 @@ fn version_record(number: u32, state: KeyState) -> VersionRecord {
         deprecated_at: reached(KeyState::Deprecated).then(|| at(secs + 2)),
         retired_at: reached(KeyState::Retired).then(|| at(secs + 3)),
         compromised: false,
+        // Non-zero so that stores are seen to persist the usage count.
+        encryptions: u64::from(number) * 1000,
     }
 }
 
@@ -316,8 +318,8 @@ pub async fn update_increments_generation_and_persists(store: Arc<dyn KeyStore>)
     assert_eq!(again.generation, rec.generation + 2, "generations increase by exactly one per update");
 }
 
-/// `Rewrap` replaces the wrapped material of live versions and
-/// `MarkCompromised` sets the flag, both persisted; rewrapping a retired
+/// `Rewrap` replaces the wrapped material of live versions, `MarkCompromised`
+/// sets the flag and `RecordUsage` adds to the usage count, all persisted; rewrapping a retired
 /// version fails with [`Error::KeyRetired`].
 pub async fn rewrap_and_compromise_persist(store: Arc<dyn KeyStore>) {
     let id = keyring_id("rewrap");
@@ -328,6 +330,7 @@ pub async fn rewrap_and_compromise_persist(store: Arc<dyn KeyStore>) {
         KeyringChange::Rewrap { version: version(2), wrapped: new_wrap(2) },
         KeyringChange::Rewrap { version: version(3), wrapped: new_wrap(3) },
         KeyringChange::MarkCompromised { version: version(2) },
+        KeyringChange::RecordUsage { version: version(3), add: 5 },
     ];
     let updated = store.update_keyring(&id, rec.generation, &changes).await.expect("rewrap must succeed");
     let loaded = load(&store, &id).await;
@@ -337,6 +340,7 @@ pub async fn rewrap_and_compromise_persist(store: Arc<dyn KeyStore>) {
     assert_eq!(v(3).wrapped, Some(new_wrap(3)), "Rewrap must replace v3's wrapped key");
     assert!(v(2).compromised, "MarkCompromised must set the flag");
     assert!(!v(3).compromised, "MarkCompromised must only flag the version named");
+    assert_eq!(v(3).encryptions, 3005, "RecordUsage must add to the stored count");
 
     let retired = [KeyringChange::Rewrap { version: version(1), wrapped: new_wrap(1) }];
     let err = expect_err(store.update_keyring(&id, loaded.generation, &retired).await, "rewrapping a retired version");

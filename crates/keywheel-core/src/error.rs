@@ -232,6 +232,17 @@ pub enum Error {
         /// Who holds it, or which job to resume.
         detail: String,
     },
+    /// The rotation was asked for on the assumption that `expected` is Active,
+    /// but another rotation already replaced it (e.g. by another scheduler instance).
+    #[error("keyring {keyring} was already rotated: {active:?} is active, not {expected:?}")]
+    AlreadyRotated {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The Active version the caller expected.
+        expected: Option<KeyVersion>,
+        /// The Active version found.
+        active: Option<KeyVersion>,
+    },
     /// Retirement refused: values (or unresolved job failures) still use the version.
     #[error("retirement of {version} refused: {remaining} values still use it")]
     RetirementRefused {

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
-    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Plaintext, Result,
-    SystemClock, Timestamp, VersionRecord,
+    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Plaintext, Policy,
+    Result, SystemClock, Timestamp, VersionRecord,
 };
 
 /// Builds a [`Keywheel`]; store, KEK and audit sink are required.
@@ -81,6 +81,7 @@ impl KeywheelBuilder {
                 refresh_interval: self.refresh_interval.unwrap_or(Duration::from_secs(60)),
                 reload_cooldown: self.reload_cooldown.unwrap_or(Duration::from_secs(1)),
                 cache: RwLock::new(HashMap::new()),
+                flushed: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -101,6 +102,8 @@ struct Inner {
     refresh_interval: Duration,
     reload_cooldown: Duration,
     cache: RwLock<HashMap<KeyringId, Cached>>,
+    /// Encryptions already written to the store by [`Keywheel::flush_usage`].
+    flushed: Mutex<HashMap<(KeyringId, KeyVersion), u64>>,
 }
 
 /// The entry point: creates keyrings, runs manual lifecycle steps (each atomic
@@ -286,6 +289,7 @@ impl Keywheel {
             deprecated_at: None,
             retired_at: None,
             compromised: false,
+            encryptions: 0,
         })
     }
 
@@ -357,6 +361,68 @@ impl Keywheel {
         event.reason = reason.map(str::to_owned);
         let change = KeyringChange::SetState { version, state: KeyState::Retired, at: self.now() };
         self.apply_audited(&record, &[change], &[event]).await
+    }
+
+    /// The keyring's stored policy, or its purpose's preset ([`Policy::for_purpose`]).
+    pub async fn policy(&self, id: &KeyringId) -> Result<Policy> {
+        Ok(self.inner.store.load_policy(id).await?.unwrap_or_else(|| Policy::for_purpose(id.purpose())))
+    }
+
+    /// Store a keyring's policy; audited as `PolicyChanged` (before it takes effect).
+    pub async fn set_policy(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
+        self.record(id).await?;
+        let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
+        self.record_all(&[event]).await?;
+        self.inner.store.save_policy(id, policy).await
+    }
+
+    /// Write the encryptions this process counted on the cached snapshot of `id`
+    /// since the last flush into the store (`VersionRecord::encryptions`), so the
+    /// usage-limit policy sees every process's use. Cheap when nothing changed;
+    /// the scheduler calls it every tick.
+    pub async fn flush_usage(&self, id: &KeyringId) -> Result<()> {
+        let Some(ring) = self.cached(id, |_| true) else { return Ok(()) };
+        let adds: Vec<(KeyVersion, u64)> = {
+            let flushed = self.lock_flushed();
+            ring.versions()
+                .map(|v| {
+                    let done = flushed.get(&(id.clone(), v.version)).copied().unwrap_or(0);
+                    (v.version, ring.encryptions(v.version).saturating_sub(done))
+                })
+                .filter(|(_, add)| *add > 0)
+                .collect()
+        };
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<KeyringChange> =
+            adds.iter().map(|&(version, add)| KeyringChange::RecordUsage { version, add }).collect();
+        loop {
+            let record = self.record(id).await?;
+            match self.inner.store.update_keyring(id, record.generation, &changes).await {
+                Ok(_) => break,
+                // A lifecycle change got in first; counts are additive, so just retry.
+                Err(Error::GenerationConflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut flushed = self.lock_flushed();
+        for (version, add) in adds {
+            *flushed.entry((id.clone(), version)).or_default() += add;
+        }
+        Ok(())
+    }
+
+    fn lock_flushed(&self) -> std::sync::MutexGuard<'_, HashMap<(KeyringId, KeyVersion), u64>> {
+        // The map only holds counters; a panic while holding it leaves them usable.
+        self.inner.flushed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Encryptions under `version` counted by this process but not yet flushed.
+    pub fn unflushed_usage(&self, id: &KeyringId, version: KeyVersion) -> u64 {
+        let counted = self.cached(id, |_| true).map_or(0, |ring| ring.encryptions(version));
+        counted.saturating_sub(self.lock_flushed().get(&(id.clone(), version)).copied().unwrap_or(0))
     }
 
     /// The snapshot of a keyring: cached, reloaded when older than the refresh interval.

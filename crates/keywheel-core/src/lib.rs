@@ -27,6 +27,7 @@ mod material;
 mod nonce;
 mod policy;
 mod rotation;
+mod scheduler;
 mod source;
 mod state;
 mod store;
@@ -53,6 +54,10 @@ pub use nonce::random_nonce;
 pub use policy::{AfterRotation, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
 pub use rotation::{
     CancelToken, KekRing, KekRotationReport, Progress, ProgressFn, RollbackReport, RotateOptions, Rotator, VerifyReport,
+};
+pub use scheduler::{
+    Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig, SchedulerTotals,
+    StatusReport, TickReport, VersionsByState, Warning, evaluate, retirement_candidates, status_report,
 };
 pub use source::{Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, census_by_scan};
 pub use state::KeyState;

@@ -19,22 +19,34 @@ use crate::{
 };
 
 /// Cooperative cancellation: a running job stops after its current batch,
-/// checkpointed; `resume` continues it. Clones share the flag.
+/// checkpointed; `resume` continues it. The scheduler loop also stops on it.
+/// Clones share the flag.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
 
 impl CancelToken {
     /// A token that is not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Ask the job to stop after its current batch.
+    /// Ask the job (or loop) to stop after its current step.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
     }
     /// Whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.0.load(Ordering::SeqCst)
+    }
+    /// Wait until cancellation is requested.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -77,6 +89,10 @@ pub struct RotateOptions {
     pub estimate_total: bool,
     /// Lease time-to-live; renewed at every checkpoint (default 60 s).
     pub lease_ttl: Duration,
+    /// Rotate only if this is still the Active version once the lease is held;
+    /// otherwise [`Error::AlreadyRotated`]. Lets several schedulers decide on
+    /// the same evidence without rotating twice.
+    pub expected_active: Option<KeyVersion>,
 }
 
 impl Default for RotateOptions {
@@ -89,6 +105,7 @@ impl Default for RotateOptions {
             progress: None,
             estimate_total: true,
             lease_ttl: Duration::from_secs(60),
+            expected_active: None,
         }
     }
 }
@@ -275,7 +292,7 @@ impl Rotator {
 
     /// The stored policy of a keyring, or its purpose's preset.
     pub async fn policy_of(&self, id: &KeyringId) -> Result<Policy> {
-        Ok(self.kw.store().load_policy(id).await?.unwrap_or_else(|| Policy::for_purpose(id.purpose())))
+        self.kw.policy(id).await
     }
 
     async fn start(
@@ -294,6 +311,15 @@ impl Rotator {
                 });
             }
             let record = self.kw.record(id).await?;
+            if let Some(expected) = opts.expected_active
+                && record.active_version() != Some(expected)
+            {
+                return Err(Error::AlreadyRotated {
+                    keyring: id.clone(),
+                    expected: Some(expected),
+                    active: record.active_version(),
+                });
+            }
             let now = self.kw.now();
             let job_id = correlation_id()?;
             let from = record.active_version();
@@ -779,7 +805,24 @@ impl Rotator {
     /// or the last job listed failures on it, and with [`Error::GracePeriodNotOver`]
     /// before `deprecated_at + grace_period`, unless `force` gives a reason
     /// (audited). Keyrings whose policy lets old values expire (sessions) need no census.
+    ///
+    /// Runs under the keyring's lease, so it never races a rotation
+    /// ([`Error::RotationInProgress`] while one runs).
     pub async fn retire(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        policy: &Policy,
+        force: Option<&str>,
+    ) -> Result<KeyringRecord> {
+        let lease = self.lease(id, &RotateOptions::default()).await?;
+        let result = self.retire_leased(id, version, policy, force).await;
+        // Best effort: an unreleased lease expires by itself.
+        let _ = self.kw.store().release_lease(&lease).await;
+        result
+    }
+
+    async fn retire_leased(
         &self,
         id: &KeyringId,
         version: KeyVersion,

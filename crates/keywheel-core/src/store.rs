@@ -41,6 +41,10 @@ pub struct VersionRecord {
     pub retired_at: Option<Timestamp>,
     /// Flagged as compromised by an emergency rotation.
     pub compromised: bool,
+    /// Encryptions made under this version, as flushed by the processes using it
+    /// (see [`Keywheel::flush_usage`](crate::Keywheel::flush_usage)); feeds the usage-limit policy.
+    #[serde(default)]
+    pub encryptions: u64,
 }
 
 /// A keyring as stored: its versions and the generation that every change
@@ -88,6 +92,14 @@ pub enum KeyringChange {
     MarkCompromised {
         /// The version.
         version: KeyVersion,
+    },
+    /// Add encryptions counted by a process since its last flush (additive, so
+    /// several processes' counts sum up).
+    RecordUsage {
+        /// The version.
+        version: KeyVersion,
+        /// Encryptions to add.
+        add: u64,
     },
 }
 
@@ -210,6 +222,10 @@ impl KeyringRecord {
             }
             KeyringChange::MarkCompromised { version } => {
                 self.version_mut(*version)?.compromised = true;
+            }
+            KeyringChange::RecordUsage { version, add } => {
+                let v = self.version_mut(*version)?;
+                v.encryptions = v.encryptions.saturating_add(*add);
             }
         }
         Ok(())

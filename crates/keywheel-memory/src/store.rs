@@ -233,6 +233,7 @@ mod tests {
             deprecated_at: None,
             retired_at: None,
             compromised: false,
+            encryptions: 0,
         });
         assert!(matches!(store.create_keyring(&record).await, Err(Error::InvalidArgument(_))));
         assert!(store.is_empty());
