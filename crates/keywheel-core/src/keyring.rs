@@ -163,7 +163,8 @@ impl Keyring {
     /// Encrypt into the text form `kw:v{N}:{base64}` (for text columns).
     pub fn encrypt_text(&self, plaintext: &[u8], context: &Context) -> Result<String> {
         let binary = self.encrypt(plaintext, context)?;
-        let version = wire::version_of(&binary)?;
+        // `encrypt` succeeded, so there is an Active version and it wrote this header.
+        let version = self.active_slot()?.summary.version;
         Ok(wire::to_text(version, &binary))
     }
 
@@ -173,7 +174,10 @@ impl Keyring {
     /// and [`Error::KeyRetired`] for versions this snapshot cannot use, and the
     /// opaque [`Error::Decrypt`] for every authentication failure.
     pub fn decrypt(&self, value: &[u8], context: &Context) -> Result<Plaintext> {
-        let decoded = wire::decode(value)?;
+        self.open(&wire::decode(value)?, context)
+    }
+
+    fn open(&self, decoded: &wire::Decoded<'_>, context: &Context) -> Result<Plaintext> {
         let algorithm = decoded.info.algorithm;
         if !algorithm.is_aead() {
             return Err(Error::WrongValueKind("this value is a signature; use verify()"));
@@ -198,9 +202,9 @@ impl Keyring {
     /// its form (binary stays binary, text stays text). The plaintext lives
     /// only in a zeroizing buffer.
     pub fn reencrypt(&self, value: &[u8], context: &Context) -> Result<Vec<u8>> {
-        let form = wire::parse(value)?.form;
-        let plaintext = self.decrypt(value, context)?;
-        match form {
+        let decoded = wire::decode(value)?;
+        let plaintext = self.open(&decoded, context)?;
+        match decoded.info.form {
             Form::Binary => self.encrypt(&plaintext, context),
             Form::Text => self.encrypt_text(&plaintext, context).map(String::into_bytes),
         }

@@ -767,7 +767,7 @@ impl Rotator {
                 let batch = source.scan(&request).await?;
                 let Some(last) = batch.last() else { break };
                 request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
-                let (counts, failures, _) = reencrypt_values(&ring, id, to, source.name(), &batch);
+                let (counts, failures, _) = reencrypt_values(&ring, id, to, source.name(), batch);
                 job.counts.processed += counts.processed;
                 job.counts.rewritten += counts.processed - counts.failed;
                 job.counts.failed += counts.failed;
@@ -1035,24 +1035,25 @@ fn reencrypt_values(
     id: &KeyringId,
     to: KeyVersion,
     source: &str,
-    batch: &[StoredValue],
+    batch: Vec<StoredValue>,
 ) -> (JobCounts, Vec<JobFailure>, Vec<Replacement>) {
     let mut counts = JobCounts::default();
     let mut failures = Vec::new();
     let mut replacements = Vec::with_capacity(batch.len());
-    for v in batch.iter().filter(|v| &v.keyring == id) {
+    // The batch is owned: its cursors and values move into the replacements.
+    for v in batch.into_iter().filter(|v| &v.keyring == id) {
         let version = crate::version_of(&v.value).ok();
         if version == Some(to) {
             continue;
         }
         counts.processed += 1;
         match ring.reencrypt(&v.value, &v.context) {
-            Ok(new) => replacements.push(Replacement { cursor: v.cursor.clone(), old: v.value.clone(), new }),
+            Ok(new) => replacements.push(Replacement { cursor: v.cursor, old: v.value, new }),
             Err(e) => {
                 counts.failed += 1;
                 failures.push(JobFailure {
                     source: source.to_owned(),
-                    cursor: v.cursor.clone(),
+                    cursor: v.cursor,
                     version,
                     reason: e.to_string(),
                 });
@@ -1074,7 +1075,7 @@ async fn process_batch(
     let name = source.name().to_owned();
     let last_cursor = batch.last().map(|v| v.cursor.clone()).unwrap_or_else(|| crate::Cursor(String::new()));
     let (mut counts, failures, replacements) =
-        tokio::task::spawn_blocking(move || reencrypt_values(&ring, &id, to, &name, &batch))
+        tokio::task::spawn_blocking(move || reencrypt_values(&ring, &id, to, &name, batch))
             .await
             .map_err(|e| Error::backend("rotation engine", format!("re-encryption task failed: {e}"), false))?;
     if !replacements.is_empty() {
