@@ -286,13 +286,8 @@ impl Rotator {
         }
         let record = self.kw.record(id).await?;
         let compromised = record.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: id.clone() })?;
-        let policy = Policy { activation_delay: Duration::ZERO, ..self.policy_of(id).await? };
+        let policy = Policy { activation_delay: Duration::ZERO, ..self.kw.policy(id).await? };
         self.start(id, &policy, opts, JobKind::Emergency { compromised, reason: reason.to_owned() }).await
-    }
-
-    /// The stored policy of a keyring, or its purpose's preset.
-    pub async fn policy_of(&self, id: &KeyringId) -> Result<Policy> {
-        self.kw.policy(id).await
     }
 
     async fn start(
@@ -348,14 +343,15 @@ impl Rotator {
             self.drive(&mut job, policy, opts, &lease).await
         }
         .await;
-        self.finish_lease(&lease, &result).await;
+        self.finish_lease(&lease, result.is_ok()).await;
         result
     }
 
-    /// Release the lease after a finished or cancelled job; keep it (until it
-    /// expires) after an error, so a crashed job is resumed by its own holder.
-    async fn finish_lease(&self, lease: &Lease, result: &Result<RotationReport>) {
-        if result.is_ok() {
+    /// Release the lease after success (`ok`); after an error keep it until it
+    /// expires, so a crashed job is resumed by its own holder first. Best effort:
+    /// an unreleased lease expires by itself.
+    async fn finish_lease(&self, lease: &Lease, ok: bool) {
+        if ok {
             // Best effort: an unreleased lease expires by itself.
             let _ = self.kw.store().release_lease(lease).await;
         }
@@ -379,16 +375,14 @@ impl Rotator {
             if job.phase == JobPhase::Cancelled {
                 job.phase = JobPhase::Reencrypt;
             }
-            let mut policy = self.policy_of(id).await?;
+            let mut policy = self.kw.policy(id).await?;
             if matches!(job.kind, JobKind::Emergency { .. }) {
                 policy.activation_delay = Duration::ZERO;
             }
             self.drive(&mut job, &policy, opts, &lease).await.map(Some)
         }
         .await;
-        if result.is_ok() {
-            let _ = self.kw.store().release_lease(&lease).await;
-        }
+        self.finish_lease(&lease, result.is_ok()).await;
         result
     }
 
@@ -817,8 +811,8 @@ impl Rotator {
     ) -> Result<KeyringRecord> {
         let lease = self.lease(id, &RotateOptions::default()).await?;
         let result = self.retire_leased(id, version, policy, force).await;
-        // Best effort: an unreleased lease expires by itself.
-        let _ = self.kw.store().release_lease(&lease).await;
+        // Nothing here is resumable, so the lease goes back whatever happened.
+        self.finish_lease(&lease, true).await;
         result
     }
 
@@ -953,9 +947,7 @@ impl Rotator {
             Ok(RollbackReport { from, to, reencrypt })
         }
         .await;
-        if result.is_ok() {
-            let _ = self.kw.store().release_lease(&lease).await;
-        }
+        self.finish_lease(&lease, result.is_ok()).await;
         result
     }
 

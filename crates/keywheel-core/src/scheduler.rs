@@ -53,6 +53,11 @@ pub struct Due {
     pub active: Option<KeyVersion>,
 }
 
+/// The policy of `id` from `policies`, or its purpose's preset.
+fn policy_for(policies: &BTreeMap<KeyringId, Policy>, id: &KeyringId) -> Policy {
+    policies.get(id).cloned().unwrap_or_else(|| Policy::for_purpose(id.purpose()))
+}
+
 /// Age of the Active version over the interval, if there is an Active version.
 fn age_ratio(now: Timestamp, record: &KeyringRecord, policy: &Policy) -> Option<f64> {
     let active = record.version(record.active_version()?)?;
@@ -86,7 +91,7 @@ pub fn evaluate(
         .iter()
         .filter_map(|record| {
             let id = &record.id;
-            let policy = policies.get(id).cloned().unwrap_or_else(|| Policy::for_purpose(id.purpose()));
+            let policy = policy_for(policies, id);
             let active = record.active_version();
             let ratio = age_ratio(now, record, &policy);
             let usage = active.and_then(|v| record.version(v)).map_or(0, |v| v.encryptions);
@@ -146,7 +151,7 @@ pub fn retirement_candidates(
 ) -> Vec<RetirementCandidate> {
     let mut out = Vec::new();
     for record in keyrings {
-        let policy = policies.get(&record.id).cloned().unwrap_or_else(|| Policy::for_purpose(record.id.purpose()));
+        let policy = policy_for(policies, &record.id);
         for v in &record.versions {
             if v.state == KeyState::Deprecated && v.deprecated_at.is_some_and(|at| at.plus(policy.grace_period) <= now)
             {
@@ -389,7 +394,7 @@ impl Scheduler {
                 self.rotator.emergency(id, &reason, &opts).await
             }
             _ => {
-                let policy = policies.get(id).cloned().unwrap_or_else(|| Policy::for_purpose(id.purpose()));
+                let policy = policy_for(policies, id);
                 self.rotator.rotate(id, &policy, &opts).await
             }
         }
@@ -416,7 +421,7 @@ impl Scheduler {
                     continue;
                 }
             }
-            let policy = policies.get(&c.keyring).cloned().unwrap_or_else(|| Policy::for_purpose(c.keyring.purpose()));
+            let policy = policy_for(policies, &c.keyring);
             match self.rotator.retire(&c.keyring, c.version, &policy, None).await {
                 Ok(_) => {
                     locked(&self.totals).retirements += 1;
@@ -601,7 +606,7 @@ pub fn status_report(
         .iter()
         .map(|record| {
             let id = &record.id;
-            let policy = policies.get(id).cloned().unwrap_or_else(|| Policy::for_purpose(id.purpose()));
+            let policy = policy_for(policies, id);
             let active = record.active_version().and_then(|v| record.version(v));
             let since = active.map(|v| v.activated_at.unwrap_or(v.created_at));
             let ratio = age_ratio(now, record, &policy);
