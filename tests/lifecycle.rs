@@ -273,6 +273,13 @@ async fn a_wrong_master_key_is_reported_once_by_kek_id() {
     assert!(err.to_string().contains("wrong master key for KEK local"), "{err}");
     let err = wrong.decrypt(&s.id, b"anything", &ctx("1")).await.expect_err("wrong master key");
     assert!(matches!(err, Error::WrongMasterKey { .. }), "{err}");
+    // Nothing is written under the wrong key either.
+    let before = s.kw.record(&s.id).await.expect("record");
+    let audited = s.audit.events().len();
+    let err = wrong.add_version(&s.id).await.expect_err("wrong master key");
+    assert!(matches!(err, Error::WrongMasterKey { .. }), "{err}");
+    assert_eq!(s.kw.record(&s.id).await.expect("record"), before);
+    assert_eq!(s.audit.events().len(), audited);
 }
 
 #[tokio::test]

@@ -306,6 +306,14 @@ impl Keywheel {
 
     async fn add_material(&self, id: &KeyringId, material: KeyMaterial, origin: KeyOrigin) -> Result<KeyVersion> {
         let record = self.record(id).await?;
+        // Prove the configured KEK opens this keyring before wrapping anything
+        // new with it: a wrong master key fails here (`WrongMasterKey`), before
+        // any write, instead of adding a version the others cannot live with.
+        if let Some((version, wrapped)) =
+            record.versions.iter().rev().find_map(|v| v.wrapped.as_ref().map(|w| (v.version, w)))
+        {
+            self.inner.kek.unwrap(id, version, wrapped).await?;
+        }
         let version = record.next_version()?;
         let algorithm = record.algorithm;
         let v = self.new_version_record(id, version, algorithm, material, origin).await?;

@@ -1,0 +1,719 @@
+//! [`FileKeyStore`]: keyrings, policies, rotation jobs and leases as JSON
+//! documents in a directory, each change one atomic file replacement under a
+//! cross-process lock.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keywheel_core::{
+    Error, KeyEncryptionKey, KeyState, KeyStore, KeyringChange, KeyringId, KeyringRecord, Lease, Policy, Result,
+    RotationJob, Timestamp, async_trait, check_fence, grant_lease,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::fsio::{
+    self, Backend, DIR_MODE, FILE_MODE, FORMAT, LockGuard, ProcessLock, atomic_write, file_name_for, is_document,
+    is_temporary, parse_document, read_optional, sync_dir, to_document,
+};
+
+const BACKEND: Backend = Backend("file key store");
+
+/// The marker document that makes a directory a store.
+pub(crate) const STORE_FILE: &str = "store.json";
+/// The lock file (empty; only ever locked).
+pub(crate) const LOCK_FILE: &str = "lock";
+const STORE_KIND: &str = "keywheel-file-store";
+
+/// The subdirectories, one document per keyring (or per job).
+const KEYRINGS: &str = "keyrings";
+const POLICIES: &str = "policies";
+const LEASES: &str = "leases";
+const JOBS: &str = "jobs";
+const SUBDIRS: [&str; 4] = [KEYRINGS, POLICIES, LEASES, JOBS];
+
+const OPT_OUT: &str = " (or, if this access is intended, open with FileStoreOptions::allow_insecure_permissions(true))";
+
+#[derive(Serialize, Deserialize)]
+struct StoreDoc {
+    format: u64,
+    kind: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyringDoc {
+    format: u64,
+    keyring: KeyringRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PolicyDoc {
+    format: u64,
+    keyring: KeyringId,
+    policy: Policy,
+}
+
+/// The lease state of one keyring; kept after release so tokens only grow.
+#[derive(Serialize, Deserialize)]
+struct LeaseDoc {
+    format: u64,
+    keyring: KeyringId,
+    last_token: u64,
+    current: Option<Lease>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JobDoc {
+    format: u64,
+    job: RotationJob,
+}
+
+/// How [`FileKeyStore`] opens a directory. `FileKeyStore::open(dir)` is
+/// `FileStoreOptions::new().open(dir)`.
+///
+/// ```
+/// # fn main() -> keywheel_core::Result<()> {
+/// use keywheel_file::FileStoreOptions;
+/// let dir = tempfile::tempdir().expect("tempdir");
+/// // Refuse to create a store: only open an existing one (e.g. in a CLI).
+/// let err = FileStoreOptions::new().create(false).open(dir.path()).expect_err("no store yet");
+/// assert!(err.to_string().contains("not a keywheel store"));
+/// let store = FileStoreOptions::new().open(dir.path())?;
+/// assert_eq!(store.check()?.keyrings, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileStoreOptions {
+    create: bool,
+    allow_insecure_permissions: bool,
+}
+
+impl Default for FileStoreOptions {
+    fn default() -> Self {
+        FileStoreOptions { create: true, allow_insecure_permissions: false }
+    }
+}
+
+impl FileStoreOptions {
+    /// The defaults: create the store if the directory has none, refuse
+    /// insecure permissions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to create the store (and the directory) if there is none
+    /// (default `true`). With `false`, opening a directory without a store is an error.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Accept a store whose directory or files give the group or other users
+    /// access (default `false`: such a store is refused). Only for special
+    /// cases, e.g. a directory shared with a backup agent through its group.
+    pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
+        self.allow_insecure_permissions = allow;
+        self
+    }
+
+    /// Open (or create) the store in `dir`. See [`FileKeyStore::open`].
+    pub fn open(&self, dir: impl AsRef<Path>) -> Result<FileKeyStore> {
+        FileKeyStore::open_with(dir.as_ref(), self)
+    }
+}
+
+/// What [`FileKeyStore::check`] found: the number of documents of each kind,
+/// all of which parsed and are consistent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreSummary {
+    /// Keyring documents.
+    pub keyrings: usize,
+    /// Policy documents.
+    pub policies: usize,
+    /// Lease documents (one per keyring that was ever leased).
+    pub leases: usize,
+    /// Rotation job documents.
+    pub jobs: usize,
+}
+
+/// A [`KeyStore`] in a local directory, for single hosts and the CLI.
+///
+/// * **Atomic changes**: every change writes a temporary file, fsyncs it,
+///   renames it over the old document and fsyncs the directory, so a crash
+///   leaves the old or the new document, never a torn one. A compare-and-set
+///   ([`update_keyring`](KeyStore::update_keyring)) touches one document.
+/// * **Cross-process exclusion**: every read-modify-write holds an OS file
+///   lock (`std::fs::File::lock`) on `<dir>/lock` for the duration of that one
+///   operation; readers need no lock because renames are atomic. Leases expire
+///   by time, so a lease whose holder died is simply taken over later.
+/// * **Permissions**: files are created 0600 and directories 0700; opening a
+///   store whose directory or files give the group or others any access is
+///   refused with an error that says how to fix it (opt out with
+///   [`FileStoreOptions::allow_insecure_permissions`]).
+/// * **Bad input**: a corrupt, truncated or unknown-format document is an
+///   [`Error::Backend`] naming the file; the store never writes over a
+///   document it could not parse. [`open`](Self::open) parses every document.
+/// * **Blocking**: the async methods do their (short) file I/O and lock waits
+///   inline, like the memory store: about a millisecond per change, dominated
+///   by the two fsyncs; reads take tens of microseconds and no lock.
+/// * **Material** is only ever stored KEK-wrapped; call
+///   [`check_kek`](Self::check_kek) after opening to reject a wrong master key
+///   before anything is written.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> keywheel_core::Result<()> {
+/// use std::sync::Arc;
+/// use keywheel_core::{Algorithm, Context, Keywheel, KeyringId, LocalKek, Purpose};
+/// use keywheel_file::{FileAuditSink, FileKeyStore};
+///
+/// let dir = tempfile::tempdir().expect("tempdir");
+/// let kek = Arc::new(LocalKek::from_bytes(&[7; 32]));
+/// let kw = Keywheel::builder()
+///     .store(Arc::new(FileKeyStore::open(dir.path().join("keys"))?))
+///     .audit(Arc::new(FileAuditSink::open(dir.path().join("audit.jsonl"))?))
+///     .kek(kek.clone())
+///     .build()?;
+/// let id = KeyringId::new("acme", Purpose::Token)?;
+/// kw.create_keyring(&id, Algorithm::Aes256Gcm).await?;
+/// let ctx = Context::field("users", "token", "1");
+/// let value = kw.encrypt(&id, b"secret", &ctx).await?;
+///
+/// // Later, or in another process: reopen, check the master key, decrypt.
+/// let store = FileKeyStore::options().create(false).open(dir.path().join("keys"))?;
+/// assert_eq!(store.check_kek(kek.as_ref()).await?, 1);
+/// let kw = Keywheel::builder()
+///     .store(Arc::new(store))
+///     .audit(Arc::new(FileAuditSink::open(dir.path().join("audit.jsonl"))?))
+///     .kek(kek)
+///     .build()?;
+/// assert_eq!(&kw.decrypt(&id, &value, &ctx).await?[..], b"secret");
+/// # Ok(()) }
+/// ```
+pub struct FileKeyStore {
+    dir: PathBuf,
+    lock: ProcessLock<()>,
+}
+
+impl fmt::Debug for FileKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKeyStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn create_dir(path: &Path) -> Result<bool> {
+    match DirBuilder::new().mode(DIR_MODE).create(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(BACKEND.io(path, "create the directory", &e)),
+    }
+}
+
+impl FileKeyStore {
+    /// Open the store in `dir`, creating the directory (mode 0700) and an
+    /// empty store if there is none. Refuses insecure permissions, a
+    /// non-empty directory that is not a store, and any document that does not
+    /// parse (the error names the file). Removes temporary files left by a crash.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        FileStoreOptions::new().open(dir)
+    }
+
+    /// Options for opening a store (create or not, permission opt-out).
+    pub fn options() -> FileStoreOptions {
+        FileStoreOptions::new()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_with(dir: &Path, options: &FileStoreOptions) -> Result<Self> {
+        let dir = dir.to_path_buf();
+        // The store directory itself may be a symlink (to another disk, say).
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(BACKEND.err(&dir, "is not a directory; give the path of a store directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && options.create => {
+                let missing: Vec<PathBuf> = dir
+                    .ancestors()
+                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                    .map(Path::to_path_buf)
+                    .collect();
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(&dir)
+                    .map_err(|e| BACKEND.io(&dir, "create the store directory", &e))?;
+                // Make every new directory entry durable, innermost last.
+                for created in missing.iter().rev() {
+                    sync_dir(BACKEND, fsio::parent_dir(created))?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BACKEND.err(&dir, "not a keywheel store: the directory does not exist"));
+            }
+            Err(e) => return Err(BACKEND.io(&dir, "inspect the store directory", &e)),
+        }
+        let store_file = dir.join(STORE_FILE);
+        let initialized = store_file.exists();
+        if !initialized {
+            if !options.create {
+                return Err(BACKEND.err(
+                    &dir,
+                    format!("not a keywheel store (no {STORE_FILE}); check the path, or create a store there"),
+                ));
+            }
+            Self::check_can_initialize(&dir)?;
+        } else if !options.allow_insecure_permissions {
+            // Refuse before touching anything in a store others can read.
+            Self::check_permissions(&dir)?;
+        }
+
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock_options = OpenOptions::new();
+        lock_options.read(true).write(true).create(true).truncate(false).mode(FILE_MODE);
+        let store = FileKeyStore { dir, lock: ProcessLock::open(BACKEND, lock_path, lock_options, ())? };
+        {
+            let _guard = store.lock()?;
+            if store_file.exists() {
+                let bytes = fs::read(&store_file).map_err(|e| BACKEND.io(&store_file, "read", &e))?;
+                let doc: StoreDoc = parse_document(BACKEND, &store_file, &bytes)?;
+                if doc.kind != STORE_KIND {
+                    return Err(BACKEND.err(
+                        &store_file,
+                        format!("is a \"{}\" document, not a keywheel store marker ({STORE_KIND})", doc.kind),
+                    ));
+                }
+                let mut created = false;
+                for sub in SUBDIRS {
+                    created |= create_dir(&store.dir.join(sub))?;
+                }
+                if created {
+                    sync_dir(BACKEND, &store.dir)?;
+                }
+            } else {
+                store.initialize()?;
+            }
+            if !initialized && !options.allow_insecure_permissions {
+                Self::check_permissions(&store.dir)?;
+            }
+            store.remove_temporary_files()?;
+            store.scan()?;
+        }
+        Ok(store)
+    }
+
+    /// A directory without a store may only hold what a store (or an audit log
+    /// kept next to it) would put there.
+    fn check_can_initialize(dir: &Path) -> Result<()> {
+        let entries = fs::read_dir(dir).map_err(|e| BACKEND.io(dir, "list the directory", &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BACKEND.io(dir, "list the directory", &e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name == LOCK_FILE
+                || SUBDIRS.contains(&name.as_ref())
+                || name.ends_with(".jsonl")
+                || (is_temporary(&name) && name.starts_with(&format!(".{STORE_FILE}")));
+            if !ours {
+                return Err(BACKEND.err(
+                    dir,
+                    format!(
+                        "not a keywheel store (no {STORE_FILE}) and not empty (it holds {name:?}); \
+                         choose a new or empty directory for the store"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the layout of a new store; the marker document comes last, so a
+    /// crash before it leaves a directory that the next open initializes again.
+    fn initialize(&self) -> Result<()> {
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| BACKEND.io(&self.dir, "set the directory's mode to 0700", &e))?;
+        for sub in SUBDIRS {
+            create_dir(&self.dir.join(sub))?;
+        }
+        sync_dir(BACKEND, &self.dir)?;
+        let path = self.dir.join(STORE_FILE);
+        let doc = StoreDoc { format: FORMAT, kind: STORE_KIND.to_owned() };
+        atomic_write(BACKEND, &path, &to_document(BACKEND, &path, &doc)?)
+    }
+
+    /// The store directory and subdirectories must be 0700-like and every
+    /// store file 0600-like: no access at all for the group or others.
+    fn check_permissions(dir: &Path) -> Result<()> {
+        let check = |path: &Path, wanted: u32| -> Result<()> {
+            // Follow a symlinked store directory; never a symlink inside it.
+            let meta = if path == dir { fs::metadata(path) } else { fs::symlink_metadata(path) };
+            match meta {
+                Ok(meta) => fsio::check_mode(BACKEND, path, &meta, 0o077, wanted, OPT_OUT),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(BACKEND.io(path, "inspect", &e)),
+            }
+        };
+        check(dir, DIR_MODE)?;
+        check(&dir.join(STORE_FILE), FILE_MODE)?;
+        check(&dir.join(LOCK_FILE), FILE_MODE)?;
+        for sub in SUBDIRS {
+            let subdir = dir.join(sub);
+            check(&subdir, DIR_MODE)?;
+            for name in Self::entries(&subdir)? {
+                if is_document(&name) || is_temporary(&name) {
+                    check(&subdir.join(name), FILE_MODE)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names in a directory (none if it does not exist).
+    fn entries(dir: &Path) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(BACKEND.io(dir, "list the directory", &e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| BACKEND.io(dir, "list the directory", &e))?;
+            match entry.file_name().into_string() {
+                Ok(name) => names.push(name),
+                // Not a name the store writes; ignore it like any foreign file.
+                Err(_) => continue,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Temporary files are only written under the lock, so under the lock
+    /// any that exist are leftovers of a crashed writer.
+    fn remove_temporary_files(&self) -> Result<()> {
+        for dir in std::iter::once(self.dir.clone()).chain(SUBDIRS.iter().map(|s| self.dir.join(s))) {
+            let mut removed = false;
+            for name in Self::entries(&dir)? {
+                if is_temporary(&name) {
+                    let path = dir.join(&name);
+                    fs::remove_file(&path).map_err(|e| BACKEND.io(&path, "remove a leftover temporary file", &e))?;
+                    removed = true;
+                }
+            }
+            if removed {
+                sync_dir(BACKEND, &dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<LockGuard<'_, ()>> {
+        self.lock.lock(BACKEND)
+    }
+
+    /// Parse every document of the store and check that each is consistent
+    /// (valid keyring records, each document under the file name of its id).
+    /// The error names the first bad file. [`open`](Self::open) runs it.
+    pub fn check(&self) -> Result<StoreSummary> {
+        self.scan()
+    }
+
+    fn scan(&self) -> Result<StoreSummary> {
+        let mut summary = StoreSummary::default();
+        for id in self.keyring_ids()? {
+            self.read_keyring(&id)?;
+            summary.keyrings += 1;
+        }
+        for (path, name) in self.documents(POLICIES)? {
+            let doc: PolicyDoc = self.read_document(&path)?;
+            self.expect_name(&path, &name, &doc.keyring.canonical(), "keyring")?;
+            summary.policies += 1;
+        }
+        for (path, name) in self.documents(LEASES)? {
+            let doc: LeaseDoc = self.read_document(&path)?;
+            self.expect_name(&path, &name, &doc.keyring.canonical(), "keyring")?;
+            if doc.current.as_ref().is_some_and(|l| l.keyring != doc.keyring || l.token > doc.last_token) {
+                return Err(BACKEND.err(&path, "holds a lease inconsistent with its keyring or token counter"));
+            }
+            summary.leases += 1;
+        }
+        summary.jobs = self.jobs()?.len();
+        Ok(summary)
+    }
+
+    /// `(path, name)` of every document in a subdirectory, sorted by name.
+    fn documents(&self, sub: &str) -> Result<Vec<(PathBuf, String)>> {
+        let dir = self.dir.join(sub);
+        let mut docs = Vec::new();
+        for name in Self::entries(&dir)? {
+            if is_document(&name) {
+                let path = dir.join(&name);
+                let meta = fs::symlink_metadata(&path).map_err(|e| BACKEND.io(&path, "inspect", &e))?;
+                if !meta.is_file() {
+                    return Err(BACKEND.err(&path, "is not a regular file; remove it or restore it from a backup"));
+                }
+                docs.push((path, name));
+            }
+        }
+        Ok(docs)
+    }
+
+    fn read_document<T: DeserializeOwned>(&self, path: &Path) -> Result<T> {
+        let bytes = fs::read(path).map_err(|e| BACKEND.io(path, "read", &e))?;
+        parse_document(BACKEND, path, &bytes)
+    }
+
+    fn read_optional_document<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        read_optional(BACKEND, path)?.map(|bytes| parse_document(BACKEND, path, &bytes)).transpose()
+    }
+
+    fn expect_name(&self, path: &Path, name: &str, id: &str, what: &str) -> Result<()> {
+        if file_name_for(id) == name {
+            Ok(())
+        } else {
+            Err(BACKEND.err(
+                path,
+                format!(
+                    "holds {what} {id:?}, whose file would be {:?}: the file was renamed or copied; \
+                     restore it from a backup",
+                    file_name_for(id)
+                ),
+            ))
+        }
+    }
+
+    fn write<T: Serialize>(&self, path: &Path, doc: &T) -> Result<()> {
+        atomic_write(BACKEND, path, &to_document(BACKEND, path, doc)?)
+    }
+
+    fn path(&self, sub: &str, id: &str) -> PathBuf {
+        self.dir.join(sub).join(file_name_for(id))
+    }
+
+    fn keyring_ids(&self) -> Result<Vec<KeyringId>> {
+        let mut ids = Vec::new();
+        for (path, name) in self.documents(KEYRINGS)? {
+            let doc: KeyringDoc = self.read_document(&path)?;
+            self.expect_name(&path, &name, &doc.keyring.id.canonical(), "keyring")?;
+            ids.push(doc.keyring.id);
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn read_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
+        let path = self.path(KEYRINGS, &id.canonical());
+        let Some(doc) = self.read_optional_document::<KeyringDoc>(&path)? else {
+            return Ok(None);
+        };
+        if doc.keyring.id != *id {
+            return Err(BACKEND.err(
+                &path,
+                format!(
+                    "holds keyring {}, not {id}: the file was renamed or copied; restore it from a backup",
+                    doc.keyring.id
+                ),
+            ));
+        }
+        doc.keyring.validate().map_err(|e| {
+            BACKEND.err(&path, format!("holds an invalid keyring record ({e}); restore it from a backup"))
+        })?;
+        Ok(Some(doc.keyring))
+    }
+
+    fn write_keyring(&self, record: &KeyringRecord) -> Result<()> {
+        let doc = KeyringDoc { format: FORMAT, keyring: record.clone() };
+        self.write(&self.path(KEYRINGS, &record.id.canonical()), &doc)
+    }
+
+    fn read_lease(&self, id: &KeyringId) -> Result<Option<LeaseDoc>> {
+        let path = self.path(LEASES, &id.canonical());
+        let doc = self.read_optional_document::<LeaseDoc>(&path)?;
+        if let Some(doc) = &doc
+            && doc.keyring != *id
+        {
+            return Err(BACKEND.err(&path, format!("holds the lease of {}, not of {id}", doc.keyring)));
+        }
+        Ok(doc)
+    }
+
+    fn write_lease(&self, id: &KeyringId, last_token: u64, current: Option<Lease>) -> Result<()> {
+        let doc = LeaseDoc { format: FORMAT, keyring: id.clone(), last_token, current };
+        self.write(&self.path(LEASES, &id.canonical()), &doc)
+    }
+
+    fn read_job(&self, id: &str) -> Result<Option<RotationJob>> {
+        let path = self.path(JOBS, id);
+        let doc = self.read_optional_document::<JobDoc>(&path)?;
+        if let Some(doc) = &doc
+            && doc.job.id != id
+        {
+            return Err(BACKEND.err(&path, format!("holds job {:?}, not {id:?}", doc.job.id)));
+        }
+        Ok(doc.map(|d| d.job))
+    }
+
+    fn jobs(&self) -> Result<Vec<RotationJob>> {
+        let mut jobs = Vec::new();
+        for (path, name) in self.documents(JOBS)? {
+            let doc: JobDoc = self.read_document(&path)?;
+            self.expect_name(&path, &name, &doc.job.id, "job")?;
+            jobs.push(doc.job);
+        }
+        Ok(jobs)
+    }
+
+    fn read_policy(&self, id: &KeyringId) -> Result<Option<Policy>> {
+        let path = self.path(POLICIES, &id.canonical());
+        let doc = self.read_optional_document::<PolicyDoc>(&path)?;
+        if let Some(doc) = &doc
+            && doc.keyring != *id
+        {
+            return Err(BACKEND.err(&path, format!("holds the policy of {}, not of {id}", doc.keyring)));
+        }
+        Ok(doc.map(|d| d.policy))
+    }
+
+    /// The current (unreleased) lease of a keyring, expired or not, if any.
+    pub fn current_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        Ok(self.read_lease(id)?.and_then(|doc| doc.current))
+    }
+
+    /// Check a KEK against the store before using it: unwrap every live
+    /// version of every keyring and discard the material. Returns the number
+    /// of versions checked. Writes nothing.
+    ///
+    /// Call it right after opening (the CLI does): with a wrong master key it
+    /// fails with [`Error::WrongMasterKey`] (by key check value, before any
+    /// decryption), with a KEK of another id with [`Error::KekMismatch`], so
+    /// nothing is wrapped under a wrong key and written. ([`Keywheel`] itself
+    /// only unwraps when it loads a keyring; adding a version wraps under the
+    /// configured KEK without unwrapping anything first.)
+    ///
+    /// [`Keywheel`]: keywheel_core::Keywheel
+    pub async fn check_kek(&self, kek: &dyn KeyEncryptionKey) -> Result<usize> {
+        let mut checked = 0;
+        for id in self.keyring_ids()? {
+            let Some(record) = self.read_keyring(&id)? else { continue };
+            for v in &record.versions {
+                if let (Some(wrapped), true) = (&v.wrapped, v.state != KeyState::Retired) {
+                    // Dropped at once: `KeyMaterial` zeroizes itself.
+                    kek.unwrap(&record.id, v.version, wrapped).await?;
+                    checked += 1;
+                }
+            }
+        }
+        Ok(checked)
+    }
+}
+
+#[async_trait]
+impl KeyStore for FileKeyStore {
+    async fn create_keyring(&self, record: &KeyringRecord) -> Result<()> {
+        record.validate()?;
+        let _guard = self.lock()?;
+        // Parses an existing document: a corrupt one is reported, never overwritten.
+        if self.read_keyring(&record.id)?.is_some() {
+            return Err(Error::KeyringExists(record.id.clone()));
+        }
+        self.write_keyring(record)
+    }
+
+    async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
+        self.read_keyring(id)
+    }
+
+    async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
+        self.keyring_ids()
+    }
+
+    async fn update_keyring(
+        &self,
+        id: &KeyringId,
+        expected_generation: u64,
+        changes: &[KeyringChange],
+    ) -> Result<KeyringRecord> {
+        let _guard = self.lock()?;
+        let mut record = self.read_keyring(id)?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
+        if record.generation != expected_generation {
+            return Err(Error::GenerationConflict {
+                keyring: id.clone(),
+                expected: expected_generation,
+                actual: record.generation,
+            });
+        }
+        // `apply` works on a copy and leaves `record` untouched on error.
+        record.apply(changes)?;
+        self.write_keyring(&record)?;
+        Ok(record)
+    }
+
+    async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let _guard = self.lock()?;
+        let (current, last_token) = self.read_lease(id)?.map_or((None, 0), |doc| (doc.current, doc.last_token));
+        let lease = grant_lease(current.as_ref(), id, holder, ttl, now, last_token)?;
+        self.write_lease(id, lease.token, Some(lease.clone()))?;
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let _guard = self.lock()?;
+        let lost = || Error::LeaseLost { keyring: lease.keyring.clone() };
+        let doc = self.read_lease(&lease.keyring)?.ok_or_else(lost)?;
+        let mut current = doc
+            .current
+            .filter(|current| current.token == lease.token && current.holder == lease.holder)
+            .ok_or_else(lost)?;
+        current.expires_at = now.plus(ttl);
+        self.write_lease(&lease.keyring, doc.last_token, Some(current.clone()))?;
+        Ok(current)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let _guard = self.lock()?;
+        if let Some(doc) = self.read_lease(&lease.keyring)?
+            && doc.current.as_ref().is_some_and(|current| current.token == lease.token)
+        {
+            self.write_lease(&lease.keyring, doc.last_token, None)?;
+        }
+        Ok(())
+    }
+
+    async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
+        let _guard = self.lock()?;
+        let current = self.read_lease(&job.keyring)?.and_then(|doc| doc.current);
+        check_fence(current.as_ref(), lease)?;
+        // Refuse to overwrite a job document that does not parse.
+        self.read_job(&job.id)?;
+        let doc = JobDoc { format: FORMAT, job: job.clone() };
+        self.write(&self.path(JOBS, &job.id), &doc)
+    }
+
+    async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
+        self.read_job(id)
+    }
+
+    async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
+        let mut jobs: Vec<RotationJob> = self.jobs()?.into_iter().filter(|job| &job.keyring == keyring).collect();
+        jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        Ok(jobs)
+    }
+
+    async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
+        let _guard = self.lock()?;
+        // Refuse to overwrite a policy document that does not parse.
+        self.read_policy(keyring)?;
+        let doc = PolicyDoc { format: FORMAT, keyring: keyring.clone(), policy: policy.clone() };
+        self.write(&self.path(POLICIES, &keyring.canonical()), &doc)
+    }
+
+    async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
+        self.read_policy(keyring)
+    }
+}
