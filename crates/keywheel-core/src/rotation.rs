@@ -611,7 +611,10 @@ impl Rotator {
                         break;
                     };
                     after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
-                    in_flight.push_back(process_batch(Arc::clone(source), Arc::clone(&ring), id.clone(), to, batch));
+                    // A task per batch: its re-encryption and write progress while this
+                    // loop scans ahead or checkpoints.
+                    let task = process_batch(Arc::clone(source), Arc::clone(&ring), id.clone(), to, batch);
+                    in_flight.push_back(BatchTask(tokio::spawn(task)));
                 }
                 let Some(result) = in_flight.next().await else {
                     break;
@@ -1053,6 +1056,26 @@ fn reencrypt_values(
         }
     }
     (counts, failures, replacements)
+}
+
+/// A spawned batch; dropping it (an early return, a cancelled job) aborts the
+/// task. Whatever it already wrote is on the target version, so a resume
+/// filters it out; whatever it did not write is still the old value.
+struct BatchTask(tokio::task::JoinHandle<Result<BatchResult>>);
+
+impl std::future::Future for BatchTask {
+    type Output = Result<BatchResult>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| Err(Error::backend("rotation engine", format!("batch task failed: {e}"), false)))
+        })
+    }
+}
+
+impl Drop for BatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Re-encrypt a batch on a blocking thread (crypto overlaps the next scan),
