@@ -16,10 +16,46 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # ---------------------------------------------------------------------------
 # Services needed by the tests.
 #
-# POSTGRES SETUP GOES HERE (a later issue adds the Postgres backend): make sure
-# a server is running, create the test database/role, and export the URL the
-# Postgres tests read. Until then no test needs a service.
+# POSTGRES SETUP: the keywheel-postgres tests read KEYWHEEL_TEST_DATABASE_URL
+# (each test creates and drops a database of its own there). Unless it is set
+# already, make sure a local server runs — start the installed cluster, or on
+# CI install PostgreSQL first — and point the URL at it. Without a server the
+# tests fall back to a throwaway initdb cluster, or skip loudly (they fail
+# instead when KEYWHEEL_REQUIRE_POSTGRES is set, as .ci/run does).
 # ---------------------------------------------------------------------------
+postgres_answers() {
+    command -v psql >/dev/null 2>&1 && psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1
+}
+if [ -z "${KEYWHEEL_TEST_DATABASE_URL:-}" ]; then
+    local_url="postgresql://postgres@127.0.0.1:5432/postgres"
+    if ! postgres_answers "$local_url"; then
+        if ! command -v pg_ctlcluster >/dev/null 2>&1 && [ "${CI:-}" = true ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing PostgreSQL (CI)"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        fi
+        if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+            pg_version=$(ls /etc/postgresql | sort -V | tail -n 1)
+            echo "==> starting PostgreSQL $pg_version"
+            pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start 2>/dev/null || true
+            for _ in $(seq 1 30); do
+                pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && break
+                sleep 1
+            done
+        fi
+    fi
+    if ! postgres_answers "$local_url" && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && command -v runuser >/dev/null 2>&1; then
+        # A fresh Debian cluster asks for a password over TCP: give the
+        # superuser one for the tests (local socket, peer authentication).
+        runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'keywheel-tests'" >/dev/null 2>&1 || true
+        local_url="postgresql://postgres:keywheel-tests@127.0.0.1:5432/postgres"
+    fi
+    if postgres_answers "$local_url"; then
+        export KEYWHEEL_TEST_DATABASE_URL="$local_url"
+        echo "==> Postgres tests use $local_url"
+    else
+        echo "==> no PostgreSQL server reachable; the Postgres tests try a throwaway initdb cluster"
+    fi
+fi
 
 features=(--workspace --all-features)
 

@@ -1,0 +1,324 @@
+//! Postgres rotation throughput: seeds N rows × 2 encrypted `bytea` columns,
+//! then measures in the same run (a) the raw batched rewrite of the same rows
+//! with fresh random bytes (`UPDATE … FROM UNNEST(…)`, one connection, the
+//! ceiling set by the database) and (b) a keywheel rotation of them
+//! (`Rotator` + `PgRecordSource`: scan, decrypt, encrypt, compare-and-set
+//! write), and prints rows/s for both, their ratio, and the peak RSS of the
+//! rotation.
+//!
+//! ```text
+//! cargo bench -p keywheel-postgres --bench pg_rotation -- --rows 1000000
+//! KEYWHEEL_BENCH_ROWS=20000 cargo bench -p keywheel-postgres --bench pg_rotation
+//! ```
+//!
+//! Options: `--rows N` (default 1,000,000, or `KEYWHEEL_BENCH_ROWS`),
+//! `--batch ROWS` (rows per batch, default 2000), `--parallel N` (batches in
+//! flight, default 3), `--min-ratio R` (exit non-zero if (b)/(a) is below R).
+//! Finds Postgres like the tests do (`KEYWHEEL_TEST_DATABASE_URL`, a local
+//! server, or a throwaway cluster) and works in a database of its own.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, XorShift};
+use keywheel_core::{Algorithm, Context, Form, KeyringId, Purpose, RecordSource, RotateOptions, Rotator};
+use keywheel_postgres::{PgRecordSource, TableSpec};
+
+struct Args {
+    rows: i64,
+    batch: usize,
+    parallel: usize,
+    min_ratio: Option<f64>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rows: std::env::var("KEYWHEEL_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
+        batch: 2000,
+        parallel: 3,
+        min_ratio: None,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let value = |i: usize| argv.get(i + 1).cloned().unwrap_or_default();
+    for (i, arg) in argv.iter().enumerate() {
+        match arg.as_str() {
+            "--rows" => a.rows = value(i).parse().expect("--rows N"),
+            "--batch" => a.batch = value(i).parse().expect("--batch ROWS"),
+            "--parallel" => a.parallel = value(i).parse().expect("--parallel N"),
+            "--min-ratio" => a.min_ratio = Some(value(i).parse().expect("--min-ratio R")),
+            _ => {} // `cargo bench` passes `--bench`
+        }
+    }
+    a
+}
+
+/// CPU seconds used so far: (this process, the whole machine).
+fn cpu_seconds() -> (f64, f64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .unwrap_or(0.0);
+    let all = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s.lines().next()?;
+            let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            // user nice system (idle iowait excluded) irq softirq steal
+            Some((v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?) / tick)
+        })
+        .unwrap_or(0.0);
+    (own, all)
+}
+
+fn print_cpu(what: &str, before: (f64, f64), wall: Duration) {
+    let after = cpu_seconds();
+    let (own, all) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "    {what} CPU: this process {own:.2} s, everything else (Postgres) {:.2} s, over {:.2} s wall",
+        all - own,
+        wall.as_secs_f64()
+    );
+}
+
+/// Peak resident set size of this process in KiB since the last reset.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reset the peak RSS counter (Linux: write 5 to clear_refs).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Sums of the time spent in each source call (calls overlap: these are busy times).
+#[derive(Debug, Default)]
+struct Stats {
+    scan: Duration,
+    scans: u32,
+    replace: Duration,
+    replaces: u32,
+    census: Duration,
+}
+
+#[derive(Debug)]
+struct Timed {
+    inner: Arc<PgRecordSource>,
+    stats: std::sync::Mutex<Stats>,
+}
+
+#[keywheel_core::async_trait]
+impl RecordSource for Timed {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn scan(&self, r: &keywheel_core::ScanRequest) -> keywheel_core::Result<Vec<keywheel_core::StoredValue>> {
+        let t = Instant::now();
+        let out = self.inner.scan(r).await;
+        let mut s = self.stats.lock().expect("stats");
+        s.scan += t.elapsed();
+        s.scans += 1;
+        out
+    }
+    async fn replace(
+        &self,
+        b: &[keywheel_core::Replacement],
+    ) -> keywheel_core::Result<Vec<keywheel_core::ReplaceOutcome>> {
+        let t = Instant::now();
+        let out = self.inner.replace(b).await;
+        let mut s = self.stats.lock().expect("stats");
+        s.replace += t.elapsed();
+        s.replaces += 1;
+        out
+    }
+    async fn census(&self, k: Option<&KeyringId>) -> keywheel_core::Result<keywheel_core::Census> {
+        let t = Instant::now();
+        let out = self.inner.census(k).await;
+        self.stats.lock().expect("stats").census += t.elapsed();
+        out
+    }
+}
+
+fn ctx(column: &str, id: i64) -> Context {
+    Context::field("bench", column, &id.to_string())
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let Some(db) = TestDb::create().await else { return };
+    let n = args.rows;
+    println!(
+        "pg_rotation: {n} rows x 2 encrypted columns, batches of {} rows, {} in flight",
+        args.batch, args.parallel
+    );
+    let pool = db.pool(args.parallel + 3);
+    let kw = common::keywheel_on(&pool, Duration::from_secs(3600)).await;
+    let id = KeyringId::new("bench", Purpose::Database).expect("id");
+    kw.create_keyring(&id, Algorithm::Aes256Gcm).await.expect("keyring");
+    let ring = kw.keyring(&id).await.expect("ring");
+
+    // Seed: two identical tables, one per contender.
+    let t = Instant::now();
+    let client = db.client().await;
+    for table in ["bench_raw", "bench_kw"] {
+        client
+            .batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, email bytea, token bytea)"))
+            .await
+            .expect("create");
+    }
+    let chunk = 20_000i64;
+    let mut start = 1;
+    while start <= n {
+        let ids: Vec<i64> = (start..=(start + chunk - 1).min(n)).collect();
+        let email: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|i| ring.encrypt(format!("user{i}@example.com").as_bytes(), &ctx("email", *i)).expect("encrypt"))
+            .collect();
+        let token: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|i| {
+                ring.encrypt(format!("ya29.token-{i:016x}-abcdefghijklmnopqrstuvwxyz").as_bytes(), &ctx("token", *i))
+                    .expect("encrypt")
+            })
+            .collect();
+        client
+            .execute(
+                "INSERT INTO bench_raw SELECT * FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[])",
+                &[&ids, &email, &token],
+            )
+            .await
+            .expect("seed");
+        start += chunk;
+    }
+    for sql in [
+        "INSERT INTO bench_kw SELECT * FROM bench_raw",
+        "VACUUM ANALYZE bench_raw",
+        "VACUUM ANALYZE bench_kw",
+        "CHECKPOINT",
+    ] {
+        client.batch_execute(sql).await.expect(sql);
+    }
+    println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+
+    // (a) Raw batched rewrite with fresh random bytes of the same lengths.
+    let mut rng = XorShift::seeded();
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    let mut start = 1;
+    let batch = i64::try_from(args.batch).expect("batch");
+    let (email_len, token_len) = (29 + 16 + 20, 57 + 16 + 20);
+    while start <= n {
+        let ids: Vec<i64> = (start..=(start + batch - 1).min(n)).collect();
+        let mut random = |len: usize| -> Vec<u8> { (0..len).map(|_| rng.next_u64() as u8).collect() };
+        let email: Vec<Vec<u8>> = ids.iter().map(|_| random(email_len)).collect();
+        let token: Vec<Vec<u8>> = ids.iter().map(|_| random(token_len)).collect();
+        client
+            .execute(
+                "UPDATE bench_raw AS t SET email = v.email, token = v.token \
+                 FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[]) AS v(id, email, token) WHERE t.id = v.id",
+                &[&ids, &email, &token],
+            )
+            .await
+            .expect("raw update");
+        start += batch;
+    }
+    let raw = t.elapsed();
+    print_cpu("(a)", cpu, raw);
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    println!("(a) raw UNNEST rewrite:  {:>9.0} rows/s  ({:.2} s)", raw_rate, raw.as_secs_f64());
+    client.batch_execute("CHECKPOINT").await.expect("checkpoint");
+
+    // (b) keywheel rotation.
+    let source = Arc::new(
+        PgRecordSource::open(
+            pool.clone(),
+            TableSpec::new("public", "bench_kw")
+                .keyring(id.clone())
+                .context_table("bench")
+                .column("email", Form::Binary)
+                .column("token", Form::Binary),
+        )
+        .await
+        .expect("open"),
+    );
+    if std::env::var_os("KEYWHEEL_BENCH_PROFILE").is_some() {
+        let t = Instant::now();
+        let census = source.census(Some(&id)).await.expect("census");
+        println!("    census: {:.2} s ({census:?})", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut request = keywheel_core::ScanRequest {
+            after: None,
+            limit: args.batch * 2,
+            keyring: Some(id.clone()),
+            skip_version: Some(keywheel_core::KeyVersion::new(2).expect("v2")),
+        };
+        let mut batches = Vec::new();
+        loop {
+            let batch = source.scan(&request).await.expect("scan");
+            let Some(last) = batch.last() else { break };
+            request.after = Some(last.cursor.clone());
+            batches.push(batch);
+        }
+        println!("    full scan: {:.2} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut crypto = 0usize;
+        for batch in &batches {
+            for v in batch {
+                crypto += ring.decrypt(&v.value, &v.context).expect("decrypt").len();
+            }
+        }
+        println!("    decrypt all (1 thread): {:.2} s ({crypto} bytes)", t.elapsed().as_secs_f64());
+    }
+    let timed = Arc::new(Timed { inner: source.clone(), stats: Default::default() });
+    let rotator = Rotator::new(kw.clone()).expect("rotator").source(timed.clone());
+    let opts = RotateOptions {
+        batch_size: args.batch * 2,
+        parallel_batches: args.parallel,
+        estimate_total: false,
+        ..RotateOptions::default()
+    };
+    let rss_reset = reset_peak_rss();
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    let report =
+        rotator.rotate(&id, &rotator.keywheel().policy(&id).await.expect("policy"), &opts).await.expect("rotate");
+    let rotation = t.elapsed();
+    print_cpu("(b)", cpu, rotation);
+    let peak = peak_rss_kib();
+    let kw_rate = n as f64 / rotation.as_secs_f64();
+    println!(
+        "(b) keywheel rotation:   {:>9.0} rows/s  ({:.2} s, {} values rewritten, phase {:?})",
+        kw_rate,
+        rotation.as_secs_f64(),
+        report.counts.rewritten,
+        report.phase
+    );
+    if std::env::var_os("KEYWHEEL_BENCH_PROFILE").is_some() {
+        println!("    time inside the source: {:?}", timed.stats.lock().expect("stats"));
+    }
+    let ratio = kw_rate / raw_rate;
+    println!("ratio (b)/(a): {ratio:.2}");
+    match (rss_reset, peak) {
+        (true, Some(kib)) => println!("peak RSS during the rotation: {:.1} MiB", kib as f64 / 1024.0),
+        _ => println!("peak RSS during the rotation: unavailable"),
+    }
+    let census = source.census(Some(&id)).await.expect("census");
+    assert_eq!(report.counts.rewritten, 2 * n as u64, "every value rewritten");
+    assert_eq!(census.count(&id, keywheel_core::KeyVersion::new(2).expect("v2")), 2 * n as u64, "{census:?}");
+    if let Some(min) = args.min_ratio {
+        assert!(ratio >= min, "ratio {ratio:.2} below the required {min}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Live refresh: reload a keyring in every process as soon as one changes it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use keywheel_core::{KeyringId, Keywheel, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Notification};
+
+use crate::error::{POOL, on};
+use crate::ident::quote_ident;
+use crate::{PgPool, PgSchema};
+
+/// The running listener task of [`spawn_listener`]. Dropping the handle
+/// does not stop the task; call [`abort`](Self::abort) for that.
+#[derive(Debug)]
+pub struct ListenerHandle {
+    task: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stop listening.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// Whether the task has ended (only after [`abort`](Self::abort)).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// The task itself.
+    pub fn into_join_handle(self) -> JoinHandle<()> {
+        self.task
+    }
+}
+
+async fn listen(pool: &PgPool, channel: &str) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
+    let (client, rx) = pool.listen_connection().await?;
+    let sql = format!("LISTEN {}", quote_ident(channel)?);
+    client.batch_execute(&sql).await.map_err(on(POOL, "LISTEN for keyring changes"))?;
+    Ok((client, rx))
+}
+
+/// Keep `kw`'s cached keyrings fresh: on a dedicated connection, `LISTEN` on
+/// the schema's channel ([`PgSchema::channel`]), where [`PgKeyStore`](crate::PgKeyStore)
+/// announces every keyring change, and [`Keywheel::invalidate`] the keyring
+/// named by each notification, so the next encrypt or decrypt reloads it: a
+/// version activated by another instance encrypts here at once, instead of
+/// after the refresh interval.
+///
+/// Returns once the first `LISTEN` is in place (errors: the connection or
+/// `LISTEN` failed). If the connection is lost later, the task reconnects
+/// with back-off and then invalidates every keyring, since notifications may
+/// have been missed meanwhile.
+///
+/// ```no_run
+/// # async fn demo(pool: keywheel_postgres::PgPool, kw: keywheel_core::Keywheel) -> keywheel_core::Result<()> {
+/// use keywheel_postgres::{PgSchema, spawn_listener};
+/// let listener = spawn_listener(&pool, &PgSchema::default(), kw.clone()).await?;
+/// // … serve requests with `kw` …
+/// listener.abort();
+/// # Ok(()) }
+/// ```
+pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> Result<ListenerHandle> {
+    let channel = schema.channel();
+    let first = listen(pool, &channel).await?;
+    let pool = pool.clone();
+    let task = tokio::spawn(async move {
+        let mut connection = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (client, mut rx) = match connection.take() {
+                Some(c) => c,
+                None => match listen(&pool, &channel).await {
+                    Ok(c) => {
+                        backoff = Duration::from_millis(100);
+                        // Changes made while we were away were not announced to us.
+                        if let Ok(ids) = kw.list_keyrings().await {
+                            for id in ids {
+                                kw.invalidate(&id);
+                            }
+                        }
+                        c
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                },
+            };
+            while let Some(n) = rx.recv().await {
+                if let Ok(id) = KeyringId::from_str(n.payload()) {
+                    kw.invalidate(&id);
+                }
+            }
+            // The connection ended; keep the client alive until here so it is not
+            // the cause, then reconnect.
+            drop(client);
+        }
+    });
+    Ok(ListenerHandle { task })
+}

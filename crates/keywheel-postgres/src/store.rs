@@ -1,0 +1,504 @@
+//! [`PgKeyStore`]: keyrings, versions, leases, jobs and policies in Postgres.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use keywheel_core::{
+    Algorithm, Error, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId, KeyringRecord, Lease, Policy, Result,
+    RotationJob, Timestamp, VersionRecord, WrappedKey, async_trait, check_fence, grant_lease,
+};
+use tokio_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use crate::error::{STORE, invalid, on};
+use crate::{PgPool, PgSchema};
+
+/// A [`KeyStore`] in Postgres: the full contract, over a [`PgPool`], in the
+/// tables [`migrate`](crate::migrate) creates in a [`PgSchema`].
+///
+/// * **Keyrings** are a row in `keyrings` (with the generation) plus one row
+///   per version in `key_versions`: state, algorithm, origin, the compromised
+///   flag, the KEK-wrapped material (`kek_id`, `key_check`, `wrapped`; all NULL
+///   once retired) and the whole version record as JSON (`meta`), so fields
+///   added to [`VersionRecord`] later are kept too.
+/// * **[`update_keyring`](KeyStore::update_keyring)** is one transaction: the
+///   keyring row is locked (`SELECT … FOR UPDATE`), the generation compared,
+///   the changes applied with [`KeyringRecord::apply`], the changed versions and
+///   the new generation written, and — when a version was added or changed
+///   state, material or flag — a `NOTIFY` sent on
+///   [`PgSchema::channel`] with the keyring's canonical id, delivered at commit
+///   (see [`spawn_listener`](crate::spawn_listener)). `create_keyring` notifies too.
+/// * **Leases** live in `leases`, one row per keyring that also keeps the last
+///   token granted (after release and expiry), so tokens only grow. An expired
+///   lease of a crashed process is taken over by the next `acquire_lease`.
+/// * **Jobs** (`jobs`) and **policies** (`policies`) are stored as JSON;
+///   [`save_job`](KeyStore::save_job) is one statement that writes only while
+///   the lease row still carries the caller's token (locked `FOR SHARE`).
+#[derive(Clone)]
+pub struct PgKeyStore {
+    pool: PgPool,
+    schema: PgSchema,
+    sql: Sql,
+}
+
+impl fmt::Debug for PgKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgKeyStore").field("schema", &self.schema.name()).finish_non_exhaustive()
+    }
+}
+
+/// The statements, with the schema filled in once.
+#[derive(Clone)]
+struct Sql {
+    insert_keyring: String,
+    lock_keyring: String,
+    load_versions: String,
+    load_keyring: String,
+    list_keyrings: String,
+    upsert_version: String,
+    set_generation: String,
+    ensure_lease_row: String,
+    lock_lease: String,
+    grant_lease: String,
+    renew_lease: String,
+    release_lease: String,
+    save_job: String,
+    load_job: String,
+    list_jobs: String,
+    save_policy: String,
+    load_policy: String,
+}
+
+const VERSION_COLUMNS: &str = "v.version, v.meta::text, v.kek_id, v.key_check, v.wrapped";
+
+impl Sql {
+    fn new(s: &PgSchema) -> Self {
+        let (keyrings, versions, leases, jobs, policies) =
+            (s.table("keyrings"), s.table("key_versions"), s.table("leases"), s.table("jobs"), s.table("policies"));
+        Sql {
+            insert_keyring: format!(
+                "INSERT INTO {keyrings} (id, tenant, purpose, generation, algorithm, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING"
+            ),
+            lock_keyring: format!(
+                "SELECT generation, algorithm, created_at_ms FROM {keyrings} WHERE id = $1 FOR UPDATE"
+            ),
+            load_versions: format!(
+                "SELECT {VERSION_COLUMNS} FROM {versions} AS v WHERE v.keyring_id = $1 ORDER BY v.version"
+            ),
+            // One statement, so one snapshot: the keyring and its versions of one generation.
+            load_keyring: format!(
+                "SELECT k.generation, k.algorithm, k.created_at_ms, {VERSION_COLUMNS} FROM {keyrings} AS k \
+                 LEFT JOIN {versions} AS v ON v.keyring_id = k.id WHERE k.id = $1 ORDER BY v.version"
+            ),
+            list_keyrings: format!("SELECT id FROM {keyrings}"),
+            upsert_version: format!(
+                "INSERT INTO {versions} AS v (keyring_id, version, state, algorithm, origin, compromised, \
+                 kek_id, key_check, wrapped, meta) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::json) \
+                 ON CONFLICT (keyring_id, version) DO UPDATE SET state = EXCLUDED.state, \
+                 algorithm = EXCLUDED.algorithm, origin = EXCLUDED.origin, compromised = EXCLUDED.compromised, \
+                 kek_id = EXCLUDED.kek_id, key_check = EXCLUDED.key_check, wrapped = EXCLUDED.wrapped, \
+                 meta = EXCLUDED.meta"
+            ),
+            set_generation: format!("UPDATE {keyrings} SET generation = $2, updated_at = now() WHERE id = $1"),
+            ensure_lease_row: format!(
+                "INSERT INTO {leases} (keyring_id, token) VALUES ($1, 0) ON CONFLICT (keyring_id) DO NOTHING"
+            ),
+            lock_lease: format!("SELECT holder, token, expires_at_ms FROM {leases} WHERE keyring_id = $1 FOR UPDATE"),
+            grant_lease: format!(
+                "UPDATE {leases} SET holder = $2, token = $3, expires_at_ms = $4 WHERE keyring_id = $1"
+            ),
+            renew_lease: format!(
+                "UPDATE {leases} SET expires_at_ms = $4 WHERE keyring_id = $1 AND token = $2 AND holder = $3"
+            ),
+            release_lease: format!(
+                "UPDATE {leases} SET holder = NULL, expires_at_ms = NULL \
+                 WHERE keyring_id = $1 AND token = $2 AND holder IS NOT NULL"
+            ),
+            save_job: format!(
+                "WITH fence AS (SELECT 1 FROM {leases} WHERE keyring_id = $1 AND token = $2 AND holder IS NOT NULL \
+                 FOR SHARE) \
+                 INSERT INTO {jobs} (id, keyring_id, started_at_ms, phase, job) \
+                 SELECT $3, $1, $4, $5, $6::text::json FROM fence \
+                 ON CONFLICT (id) DO UPDATE SET keyring_id = EXCLUDED.keyring_id, \
+                 started_at_ms = EXCLUDED.started_at_ms, phase = EXCLUDED.phase, job = EXCLUDED.job, \
+                 updated_at = now()"
+            ),
+            load_job: format!("SELECT job::text FROM {jobs} WHERE id = $1"),
+            list_jobs: format!("SELECT job::text FROM {jobs} WHERE keyring_id = $1"),
+            save_policy: format!(
+                "INSERT INTO {policies} (keyring_id, policy) VALUES ($1, $2::text::json) ON CONFLICT (keyring_id) \
+                 DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()"
+            ),
+            load_policy: format!("SELECT policy::text FROM {policies} WHERE keyring_id = $1"),
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| invalid(STORE, format!("cannot encode {what}: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| invalid(STORE, format!("stored {what} does not decode: {e}")))
+}
+
+/// A serde enum's string form (`"generated"`, …).
+fn serde_name<T: serde::Serialize>(value: &T) -> Result<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(invalid(STORE, "unexpected serde form of an enum")),
+    }
+}
+
+fn text_at(row: &Row, i: usize) -> Result<&str> {
+    row.try_get(i).map_err(on(STORE, "read column"))
+}
+
+fn generation_to_sql(g: u64) -> Result<i64> {
+    i64::try_from(g).map_err(|_| Error::InvalidArgument(format!("generation {g} does not fit in a bigint")))
+}
+
+fn version_to_sql(v: KeyVersion) -> Result<i32> {
+    i32::try_from(v.get()).map_err(|_| Error::InvalidArgument(format!("{v} does not fit in an integer column")))
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+/// The version record from `meta` plus the material columns, starting at column `at`.
+fn version_from_row(row: &Row, at: usize) -> Result<VersionRecord> {
+    let meta: String = row.try_get(at + 1).map_err(on(STORE, "read version"))?;
+    let mut record: VersionRecord = from_json(&meta, "key version")?;
+    let stored_version: i32 = row.try_get(at).map_err(on(STORE, "read version"))?;
+    if i64::from(record.version.get()) != i64::from(stored_version) {
+        return Err(invalid(
+            STORE,
+            format!("key_versions row {stored_version} holds the record of {}", record.version),
+        ));
+    }
+    let kek_id: Option<String> = row.try_get(at + 2).map_err(on(STORE, "read version"))?;
+    let key_check: Option<String> = row.try_get(at + 3).map_err(on(STORE, "read version"))?;
+    let wrapped: Option<Vec<u8>> = row.try_get(at + 4).map_err(on(STORE, "read version"))?;
+    record.wrapped = match (kek_id, key_check, wrapped) {
+        (Some(kek_id), Some(key_check), Some(ciphertext)) => Some(WrappedKey { kek_id, key_check, ciphertext }),
+        (None, None, None) => None,
+        _ => return Err(invalid(STORE, format!("key_versions row {stored_version} has partial key material"))),
+    };
+    Ok(record)
+}
+
+/// Whether anything a reader's snapshot depends on changed (versions added,
+/// states, material, flags), as opposed to bookkeeping only.
+fn key_changed(before: &KeyringRecord, after: &KeyringRecord) -> bool {
+    before.versions.len() != after.versions.len()
+        || before.algorithm != after.algorithm
+        || before.versions.iter().zip(&after.versions).any(|(a, b)| {
+            a.state != b.state || a.wrapped != b.wrapped || a.compromised != b.compromised || a.algorithm != b.algorithm
+        })
+}
+
+impl PgKeyStore {
+    /// A store in `schema` (run [`migrate`](crate::migrate) once first).
+    pub fn new(pool: PgPool, schema: PgSchema) -> Self {
+        let sql = Sql::new(&schema);
+        PgKeyStore { pool, schema, sql }
+    }
+
+    /// The schema it uses.
+    pub fn schema(&self) -> &PgSchema {
+        &self.schema
+    }
+
+    /// The pool it uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn write_version(&self, tx: &impl GenericClient, id: &str, v: &VersionRecord) -> Result<()> {
+        let meta = to_json(&VersionRecord { wrapped: None, ..v.clone() }, "key version")?;
+        let (kek_id, key_check, wrapped) = match &v.wrapped {
+            Some(w) => (Some(w.kek_id.as_str()), Some(w.key_check.as_str()), Some(w.ciphertext.as_slice())),
+            None => (None, None, None),
+        };
+        tx.execute(
+            &self.sql.upsert_version,
+            &[
+                &id,
+                &version_to_sql(v.version)?,
+                &v.state.as_str(),
+                &v.algorithm.name(),
+                &serde_name(&v.origin)?,
+                &v.compromised,
+                &kek_id,
+                &key_check,
+                &wrapped,
+                &meta,
+            ],
+        )
+        .await
+        .map_err(on(STORE, "write key version"))?;
+        Ok(())
+    }
+
+    /// Write the versions of `after` that differ from `before`; versions that stop
+    /// being Active first, so the one-Active index never sees two.
+    async fn write_versions(
+        &self,
+        tx: &impl GenericClient,
+        id: &str,
+        before: &[VersionRecord],
+        after: &[VersionRecord],
+    ) -> Result<()> {
+        let changed: Vec<&VersionRecord> =
+            after.iter().enumerate().filter(|(i, v)| before.get(*i) != Some(*v)).map(|(_, v)| v).collect();
+        for v in changed.iter().filter(|v| v.state != KeyState::Active) {
+            self.write_version(tx, id, v).await?;
+        }
+        for v in changed.iter().filter(|v| v.state == KeyState::Active) {
+            self.write_version(tx, id, v).await?;
+        }
+        Ok(())
+    }
+
+    async fn notify(&self, tx: &impl GenericClient, id: &str) -> Result<()> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&self.schema.channel(), &id])
+            .await
+            .map_err(on(STORE, "notify keyring change"))?;
+        Ok(())
+    }
+}
+
+fn keyring_header(id: &KeyringId, generation: i64, algorithm: &str, created_at_ms: i64) -> Result<KeyringRecord> {
+    let algorithm = Algorithm::from_str(algorithm)
+        .map_err(|_| invalid(STORE, format!("keyring {id} has unknown algorithm {algorithm:?}")))?;
+    let mut record = KeyringRecord::new(id.clone(), algorithm, Timestamp::from_millis(created_at_ms));
+    record.generation =
+        u64::try_from(generation).map_err(|_| invalid(STORE, format!("keyring {id} has negative generation")))?;
+    Ok(record)
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn create_keyring(&self, record: &KeyringRecord) -> Result<()> {
+        record.validate()?;
+        let id = record.id.canonical();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
+        let inserted = tx
+            .execute(
+                &self.sql.insert_keyring,
+                &[
+                    &id,
+                    &record.id.tenant(),
+                    &record.id.purpose().as_str(),
+                    &generation_to_sql(record.generation)?,
+                    &record.algorithm.name(),
+                    &millis(record.created_at),
+                ],
+            )
+            .await
+            .map_err(on(STORE, "create keyring"))?;
+        if inserted == 0 {
+            return Err(Error::KeyringExists(record.id.clone()));
+        }
+        self.write_versions(&tx, &id, &[], &record.versions).await?;
+        self.notify(&tx, &id).await?;
+        tx.commit().await.map_err(on(STORE, "commit create keyring"))
+    }
+
+    async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
+        let client = self.pool.get().await?;
+        let rows = client.query(&self.sql.load_keyring, &[&id.canonical()]).await.map_err(on(STORE, "load keyring"))?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let mut record = keyring_header(
+            id,
+            first.try_get(0).map_err(on(STORE, "read keyring"))?,
+            first.try_get(1).map_err(on(STORE, "read keyring"))?,
+            first.try_get(2).map_err(on(STORE, "read keyring"))?,
+        )?;
+        for row in &rows {
+            let version: Option<i32> = row.try_get(3).map_err(on(STORE, "read keyring"))?;
+            if version.is_some() {
+                record.versions.push(version_from_row(row, 3)?);
+            }
+        }
+        Ok(Some(record))
+    }
+
+    async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
+        let client = self.pool.get().await?;
+        let rows = client.query(&self.sql.list_keyrings, &[]).await.map_err(on(STORE, "list keyrings"))?;
+        let mut ids = rows
+            .iter()
+            .map(|r| {
+                let text: String = r.try_get(0).map_err(on(STORE, "read keyring id"))?;
+                KeyringId::from_str(&text).map_err(|e| invalid(STORE, format!("stored keyring id {text:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn update_keyring(
+        &self,
+        id: &KeyringId,
+        expected_generation: u64,
+        changes: &[KeyringChange],
+    ) -> Result<KeyringRecord> {
+        let canonical = id.canonical();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
+        let Some(head) =
+            tx.query_opt(&self.sql.lock_keyring, &[&canonical]).await.map_err(on(STORE, "lock keyring"))?
+        else {
+            return Err(Error::KeyringNotFound(id.clone()));
+        };
+        let mut record = keyring_header(
+            id,
+            head.try_get(0).map_err(on(STORE, "read keyring"))?,
+            head.try_get(1).map_err(on(STORE, "read keyring"))?,
+            head.try_get(2).map_err(on(STORE, "read keyring"))?,
+        )?;
+        if record.generation != expected_generation {
+            return Err(Error::GenerationConflict {
+                keyring: id.clone(),
+                expected: expected_generation,
+                actual: record.generation,
+            });
+        }
+        for row in tx.query(&self.sql.load_versions, &[&canonical]).await.map_err(on(STORE, "load versions"))? {
+            record.versions.push(version_from_row(&row, 0)?);
+        }
+        let before = record.clone();
+        // The single definition of what a change means; on error nothing is written
+        // (the transaction rolls back when dropped).
+        record.apply(changes)?;
+        self.write_versions(&tx, &canonical, &before.versions, &record.versions).await?;
+        tx.execute(&self.sql.set_generation, &[&canonical, &generation_to_sql(record.generation)?])
+            .await
+            .map_err(on(STORE, "write generation"))?;
+        if key_changed(&before, &record) {
+            self.notify(&tx, &canonical).await?;
+        }
+        tx.commit().await.map_err(on(STORE, "commit keyring update"))?;
+        Ok(record)
+    }
+
+    async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let canonical = id.canonical();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
+        tx.execute(&self.sql.ensure_lease_row, &[&canonical]).await.map_err(on(STORE, "create lease row"))?;
+        let row = tx.query_one(&self.sql.lock_lease, &[&canonical]).await.map_err(on(STORE, "lock lease"))?;
+        let current_holder: Option<String> = row.try_get(0).map_err(on(STORE, "read lease"))?;
+        let last_token: i64 = row.try_get(1).map_err(on(STORE, "read lease"))?;
+        let expires: Option<i64> = row.try_get(2).map_err(on(STORE, "read lease"))?;
+        let last_token =
+            u64::try_from(last_token).map_err(|_| invalid(STORE, format!("lease of {id} has a negative token")))?;
+        let current = match (current_holder, expires) {
+            (Some(holder), Some(expires)) => Some(Lease {
+                keyring: id.clone(),
+                holder,
+                token: last_token,
+                expires_at: Timestamp::from_millis(expires),
+            }),
+            _ => None,
+        };
+        let lease = grant_lease(current.as_ref(), id, holder, ttl, now, last_token)?;
+        tx.execute(
+            &self.sql.grant_lease,
+            &[&canonical, &lease.holder, &generation_to_sql(lease.token)?, &millis(lease.expires_at)],
+        )
+        .await
+        .map_err(on(STORE, "grant lease"))?;
+        tx.commit().await.map_err(on(STORE, "commit lease"))?;
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let client = self.pool.get().await?;
+        let expires_at = now.plus(ttl);
+        let n = client
+            .execute(
+                &self.sql.renew_lease,
+                &[&lease.keyring.canonical(), &generation_to_sql(lease.token)?, &lease.holder, &millis(expires_at)],
+            )
+            .await
+            .map_err(on(STORE, "renew lease"))?;
+        if n == 0 {
+            return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
+        }
+        Ok(Lease { expires_at, ..lease.clone() })
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(&self.sql.release_lease, &[&lease.keyring.canonical(), &generation_to_sql(lease.token)?])
+            .await
+            .map_err(on(STORE, "release lease"))?;
+        Ok(())
+    }
+
+    async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
+        if lease.keyring != job.keyring {
+            // The fencing rule of `check_fence`: another keyring's lease never fences this job.
+            return check_fence(None, lease);
+        }
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                &self.sql.save_job,
+                &[
+                    &job.keyring.canonical(),
+                    &generation_to_sql(lease.token)?,
+                    &job.id,
+                    &millis(job.started_at),
+                    &to_json(&job.phase, "job phase")?,
+                    &to_json(job, "rotation job")?,
+                ],
+            )
+            .await
+            .map_err(on(STORE, "save job"))?;
+        if n == 0 {
+            return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
+        }
+        Ok(())
+    }
+
+    async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt(&self.sql.load_job, &[&id]).await.map_err(on(STORE, "load job"))?;
+        row.map(|r| from_json(text_at(&r, 0)?, "rotation job")).transpose()
+    }
+
+    async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
+        let client = self.pool.get().await?;
+        let rows = client.query(&self.sql.list_jobs, &[&keyring.canonical()]).await.map_err(on(STORE, "list jobs"))?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| from_json::<RotationJob>(text_at(r, 0)?, "rotation job"))
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        Ok(jobs)
+    }
+
+    async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(&self.sql.save_policy, &[&keyring.canonical(), &to_json(policy, "policy")?])
+            .await
+            .map_err(on(STORE, "save policy"))?;
+        Ok(())
+    }
+
+    async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
+        let client = self.pool.get().await?;
+        let row =
+            client.query_opt(&self.sql.load_policy, &[&keyring.canonical()]).await.map_err(on(STORE, "load policy"))?;
+        row.map(|r| from_json(text_at(&r, 0)?, "policy")).transpose()
+    }
+}

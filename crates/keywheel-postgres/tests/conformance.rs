@@ -1,0 +1,268 @@
+//! The whole keywheel conformance suite against Postgres: key store, audit
+//! sink, and record source (twice: a plain table with a bigint key, and a
+//! table whose schema, table and column names are hostile SQL with a text key).
+
+mod common;
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestDb;
+use keywheel_conformance::{AuditFixture, RecordSourceFixture, Tamper};
+use keywheel_core::{
+    AuditSink, Context, Cursor, Form, KeyStore, KeyringChange, KeyringId, KeyringRecord, Lease, Policy, Purpose,
+    RecordSource, Result, RotationJob, Timestamp, async_trait,
+};
+use keywheel_postgres::{KeyType, PgAuditSink, PgKeyStore, PgRecordSource, PgSchema, TableSpec, quote_ident};
+
+/// A Postgres key store that owns its test database (dropped with the store).
+#[derive(Debug)]
+struct Store {
+    store: PgKeyStore,
+    _db: TestDb,
+}
+
+impl Store {
+    async fn new(db: TestDb) -> Self {
+        let pool = db.pool(12);
+        // A non-default schema, to check that nothing assumes `keywheel`.
+        let schema = PgSchema::new("kw conformance").expect("schema");
+        keywheel_postgres::migrate(&pool, &schema).await.expect("migrate");
+        Store { store: PgKeyStore::new(pool, schema), _db: db }
+    }
+}
+
+#[async_trait]
+impl KeyStore for Store {
+    async fn create_keyring(&self, record: &KeyringRecord) -> Result<()> {
+        self.store.create_keyring(record).await
+    }
+    async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
+        self.store.load_keyring(id).await
+    }
+    async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
+        self.store.list_keyrings().await
+    }
+    async fn update_keyring(&self, id: &KeyringId, g: u64, changes: &[KeyringChange]) -> Result<KeyringRecord> {
+        self.store.update_keyring(id, g, changes).await
+    }
+    async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.store.acquire_lease(id, holder, ttl, now).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.store.renew_lease(lease, ttl, now).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.store.release_lease(lease).await
+    }
+    async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
+        self.store.save_job(job, lease).await
+    }
+    async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
+        self.store.load_job(id).await
+    }
+    async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
+        self.store.list_jobs(keyring).await
+    }
+    async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
+        self.store.save_policy(keyring, policy).await
+    }
+    async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
+        self.store.load_policy(keyring).await
+    }
+}
+
+keywheel_conformance::key_store_tests!({
+    let Some(db) = TestDb::create().await else { return };
+    async move { Arc::new(Store::new(db).await) as Arc<dyn KeyStore> }
+});
+
+struct Sink {
+    sink: Arc<PgAuditSink>,
+    schema: PgSchema,
+    db: TestDb,
+}
+
+#[async_trait]
+impl AuditFixture for Sink {
+    fn sink(&self) -> Arc<dyn AuditSink> {
+        Arc::clone(&self.sink) as Arc<dyn AuditSink>
+    }
+
+    async fn tamper(&self, tamper: Tamper) {
+        let log = format!("{}.\"audit_log\"", quote_ident(self.schema.name()).expect("schema"));
+        let at = |i: usize| format!("(SELECT pos FROM {log} ORDER BY pos OFFSET {i} LIMIT 1)");
+        let change = match tamper {
+            Tamper::Edit(i) => format!(
+                "UPDATE {log} SET event = (event::jsonb || '{{\"actor\": \"mallory\"}}'::jsonb)::json WHERE pos = {}",
+                at(i)
+            ),
+            Tamper::Delete(i) => format!("DELETE FROM {log} WHERE pos = {}", at(i)),
+            Tamper::Swap(i, j) => format!(
+                "UPDATE {log} AS a SET seq = b.seq, prev_hash = b.prev_hash, hash = b.hash, event = b.event \
+                 FROM {log} AS b, (SELECT {pi} AS x, {pj} AS y) AS p \
+                 WHERE (a.pos = p.x AND b.pos = p.y) OR (a.pos = p.y AND b.pos = p.x)",
+                pi = at(i),
+                pj = at(j)
+            ),
+        };
+        // An attacker with owner rights switches the append-only trigger off first.
+        self.db
+            .execute(&format!(
+                "BEGIN; ALTER TABLE {log} DISABLE TRIGGER \"audit_log_append_only\"; {change}; \
+                 ALTER TABLE {log} ENABLE TRIGGER \"audit_log_append_only\"; COMMIT;"
+            ))
+            .await;
+    }
+}
+
+keywheel_conformance::audit_sink_tests!({
+    let Some(db) = TestDb::create().await else { return };
+    async move {
+        let pool = db.pool(8);
+        let schema = PgSchema::default();
+        keywheel_postgres::migrate(&pool, &schema).await.expect("migrate");
+        Sink { sink: Arc::new(PgAuditSink::new(pool, schema.clone())), schema, db }
+    }
+});
+
+/// How a fixture's table is named and keyed.
+struct Layout {
+    schema: &'static str,
+    table: &'static str,
+    key: &'static str,
+    tenant: &'static str,
+    column: &'static str,
+    text_key: bool,
+}
+
+const PLAIN: Layout =
+    Layout { schema: "public", table: "users", key: "id", tenant: "tenant", column: "email", text_key: false };
+
+const HOSTILE: Layout = Layout {
+    schema: "Sch\"ema; DROP SCHEMA public CASCADE; --",
+    table: "we\"ird; DROP TABLE x; --",
+    key: "select",
+    tenant: "ten'ant\" OR 1=1 --",
+    column: "e-mail\"); DELETE FROM users; --",
+    text_key: true,
+};
+
+struct SourceFixture {
+    source: Arc<PgRecordSource>,
+    client: keywheel_postgres::tokio_postgres::Client,
+    table: String,
+    key: String,
+    column: String,
+    tenant: String,
+    text_key: bool,
+    _db: TestDb,
+}
+
+impl SourceFixture {
+    async fn new(db: TestDb, layout: &Layout) -> Self {
+        let q = |s: &str| quote_ident(s).expect("identifier");
+        let table = format!("{}.{}", q(layout.schema), q(layout.table));
+        let key_type = if layout.text_key { "text COLLATE \"C\"" } else { "bigint" };
+        db.execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} ({key} {key_type} PRIMARY KEY, \
+             {tenant} text, {column} bytea, other text DEFAULT 'untouched')",
+            schema = q(layout.schema),
+            key = q(layout.key),
+            tenant = q(layout.tenant),
+            column = q(layout.column),
+        ))
+        .await;
+        let spec = TableSpec::new(layout.schema, layout.table)
+            .primary_key(layout.key, if layout.text_key { KeyType::Text } else { KeyType::BigInt })
+            .keyring_from_column(layout.tenant, Purpose::Database)
+            .column_with_context(layout.column, Form::Binary, "email")
+            .context_table("users")
+            .name("users.email");
+        let source = PgRecordSource::open(db.pool(6), spec).await.expect("open the source");
+        SourceFixture {
+            source: Arc::new(source),
+            client: db.client().await,
+            table,
+            key: q(layout.key),
+            column: q(layout.column),
+            tenant: q(layout.tenant),
+            text_key: layout.text_key,
+            _db: db,
+        }
+    }
+
+    fn key_of(cursor: &Cursor) -> &str {
+        cursor.0.split_once(':').expect("column:key").1
+    }
+
+    fn key_cast(&self) -> &'static str {
+        if self.text_key { "$1::text" } else { "$1::text::bigint" }
+    }
+}
+
+#[async_trait]
+impl RecordSourceFixture for SourceFixture {
+    fn source(&self) -> Arc<dyn RecordSource> {
+        Arc::clone(&self.source) as Arc<dyn RecordSource>
+    }
+
+    async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>) -> Cursor {
+        let pairs = context.pairs().expect("context");
+        let row = pairs.iter().find(|(n, _)| n == "row").expect("a row in the context").1.clone();
+        let row = String::from_utf8(row).expect("row id text");
+        let sql = format!(
+            "INSERT INTO {} ({}, {}, {}) VALUES ({}, $2, $3)",
+            self.table,
+            self.key,
+            self.tenant,
+            self.column,
+            self.key_cast()
+        );
+        self.client.execute(&sql, &[&row, &keyring.tenant(), &value]).await.expect("insert");
+        PgRecordSource::cursor(0, &row)
+    }
+
+    async fn app_write(&self, cursor: &Cursor, value: Vec<u8>) {
+        let sql = format!("UPDATE {} SET {} = $2 WHERE {} = {}", self.table, self.column, self.key, self.key_cast());
+        let n = self.client.execute(&sql, &[&Self::key_of(cursor), &value]).await.expect("update");
+        assert_eq!(n, 1, "the application writes an existing row");
+    }
+
+    async fn app_delete(&self, cursor: &Cursor) {
+        let sql = format!("DELETE FROM {} WHERE {} = {}", self.table, self.key, self.key_cast());
+        let n = self.client.execute(&sql, &[&Self::key_of(cursor)]).await.expect("delete");
+        assert_eq!(n, 1, "the application deletes an existing row");
+    }
+
+    async fn get(&self, cursor: &Cursor) -> Option<Vec<u8>> {
+        let sql = format!("SELECT {} FROM {} WHERE {} = {}", self.column, self.table, self.key, self.key_cast());
+        let row = self.client.query_opt(&sql, &[&Self::key_of(cursor)]).await.expect("select")?;
+        row.get(0)
+    }
+
+    fn compare_cursors(&self, a: &Cursor, b: &Cursor) -> Ordering {
+        let split = |c: &Cursor| {
+            let (col, key) = c.0.split_once(':').expect("column:key");
+            (col.parse::<usize>().expect("column index"), key.to_owned())
+        };
+        let ((ca, ka), (cb, kb)) = (split(a), split(b));
+        let keys = if self.text_key {
+            ka.as_bytes().cmp(kb.as_bytes())
+        } else {
+            ka.parse::<i64>().expect("bigint").cmp(&kb.parse::<i64>().expect("bigint"))
+        };
+        keys.then(ca.cmp(&cb))
+    }
+}
+
+keywheel_conformance::record_source_tests!({
+    let Some(db) = TestDb::create().await else { return };
+    async move { SourceFixture::new(db, &PLAIN).await }
+});
+
+keywheel_conformance::record_source_tests!(mod hostile_names_record_source_conformance, {
+    let Some(db) = TestDb::create().await else { return };
+    async move { SourceFixture::new(db, &HOSTILE).await }
+});
