@@ -155,6 +155,16 @@ impl KeyringRecord {
         Ok(())
     }
 
+    /// [`Error::GenerationConflict`] unless this (stored) record is at
+    /// `expected` — the compare half of every store's compare-and-set.
+    pub fn check_generation(&self, expected: u64) -> Result<()> {
+        if self.generation == expected {
+            Ok(())
+        } else {
+            Err(Error::GenerationConflict { keyring: self.id.clone(), expected, actual: self.generation })
+        }
+    }
+
     /// Apply `changes` in order, then check [`validate`](Self::validate) and
     /// increment the generation. On error `self` is unchanged.
     ///

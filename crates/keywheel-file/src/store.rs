@@ -641,13 +641,7 @@ impl KeyStore for FileKeyStore {
     ) -> Result<KeyringRecord> {
         let _guard = self.lock()?;
         let mut record = self.read_keyring(id)?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
-        if record.generation != expected_generation {
-            return Err(Error::GenerationConflict {
-                keyring: id.clone(),
-                expected: expected_generation,
-                actual: record.generation,
-            });
-        }
+        record.check_generation(expected_generation)?;
         // `apply` works on a copy and leaves `record` untouched on error.
         record.apply(changes)?;
         self.write_keyring(&record)?;

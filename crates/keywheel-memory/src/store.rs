@@ -126,13 +126,7 @@ impl KeyStore for MemoryKeyStore {
     ) -> Result<KeyringRecord> {
         let mut state = self.lock();
         let record = state.keyrings.get_mut(id).ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
-        if record.generation != expected_generation {
-            return Err(Error::GenerationConflict {
-                keyring: id.clone(),
-                expected: expected_generation,
-                actual: record.generation,
-            });
-        }
+        record.check_generation(expected_generation)?;
         // `apply` works on a copy and leaves `record` untouched on error.
         record.apply(changes)?;
         Ok(record.clone())

@@ -362,13 +362,7 @@ impl KeyStore for PgKeyStore {
             head.try_get(1).map_err(on(STORE, "read keyring"))?,
             head.try_get(2).map_err(on(STORE, "read keyring"))?,
         )?;
-        if record.generation != expected_generation {
-            return Err(Error::GenerationConflict {
-                keyring: id.clone(),
-                expected: expected_generation,
-                actual: record.generation,
-            });
-        }
+        record.check_generation(expected_generation)?;
         for row in tx.query(&self.sql.load_versions, &[&canonical]).await.map_err(on(STORE, "load versions"))? {
             record.versions.push(version_from_row(&row, 0)?);
         }
