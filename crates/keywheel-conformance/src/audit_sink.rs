@@ -53,16 +53,6 @@ impl<T: AuditFixture + ?Sized> AuditFixture for Arc<T> {
     }
 }
 
-#[async_trait]
-impl<T: AuditFixture + ?Sized> AuditFixture for Box<T> {
-    fn sink(&self) -> Arc<dyn AuditSink> {
-        (**self).sink()
-    }
-    async fn tamper(&self, tamper: Tamper) {
-        (**self).tamper(tamper).await;
-    }
-}
-
 /// The `n`th sample event: kinds, keyrings, reasons and outcomes vary, and
 /// strings include quotes, newlines and non-ASCII so storage must be exact.
 fn event(n: u32) -> AuditEvent {

@@ -43,10 +43,12 @@ use std::sync::Arc;
 use keywheel_core::{Error, KeyVersion};
 
 pub mod audit_sink;
+mod guarded;
 pub mod key_store;
 pub mod record_source;
 
 pub use audit_sink::{AuditFixture, Tamper};
+pub use guarded::with_guard;
 pub use record_source::RecordSourceFixture;
 
 /// Run a future to completion on a new multi-threaded tokio runtime (two

@@ -69,28 +69,6 @@ impl<T: RecordSourceFixture + ?Sized> RecordSourceFixture for Arc<T> {
     }
 }
 
-#[async_trait]
-impl<T: RecordSourceFixture + ?Sized> RecordSourceFixture for Box<T> {
-    fn source(&self) -> Arc<dyn RecordSource> {
-        (**self).source()
-    }
-    async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>) -> Cursor {
-        (**self).insert(keyring, context, value).await
-    }
-    async fn app_write(&self, cursor: &Cursor, value: Vec<u8>) {
-        (**self).app_write(cursor, value).await;
-    }
-    async fn app_delete(&self, cursor: &Cursor) {
-        (**self).app_delete(cursor).await;
-    }
-    async fn get(&self, cursor: &Cursor) -> Option<Vec<u8>> {
-        (**self).get(cursor).await
-    }
-    fn compare_cursors(&self, a: &Cursor, b: &Cursor) -> Ordering {
-        (**self).compare_cursors(a, b)
-    }
-}
-
 type Fixture<'a> = &'a dyn RecordSourceFixture;
 
 /// Upper bound on batches in one full scan, so a source that never returns an

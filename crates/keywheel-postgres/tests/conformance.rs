@@ -6,76 +6,24 @@ mod common;
 
 use std::cmp::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::TestDb;
 use keywheel_conformance::{AuditFixture, RecordSourceFixture, Tamper};
-use keywheel_core::{
-    AuditSink, Context, Cursor, Form, KeyStore, KeyringChange, KeyringId, KeyringRecord, Lease, Policy, Purpose,
-    RecordSource, Result, RotationJob, Timestamp, async_trait,
-};
+use keywheel_core::{AuditSink, Context, Cursor, Form, KeyStore, KeyringId, Purpose, RecordSource, async_trait};
 use keywheel_postgres::{KeyType, PgAuditSink, PgKeyStore, PgRecordSource, PgSchema, TableSpec, quote_ident};
 
-/// A Postgres key store that owns its test database (dropped with the store).
-#[derive(Debug)]
-struct Store {
-    store: PgKeyStore,
-    _db: TestDb,
-}
-
-impl Store {
-    async fn new(db: TestDb) -> Self {
-        let pool = db.pool(12);
-        // A non-default schema, to check that nothing assumes `keywheel`.
-        let schema = PgSchema::new("kw conformance").expect("schema");
-        keywheel_postgres::migrate(&pool, &schema).await.expect("migrate");
-        Store { store: PgKeyStore::new(pool, schema), _db: db }
-    }
-}
-
-#[async_trait]
-impl KeyStore for Store {
-    async fn create_keyring(&self, record: &KeyringRecord) -> Result<()> {
-        self.store.create_keyring(record).await
-    }
-    async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
-        self.store.load_keyring(id).await
-    }
-    async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
-        self.store.list_keyrings().await
-    }
-    async fn update_keyring(&self, id: &KeyringId, g: u64, changes: &[KeyringChange]) -> Result<KeyringRecord> {
-        self.store.update_keyring(id, g, changes).await
-    }
-    async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.store.acquire_lease(id, holder, ttl, now).await
-    }
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.store.renew_lease(lease, ttl, now).await
-    }
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.store.release_lease(lease).await
-    }
-    async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
-        self.store.save_job(job, lease).await
-    }
-    async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
-        self.store.load_job(id).await
-    }
-    async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
-        self.store.list_jobs(keyring).await
-    }
-    async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
-        self.store.save_policy(keyring, policy).await
-    }
-    async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
-        self.store.load_policy(keyring).await
-    }
+/// A Postgres key store on its own test database (dropped with the store).
+async fn scratch_store(db: TestDb) -> Arc<dyn KeyStore> {
+    let pool = db.pool(12);
+    // A non-default schema, to check that nothing assumes `keywheel`.
+    let schema = PgSchema::new("kw conformance").expect("schema");
+    keywheel_postgres::migrate(&pool, &schema).await.expect("migrate");
+    keywheel_conformance::with_guard(PgKeyStore::new(pool, schema), db)
 }
 
 keywheel_conformance::key_store_tests!({
     let Some(db) = TestDb::create().await else { return };
-    async move { Arc::new(Store::new(db).await) as Arc<dyn KeyStore> }
+    async move { scratch_store(db).await }
 });
 
 struct Sink {
