@@ -483,10 +483,17 @@ impl Keywheel {
     /// [`Error::WrongMasterKey`].
     pub async fn snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
         record.validate()?;
-        let mut builder = Keyring::builder(record.id.clone()).generation(record.generation);
+        let mut builder = self.unwrapped(record).await?;
         if let Some(p) = previous {
             builder = builder.inherit_usage(p);
         }
+        builder.build()
+    }
+
+    /// A snapshot builder holding every version of `record` as stored, live
+    /// versions unwrapped (the first wrong master key fails here, once).
+    pub(crate) async fn unwrapped(&self, record: &KeyringRecord) -> Result<crate::KeyringBuilder> {
+        let mut builder = Keyring::builder(record.id.clone()).generation(record.generation);
         for v in &record.versions {
             let material = match &v.wrapped {
                 Some(w) if v.state != KeyState::Retired => Some(self.inner.kek.unwrap(&record.id, v.version, w).await?),
@@ -494,7 +501,7 @@ impl Keywheel {
             };
             builder.push(v.state, v.algorithm, material);
         }
-        builder.build()
+        Ok(builder)
     }
 
     /// Encrypt with the keyring's Active version (binary form).

@@ -784,15 +784,11 @@ impl Rotator {
 
     /// The current snapshot plus a throwaway Active version (never stored).
     async fn dry_run_keyring(&self, record: &KeyringRecord) -> Result<Keyring> {
-        let mut builder = Keyring::builder(record.id.clone()).generation(record.generation);
-        for v in &record.versions {
-            let material = match &v.wrapped {
-                Some(w) if v.state != KeyState::Retired => Some(self.kw.kek().unwrap(&record.id, v.version, w).await?),
-                _ => None,
-            };
-            let state = if v.state == KeyState::Active { KeyState::Deprecated } else { v.state };
-            builder.push(state, v.algorithm, material);
+        let mut current = record.clone();
+        for v in current.versions.iter_mut().filter(|v| v.state == KeyState::Active) {
+            v.state = KeyState::Deprecated;
         }
+        let mut builder = self.kw.unwrapped(&current).await?;
         builder.push(KeyState::Active, record.algorithm, Some(KeyMaterial::generate()?));
         builder.build()
     }
