@@ -105,6 +105,16 @@ async fn illegal_transitions_are_refused_and_nothing_is_written() {
 }
 
 #[tokio::test]
+async fn creating_an_existing_keyring_is_refused_before_anything_is_audited() {
+    let s = setup().await;
+    let audited = s.audit.events().len();
+    let err = s.kw.create_keyring(&s.id, Algorithm::ChaCha20Poly1305).await.expect_err("exists");
+    assert!(matches!(&err, Error::KeyringExists(id) if *id == s.id), "{err}");
+    assert_eq!(s.audit.events().len(), audited, "no KeyringCreated event for a keyring that was not created");
+    assert_eq!(s.kw.record(&s.id).await.expect("record").algorithm, Algorithm::Aes256Gcm, "untouched");
+}
+
+#[tokio::test]
 async fn deprecate_hands_over_to_the_newest_pending_version() {
     let s = setup().await;
     let err = s.kw.deprecate(&s.id, KeyVersion::FIRST).await.expect_err("no pending");

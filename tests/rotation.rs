@@ -546,6 +546,29 @@ async fn kek_rotation_rewraps_every_key_and_is_resumable() {
     w.audit.verify().expect("chain verifies");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotation_to_a_new_master_key_under_the_same_id() {
+    let w = world(30).await;
+    let old: Arc<dyn keywheel::KeyEncryptionKey> = Arc::new(LocalKek::from_bytes(&[1; 32]));
+    let new: Arc<dyn keywheel::KeyEncryptionKey> = Arc::new(LocalKek::from_bytes(&[3; 32]));
+    assert_eq!(old.id(), new.id(), "both are \"local\": only the key check value tells them apart");
+    let both = Arc::new(KekRing::new(Arc::clone(&new), vec![Arc::clone(&old)]));
+    let kw = kw_over(Arc::clone(&w.store), Arc::clone(&w.audit), &w.clock, both);
+    // The ring opens keys wrapped under either master key (the new one is tried first).
+    kw.keyring(&w.id).await.expect("old keys open through the ring");
+    let report = Rotator::new(kw).expect("rng").rotate_kek(Arc::clone(&new)).await.expect("kek rotation");
+    assert_eq!((report.keyrings, report.keys), (2, 2));
+    let fresh = kw_over(Arc::clone(&w.store), Arc::clone(&w.audit), &w.clock, new);
+    w.check_with(&fresh).await;
+    let stale = kw_over(Arc::clone(&w.store), Arc::clone(&w.audit), &w.clock, Arc::clone(&old));
+    assert!(matches!(stale.keyring(&w.id).await, Err(Error::WrongMasterKey { .. })));
+    // A ring of two wrong keys reports the wrong master key, not a mismatch of ids.
+    let wrong = KekRing::new(Arc::new(LocalKek::from_bytes(&[4; 32])), vec![old]);
+    let wrapped = w.kw.record(&w.id).await.expect("record").versions[0].wrapped.clone().expect("live");
+    let err = keywheel::KeyEncryptionKey::unwrap(&wrong, &w.id, KeyVersion::FIRST, &wrapped).await.expect_err("wrong");
+    assert!(matches!(err, Error::WrongMasterKey { .. }), "{err}");
+}
+
 impl World {
     /// When version `v` of `id` was last activated.
     async fn activated_at(&self, v: u32) -> Timestamp {

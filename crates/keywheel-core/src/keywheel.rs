@@ -246,6 +246,11 @@ impl Keywheel {
 
     /// Create a keyring with version 1 generated and Active, ready to encrypt.
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
+        // Refused before anything is audited; the store's own check below
+        // still decides a race between two creators.
+        if self.inner.store.load_keyring(id).await?.is_some() {
+            return Err(Error::KeyringExists(id.clone()));
+        }
         let now = self.now();
         let cid = correlation_id()?;
         let v1 = self
@@ -265,7 +270,14 @@ impl Keywheel {
             self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
         ])
         .await?;
-        self.inner.store.create_keyring(&record).await?;
+        if let Err(e) = self.inner.store.create_keyring(&record).await {
+            let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
+            failed.outcome = Outcome::Failed;
+            failed.reason = Some(e.to_string());
+            // The original error matters more than a failure to record the failure.
+            let _ = self.inner.audit.record(&failed).await;
+            return Err(e);
+        }
         self.keyring(id).await
     }
 

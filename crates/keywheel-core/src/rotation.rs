@@ -168,7 +168,8 @@ pub struct KekRotationReport {
 }
 
 /// A KEK that wraps with a primary KEK and unwraps with whichever KEK's id a
-/// wrapped key names: lets readers open a store during and after a KEK rotation.
+/// wrapped key names (and, among KEKs of the same id, whose key check value
+/// matches): lets readers open a store during and after a KEK rotation.
 #[derive(Debug)]
 pub struct KekRing {
     primary: Arc<dyn KeyEncryptionKey>,
@@ -176,7 +177,8 @@ pub struct KekRing {
 }
 
 impl KekRing {
-    /// Wrap with `primary`; unwrap with `primary` or any of `others` by id.
+    /// Wrap with `primary`; unwrap with `primary` or any of `others` by id
+    /// (then by key check value).
     pub fn new(primary: Arc<dyn KeyEncryptionKey>, others: Vec<Arc<dyn KeyEncryptionKey>>) -> Self {
         KekRing { primary, others }
     }
@@ -191,11 +193,20 @@ impl KeyEncryptionKey for KekRing {
         self.primary.wrap(keyring, version, material).await
     }
     async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial> {
-        let kek =
-            std::iter::once(&self.primary).chain(&self.others).find(|k| k.id() == wrapped.kek_id).ok_or_else(|| {
-                Error::KekMismatch { expected: self.primary.id().to_owned(), found: wrapped.kek_id.clone() }
-            })?;
-        kek.unwrap(keyring, version, wrapped).await
+        // Several KEKs may share an id (a master key replaced by another under
+        // the same name, as the CLI's `kek rotate` does): the key check value
+        // tells them apart, so a wrong-master-key answer moves on to the next.
+        let mut last = None;
+        for kek in std::iter::once(&self.primary).chain(&self.others).filter(|k| k.id() == wrapped.kek_id) {
+            match kek.unwrap(keyring, version, wrapped).await {
+                Err(e @ Error::WrongMasterKey { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::KekMismatch {
+            expected: self.primary.id().to_owned(),
+            found: wrapped.kek_id.clone(),
+        }))
     }
 }
 

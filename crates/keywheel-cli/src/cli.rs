@@ -1,0 +1,302 @@
+//! The command line: every command, flag and help text (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  error (store, database, master key, configuration)
+  2  usage error (unknown command, bad or missing argument)
+  3  refused by a safety rule (values still on the version, grace period,
+     rollback window, a rotation in progress)
+  4  problems found (values that failed to decrypt, values left on old
+     versions, a damaged audit log)
+  130 interrupted (Ctrl-C); an interrupted rotation continues with `keywheel resume`
+
+The master key comes from KEYWHEEL_MASTER_KEY (base64) or --master-key-file.
+Settings may also come from ./keywheel.toml: the store, the keyrings with their
+policies and the record sources (Postgres tables) that `rotate` re-encrypts.";
+
+/// keywheel: versioned field-level encryption keys — status, rotation,
+/// rollback, retirement and the audit trail, from one command.
+#[derive(Debug, Parser)]
+#[command(name = "keywheel", version, after_help = AFTER_HELP)]
+#[command(arg_required_else_help = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Key store: a directory (file store) or a postgres:// URL [default: ./keywheel]
+    #[arg(long, global = true, env = "KEYWHEEL_STORE", value_name = "PATH|URL")]
+    pub(crate) store: Option<String>,
+
+    /// File holding the master key (32 raw bytes or base64) instead of KEYWHEEL_MASTER_KEY
+    #[arg(long, global = true, env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
+    pub(crate) master_key_file: Option<PathBuf>,
+
+    /// Configuration file [default: ./keywheel.toml when it exists]
+    #[arg(long, global = true, env = "KEYWHEEL_CONFIG", value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of tables
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Name recorded as the actor in the audit trail [default: cli:$USER]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) actor: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a new store (and a new master key unless one is given)
+    #[command(long_about = "Create a new store. With no master key configured, a new one is generated and \
+        printed once (or written to --master-key-out): keep it in a secret manager, never next to the store. \
+        On Postgres, creates or upgrades keywheel's tables in the configured schema.")]
+    Init(InitArgs),
+    /// Create and list keyrings
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
+    /// Status of every keyring: versions, age, next rotation, last job, warnings
+    Status(StatusArgs),
+    /// Count stored values per keyring and key version across the record sources
+    Census(KeyringFilter),
+    /// Rotate a keyring: new version, re-encrypt every record, verify
+    #[command(long_about = "Rotate a keyring: store the next key version, activate it, re-encrypt every value in \
+        the record sources of keywheel.toml in batches (compare-and-set: concurrent application writes win), \
+        verify by census. Start with --dry-run. An interrupted rotation continues with `keywheel resume`.")]
+    Rotate(RotateArgs),
+    /// Continue an interrupted rotation from its last checkpoint
+    Resume(ResumeArgs),
+    /// Make the previous version active again (inside the policy's rollback window)
+    Rollback(RollbackArgs),
+    /// Retire deprecated versions: destroy their key material once nothing uses them
+    Retire(RetireArgs),
+    /// Check that every value of a keyring is on its active version
+    Verify(KeyringFilter),
+    /// Verify and read the audit trail
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run the rotation scheduler
+    #[command(subcommand)]
+    Scheduler(SchedulerCommand),
+    /// Key-encryption key (master key) operations
+    #[command(subcommand)]
+    Kek(KekCommand),
+    /// Show what a stored value's header says (no key needed)
+    #[command(long_about = "Show what a stored value's header says: form, format, algorithm, key version and \
+        lengths. VALUE is the text form (kw:v3:…), hex (\\x6b77… as psql prints bytea, or 0x6b77…), \
+        or base64 of the binary form. Needs no store and no key.")]
+    Inspect(InspectArgs),
+}
+
+/// `init` options.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Write a newly generated master key to this file (mode 0600) instead of printing it
+    #[arg(long, value_name = "PATH")]
+    pub(crate) master_key_out: Option<PathBuf>,
+}
+
+/// `keyring` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyringCommand {
+    /// Create a keyring with its first key version active
+    Create(KeyringCreateArgs),
+    /// List keyrings with their versions and policies
+    List,
+}
+
+/// `keyring create` options.
+#[derive(Debug, Args)]
+pub(crate) struct KeyringCreateArgs {
+    /// Keyring id, `tenant/purpose` (purpose: token, database, file, session, api-signature or a custom name)
+    pub(crate) keyring: String,
+    /// Algorithm of new versions [default: from keywheel.toml, else aes-256-gcm]
+    #[arg(long, value_name = "ALGORITHM")]
+    pub(crate) algorithm: Option<String>,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Also count values per version in the record sources (a census)
+    #[arg(long)]
+    pub(crate) census: bool,
+}
+
+/// An optional keyring filter.
+#[derive(Debug, Args)]
+pub(crate) struct KeyringFilter {
+    /// Only this keyring (`tenant/purpose`) [default: all]
+    pub(crate) keyring: Option<String>,
+}
+
+/// `rotate` options.
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
+    /// Read, decrypt and re-encrypt in memory only: write nothing, change no state
+    #[arg(long, conflicts_with = "emergency")]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// Emergency: the active version is compromised; no activation delay, and it is
+    /// retired as soon as no value uses it (needs --reason)
+    #[arg(long, requires = "reason")]
+    pub(crate) emergency: bool,
+    /// Why (recorded in the audit trail); required with --emergency
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Options of work that walks the record sources.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Values per batch
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) batch_size: u32,
+    /// At most this many values per second [default: unlimited]
+    #[arg(long, value_name = "VALUES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: Option<u64>,
+    /// Batches re-encrypted concurrently while the next one is read
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) parallel: u32,
+}
+
+/// `resume` options.
+#[derive(Debug, Args)]
+pub(crate) struct ResumeArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// `rollback` options.
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
+    /// Why (recorded in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+    /// Also re-encrypt values back to the re-activated version
+    #[arg(long)]
+    pub(crate) reencrypt: bool,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// `retire` options.
+#[derive(Debug, Args)]
+pub(crate) struct RetireArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
+    /// Only this version [default: every deprecated version, oldest first]
+    #[arg(long, value_name = "N")]
+    pub(crate) version: Option<u32>,
+    /// Retire even with values left or inside the grace period (needs --reason);
+    /// values still on the version become unreadable for ever
+    #[arg(long, requires = "reason")]
+    pub(crate) force: bool,
+    /// Why (recorded in the audit trail); required with --force
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain of the whole audit trail
+    Verify,
+    /// Show the last events
+    Tail(TailArgs),
+}
+
+/// `audit tail` options.
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// Number of events
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub(crate) lines: usize,
+}
+
+/// `scheduler` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchedulerCommand {
+    /// Run the scheduler in the foreground until SIGINT/SIGTERM: rotate what is due,
+    /// retire what has passed its grace period
+    Run(SchedulerRunArgs),
+}
+
+/// `scheduler run` options.
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerRunArgs {
+    /// Seconds between evaluations
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) tick: u64,
+    /// Evaluate once and exit
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Rotations run at the same time
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) max_concurrent: u32,
+    /// Do not retire versions automatically
+    #[arg(long)]
+    pub(crate) no_retire: bool,
+}
+
+/// `kek` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KekCommand {
+    /// Rewrap every stored key under a new master key (no record is touched)
+    #[command(long_about = "Rewrap every stored key version under a new master key; no record is touched. \
+        The current master key comes from KEYWHEEL_MASTER_KEY or --master-key-file as usual. The new one comes \
+        from --new-master-key-file, or is generated and written to --new-master-key-out. Resumable: run it \
+        again after an interruption. Afterwards only the new master key opens the store.")]
+    Rotate(KekRotateArgs),
+}
+
+/// `kek rotate` options.
+#[derive(Debug, Args)]
+pub(crate) struct KekRotateArgs {
+    /// File holding the new master key (32 raw bytes or base64)
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "new_master_key_out",
+        required_unless_present = "new_master_key_out"
+    )]
+    pub(crate) new_master_key_file: Option<PathBuf>,
+    /// Generate the new master key and write it to this new file (mode 0600)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) new_master_key_out: Option<PathBuf>,
+}
+
+/// `inspect` options.
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The stored value: text form, hex (\x… or 0x…) or base64 of the binary form
+    pub(crate) value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

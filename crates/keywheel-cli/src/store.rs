@@ -1,0 +1,331 @@
+//! Opening what a command needs: the settings (flags > environment > file >
+//! defaults), the master key, the store with its audit trail, the record sources.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keywheel_core::{AuditSink, KeyEncryptionKey, KeyStore, Keywheel, LocalKek, RecordSource, Rotator};
+use keywheel_file::{FileAuditSink, FileKeyStore, LogReport};
+use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, SCHEMA_VERSION};
+
+use crate::cli::GlobalArgs;
+use crate::config::{Config, is_postgres_url};
+use crate::error::CliError;
+
+/// The environment variable holding the base64 master key.
+pub(crate) const MASTER_KEY_ENV: &str = "KEYWHEEL_MASTER_KEY";
+/// The file store used when none is named.
+pub(crate) const DEFAULT_STORE: &str = "./keywheel";
+/// The audit log's name inside a file store's directory.
+pub(crate) const AUDIT_FILE: &str = "audit.jsonl";
+
+/// Where the keys live.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// A file store directory and its audit log.
+    File { dir: PathBuf, audit_log: PathBuf },
+    /// A Postgres database and keywheel's schema in it.
+    Postgres { url: String, schema: PgSchema },
+}
+
+impl Location {
+    /// What to show the operator (never a password).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Location::File { dir, .. } => format!("file store {}", dir.display()),
+            Location::Postgres { url, schema } => {
+                format!("Postgres store {} (schema {})", redact_url(url), schema.name())
+            }
+        }
+    }
+}
+
+/// A connection URL with its password replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth, host) = match rest.split_once('@') {
+        Some((auth, host)) => (auth, host),
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The resolved settings of one invocation.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) config: Config,
+    pub(crate) location: Location,
+    pub(crate) master_key_file: Option<PathBuf>,
+    pub(crate) actor: String,
+}
+
+impl Settings {
+    /// Flags and environment first, then the configuration file, then defaults.
+    pub(crate) fn resolve(global: &GlobalArgs) -> Result<Settings, CliError> {
+        let config = Config::load(global.config.as_deref())?;
+        let store = global.store.clone().or_else(|| config.store()).unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        let location = if is_postgres_url(&store) {
+            let schema = PgSchema::new(config.schema.clone().unwrap_or_else(|| PgSchema::DEFAULT.to_owned()))
+                .map_err(|e| CliError::usage(format!("keywheel.toml: schema: {e}")))?;
+            Location::Postgres { url: store, schema }
+        } else {
+            let dir = PathBuf::from(&store);
+            let audit_log = config.audit_log.as_deref().map_or_else(|| dir.join(AUDIT_FILE), |p| config.path(p));
+            Location::File { dir, audit_log }
+        };
+        let master_key_file =
+            global.master_key_file.clone().or_else(|| config.master_key_file.as_deref().map(|p| config.path(p)));
+        let actor = global.actor.clone().unwrap_or_else(|| {
+            format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or("unknown".into()))
+        });
+        Ok(Settings { config, location, master_key_file, actor })
+    }
+
+    /// Whether a master key is configured at all.
+    pub(crate) fn has_master_key(&self) -> bool {
+        self.master_key_file.is_some() || std::env::var_os(MASTER_KEY_ENV).is_some()
+    }
+
+    /// The configured master key.
+    pub(crate) fn master_key(&self) -> Result<LocalKek, CliError> {
+        let hint =
+            format!("export {MASTER_KEY_ENV}=<base64 key printed by `keywheel init`>, or pass --master-key-file PATH");
+        match &self.master_key_file {
+            Some(path) => LocalKek::from_file(path).map_err(|e| CliError::from(e).with_hint(hint)),
+            None if std::env::var_os(MASTER_KEY_ENV).is_some() => {
+                LocalKek::from_env(MASTER_KEY_ENV).map_err(|e| CliError::from(e).with_hint(hint))
+            }
+            None => Err(CliError::error("no master key: the store's keys cannot be opened without it").with_hint(hint)),
+        }
+    }
+
+    /// The database of the record sources: a source's own, the file's, or the store's.
+    fn source_database<'a>(&'a self, own: Option<&'a str>) -> Option<&'a str> {
+        own.or(self.config.database.as_deref()).or(match &self.location {
+            Location::Postgres { url, .. } => Some(url.as_str()),
+            Location::File { .. } => None,
+        })
+    }
+}
+
+/// An audit trail the CLI can verify and read.
+#[derive(Debug, Clone)]
+pub(crate) enum Audit {
+    File(Arc<FileAuditSink>),
+    Postgres(Arc<PgAuditSink>),
+}
+
+impl Audit {
+    fn sink(&self) -> Arc<dyn AuditSink> {
+        match self {
+            Audit::File(s) => s.clone(),
+            Audit::Postgres(s) => s.clone(),
+        }
+    }
+}
+
+/// What the outcome of an audit verification says.
+#[derive(Debug)]
+pub(crate) enum AuditVerdict {
+    File(LogReport),
+    Postgres(Result<u64, keywheel_core::ChainViolation>),
+}
+
+/// An opened store: the `Keywheel` over it and its audit trail.
+#[derive(Debug, Clone)]
+pub(crate) struct Opened {
+    pub(crate) kw: Keywheel,
+    pub(crate) location: Location,
+    pub(crate) pool: Option<PgPool>,
+}
+
+/// A Postgres pool on `url`, connection errors in one sentence.
+pub(crate) fn pool(url: &str) -> Result<PgPool, CliError> {
+    PgPool::without_tls(url).map_err(|e| {
+        CliError::usage(format!("{e}")).with_hint("a Postgres store is postgres://user[:password]@host[:port]/database")
+    })
+}
+
+/// Check that keywheel's tables exist at the version this build expects.
+async fn check_schema(pool: &PgPool, schema: &PgSchema) -> Result<(), CliError> {
+    let client = pool.get().await.map_err(|e| {
+        CliError::from(e).with_hint("check that the database is up and the URL (user, host, database) is right")
+    })?;
+    let table = format!("{}.schema_migrations", keywheel_postgres::quote_ident(schema.name())?);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(|e| CliError::error(format!("cannot read the database: {e}")))?
+        .get(0);
+    let init =
+        || format!("run `keywheel init` with this store to create keywheel's tables in schema {}", schema.name());
+    if !exists {
+        return Err(CliError::error(format!("not a keywheel store: schema {} has no keywheel tables", schema.name()))
+            .with_hint(init()));
+    }
+    let version: Option<i32> = client
+        .query_one(&format!("SELECT max(version) FROM {table}"), &[])
+        .await
+        .map_err(|e| CliError::error(format!("cannot read the database: {e}")))?
+        .get(0);
+    match version {
+        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        Some(v) if v > SCHEMA_VERSION => Err(CliError::error(format!(
+            "schema {} is at version {v}, newer than this keywheel ({SCHEMA_VERSION})",
+            schema.name()
+        ))
+        .with_hint("upgrade the keywheel CLI")),
+        _ => Err(CliError::error(format!("schema {} is not up to date", schema.name())).with_hint(init())),
+    }
+}
+
+/// Open the store for a command: master key checked against every stored key
+/// before anything is written.
+pub(crate) async fn open(settings: &Settings) -> Result<Opened, CliError> {
+    let kek: Arc<dyn KeyEncryptionKey> = Arc::new(settings.master_key()?);
+    open_with_kek(settings, kek).await
+}
+
+/// [`open`] with a given key-encryption key (KEK rotation opens with a ring).
+pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
+    let (store, audit, pool): (Arc<dyn KeyStore>, Audit, Option<PgPool>) = match &settings.location {
+        Location::File { dir, audit_log } => {
+            let store = FileKeyStore::options().create(false).open(dir)?;
+            (Arc::new(store), Audit::File(Arc::new(FileAuditSink::open(audit_log)?)), None)
+        }
+        Location::Postgres { url, schema } => {
+            let pool = pool(url)?;
+            check_schema(&pool, schema).await?;
+            let store = PgKeyStore::new(pool.clone(), schema.clone());
+            let audit = PgAuditSink::new(pool.clone(), schema.clone());
+            (Arc::new(store), Audit::Postgres(Arc::new(audit)), Some(pool))
+        }
+    };
+    let kw = Keywheel::builder().store(store).audit(audit.sink()).kek(kek).actor(settings.actor.clone()).build()?;
+    // Unwrap every stored key once: a wrong master key stops here, before
+    // anything could be wrapped under it.
+    for id in kw.list_keyrings().await? {
+        kw.keyring(&id).await?;
+    }
+    Ok(Opened { kw, location: settings.location.clone(), pool })
+}
+
+/// Create the store (file directory or Postgres tables). Returns what was done.
+pub(crate) async fn create(settings: &Settings) -> Result<String, CliError> {
+    match &settings.location {
+        Location::File { dir, audit_log } => {
+            if dir.join("store.json").exists() {
+                return Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
+                    .with_hint("use it as it is, or choose another --store directory"));
+            }
+            FileKeyStore::open(dir)?;
+            FileAuditSink::open(audit_log)?;
+            Ok(format!("Created the file store {} (audit log {}).", dir.display(), audit_log.display()))
+        }
+        Location::Postgres { url, schema } => {
+            let pool = pool(url)?;
+            let report = keywheel_postgres::migrate(&pool, schema).await.map_err(|e| {
+                CliError::from(e).with_hint("check that the database is up and the user may create a schema")
+            })?;
+            Ok(if report.applied.is_empty() {
+                format!("Schema {} is already at version {}; nothing to do.", schema.name(), report.version)
+            } else {
+                format!("Created keywheel's tables in schema {} (version {}).", schema.name(), report.version)
+            })
+        }
+    }
+}
+
+/// The configured record sources, opened (each checked against its table).
+pub(crate) async fn sources(settings: &Settings, opened: &Opened) -> Result<Vec<Arc<dyn RecordSource>>, CliError> {
+    let mut out: Vec<Arc<dyn RecordSource>> = Vec::new();
+    for s in &settings.config.sources {
+        let spec = s.table_spec()?;
+        let url = settings.source_database(s.database.as_deref()).ok_or_else(|| {
+            CliError::usage(format!("keywheel.toml: source {} names no database", s.table))
+                .with_hint("set database = \"postgres://…\" at the top of keywheel.toml or in the source")
+        })?;
+        let pool = match (&opened.location, &opened.pool) {
+            (Location::Postgres { url: store_url, .. }, Some(p)) if store_url == url => p.clone(),
+            _ => pool(url)?,
+        };
+        let source = PgRecordSource::open(pool, spec).await.map_err(|e| {
+            CliError::from(e).with_hint(format!("check the [[sources]] entry for table {} in keywheel.toml", s.table))
+        })?;
+        out.push(Arc::new(source));
+    }
+    Ok(out)
+}
+
+/// A rotator over the opened store and the configured sources.
+pub(crate) async fn rotator(settings: &Settings, opened: &Opened) -> Result<Rotator, CliError> {
+    let mut rotator = Rotator::new(opened.kw.clone())?.holder(settings.actor.clone());
+    for s in sources(settings, opened).await? {
+        rotator = rotator.source(s);
+    }
+    Ok(rotator)
+}
+
+/// Open only the audit trail: auditors need no master key.
+pub(crate) async fn open_audit(settings: &Settings) -> Result<Audit, CliError> {
+    match &settings.location {
+        Location::File { dir, audit_log } => {
+            if !audit_log.exists() {
+                return Err(CliError::error(format!("no audit log at {}", audit_log.display())).with_hint(format!(
+                    "check --store (is {} a keywheel store?) or audit_log in keywheel.toml",
+                    dir.display()
+                )));
+            }
+            Ok(Audit::File(Arc::new(FileAuditSink::open(audit_log)?)))
+        }
+        Location::Postgres { url, schema } => {
+            let pool = pool(url)?;
+            check_schema(&pool, schema).await?;
+            Ok(Audit::Postgres(Arc::new(PgAuditSink::new(pool, schema.clone()))))
+        }
+    }
+}
+
+/// Verify the audit trail's hash chain (read-only).
+pub(crate) async fn verify_audit(audit: &Audit) -> Result<AuditVerdict, CliError> {
+    Ok(match audit {
+        Audit::File(sink) => AuditVerdict::File(keywheel_file::verify_log(sink.path())?),
+        Audit::Postgres(sink) => AuditVerdict::Postgres(sink.verify().await?),
+    })
+}
+
+/// Every entry of the audit trail, oldest first.
+pub(crate) async fn audit_entries(audit: &Audit) -> Result<Vec<keywheel_core::AuditEntry>, CliError> {
+    let entries =
+        audit.sink().entries().await.map_err(|e| {
+            CliError::from(e).with_hint("run `keywheel audit verify` for a report of every damaged line")
+        })?;
+    entries.ok_or_else(|| CliError::error("this audit sink does not keep its entries"))
+}
+
+/// Whether a Postgres store's schema exists and holds keyrings (read without a master key).
+pub(crate) async fn postgres_has_keyrings(settings: &Settings) -> Result<bool, CliError> {
+    let Location::Postgres { url, schema } = &settings.location else { return Ok(false) };
+    let pool = pool(url)?;
+    if check_schema(&pool, schema).await.is_err() {
+        return Ok(false);
+    }
+    Ok(!PgKeyStore::new(pool, schema.clone()).list_keyrings().await?.is_empty())
+}
+
+/// Write a new secret file readable by its owner only; refuses to overwrite.
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+        CliError::error(format!("cannot create {}: {e}", path.display()))
+            .with_hint("name a new file; keywheel never overwrites a key file")
+    })?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CliError::error(format!("cannot write {}: {e}", path.display())))
+}

@@ -1,0 +1,225 @@
+//! The real `keywheel` binary on bad input: a wrong or missing master key, a
+//! corrupt store, a damaged audit log, unknown commands and arguments, values
+//! that are not keywheel values. Every case: one clear sentence, the fix, a
+//! distinct exit code, nothing changed. Also `--help` of every command,
+//! `inspect`, and the scheduler's clean stop on SIGTERM. File store only (no
+//! Postgres needed).
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Read as _;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::Cli;
+
+/// A file store with one keyring, its master key in `master.key`.
+fn store_with_keyring() -> Cli {
+    let cli = Cli::new(None);
+    cli.run(&["init", "--master-key-out", cli.key_file().to_str().expect("utf-8")]).assert_code(0);
+    cli.run(&["keyring", "create", "acme/token"]).assert_code(0);
+    cli
+}
+
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["", "keyrings", "policies", "jobs", "leases"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for e in entries.flatten() {
+            if e.path().is_file() {
+                out.push((e.path().display().to_string(), std::fs::read(e.path()).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_wrong_master_key_is_refused_before_anything_is_written() {
+    let cli = store_with_keyring();
+    let before = snapshot(&cli.store_dir());
+    let wrong = cli.dir().join("wrong.key");
+    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
+    for args in [&["status"][..], &["rotate", "acme/token"], &["keyring", "create", "other/token"]] {
+        let mut all = vec!["--master-key-file", wrong.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let out = cli.run(&all).assert_code(1);
+        out.assert_stderr_contains("wrong master key");
+        out.assert_stderr_contains("hint: set KEYWHEEL_MASTER_KEY");
+    }
+    assert_eq!(snapshot(&cli.store_dir()), before, "nothing written under the wrong key");
+    // Not a key at all.
+    std::fs::write(&wrong, "not base64!").expect("write");
+    let out = cli.run(&["--master-key-file", wrong.to_str().expect("utf-8"), "status"]).assert_code(1);
+    out.assert_stderr_contains("the master key is not valid base64");
+}
+
+#[test]
+fn no_master_key_says_how_to_give_one() {
+    let cli = store_with_keyring();
+    std::fs::remove_file(cli.key_file()).expect("remove key");
+    let out = cli.run(&["status"]).assert_code(1);
+    out.assert_stderr_contains("no master key");
+    out.assert_stderr_contains("KEYWHEEL_MASTER_KEY");
+}
+
+#[test]
+fn a_missing_or_corrupt_store_is_named_with_the_fix() {
+    let cli = Cli::new(None);
+    std::fs::write(cli.key_file(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
+    let out = cli.run(&["status"]).assert_code(1);
+    out.assert_stderr_contains("not a keywheel store");
+    out.assert_stderr_contains("keywheel init");
+
+    let cli = store_with_keyring();
+    cli.run(&["init"]).assert_code(3).assert_stderr_contains("already a keywheel store");
+    let keyring_file = std::fs::read_dir(cli.store_dir().join("keyrings"))
+        .expect("keyrings dir")
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("one keyring document")
+        .path();
+    std::fs::write(&keyring_file, b"{\"format\":1,\"keyring\":{\"id\":").expect("corrupt it");
+    let out = cli.run(&["keyring", "list"]).assert_code(1);
+    out.assert_stderr_contains(&keyring_file.file_name().expect("name").to_string_lossy());
+    assert_eq!(std::fs::read(&keyring_file).expect("read"), b"{\"format\":1,\"keyring\":{\"id\":", "left as it was");
+}
+
+#[test]
+fn a_damaged_audit_log_is_reported_by_line_with_exit_code_4() {
+    let cli = store_with_keyring();
+    cli.run(&["audit", "verify"]).assert_code(0).assert_stdout_contains("intact");
+    // Auditors need no master key.
+    let key = std::fs::read(cli.key_file()).expect("key");
+    std::fs::remove_file(cli.key_file()).expect("remove key");
+    cli.run(&["audit", "tail", "-n", "1"]).assert_code(0).assert_stdout_contains("policy_changed");
+    let log = cli.store_dir().join("audit.jsonl");
+    let text = std::fs::read_to_string(&log).expect("log");
+    std::fs::write(&log, text.replacen("key_created", "key_imported", 1)).expect("tamper");
+    let out = cli.run(&["audit", "verify"]).assert_code(4);
+    out.assert_stdout_contains("DAMAGED");
+    out.assert_stdout_contains("line 2");
+    let json = cli.json_code(&["audit", "verify"], 4);
+    assert_eq!(json["intact"], false);
+    // Reading a damaged log names the line and points at `audit verify`.
+    let out = cli.run(&["audit", "tail"]).assert_code(1);
+    out.assert_stderr_contains("line 2");
+    out.assert_stderr_contains("keywheel audit verify");
+    // Opening the store still works: the log is only appended to.
+    std::fs::write(cli.key_file(), key).expect("restore key");
+    cli.run(&["status"]).assert_code(0);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_reads_for_every_command() {
+    let cli = Cli::new(None);
+    cli.run(&["frobnicate"]).assert_code(2).assert_stderr_contains("unrecognized subcommand");
+    cli.run(&["rotate"]).assert_code(2).assert_stderr_contains("<KEYRING>");
+    cli.run(&["rotate", "acme/token", "--emergency"]).assert_code(2).assert_stderr_contains("--reason");
+    cli.run(&["retire", "acme/token", "--force"]).assert_code(2).assert_stderr_contains("--reason");
+    cli.run(&["rotate", "acme/token", "--batch-size", "0"]).assert_code(2);
+    cli.run(&["census", "no-slash"]).assert_code(2).assert_stderr_contains("tenant/purpose");
+    cli.run(&["--help"]).assert_code(0).assert_stdout_contains("Exit codes:");
+    cli.run(&["--version"]).assert_code(0).assert_stdout_contains("keywheel");
+    for command in [
+        &["init"][..],
+        &["keyring", "create"],
+        &["keyring", "list"],
+        &["status"],
+        &["census"],
+        &["rotate"],
+        &["resume"],
+        &["rollback"],
+        &["retire"],
+        &["verify"],
+        &["audit", "verify"],
+        &["audit", "tail"],
+        &["scheduler", "run"],
+        &["kek", "rotate"],
+        &["inspect"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = cli.run(&args).assert_code(0);
+        out.assert_stdout_contains("Usage: keywheel");
+        assert!(out.stdout.lines().count() >= 4, "{command:?}: {}", out.stdout);
+    }
+    // A bad configuration file is a usage error naming the line.
+    cli.write_config("store = \"./keywheel\"\n[keyrings.\"acme/token\"]\ngrace = \"1d\"\n");
+    cli.run(&["status"]).assert_code(2).assert_stderr_contains("line 3");
+}
+
+#[test]
+fn retirement_without_record_sources_is_refused_unless_forced() {
+    let cli = store_with_keyring();
+    cli.write_config("[keyrings.\"acme/token\"]\ngrace_period = \"0s\"\n");
+    let out = cli.run(&["rotate", "acme/token"]).assert_code(0);
+    out.assert_stderr_contains("no record sources");
+    // Without sources, nothing proves that no value uses v1.
+    let out = cli.run(&["retire", "acme/token"]).assert_code(3);
+    out.assert_stderr_contains("retirement refused");
+    out.assert_stderr_contains("--force --reason");
+    let out = cli.run(&["retire", "acme/token", "--force", "--reason", "no stored values: tokens are cached only"]);
+    out.assert_code(0).assert_stdout_contains("Retired acme/token v1");
+    let tail = cli.json(&["audit", "tail", "-n", "1"]);
+    assert_eq!(tail[0]["event"]["kind"]["type"], "key_retired");
+    assert_eq!(tail[0]["event"]["kind"]["forced"], true);
+    assert_eq!(tail[0]["event"]["reason"], "no stored values: tokens are cached only");
+    // Rolling back to a retired version is refused (exit 3).
+    cli.run(&["rollback", "acme/token"]).assert_code(3).assert_stderr_contains("no deprecated version");
+}
+
+#[test]
+fn inspect_reads_headers_without_a_key() {
+    let cli = Cli::new(None);
+    // A text-form value, and the same value as psql prints bytea (hex).
+    let text = "kw:v3:a3cBAQAAAAMAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = cli.run(&["inspect", text]).assert_code(0);
+    out.assert_stdout_contains("key version     v3");
+    out.assert_stdout_contains("aes-256-gcm");
+    let json = cli.json(&["inspect", text]);
+    assert_eq!(json["info"]["version"], 3);
+    let binary = base64_decode(&text[6..]);
+    let hex: String = binary.iter().map(|b| format!("{b:02x}")).collect();
+    cli.run(&["inspect", &format!("\\x{hex}")]).assert_code(0).assert_stdout_contains("form            binary");
+    cli.run(&["inspect", "aGVsbG8gd29ybGQ="]).assert_code(4).assert_stdout_contains("bad magic");
+    cli.run(&["inspect", "\\xabc"]).assert_code(2).assert_stderr_contains("not valid hex");
+    cli.run(&["inspect", "%%%"]).assert_code(2).assert_stderr_contains("neither the text form");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(s).expect("base64")
+}
+
+#[test]
+fn the_scheduler_stops_cleanly_on_sigterm() {
+    let cli = store_with_keyring();
+    cli.run(&["scheduler", "run", "--once"]).assert_code(0).assert_stdout_contains("tick: due []");
+    let mut child = cli
+        .command(&["scheduler", "run", "--tick", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the scheduler");
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the scheduler did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    let mut stdout = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("scheduler stopped cleanly"), "{stderr}");
+    assert!(stdout.contains("tick: due []"), "at least one tick ran: {stdout}");
+}
