@@ -87,6 +87,11 @@ fn rotate_options(run: &RunArgs, reporter: &Reporter, cancel: CancelToken) -> Ro
     }
 }
 
+/// `1 key`, `3 keys`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{} {noun}s", count(n)) }
+}
+
 fn version_list(versions: &[u32]) -> String {
     if versions.is_empty() {
         "-".into()
@@ -770,8 +775,10 @@ async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: bool) -> Re
         print_json(&json!({ "report": report, "key_check": check }))?;
     } else {
         println!(
-            "Rewrapped {} keys of {} keyrings under the new master key (key check value {check}); {} were already.",
-            report.keys, report.keyrings, report.already_rewrapped
+            "Rewrapped {} of {} under the new master key (key check value {check}); {} already were.",
+            plural(report.keys, "key"),
+            plural(report.keyrings, "keyring"),
+            report.already_rewrapped
         );
         if let Some(path) = &args.new_master_key_out {
             println!("The new master key is in {} (mode 0600); move it into your secret manager.", path.display());

@@ -147,7 +147,7 @@ impl Config {
 
     /// A path from the file, made relative to the file's directory.
     pub(crate) fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+        if p.is_absolute() || self.base == Path::new(".") { p.to_path_buf() } else { self.base.join(p) }
     }
 
     /// A store location from the file: paths relative to the file, URLs as they are.

@@ -106,7 +106,7 @@ fn two_units(major: u64, major_unit: &str, minor: u64, minor_unit: &str) -> Stri
 pub(crate) struct Reporter {
     label: String,
     bar: Option<ProgressBar>,
-    last_line: Arc<Mutex<Option<Instant>>>,
+    last_line: Arc<Mutex<Instant>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -134,7 +134,9 @@ impl Reporter {
         if let Some(b) = &bar {
             b.set_prefix(label.clone());
         }
-        Reporter { label, bar, last_line: Arc::new(Mutex::new(None)) }
+        // The first plain line waits one interval too: the rate of the first
+        // batch alone says little.
+        Reporter { label, bar, last_line: Arc::new(Mutex::new(Instant::now())) }
     }
 
     /// The callback the rotation engine calls after every batch.
@@ -153,10 +155,10 @@ impl Reporter {
             return;
         }
         let mut last = self.last_line.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|t| t.elapsed() < LINE_INTERVAL) {
+        if last.elapsed() < LINE_INTERVAL {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Instant::now();
         let total = p.total.map_or(String::new(), |t| format!("/{}", count(t)));
         let eta = p.eta.map_or(String::new(), |e| format!(", ETA {}", human_duration(e)));
         eprintln!(

@@ -191,7 +191,7 @@ async fn runbook(postgres_store: bool) {
     // KEK rotation: a new master key; the old one no longer opens the store.
     let new_key = cli.dir().join("new-master.key");
     let kek = cli.run(&["kek", "rotate", "--new-master-key-out", new_key.to_str().expect("utf-8")]).assert_code(0);
-    kek.assert_stdout_contains("Rewrapped 1 keys of 1 keyrings");
+    kek.assert_stdout_contains("Rewrapped 1 key of 1 keyring under the new master key");
     cli.run(&["status"]).assert_code(1).assert_stderr_contains("wrong master key");
     std::fs::rename(&new_key, cli.key_file()).expect("swap in the new key");
     cli.run(&["status"]).assert_code(0);
