@@ -114,6 +114,19 @@ pub(crate) enum KeyringCommand {
     Create(KeyringCreateArgs),
     /// List keyrings with their versions and policies
     List,
+    /// Make the store match keywheel.toml: create missing keyrings, update changed policies
+    #[command(long_about = "Make the store match the [keyrings] of keywheel.toml: create the keyrings it lists \
+        that do not exist yet, and store the policy it gives for each (policy changes are audited). Keyrings \
+        the file does not list are left alone. With --dry-run, only show what would change.")]
+    Apply(ApplyArgs),
+}
+
+/// `keyring apply` options.
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// Show what would change; change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// `keyring create` options.

@@ -14,9 +14,9 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::cli::{
-    AuditCommand, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs, KeyringCommand, KeyringCreateArgs,
-    KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs, SchedulerCommand, SchedulerRunArgs,
-    StatusArgs, TailArgs,
+    ApplyArgs, AuditCommand, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs, KeyringCommand,
+    KeyringCreateArgs, KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs, SchedulerCommand,
+    SchedulerRunArgs, StatusArgs, TailArgs,
 };
 use crate::config::unknown_algorithm;
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
@@ -31,6 +31,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Init(args) => init(&settings, &args, json).await,
         Command::Keyring(KeyringCommand::Create(args)) => keyring_create(&settings, &args, json).await,
         Command::Keyring(KeyringCommand::List) => keyring_list(&settings, json).await,
+        Command::Keyring(KeyringCommand::Apply(args)) => keyring_apply(&settings, &args, json).await,
         Command::Status(args) => status(&settings, &args, json).await,
         Command::Census(args) => census(&settings, &args, json).await,
         Command::Rotate(args) => rotate(&settings, &args, json).await,
@@ -191,6 +192,60 @@ async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs, json: boo
         );
     }
     Ok(OK)
+}
+
+async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: bool) -> Result<u8, CliError> {
+    if settings.config.keyrings.is_empty() {
+        return Err(CliError::usage("keywheel.toml lists no keyrings, so there is nothing to apply")
+            .with_hint("add [keyrings.\"tenant/purpose\"] tables to keywheel.toml"));
+    }
+    // Everything is checked before anything changes.
+    let mut wanted = Vec::new();
+    for (name, c) in &settings.config.keyrings {
+        let id = parse_keyring(name)?;
+        wanted.push((c.policy(&id)?, c.algorithm(&id)?.unwrap_or_default(), id));
+    }
+    let opened = store::open(settings).await?;
+    let existing = opened.kw.list_keyrings().await?;
+    let mut changes = Vec::new();
+    for (policy, algorithm, id) in wanted {
+        let action = if !existing.contains(&id) {
+            if !args.dry_run {
+                opened.kw.create_keyring(&id, algorithm).await?;
+                opened.kw.set_policy(&id, &policy).await?;
+            }
+            "created"
+        } else if opened.kw.policy(&id).await? != policy {
+            if !args.dry_run {
+                opened.kw.set_policy(&id, &policy).await?;
+            }
+            "policy updated"
+        } else {
+            "unchanged"
+        };
+        if !json {
+            let verb = if args.dry_run && action != "unchanged" { format!("would be {action}") } else { action.into() };
+            println!("{id}: {verb}");
+        }
+        changes.push(json!({ "keyring": id, "action": action, "policy": policy }));
+    }
+    if json {
+        print_json(&json!({ "dry_run": args.dry_run, "keyrings": changes }))?;
+    }
+    Ok(OK)
+}
+
+/// A note on stderr when keywheel.toml gives a keyring another policy than the stored one.
+async fn warn_policy_drift(settings: &Settings, opened: &Opened, id: &KeyringId) -> Result<(), CliError> {
+    if let Some(c) = settings.config.keyring(id)
+        && c.policy(id)? != opened.kw.policy(id).await?
+    {
+        eprintln!(
+            "keywheel: note: keywheel.toml gives {id} another policy than the stored one, which applies; \
+             run `keywheel keyring apply` to store it"
+        );
+    }
+    Ok(())
 }
 
 async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, CliError> {
@@ -477,6 +532,7 @@ async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8
     let opened = store::open(settings).await?;
     let rotator = store::rotator(settings, &opened).await?;
     warn_without_sources(settings);
+    warn_policy_drift(settings, &opened, &id).await?;
     let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
     let reporter = Reporter::new(label);
     let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
@@ -517,6 +573,7 @@ async fn rollback(settings: &Settings, args: &RollbackArgs, json: bool) -> Resul
     let id = parse_keyring(&args.keyring)?;
     let opened = store::open(settings).await?;
     let rotator = store::rotator(settings, &opened).await?;
+    warn_policy_drift(settings, &opened, &id).await?;
     let policy = opened.kw.policy(&id).await?;
     let reporter = Reporter::new(format!("rollback {id}"));
     let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
@@ -538,6 +595,7 @@ async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8
     let id = parse_keyring(&args.keyring)?;
     let opened = store::open(settings).await?;
     let record = opened.kw.record(&id).await?;
+    warn_policy_drift(settings, &opened, &id).await?;
     let policy = opened.kw.policy(&id).await?;
     let versions: Vec<KeyVersion> = match args.version {
         Some(v) => vec![KeyVersion::new(v).map_err(|e| CliError::usage(e.to_string()))?],

@@ -223,3 +223,38 @@ fn the_scheduler_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("scheduler stopped cleanly"), "{stderr}");
     assert!(stdout.contains("tick: due []"), "at least one tick ran: {stdout}");
 }
+
+#[test]
+fn keyring_apply_makes_the_store_match_keywheel_toml() {
+    let cli = store_with_keyring();
+    cli.run(&["keyring", "apply"]).assert_code(2).assert_stderr_contains("lists no keyrings");
+    cli.write_config(
+        "[keyrings.\"acme/token\"]\ngrace_period = \"1h\"\n\
+         [keyrings.\"beta/session\"]\nalgorithm = \"xchacha20-poly1305\"\n",
+    );
+    let dry = cli.run(&["keyring", "apply", "--dry-run"]).assert_code(0);
+    dry.assert_stdout_contains("acme/token: would be policy updated");
+    dry.assert_stdout_contains("beta/session: would be created");
+    assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 1, "a dry run changes nothing");
+    // The stored policy applies until it is applied; commands say so.
+    cli.run(&["rotate", "acme/token"]).assert_code(0).assert_stderr_contains("run `keywheel keyring apply`");
+    let applied = cli.json(&["keyring", "apply"]);
+    assert_eq!(applied["keyrings"][0]["action"], "policy updated");
+    assert_eq!(applied["keyrings"][1]["action"], "created");
+    let listed = cli.json(&["keyring", "list"]);
+    assert_eq!(listed[0]["policy"]["grace_period"], 3600);
+    assert_eq!(listed[1]["keyring"], "beta/session");
+    assert_eq!(
+        listed[1]["algorithm"],
+        serde_json::to_value(keywheel_core::Algorithm::XChaCha20Poly1305).expect("json")
+    );
+    let again = cli.run(&["keyring", "apply"]).assert_code(0);
+    again.assert_stdout_contains("acme/token: unchanged");
+    again.assert_stdout_contains("beta/session: unchanged");
+    let out = cli.run(&["retire", "acme/token", "--force", "--reason", "test"]).assert_code(0);
+    assert!(!out.stderr.contains("keyring apply"), "no drift note once applied: {}", out.stderr);
+    // A bad policy in the file is refused before anything changes.
+    cli.write_config("[keyrings.\"gamma/token\"]\ngrace_period = \"soon\"\n");
+    cli.run(&["keyring", "apply"]).assert_code(2).assert_stderr_contains("grace_period");
+    assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 2);
+}
