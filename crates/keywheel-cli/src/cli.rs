@@ -35,23 +35,23 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
     /// Key store: a directory (file store) or a postgres:// URL [default: ./keywheel]
-    #[arg(long, global = true, env = "KEYWHEEL_STORE", value_name = "PATH|URL")]
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_STORE", value_name = "PATH|URL")]
     pub(crate) store: Option<String>,
 
     /// File holding the master key (32 raw bytes or base64) instead of KEYWHEEL_MASTER_KEY
-    #[arg(long, global = true, env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
     pub(crate) master_key_file: Option<PathBuf>,
 
     /// Configuration file [default: ./keywheel.toml when it exists]
-    #[arg(long, global = true, env = "KEYWHEEL_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_CONFIG", value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout instead of tables
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub(crate) json: bool,
 
     /// Name recorded as the actor in the audit trail [default: cli:$USER]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "NAME")]
     pub(crate) actor: Option<String>,
 }
 
@@ -276,8 +276,9 @@ pub(crate) enum KekCommand {
     /// Rewrap every stored key under a new master key (no record is touched)
     #[command(long_about = "Rewrap every stored key version under a new master key; no record is touched. \
         The current master key comes from KEYWHEEL_MASTER_KEY or --master-key-file as usual. The new one comes \
-        from --new-master-key-file, or is generated and written to --new-master-key-out. Resumable: run it \
-        again after an interruption. Afterwards only the new master key opens the store.")]
+        from --new-master-key-file, or is generated and written to --new-master-key-out. After an \
+        interruption, run it again with --new-master-key-file naming the key the first run wrote: keys \
+        already rewrapped are skipped. Afterwards only the new master key opens the store.")]
     Rotate(KekRotateArgs),
 }
 

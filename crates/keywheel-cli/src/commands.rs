@@ -796,6 +796,10 @@ async fn scheduler_run(settings: &Settings, args: &SchedulerRunArgs, json: bool)
 // ---------------------------------------------------------------- kek
 
 async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: bool) -> Result<u8, CliError> {
+    if let Some(path) = args.new_master_key_out.as_deref().filter(|p| p.exists()) {
+        return Err(CliError::error(format!("{} exists already", path.display()))
+            .with_hint("name a new file; keywheel never overwrites a key file"));
+    }
     let old = settings.master_key()?;
     // The new key is read (or made) twice: once for the ring that opens the
     // store during the rotation, once as the rotation's target.

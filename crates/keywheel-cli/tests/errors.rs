@@ -258,3 +258,21 @@ fn keyring_apply_makes_the_store_match_keywheel_toml() {
     cli.run(&["keyring", "apply"]).assert_code(2).assert_stderr_contains("grace_period");
     assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 2);
 }
+
+#[test]
+fn kek_rotation_can_be_run_again_with_the_key_the_first_run_wrote() {
+    let cli = store_with_keyring();
+    let new_key = cli.dir().join("new.key");
+    let new = new_key.to_str().expect("utf-8");
+    cli.run(&["kek", "rotate"]).assert_code(2).assert_stderr_contains("--new-master-key-file");
+    let first = cli.run(&["kek", "rotate", "--new-master-key-out", new]).assert_code(0);
+    first.assert_stdout_contains("Rewrapped 1 key of 1 keyring");
+    // Refuses to overwrite the key file it wrote.
+    cli.run(&["kek", "rotate", "--new-master-key-out", new]).assert_code(1).assert_stderr_contains("never overwrites");
+    // Run again (as after an interruption): the old key still opens the rest through the ring.
+    let again = cli.run(&["kek", "rotate", "--new-master-key-file", new]).assert_code(0);
+    again.assert_stdout_contains("Rewrapped 0 keys of 0 keyrings");
+    again.assert_stdout_contains("1 already were");
+    cli.run(&["status"]).assert_code(1).assert_stderr_contains("wrong master key");
+    cli.run(&["--master-key-file", new, "status"]).assert_code(0);
+}
