@@ -1,10 +1,15 @@
 //! Postgres rotation throughput: seeds N rows × 2 encrypted `bytea` columns,
 //! then measures in the same run (a) the raw batched rewrite of the same rows
-//! with fresh random bytes (`UPDATE … FROM UNNEST(…)`, one connection, the
+//! with fresh random bytes (`UPDATE … FROM UNNEST(…)`, one connection, rows
+//! found through the primary key like the record source finds them: the
 //! ceiling set by the database) and (b) a keywheel rotation of them
 //! (`Rotator` + `PgRecordSource`: scan, decrypt, encrypt, compare-and-set
-//! write), and prints rows/s for both, their ratio, and the peak RSS of the
-//! rotation.
+//! write, verify), and prints rows/s for both, their ratio, the CPU time of
+//! this process, of the Postgres processes (a local server) and of everything
+//! else (other load: compare runs with little of it), and the peak RSS of the
+//! rotation. `KEYWHEEL_BENCH_PROFILE=1` adds a census, a full scan and a
+//! decryption of every value before (b), and after it the time spent in the
+//! source and before, during and after the writes.
 //!
 //! ```text
 //! cargo bench -p keywheel-postgres --bench pg_rotation -- --rows 1000000
@@ -55,16 +60,28 @@ fn args() -> Args {
     a
 }
 
-/// CPU seconds used so far: (this process, the whole machine).
-fn cpu_seconds() -> (f64, f64) {
+/// CPU seconds (user + system) of a process from its `/proc/…/stat` text.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     let tick = 100.0; // USER_HZ on Linux
-    let own = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
-        })
-        .unwrap_or(0.0);
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
+}
+
+/// CPU seconds used so far by the processes named `postgres` that this user
+/// can see (a local server: its backends, WAL writer, checkpointer, …).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|s| s.contains(" (postgres) "))
+        .filter_map(|s| stat_cpu_seconds(&s))
+        .sum()
+}
+
+/// CPU seconds used so far: (this process, the whole machine, Postgres processes).
+fn cpu_seconds() -> (f64, f64, f64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let own = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| stat_cpu_seconds(&s)).unwrap_or(0.0);
     let all = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
@@ -74,16 +91,21 @@ fn cpu_seconds() -> (f64, f64) {
             Some((v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?) / tick)
         })
         .unwrap_or(0.0);
-    (own, all)
+    (own, all, postgres_cpu_seconds())
 }
 
-fn print_cpu(what: &str, before: (f64, f64), wall: Duration) {
+/// CPU used since `before`: this process, the Postgres server's processes (when
+/// local and visible) and everything else on the machine (other load, I/O
+/// threads); the figures of a run are only comparable with little other load.
+fn print_cpu(what: &str, before: (f64, f64, f64), wall: Duration) {
     let after = cpu_seconds();
-    let (own, all) = (after.0 - before.0, after.1 - before.1);
+    let (own, all, postgres) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     println!(
-        "    {what} CPU: this process {own:.2} s, everything else (Postgres) {:.2} s, over {:.2} s wall",
-        all - own,
-        wall.as_secs_f64()
+        "    {what} CPU: this process {own:.2} s, Postgres processes {postgres:.2} s, everything else {:.2} s, \
+         over {:.2} s wall on {} CPUs",
+        (all - own - postgres).max(0.0),
+        wall.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
 }
 
@@ -107,6 +129,10 @@ struct Stats {
     replace: Duration,
     replaces: u32,
     census: Duration,
+    /// When the first replace began and the last one ended.
+    writes: Option<(Instant, Instant)>,
+    /// When the first scan began.
+    first_scan: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -122,6 +148,7 @@ impl RecordSource for Timed {
     }
     async fn scan(&self, r: &keywheel_core::ScanRequest) -> keywheel_core::Result<Vec<keywheel_core::StoredValue>> {
         let t = Instant::now();
+        self.stats.lock().expect("stats").first_scan.get_or_insert(t);
         let out = self.inner.scan(r).await;
         let mut s = self.stats.lock().expect("stats");
         s.scan += t.elapsed();
@@ -137,6 +164,8 @@ impl RecordSource for Timed {
         let mut s = self.stats.lock().expect("stats");
         s.replace += t.elapsed();
         s.replaces += 1;
+        let first = s.writes.map_or(t, |(first, _)| first.min(t));
+        s.writes = Some((first, Instant::now()));
         out
     }
     async fn census(&self, k: Option<&KeyringId>) -> keywheel_core::Result<keywheel_core::Census> {
@@ -213,7 +242,11 @@ async fn run(args: Args) {
     }
     println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
 
-    // (a) Raw batched rewrite with fresh random bytes of the same lengths.
+    // (a) Raw batched rewrite with fresh random bytes of the same lengths. The
+    // rows are found through the primary key, as the record source finds them:
+    // on a table of a few hundred thousand rows the planner would rather hash
+    // (or merge) the whole table against every batch, five times slower.
+    client.batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off").await.expect("plan settings");
     let mut rng = XorShift::seeded();
     let cpu = cpu_seconds();
     let t = Instant::now();
@@ -307,7 +340,19 @@ async fn run(args: Args) {
         report.phase
     );
     if std::env::var_os("KEYWHEEL_BENCH_PROFILE").is_some() {
-        println!("    time inside the source: {:?}", timed.stats.lock().expect("stats"));
+        let stats = timed.stats.lock().expect("stats");
+        println!("    time inside the source: {stats:?}");
+        if let Some((first, last)) = stats.writes {
+            let end = t + rotation;
+            println!(
+                "    before the first scan {:.2} s, before the first write {:.2} s, writing {:.2} s, \
+                 after the last write {:.2} s",
+                stats.first_scan.map_or(0.0, |f| f.duration_since(t).as_secs_f64()),
+                first.duration_since(t).as_secs_f64(),
+                last.duration_since(first).as_secs_f64(),
+                end.saturating_duration_since(last).as_secs_f64()
+            );
+        }
     }
     let ratio = kw_rate / raw_rate;
     println!("ratio (b)/(a): {ratio:.2}");

@@ -2,17 +2,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::{FutureExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
 use keywheel_core::{
     Census, Context, Cursor, Error, Form, KeyVersion, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement,
     Result, ScanRequest, StoredValue, async_trait, version_of,
 };
-use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
 
 use crate::PgPool;
 use crate::error::{SOURCE, invalid, on, pg};
@@ -212,8 +214,8 @@ struct BuiltColumn {
     context_column: String,
     /// `version of t.col` (bigint or NULL).
     version: String,
-    /// Census grouping: `is text form, first 8 bytes, length (capped at 64),
-    /// version of a text form`.
+    /// Census grouping: `first 8 bytes (NULL for a NULL value), length in
+    /// bytes (capped at 64), version of a text form (NULL for other values)`.
     census: String,
 }
 
@@ -245,10 +247,15 @@ impl Pk {
 /// * **Scan** is keyset pagination on the primary key, one query per batch;
 ///   `skip_version` is applied in SQL from the header bytes (values already on
 ///   the target are never read) and `keyring` through the tenant column.
-/// * **Replace** is one `UPDATE … FROM UNNEST(…)` per batch, compare-and-set per
-///   value (`SET col = CASE WHEN t.col = v.old THEN v.new ELSE t.col END`,
-///   `WHERE` at least one still matches), so a concurrent application write
-///   always wins; transient failures (deadlock, serialization) are retried.
+/// * **Replace** is one `UPDATE … FROM UNNEST(…)` per batch that finds the rows
+///   through the key's index and writes the rows whose values all still hold
+///   what was read (`WHERE t.col = v.old AND …`), committed only if that is
+///   every row of the batch (the usual case: one statement, no answer but a
+///   row count). Otherwise it is rolled back and a careful statement
+///   compares and sets value by value (`SET col = CASE WHEN t.col = v.old
+///   THEN v.new ELSE t.col END`) and names the values that changed. Either
+///   way a concurrent application write always wins; transient failures
+///   (deadlock, serialization) are retried.
 /// * **Census** is one `GROUP BY` over the header expression in SQL.
 /// * Identifiers are always quoted ([`quote_ident`]); values are always
 ///   parameters. [`open`](Self::open) checks the table and every column (type,
@@ -262,6 +269,20 @@ pub struct PgRecordSource {
     built: Arc<Built>,
     /// The next batch being read while the caller works on the last one.
     read_ahead: Arc<Mutex<Option<ReadAhead>>>,
+    /// Scan statements by shape, built on first use.
+    scan_sql: Arc<Mutex<HashMap<ScanShape, Arc<str>>>>,
+}
+
+/// What a scan statement filters on (its text and parameters depend on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ScanShape {
+    /// Reads after a key: `Some(true)` after the row's last column (the next
+    /// row on), `Some(false)` within a row (that row on).
+    after: Option<bool>,
+    /// Filters on the tenant column.
+    tenant: bool,
+    /// Leaves out values on a version.
+    skip: bool,
 }
 
 /// A scan already running for the request the caller is expected to make next.
@@ -279,6 +300,9 @@ impl fmt::Debug for PgRecordSource {
 /// Binary values of this length or longer parse alike (see the census).
 const CENSUS_LEN_CAP: i32 = 64;
 
+/// Census grouping keys per column ([`BuiltColumn::census`]).
+const CENSUS_KEYS: usize = 3;
+
 /// The version the core parser reads from a binary value with this header
 /// (its first bytes) and length, or `None` if it rejects it.
 fn binary_census_version(header: &[u8], len: i32) -> Option<KeyVersion> {
@@ -287,6 +311,20 @@ fn binary_census_version(header: &[u8], len: i32) -> Option<KeyVersion> {
     value.resize(len, 0);
     version_of(&value).ok()
 }
+
+/// Begins the transaction of a scan, census or careful replacement: no JIT
+/// (compiling the header expressions costs ~0.1 s per statement, more than a
+/// batch takes to run) and no parallel workers (starting them costs more than
+/// one keyset batch takes to read).
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0";
+
+/// Begins the transaction of a fast replacement: no JIT, and the rows are
+/// found by key through the key's unique index (a nested loop over the
+/// batch). On a table of up to a few hundred thousand rows the planner would
+/// otherwise hash or merge the whole table (or index) against every batch,
+/// five to ten times slower, and more as the table grows between statistics.
+const BEGIN_REPLACE: &str =
+    "BEGIN; SET LOCAL jit = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// Attempts of one replace batch on transient errors.
 const REPLACE_ATTEMPTS: u32 = 5;
@@ -307,6 +345,7 @@ impl PgRecordSource {
             spec,
             built: Arc::new(built),
             read_ahead: Arc::new(Mutex::new(None)),
+            scan_sql: Arc::new(Mutex::new(HashMap::new())),
         };
         source.check_catalog().await?;
         Ok(source)
@@ -320,7 +359,15 @@ impl PgRecordSource {
     /// The cursor of a value: column `column` (index into the spec's columns)
     /// of the row whose key, as text, is `key`.
     pub fn cursor(column: usize, key: &str) -> Cursor {
-        Cursor(format!("{column}:{key}"))
+        let mut text = String::with_capacity(key.len() + 4);
+        if let Some(digit) = u32::try_from(column).ok().and_then(|c| char::from_digit(c, 10)) {
+            text.push(digit);
+        } else {
+            text.push_str(&column.to_string());
+        }
+        text.push(':');
+        text.push_str(key);
+        Cursor(text)
     }
 
     fn object(&self) -> String {
@@ -496,67 +543,29 @@ impl PgRecordSource {
         }
     }
 
+    /// Compare-and-set one round. First the fast statement, in a transaction:
+    /// every row whose values all still hold what was read gets all its new
+    /// values, and only the number of updated rows comes back. When that is
+    /// every row (the usual case) it commits: all values were replaced.
+    /// Otherwise some value changed concurrently: it rolls back, and the
+    /// careful statement replaces, value by value, whatever still holds what
+    /// was read and names the values that did not.
     async fn replace_round(&self, round: &Round, batch: &[Replacement], outcomes: &mut [ReplaceOutcome]) -> Result<()> {
         let b = &self.built;
         let present: Vec<usize> =
-            (0..b.columns.len()).filter(|c| round.rows.iter().any(|r| r.cells[*c].is_some())).collect();
-        let mut sets = Vec::new();
-        let mut matches = Vec::new();
-        let mut returns = Vec::new();
-        let mut oks = Vec::new();
-        let mut unnest = vec![format!("$1::{}", b.key_array)];
-        let mut names = vec!["k".to_owned()];
-        for (p, &c) in present.iter().enumerate() {
-            let col = &b.columns[c];
-            let array = match col.form {
-                Form::Binary => "bytea[]",
-                Form::Text => "text[]",
-            };
-            unnest.push(format!("${}::{array}", 2 * p + 2));
-            unnest.push(format!("${}::{array}", 2 * p + 3));
-            names.push(format!("o{c}"));
-            names.push(format!("n{c}"));
-            let q = &col.quoted;
-            let matched = format!("(v.n{c} IS NOT NULL AND t.{q} = v.o{c})");
-            sets.push(format!("{q} = CASE WHEN {matched} THEN v.n{c} ELSE t.{q} END"));
-            matches.push(matched);
-            returns.push(format!("(v.n{c} IS NOT NULL AND t.{q} = v.n{c}) AS r{c}"));
-            oks.push(format!("(v.n{c} IS NULL OR t.{q} = v.n{c})"));
-        }
-        // Only the exceptions come back: rows updated with some value changed
-        // concurrently, and rows not updated at all (every value changed or deleted).
-        // Everything else was replaced; in the usual case the answer is empty.
-        let flags: Vec<String> = present.iter().map(|c| format!("u.r{c}")).collect();
-        let falses: Vec<&str> = present.iter().map(|_| "false").collect();
-        let sql = format!(
-            "WITH u AS (UPDATE {table} AS t SET {sets} FROM UNNEST({unnest}) AS v({names}) \
-             WHERE t.{key} = v.k{cast} AND ({matches}) RETURNING v.k AS k, {returns}, ({oks}) AS ok) \
-             SELECT u.k::text, {flags} FROM u WHERE NOT u.ok \
-             UNION ALL SELECT m.k::text, {falses} FROM UNNEST($1::{key_array}) AS m(k) \
-             WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = m.k)",
-            table = b.table,
-            sets = sets.join(", "),
-            unnest = unnest.join(", "),
-            names = names.join(", "),
-            key = b.key,
-            cast = b.key_from_text,
-            matches = matches.join(" OR "),
-            returns = returns.join(", "),
-            oks = oks.join(" AND "),
-            flags = flags.join(", "),
-            falses = falses.join(", "),
-            key_array = b.key_array,
-        );
+            (0..b.columns.len()).filter(|c| round.rows().any(|(_, cells)| cells[*c].is_some())).collect();
+        // Whether every row has a value in every present column.
+        let full = round.rows().all(|(_, cells)| present.iter().all(|c| cells[*c].is_some()));
         // Arrays, rows in key order (so concurrent batches lock rows in the same order).
         let keys_int: Vec<i64>;
         let keys_text: Vec<String>;
         let key_param: &(dyn ToSql + Sync) = match self.spec.key_type {
             KeyType::BigInt => {
-                keys_int = round.rows.iter().map(|r| if let Pk::Int(n) = r.pk { n } else { 0 }).collect();
+                keys_int = round.keys.iter().map(|pk| if let Pk::Int(n) = pk { *n } else { 0 }).collect();
                 &keys_int
             }
             KeyType::Uuid | KeyType::Text => {
-                keys_text = round.rows.iter().map(|r| r.pk.as_text()).collect();
+                keys_text = round.keys.iter().map(Pk::as_text).collect();
                 &keys_text
             }
         };
@@ -566,10 +575,9 @@ impl PgRecordSource {
         for &c in &present {
             let form = b.columns[c].form;
             for old in [true, false] {
-                let cells = round
-                    .rows
-                    .iter()
-                    .map(|r| r.cells[c].map(|i| if old { batch[i].old.as_slice() } else { batch[i].new.as_slice() }));
+                let cells = round.rows().map(|(_, cells)| {
+                    cells[c].map(|i| if old { batch[i].old.as_slice() } else { batch[i].new.as_slice() })
+                });
                 match form {
                     Form::Binary => {
                         order.push((form, bytes.len()));
@@ -590,27 +598,55 @@ impl PgRecordSource {
                 Form::Text => params.push((&texts[*i], Type::TEXT_ARRAY)),
             }
         }
-        let mut attempt = 0;
-        let rows = loop {
-            attempt += 1;
-            let result = self.query("replace batch", &sql, &params).await;
-            match result {
-                Ok(rows) => break rows,
-                Err(e) if e.is_retryable() && attempt < REPLACE_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        for i in round.rows.iter().flat_map(|r| r.cells.iter().flatten()) {
+        let fast = self.fast_replace_sql(&present, full);
+        let rows = round.len();
+        let all_replaced = self
+            .retrying(|| async {
+                let what = "replace batch";
+                let client = self.pool.get().await?;
+                // One round trip for BEGIN and the statement, one for COMMIT (or
+                // ROLLBACK); dropped in between, the guard rolls back.
+                let guard = RollbackOnDrop(Some(&client));
+                let (begun, updated) =
+                    futures::join!(client.batch_execute(BEGIN_REPLACE), client.execute_typed(&fast, &params));
+                // Without BEGIN the statement ran on its own: its outcome is unknown.
+                begun.map_err(|e| self.sql_error(what, &e))?;
+                let updated = updated.map_err(|e| self.sql_error(what, &e))?;
+                let all = usize::try_from(updated).is_ok_and(|n| n == rows);
+                client
+                    .batch_execute(if all { "COMMIT" } else { "ROLLBACK" })
+                    .await
+                    .map_err(|e| self.sql_error(what, &e))?;
+                guard.disarm();
+                Ok(all)
+            })
+            .await?;
+        for i in round.cells.iter().flatten() {
             outcomes[*i] = ReplaceOutcome::Replaced;
         }
+        if all_replaced {
+            return Ok(());
+        }
+        let careful = self.careful_replace_sql(&present);
+        let rows = self.retrying(|| self.query("replace batch", &careful, &params)).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let slots: HashMap<&Pk, usize> = round.keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
         for row in rows {
             let key: String = row.try_get(0).map_err(on(SOURCE, "read replace result"))?;
-            let Some(&slot) = round.by_text.get(&key) else { continue };
+            let pk = match self.spec.key_type {
+                KeyType::BigInt => match key.parse() {
+                    Ok(n) => Pk::Int(n),
+                    Err(_) => continue,
+                },
+                KeyType::Uuid | KeyType::Text => Pk::Text(key),
+            };
+            let Some(&slot) = slots.get(&pk) else { continue };
+            let cells = round.cells(slot);
             for (p, &c) in present.iter().enumerate() {
                 let replaced: bool = row.try_get(p + 1).map_err(on(SOURCE, "read replace result"))?;
-                if !replaced && let Some(i) = round.rows[slot].cells[c] {
+                if !replaced && let Some(i) = cells[c] {
                     outcomes[i] = ReplaceOutcome::Changed;
                 }
             }
@@ -618,19 +654,146 @@ impl PgRecordSource {
         Ok(())
     }
 
+    /// Repeat `attempt` on transient failures (deadlock, serialization, lost
+    /// connection), [`REPLACE_ATTEMPTS`] times at most.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt().await {
+                Err(e) if e.is_retryable() && n < REPLACE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(5 << n)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The fast compare-and-set of a round (parameters: keys, then per present
+    /// column its old and new values): rows whose every value still holds what
+    /// was read get all their new values. `full`: every row has a value in
+    /// every present column.
+    fn fast_replace_sql(&self, present: &[usize], full: bool) -> String {
+        let b = &self.built;
+        let (unnest, names) = self.round_arrays(present);
+        let mut sets = Vec::new();
+        let mut conds = vec![format!("t.{} = v.k{}", b.key, b.key_from_text)];
+        for &c in present {
+            let q = &b.columns[c].quoted;
+            if full {
+                sets.push(format!("{q} = v.n{c}"));
+                conds.push(format!("t.{q} = v.o{c}"));
+            } else {
+                sets.push(format!("{q} = COALESCE(v.n{c}, t.{q})"));
+                conds.push(format!("(v.n{c} IS NULL OR t.{q} = v.o{c})"));
+            }
+        }
+        format!(
+            "UPDATE {table} AS t SET {sets} FROM UNNEST({unnest}) AS v({names}) WHERE {conds}",
+            table = b.table,
+            sets = sets.join(", "),
+            conds = conds.join(" AND "),
+        )
+    }
+
+    /// The careful compare-and-set of a round (same parameters as the fast
+    /// one): each value that still holds what was read gets its new value.
+    /// Only the exceptions come back, one row per key: rows updated with some
+    /// value changed concurrently, and rows not updated at all (every value
+    /// changed or deleted); the key as text, then per present column whether
+    /// its value was replaced.
+    fn careful_replace_sql(&self, present: &[usize]) -> String {
+        let b = &self.built;
+        let (unnest, names) = self.round_arrays(present);
+        let mut sets = Vec::new();
+        let mut matches = Vec::new();
+        let mut returns = Vec::new();
+        let mut oks = Vec::new();
+        for &c in present {
+            let q = &b.columns[c].quoted;
+            let matched = format!("(v.n{c} IS NOT NULL AND t.{q} = v.o{c})");
+            sets.push(format!("{q} = CASE WHEN {matched} THEN v.n{c} ELSE t.{q} END"));
+            matches.push(matched);
+            returns.push(format!("(v.n{c} IS NOT NULL AND t.{q} = v.n{c}) AS r{c}"));
+            oks.push(format!("(v.n{c} IS NULL OR t.{q} = v.n{c})"));
+        }
+        let flags: Vec<String> = present.iter().map(|c| format!("u.r{c}")).collect();
+        let falses: Vec<&str> = present.iter().map(|_| "false").collect();
+        format!(
+            "WITH u AS (UPDATE {table} AS t SET {sets} FROM UNNEST({unnest}) AS v({names}) \
+             WHERE t.{key} = v.k{cast} AND ({matches}) RETURNING v.k AS k, {returns}, ({oks}) AS ok) \
+             SELECT u.k::text, {flags} FROM u WHERE NOT u.ok \
+             UNION ALL SELECT m.k::text, {falses} FROM UNNEST($1::{key_array}) AS m(k) \
+             WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = m.k)",
+            table = b.table,
+            sets = sets.join(", "),
+            key = b.key,
+            cast = b.key_from_text,
+            matches = matches.join(" OR "),
+            returns = returns.join(", "),
+            oks = oks.join(" AND "),
+            flags = flags.join(", "),
+            falses = falses.join(", "),
+            key_array = b.key_array,
+        )
+    }
+
+    /// `UNNEST` arguments and column names of a round's parameters.
+    fn round_arrays(&self, present: &[usize]) -> (String, String) {
+        let b = &self.built;
+        let mut unnest = vec![format!("$1::{}", b.key_array)];
+        let mut names = vec!["k".to_owned()];
+        for (p, &c) in present.iter().enumerate() {
+            let array = match b.columns[c].form {
+                Form::Binary => "bytea[]",
+                Form::Text => "text[]",
+            };
+            unnest.push(format!("${}::{array}", 2 * p + 2));
+            unnest.push(format!("${}::{array}", 2 * p + 3));
+            names.push(format!("o{c}"));
+            names.push(format!("n{c}"));
+        }
+        (unnest.join(", "), names.join(", "))
+    }
+
     /// Run one statement in its own short transaction with planner settings
-    /// suited to batch work: no JIT (compiling the header expressions costs
-    /// ~0.1 s per statement, more than a batch takes to run) and no parallel
-    /// workers (starting them costs more than one keyset batch takes to read).
+    /// suited to batch work ([`BEGIN_BATCH`]).
     async fn query(&self, what: &str, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(|e| self.sql_error(what, &e))?;
-        tx.batch_execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
-            .await
-            .map_err(|e| self.sql_error(what, &e))?;
-        let rows = tx.query_typed(sql, params).await.map_err(|e| self.sql_error(what, &e))?;
-        tx.commit().await.map_err(|e| self.sql_error(what, &e))?;
-        Ok(rows)
+        let client = self.pool.get().await?;
+        let statement = async { client.query_typed(sql, params).await.map_err(|e| self.sql_error(what, &e)) };
+        self.in_batch_transaction(what, &client, BEGIN_BATCH, statement).await
+    }
+
+    /// Run `statement` (a future of requests on `client`) in its own short
+    /// transaction, begun by `begin` (`BEGIN` and planner settings, e.g.
+    /// [`BEGIN_BATCH`]).
+    ///
+    /// `BEGIN` with the settings, the statement and `COMMIT` are sent at once
+    /// (pipelined, one round trip) and run in that order; if the statement
+    /// fails, the `COMMIT` ends the aborted transaction (as a rollback). Since
+    /// every message is sent before the first answer is awaited, a caller
+    /// dropped midway still leaves the connection outside any transaction.
+    ///
+    /// tokio-postgres sends a request when its future is first polled; the
+    /// statement must send its one request before awaiting anything (a typed
+    /// query, `query_typed*`/`execute_typed`: a statement given as text to
+    /// `query`/`execute` is prepared first, in a round trip of its own).
+    async fn in_batch_transaction<T, F>(&self, what: &str, client: &Client, begin: &str, statement: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let begin = client.batch_execute(begin);
+        let commit = client.batch_execute("COMMIT");
+        // `join!` polls in argument order, so the requests go out in this order.
+        let (begun, result, committed) = futures::join!(begin, statement, commit);
+        begun.map_err(|e| self.sql_error(what, &e))?;
+        let value = result?;
+        committed.map_err(|e| self.sql_error(what, &e))?;
+        Ok(value)
     }
 
     /// A database error, naming the table for missing objects and type errors.
@@ -648,15 +811,98 @@ impl PgRecordSource {
 
 /// One statement's worth of replacements: each (row, column) at most once.
 struct Round {
-    rows: Vec<RoundRow>,
-    /// Key text → index in `rows`.
-    by_text: HashMap<String, usize>,
+    /// The rows' keys.
+    keys: Vec<Pk>,
+    /// Per row and column (`keys.len()` × columns), the index of the
+    /// replacement in the batch.
+    cells: Vec<Option<usize>>,
+    /// Key → row, once keys came out of order (in scan order they come
+    /// ascending, and no map is needed to find a row).
+    slots: Option<HashMap<Pk, usize>>,
 }
 
-struct RoundRow {
-    pk: Pk,
-    /// Per column, the index of the replacement in the batch.
-    cells: Vec<Option<usize>>,
+impl Round {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The row of `pk`, if the round has it.
+    fn slot_of(&mut self, pk: &Pk) -> Option<usize> {
+        let last = self.keys.last()?;
+        if last == pk {
+            return Some(self.keys.len() - 1);
+        }
+        if self.slots.is_none() {
+            if pk > last {
+                // Keys so far ascend: a greater key is not among them.
+                return None;
+            }
+            self.slots = Some(self.keys.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect());
+        }
+        self.slots.as_ref().and_then(|s| s.get(pk).copied())
+    }
+
+    /// Add a row (not yet in the round) without values; returns its slot.
+    fn push(&mut self, pk: Pk, ncols: usize) -> usize {
+        let slot = self.keys.len();
+        if let Some(slots) = &mut self.slots {
+            slots.insert(pk.clone(), slot);
+        }
+        self.keys.push(pk);
+        self.cells.resize(self.cells.len() + ncols, None);
+        slot
+    }
+
+    fn cells(&self, slot: usize) -> &[Option<usize>] {
+        let ncols = self.cells.len() / self.keys.len().max(1);
+        &self.cells[slot * ncols..(slot + 1) * ncols]
+    }
+
+    fn cells_mut(&mut self, slot: usize, ncols: usize) -> &mut [Option<usize>] {
+        &mut self.cells[slot * ncols..(slot + 1) * ncols]
+    }
+
+    /// Put the rows in key order (forgets the key map).
+    fn sort(&mut self, ncols: usize) {
+        if self.slots.take().is_none() {
+            return; // already ascending
+        }
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_by(|a, b| self.keys[*a].cmp(&self.keys[*b]));
+        let keys = order.iter().map(|&i| self.keys[i].clone()).collect();
+        let cells = order.iter().flat_map(|&i| self.cells[i * ncols..(i + 1) * ncols].iter().copied()).collect();
+        self.keys = keys;
+        self.cells = cells;
+    }
+
+    /// The rows: key and per column the index of the replacement, in order.
+    fn rows(&self) -> impl Iterator<Item = (&Pk, &[Option<usize>])> {
+        let ncols = self.cells.len() / self.keys.len().max(1);
+        self.keys.iter().zip(self.cells.chunks(ncols.max(1)))
+    }
+}
+
+/// Rolls back the transaction of a connection when dropped before
+/// [`disarm`](Self::disarm), so that a caller dropped midway (a cancelled
+/// rotation) never returns a connection inside a transaction to the pool.
+struct RollbackOnDrop<'a>(Option<&'a Client>);
+
+impl RollbackOnDrop<'_> {
+    /// The transaction ended normally.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RollbackOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            // A simple query is sent when its future is first polled; the answer
+            // is not awaited (the connection discards it). Statements sent after
+            // it on the same connection run after it.
+            let _ = client.batch_execute("ROLLBACK").now_or_never();
+        }
+    }
 }
 
 fn quote_or_raw(name: &str) -> String {
@@ -720,25 +966,23 @@ fn build(spec: &TableSpec) -> Result<Built> {
             };
             // Whether a binary form parses depends only on its first 8 bytes and its
             // length (any length from 64 on behaves alike), so the census groups
-            // binary values by those and lets the core parser decide per group;
-            // only text forms need the full check per row.
-            let (is_text, bytes, text) = match c.form {
-                Form::Binary => (
-                    format!("substring({expr} FROM 1 FOR 3) = '\\x6b773a'::bytea"),
-                    expr.clone(),
-                    text_version(&format!("encode({expr}, 'escape')")),
+            // values by those and lets the core parser decide per group; only text
+            // forms (recognised by their first bytes, `kw:`; as a range of bytea
+            // values, which needs no substring) need the full check per row.
+            let census = match c.form {
+                Form::Binary => format!(
+                    "substring({expr} FROM 1 FOR 8), least(octet_length({expr}), {CENSUS_LEN_CAP}), \
+                     CASE WHEN {expr} >= '\\x6b773a'::bytea AND {expr} < '\\x6b773b'::bytea THEN {text} END",
+                    text = text_version(&format!("encode({expr}, 'escape')")),
                 ),
-                Form::Text => (
-                    format!("left({expr}::text, 3) = 'kw:'"),
-                    format!("convert_to({expr}::text, 'UTF8')"),
-                    text_version(&format!("{expr}::text")),
+                // The first 8 (or 64) characters have at least 8 (or 64) bytes.
+                Form::Text => format!(
+                    "substring(convert_to(left({expr}::text, 8), 'UTF8') FROM 1 FOR 8), \
+                     least(octet_length(convert_to(left({expr}::text, {CENSUS_LEN_CAP}), 'UTF8')), {CENSUS_LEN_CAP}), \
+                     CASE WHEN starts_with({expr}::text, 'kw:') THEN {text} END",
+                    text = text_version(&format!("{expr}::text")),
                 ),
             };
-            let census = format!(
-                "{is_text}, CASE WHEN {is_text} THEN NULL ELSE substring({bytes} FROM 1 FOR 8) END, \
-                 CASE WHEN {is_text} THEN NULL ELSE least(octet_length({bytes}), {CENSUS_LEN_CAP}) END, \
-                 CASE WHEN {is_text} THEN {text} END"
-            );
             Ok(BuiltColumn { quoted, form: c.form, context_column: c.context_column.clone(), version, census })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -813,28 +1057,37 @@ impl RecordSource for PgRecordSource {
                     continue;
                 }
             }
-            let key = pk.as_text();
-            let round = rounds
-                .iter()
-                .position(|round| round.by_text.get(&key).is_none_or(|&slot| round.rows[slot].cells[col].is_none()));
-            let round = match round {
-                Some(n) => &mut rounds[n],
-                None => {
-                    rounds.push(Round { rows: Vec::new(), by_text: HashMap::new() });
-                    let last = rounds.len() - 1;
-                    &mut rounds[last]
+            // The first round that does not have this (row, column) yet.
+            let mut n = 0;
+            loop {
+                if n == rounds.len() {
+                    // Usually one round holds the whole batch: room for its rows (in
+                    // scan order a row's values come together).
+                    let rows = if n == 0 { batch.len().div_ceil(ncols) } else { 0 };
+                    rounds.push(Round {
+                        keys: Vec::with_capacity(rows),
+                        cells: Vec::with_capacity(rows * ncols),
+                        slots: None,
+                    });
                 }
-            };
-            let slot = *round.by_text.entry(key).or_insert_with(|| {
-                round.rows.push(RoundRow { pk, cells: vec![None; ncols] });
-                round.rows.len() - 1
-            });
-            round.rows[slot].cells[col] = Some(i);
+                let round = &mut rounds[n];
+                match round.slot_of(&pk) {
+                    Some(slot) if round.cells(slot)[col].is_some() => n += 1,
+                    Some(slot) => {
+                        round.cells_mut(slot, ncols)[col] = Some(i);
+                        break;
+                    }
+                    None => {
+                        let slot = round.push(pk, ncols);
+                        round.cells_mut(slot, ncols)[col] = Some(i);
+                        break;
+                    }
+                }
+            }
         }
         for mut round in rounds {
             // Key order, so concurrent batches lock rows in the same order.
-            round.rows.sort_by(|a, b| a.pk.cmp(&b.pk));
-            round.by_text = round.rows.iter().enumerate().map(|(i, r)| (r.pk.as_text(), i)).collect();
+            round.sort(ncols);
             self.replace_round(&round, batch, &mut outcomes).await?;
         }
         Ok(outcomes)
@@ -859,9 +1112,12 @@ impl RecordSource for PgRecordSource {
         // aggregates glued with UNION ALL would read the table once per column;
         // a LATERAL VALUES over the columns makes the planner memoize on every
         // column reference, ten times slower.
-        let keys: Vec<String> = b.columns.iter().map(|c| format!("t.{} IS NOT NULL, {}", c.quoted, c.census)).collect();
+        // A NULL value has a NULL header (every value's header is not NULL, if
+        // empty), and the constant tenant of a fixed keyring is no grouping key.
+        let keys: Vec<&str> = b.columns.iter().map(|c| c.census.as_str()).collect();
         let any_present: Vec<String> = b.columns.iter().map(|c| format!("t.{} IS NOT NULL", c.quoted)).collect();
-        let group: Vec<String> = (1..=1 + 5 * b.columns.len()).map(|i| i.to_string()).collect();
+        let first_key = if b.tenant.is_some() { 1 } else { 2 };
+        let group: Vec<String> = (first_key..=1 + CENSUS_KEYS * b.columns.len()).map(|i| i.to_string()).collect();
         let sql = format!(
             "SELECT {tenant_select}, {keys}, count(*)::bigint FROM {table} AS t WHERE ({any}){filter} GROUP BY {group}",
             keys = keys.join(", "),
@@ -869,27 +1125,26 @@ impl RecordSource for PgRecordSource {
             any = any_present.join(" OR "),
             group = group.join(", "),
         );
+        // Serial: the planner cannot estimate the few groups, and its parallel
+        // plan sorts every row (twice as slow as one hash aggregate).
         let rows = self.query("census", &sql, &params).await?;
-        let count_at = 1 + 5 * b.columns.len();
+        let count_at = 1 + CENSUS_KEYS * b.columns.len();
         for row in rows {
             let read = on(SOURCE, "read census");
             let tenant: Option<String> = row.try_get(0).map_err(&read)?;
             let count: i64 = row.try_get(count_at).map_err(&read)?;
             let count = u64::try_from(count).unwrap_or(0);
             for i in 0..b.columns.len() {
-                let at = 1 + 5 * i;
-                let present: bool = row.try_get(at).map_err(&read)?;
-                if !present {
-                    continue;
-                }
-                let is_text: bool = row.try_get(at + 1).map_err(&read)?;
-                let version = if is_text {
-                    let v: Option<i64> = row.try_get(at + 4).map_err(&read)?;
+                let at = 1 + CENSUS_KEYS * i;
+                let Some(header) = row.try_get::<_, Option<&[u8]>>(at).map_err(&read)? else {
+                    continue; // NULL
+                };
+                let version = if header.starts_with(b"kw:") {
+                    let v: Option<i64> = row.try_get(at + 2).map_err(&read)?;
                     v.and_then(|v| u32::try_from(v).ok()).and_then(|v| KeyVersion::new(v).ok())
                 } else {
-                    let header: Vec<u8> = row.try_get(at + 2).map_err(&read)?;
-                    let len: i32 = row.try_get(at + 3).map_err(&read)?;
-                    binary_census_version(&header, len)
+                    let len: i32 = row.try_get(at + 1).map_err(&read)?;
+                    binary_census_version(header, len)
                 };
                 match version {
                     Some(v) => {
@@ -912,9 +1167,7 @@ impl PgRecordSource {
         let Some(tenant) = self.tenant_filter(request.keyring.as_ref()) else {
             return Ok(Vec::new());
         };
-        let b = &self.built;
         let after = request.after.as_ref().map(|c| self.parse_cursor(c)).transpose()?;
-        let mut conds = Vec::new();
         let after_int: i64;
         let after_text: String;
         let tenant_owned: Option<String> = tenant.map(str::to_owned);
@@ -922,9 +1175,11 @@ impl PgRecordSource {
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX - 1).saturating_add(1);
         let skip_bytes: Vec<u8> = request.skip_version.map_or_else(Vec::new, |v| v.get().to_be_bytes().to_vec());
         let skip_prefix: String = request.skip_version.map_or_else(String::new, |v| format!("kw:v{}:", v.get()));
+        // Parameters in the order `scan_sql` numbers them.
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
+        let mut shape = ScanShape { after: None, tenant: false, skip: false };
         if let Some((col, pk)) = &after {
-            let op = if *col + 1 >= b.columns.len() { ">" } else { ">=" };
+            shape.after = Some(*col + 1 >= self.built.columns.len());
             match pk {
                 Pk::Int(n) => {
                     after_int = *n;
@@ -935,45 +1190,140 @@ impl PgRecordSource {
                     params.push((&after_text, Type::TEXT));
                 }
             }
-            conds.push(format!("t.{} {op} ${}{}", b.key, params.len(), self.key_cast()));
         }
-        if let (Some(t), Some(col)) = (&tenant_owned, &b.tenant) {
+        if let (Some(t), Some(_)) = (&tenant_owned, &self.built.tenant) {
+            shape.tenant = true;
             params.push((t, Type::TEXT));
-            conds.push(format!("t.{col} = ${}", params.len()));
         }
-        let per_column: Vec<String> = match &skip {
-            Some(v) => {
-                params.push((v, Type::INT8));
-                let n = params.len();
-                params.push((&skip_bytes, Type::BYTEA));
-                let nb = params.len();
-                params.push((&skip_prefix, Type::TEXT));
-                let np = params.len();
-                b.columns
-                    .iter()
-                    .map(|c| {
-                        // Cheap tests first: a header that does not name the target
-                        // version is yielded without the full validity check.
-                        let fast = match c.form {
-                            Form::Binary => format!(
-                                "substring(t.{q} FROM 5 FOR 4) <> ${nb} OR substring(t.{q} FROM 1 FOR 3) = '\\x6b773a'::bytea",
-                                q = c.quoted
-                            ),
-                            Form::Text => format!("NOT starts_with(t.{q}::text, ${np})", q = c.quoted),
-                        };
-                        format!(
-                            "(t.{q} IS NOT NULL AND ({fast} OR ({ver}) IS DISTINCT FROM ${n}))",
-                            q = c.quoted,
-                            ver = c.version
-                        )
-                    })
-                    .collect()
+        if let Some(v) = &skip {
+            shape.skip = true;
+            params.push((v, Type::INT8));
+            params.push((&skip_bytes, Type::BYTEA));
+            params.push((&skip_prefix, Type::TEXT));
+        }
+        params.push((&limit, Type::INT8));
+        let sql = self.scan_sql(shape);
+        let client = self.pool.get().await?;
+        let read = async {
+            let rows = client
+                .query_typed_raw(&sql, params.iter().map(|(v, t)| (*v, t.clone())))
+                .await
+                .map_err(|e| self.sql_error("scan", &e))?;
+            futures::pin_mut!(rows);
+            let mut out = Vec::with_capacity(request.limit);
+            // Rows are turned into values as they arrive; the stream is read to
+            // its end (at most one row more than needed) before the COMMIT.
+            while let Some(row) = rows.try_next().await.map_err(|e| self.sql_error("scan", &e))? {
+                if out.len() < request.limit {
+                    self.push_values(&row, request, after.as_ref(), &mut out)?;
+                }
             }
-            None => b.columns.iter().map(|c| format!("t.{} IS NOT NULL", c.quoted)).collect(),
+            Ok(out)
+        };
+        self.in_batch_transaction("scan", &client, BEGIN_BATCH, read).await
+    }
+
+    /// The values of one scanned row, in column order, that come after
+    /// `after`, are not NULL and are not on the skipped version; at most up to
+    /// `request.limit` values in `out`.
+    fn push_values(
+        &self,
+        row: &Row,
+        request: &ScanRequest,
+        after: Option<&(usize, Pk)>,
+        out: &mut Vec<StoredValue>,
+    ) -> Result<()> {
+        let b = &self.built;
+        let pk = self.read_pk(row)?;
+        let tenant: Option<String> = row.try_get(1).map_err(on(SOURCE, "read tenant"))?;
+        // The row's keyring, read from the tenant column when first needed.
+        let mut from_tenant: Option<KeyringId> = None;
+        let pk_text = pk.as_text();
+        for (i, c) in b.columns.iter().enumerate() {
+            if let Some((after_col, after_pk)) = after
+                && *after_pk == pk
+                && i <= *after_col
+            {
+                continue;
+            }
+            let value: Option<&[u8]> = match c.form {
+                Form::Binary => row.try_get(i + 2).map_err(on(SOURCE, "read value"))?,
+                Form::Text => {
+                    row.try_get::<_, Option<&str>>(i + 2).map_err(on(SOURCE, "read value"))?.map(str::as_bytes)
+                }
+            };
+            let Some(value) = value else { continue };
+            if let Some(skip) = request.skip_version
+                && version_of(value) == Ok(skip)
+            {
+                continue;
+            }
+            let keyring = match &self.spec.keyring {
+                Some(KeyringFrom::Fixed(k)) => k,
+                _ => match from_tenant {
+                    Some(ref k) => k,
+                    None => from_tenant.insert(self.keyring_of(tenant.clone(), &pk)?),
+                },
+            };
+            out.push(StoredValue {
+                cursor: Self::cursor(i, &pk_text),
+                keyring: keyring.clone(),
+                context: Context::field(&self.context_table, &c.context_column, &pk_text),
+                value: value.to_vec(),
+            });
+            if out.len() == request.limit {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The scan statement of a shape, built once. Parameters, in order: the
+    /// key after which to read (with `after`), the tenant (with `tenant`), the
+    /// skipped version as bigint, as 4 big-endian bytes and as a text prefix
+    /// `kw:v{N}:` (with `skip`), the row limit.
+    fn scan_sql(&self, shape: ScanShape) -> Arc<str> {
+        let mut cache = self.scan_sql.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sql) = cache.get(&shape) {
+            return Arc::clone(sql);
+        }
+        let b = &self.built;
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let mut conds = Vec::new();
+        if let Some(last_column) = shape.after {
+            // After the last column of a row, the next row; otherwise the rest of this one.
+            let op = if last_column { ">" } else { ">=" };
+            conds.push(format!("t.{} {op} ${}{}", b.key, next(), self.key_cast()));
+        }
+        if let (true, Some(col)) = (shape.tenant, &b.tenant) {
+            conds.push(format!("t.{col} = ${}", next()));
+        }
+        let per_column: Vec<String> = if shape.skip {
+            let (n, nb, np) = (next(), next(), next());
+            b.columns
+                .iter()
+                .map(|c| {
+                    // Cheap tests first: a header that does not name the target
+                    // version is yielded without the full validity check.
+                    let fast = match c.form {
+                        Form::Binary => format!(
+                            "substring(t.{q} FROM 5 FOR 4) <> ${nb} OR (t.{q} >= '\\x6b773a'::bytea AND t.{q} < '\\x6b773b'::bytea)",
+                            q = c.quoted
+                        ),
+                        Form::Text => format!("NOT starts_with(t.{q}::text, ${np})", q = c.quoted),
+                    };
+                    format!("(t.{q} IS NOT NULL AND ({fast} OR ({ver}) IS DISTINCT FROM ${n}))", q = c.quoted, ver = c.version)
+                })
+                .collect()
+        } else {
+            b.columns.iter().map(|c| format!("t.{} IS NOT NULL", c.quoted)).collect()
         };
         conds.push(format!("({})", per_column.join(" OR ")));
-        params.push((&limit, Type::INT8));
-        let sql = format!(
+        let sql: Arc<str> = format!(
             "SELECT {key_select}, {tenant}, {cols} FROM {table} AS t WHERE {conds} ORDER BY t.{key} LIMIT ${n}",
             key_select = b.key_select,
             tenant = b.tenant.as_ref().map_or_else(|| "NULL::text".to_owned(), |t| format!("t.{t}::text")),
@@ -981,61 +1331,11 @@ impl PgRecordSource {
             table = b.table,
             conds = conds.join(" AND "),
             key = b.key,
-            n = params.len(),
-        );
-        let rows = {
-            let mut client = self.pool.get().await?;
-            // A parallel plan costs more to start than one keyset batch takes to read.
-            let tx = client.transaction().await.map_err(on(SOURCE, "begin scan"))?;
-            tx.batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")
-                .await
-                .map_err(on(SOURCE, "scan settings"))?;
-            let rows = tx.query_typed(&sql, &params).await.map_err(|e| self.sql_error("scan", &e))?;
-            tx.commit().await.map_err(on(SOURCE, "end scan"))?;
-            rows
-        };
-        let mut out = Vec::with_capacity(request.limit);
-        'rows: for row in rows {
-            let pk = self.read_pk(&row)?;
-            let tenant: Option<String> = row.try_get(1).map_err(on(SOURCE, "read tenant"))?;
-            let mut keyring = None;
-            let pk_text = pk.as_text();
-            for (i, c) in b.columns.iter().enumerate() {
-                if let Some((after_col, after_pk)) = &after
-                    && *after_pk == pk
-                    && i <= *after_col
-                {
-                    continue;
-                }
-                let value: Option<Vec<u8>> = match c.form {
-                    Form::Binary => row.try_get(i + 2).map_err(on(SOURCE, "read value"))?,
-                    Form::Text => row
-                        .try_get::<_, Option<String>>(i + 2)
-                        .map_err(on(SOURCE, "read value"))?
-                        .map(String::into_bytes),
-                };
-                let Some(value) = value else { continue };
-                if let Some(skip) = request.skip_version
-                    && version_of(&value) == Ok(skip)
-                {
-                    continue;
-                }
-                if keyring.is_none() {
-                    keyring = Some(self.keyring_of(tenant.clone(), &pk)?);
-                }
-                let Some(keyring) = keyring.clone() else { continue };
-                out.push(StoredValue {
-                    cursor: Self::cursor(i, &pk_text),
-                    keyring,
-                    context: Context::field(&self.context_table, &c.context_column, &pk_text),
-                    value,
-                });
-                if out.len() == request.limit {
-                    break 'rows;
-                }
-            }
-        }
-        Ok(out)
+            n = next(),
+        )
+        .into();
+        cache.insert(shape, Arc::clone(&sql));
+        sql
     }
 
     fn key_cast(&self) -> &'static str {

@@ -10,6 +10,7 @@ use keywheel_core::{
 };
 use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use crate::error::{STORE, invalid, on};
 use crate::{PgPool, PgSchema};
@@ -415,10 +416,16 @@ impl KeyStore for PgKeyStore {
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
         let client = self.pool.get().await?;
         let expires_at = now.plus(ttl);
+        // Typed parameters: one round trip (no separate prepare).
         let n = client
-            .execute(
+            .execute_typed(
                 &self.sql.renew_lease,
-                &[&lease.keyring.canonical(), &generation_to_sql(lease.token)?, &lease.holder, &millis(expires_at)],
+                &[
+                    (&lease.keyring.canonical(), Type::TEXT),
+                    (&generation_to_sql(lease.token)?, Type::INT8),
+                    (&lease.holder, Type::TEXT),
+                    (&millis(expires_at), Type::INT8),
+                ],
             )
             .await
             .map_err(on(STORE, "renew lease"))?;
@@ -443,16 +450,18 @@ impl KeyStore for PgKeyStore {
             return check_fence(None, lease);
         }
         let client = self.pool.get().await?;
+        // Typed parameters: one round trip (no separate prepare); the engine
+        // saves a job after every batch.
         let n = client
-            .execute(
+            .execute_typed(
                 &self.sql.save_job,
                 &[
-                    &job.keyring.canonical(),
-                    &generation_to_sql(lease.token)?,
-                    &job.id,
-                    &millis(job.started_at),
-                    &to_json(&job.phase, "job phase")?,
-                    &to_json(job, "rotation job")?,
+                    (&job.keyring.canonical(), Type::TEXT),
+                    (&generation_to_sql(lease.token)?, Type::INT8),
+                    (&job.id, Type::TEXT),
+                    (&millis(job.started_at), Type::INT8),
+                    (&to_json(&job.phase, "job phase")?, Type::TEXT),
+                    (&to_json(job, "rotation job")?, Type::TEXT),
                 ],
             )
             .await

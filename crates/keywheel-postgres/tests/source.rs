@@ -307,3 +307,105 @@ async fn values_that_are_not_keywheel_ciphertext_are_failures_never_overwritten(
     let m = backend_message(source.scan(&ScanRequest::all(1000)).await.expect_err("bad tenant"));
     assert!(m.contains("row 999") && m.contains("bad/tenant"), "{m}");
 }
+
+/// A batch over rows of two columns where some values changed since they were
+/// read: the fast statement (all of a row's values, or nothing) is rolled back
+/// and the careful one replaces value by value; outcomes follow the batch's
+/// order, whatever order it is in, and a round may hold only some columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_falls_back_value_by_value_when_some_values_changed() {
+    use keywheel_core::{ReplaceOutcome, Replacement};
+
+    let Some(db) = TestDb::create().await else { return };
+    let pool = db.pool(8);
+    let kw = common::keywheel_on(&pool, Duration::from_secs(3600)).await;
+    let id = KeyringId::new("pairs", Purpose::Database).expect("id");
+    kw.create_keyring(&id, Algorithm::Aes256Gcm).await.expect("keyring");
+    db.execute("CREATE TABLE public.pairs (id bigint PRIMARY KEY, a bytea, b text)").await;
+    let client = db.client().await;
+    let ctx = |col: &str, n: i64| Context::field("pairs", col, &n.to_string());
+    for n in 1..=10i64 {
+        let a = kw.encrypt(&id, b"a", &ctx("a", n)).await.expect("encrypt");
+        let b = kw.encrypt_text(&id, b"b", &ctx("b", n)).await.expect("encrypt");
+        client.execute("INSERT INTO public.pairs VALUES ($1, $2, $3)", &[&n, &a, &b]).await.expect("insert");
+    }
+    let spec = TableSpec::new("public", "pairs").keyring(id.clone()).column("a", Form::Binary).column("b", Form::Text);
+    let source = PgRecordSource::open(pool.clone(), spec.read_ahead(false)).await.expect("open");
+    let read = source.scan(&ScanRequest::all(100)).await.expect("scan");
+    assert_eq!(read.len(), 20);
+    let mut batch = Vec::new();
+    for v in &read {
+        let (col, row) = v.cursor.0.split_once(':').expect("cursor");
+        let new = if col == "0" {
+            kw.encrypt(&id, b"new a", &v.context).await.expect("encrypt")
+        } else {
+            kw.encrypt_text(&id, b"new b", &v.context).await.expect("encrypt").into_bytes()
+        };
+        batch.push((
+            row.parse::<i64>().expect("row"),
+            col == "0",
+            Replacement { cursor: v.cursor.clone(), old: v.value.clone(), new },
+        ));
+    }
+    // Not in scan order: the round is sorted by key before it is written.
+    batch.reverse();
+    // The application changes row 3's a and row 5's b, and deletes row 7.
+    client.execute("UPDATE public.pairs SET a = 'app' WHERE id = 3", &[]).await.expect("app write");
+    client.execute("UPDATE public.pairs SET b = 'app' WHERE id = 5", &[]).await.expect("app write");
+    client.execute("DELETE FROM public.pairs WHERE id = 7", &[]).await.expect("app delete");
+    let replacements: Vec<Replacement> = batch.iter().map(|(_, _, r)| r.clone()).collect();
+    let outcomes = source.replace(&replacements).await.expect("replace");
+    for ((row, is_a, r), outcome) in batch.iter().zip(&outcomes) {
+        let changed = *row == 7 || (*row == 3 && *is_a) || (*row == 5 && !*is_a);
+        let expected = if changed { ReplaceOutcome::Changed } else { ReplaceOutcome::Replaced };
+        assert_eq!(*outcome, expected, "{}", r.cursor);
+    }
+    for n in 1..=10i64 {
+        let row = client.query_opt("SELECT a, b FROM public.pairs WHERE id = $1", &[&n]).await.expect("row");
+        let Some(row) = row else {
+            assert_eq!(n, 7, "only row 7 is deleted (and stays deleted)");
+            continue;
+        };
+        let (a, b): (Vec<u8>, String) = (row.get(0), row.get(1));
+        let new = |is_a: bool| batch.iter().find(|(r, c, _)| *r == n && *c == is_a).map(|(_, _, r)| r.new.clone());
+        if n == 3 {
+            assert_eq!(a, b"app", "the application's write wins");
+        } else {
+            assert_eq!(Some(a), new(true), "row {n}: a replaced");
+        }
+        if n == 5 {
+            assert_eq!(b, "app", "the application's write wins");
+        } else {
+            assert_eq!(Some(b.into_bytes()), new(false), "row {n}: b replaced");
+        }
+    }
+    // The same batch again: nothing holds what was read any more.
+    let again = source.replace(&replacements).await.expect("replace again");
+    assert!(again.iter().all(|o| *o == ReplaceOutcome::Changed), "{again:?}");
+    // A round with only some columns (one value of row 2, both of row 4).
+    let read = source.scan(&ScanRequest::all(100)).await.expect("scan");
+    let pick: Vec<Replacement> = read
+        .iter()
+        .filter(|v| ["0:2", "0:4", "1:4"].contains(&v.cursor.0.as_str()))
+        .map(|v| Replacement {
+            cursor: v.cursor.clone(),
+            old: v.value.clone(),
+            new: v.value.iter().rev().copied().collect(),
+        })
+        .collect();
+    assert_eq!(pick.len(), 3);
+    let pick: Vec<Replacement> = pick
+        .into_iter()
+        .map(|mut r| {
+            if r.cursor.0.starts_with('1') {
+                r.new = b"kw:v9:text".to_vec();
+            }
+            r
+        })
+        .collect();
+    let outcomes = source.replace(&pick).await.expect("replace some columns");
+    assert_eq!(outcomes, vec![ReplaceOutcome::Replaced; 3]);
+    let row = client.query_one("SELECT a, b FROM public.pairs WHERE id = 2", &[]).await.expect("row");
+    let b: String = row.get(1);
+    assert!(b.starts_with("kw:v1:"), "row 2's b was not in the batch and is untouched: {b}");
+}
