@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 use crate::cipher::VersionCipher;
+use crate::nonce::Nonces;
 use crate::wire::{self, Form, HEADER_LEN};
 use crate::{Algorithm, Context, Error, KeyMaterial, KeyState, KeyVersion, KeyringId, Plaintext, Result};
 
@@ -127,16 +129,8 @@ impl Keyring {
         Ok(cipher)
     }
 
-    fn count_use(slot: &Slot) -> Result<()> {
-        let used = slot.encryptions.fetch_add(1, Ordering::Relaxed);
-        match slot.summary.algorithm.encryption_limit() {
-            Some(limit) if used >= limit => Err(Error::UsageLimitReached { version: slot.summary.version, limit }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Encrypt `plaintext` bound to `context` under the Active version; binary form.
-    pub fn encrypt(&self, plaintext: &[u8], context: &Context) -> Result<Vec<u8>> {
+    /// The Active version, ready to encrypt.
+    fn sealer(&self) -> Result<Sealer<'_>> {
         let slot = self.active_slot()?;
         let Some(cipher) = slot.cipher.as_ref() else {
             return Err(Error::KeyRetired { version: slot.summary.version });
@@ -145,19 +139,31 @@ impl Keyring {
         if !algorithm.is_aead() {
             return Err(Error::WrongValueKind("this keyring signs (HMAC); use sign()"));
         }
+        Ok(Sealer { slot, cipher, algorithm, header: wire::header(algorithm, slot.summary.version) })
+    }
+
+    /// Encrypt `plaintext` bound to `context` under the Active version; binary form.
+    ///
+    /// One call is one fork-checked nonce operation (one `getpid`, see the
+    /// [manual](crate::manual), §4); to encrypt many values at once, re-encrypt
+    /// them with [`reencrypt_many`](Self::reencrypt_many).
+    pub fn encrypt(&self, plaintext: &[u8], context: &Context) -> Result<Vec<u8>> {
+        let sealer = self.sealer()?;
         let ctx = context.encoded()?;
-        Self::count_use(slot)?;
-        let header = wire::header(algorithm, slot.summary.version);
-        let nonce_len = algorithm.nonce_len();
-        let mut out = Vec::with_capacity(HEADER_LEN + nonce_len + plaintext.len() + algorithm.tag_len());
-        out.extend_from_slice(&header);
-        out.resize(HEADER_LEN + nonce_len, 0);
-        crate::nonce::fill_nonce(&mut out[HEADER_LEN..])?;
-        out.extend_from_slice(plaintext);
-        let (head, body) = out.split_at_mut(HEADER_LEN + nonce_len);
-        let tag = wire::with_aad(&header, &self.id_aad, ctx, |aad| cipher.seal(&head[HEADER_LEN..], aad, body))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        let mut quota = Quota::reserve(sealer.slot, 1);
+        crate::nonce::protected(|nonces| {
+            quota.restart();
+            quota.take()?;
+            let mut out = sealer.begin(plaintext.len());
+            nonces.fill(&mut out[HEADER_LEN..sealer.prefix_len()])?;
+            out.extend_from_slice(plaintext);
+            let sealed = wire::with_aad(&sealer.header, &self.id_aad, ctx, |aad| sealer.seal(aad, &mut out));
+            if sealed.is_err() {
+                // `out` holds the plaintext.
+                out.zeroize();
+            }
+            sealed.map(|()| out)
+        })?
     }
 
     /// Encrypt into the text form `kw:v{N}:{base64}` (for text columns).
@@ -178,17 +184,22 @@ impl Keyring {
     }
 
     fn open(&self, decoded: &wire::Decoded<'_>, context: &Context) -> Result<Plaintext> {
+        let cipher = self.opener(decoded)?;
+        let ctx = context.encoded()?;
+        let body = decoded.body();
+        let (ciphertext, tag) = body.split_at(body.len() - decoded.info.algorithm.tag_len());
+        let mut out = Plaintext::new(ciphertext.to_vec());
+        wire::with_aad(decoded.header(), &self.id_aad, ctx, |aad| cipher.open(decoded.nonce(), aad, &mut out.0, tag))?;
+        Ok(out)
+    }
+
+    /// The cipher that decrypts `decoded` (an AEAD value of a usable version).
+    fn opener(&self, decoded: &wire::Decoded<'_>) -> Result<&VersionCipher> {
         let algorithm = decoded.info.algorithm;
         if !algorithm.is_aead() {
             return Err(Error::WrongValueKind("this value is a signature; use verify()"));
         }
-        let cipher = self.reading_cipher(decoded.info.version, algorithm)?;
-        let ctx = context.encoded()?;
-        let body = decoded.body();
-        let (ciphertext, tag) = body.split_at(body.len() - algorithm.tag_len());
-        let mut out = Plaintext::new(ciphertext.to_vec());
-        wire::with_aad(decoded.header(), &self.id_aad, ctx, |aad| cipher.open(decoded.nonce(), aad, &mut out.0, tag))?;
-        Ok(out)
+        self.reading_cipher(decoded.info.version, algorithm)
     }
 
     /// Whether a stored value was written under another version than the
@@ -199,15 +210,172 @@ impl Keyring {
     }
 
     /// Decrypt a value and encrypt it again under the Active version, keeping
-    /// its form (binary stays binary, text stays text). The plaintext lives
-    /// only in a zeroizing buffer.
+    /// its form (binary stays binary, text stays text). The value is decrypted
+    /// in place in the buffer that becomes the new value, so on success no
+    /// copy of the plaintext is left behind; on failure that buffer is zeroized.
     pub fn reencrypt(&self, value: &[u8], context: &Context) -> Result<Vec<u8>> {
         let decoded = wire::decode(value)?;
-        let plaintext = self.open(&decoded, context)?;
-        match decoded.info.form {
-            Form::Binary => self.encrypt(&plaintext, context),
-            Form::Text => self.encrypt_text(&plaintext, context).map(String::into_bytes),
+        let opener = self.opener(&decoded)?;
+        let ctx = context.encoded()?;
+        let sealer = match self.sealer() {
+            Ok(sealer) => sealer,
+            Err(e) => {
+                // Report a value that does not decrypt before the keyring's own problem.
+                self.open(&decoded, context)?;
+                return Err(e);
+            }
+        };
+        let mut quota = Quota::reserve(sealer.slot, 1);
+        with_aad_buffer(&self.id_aad, ctx, |aad| {
+            crate::nonce::protected(|nonces| {
+                quota.restart();
+                reencrypt_in_place(opener, &sealer, &decoded, aad, &mut quota, nonces)
+            })?
+        })
+    }
+
+    /// Re-encrypt many values under the Active version, each exactly as
+    /// [`reencrypt`](Self::reencrypt) would (same form, same errors), with
+    /// per-call instead of per-value overhead: one fork check for all the
+    /// nonces (see the [manual](crate::manual), §4), one update of the usage
+    /// counter, one associated-data buffer. The rotation engine re-encrypts
+    /// every batch through this.
+    ///
+    /// ```
+    /// use keywheel_core::{Algorithm, Context, KeyMaterial, KeyState, Keyring, KeyringId, Purpose};
+    /// let id = KeyringId::new("acme", Purpose::Token)?;
+    /// let old = KeyMaterial::from_slice(&[1; 32])?;
+    /// let v1 = Keyring::builder(id.clone())
+    ///     .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&[1; 32])?)
+    ///     .build()?;
+    /// let v2 = Keyring::builder(id)
+    ///     .version(KeyState::Deprecated, Algorithm::Aes256Gcm, old)
+    ///     .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::generate()?)
+    ///     .build()?;
+    /// let ctx = [Context::field("users", "token", "1"), Context::field("users", "token", "2")];
+    /// let values = [v1.encrypt(b"a", &ctx[0])?, v1.encrypt_text(b"b", &ctx[1])?.into_bytes()];
+    /// let batch: Vec<(&[u8], &Context)> = values.iter().map(Vec::as_slice).zip(&ctx).collect();
+    /// let rotated = v2.reencrypt_many(&batch).into_iter().collect::<Result<Vec<_>, _>>()?;
+    /// assert!(!v2.needs_rotation(&rotated[0])?);
+    /// assert!(rotated[1].starts_with(b"kw:v2:"));
+    /// assert_eq!(&v2.decrypt(&rotated[1], &ctx[1])?[..], b"b");
+    /// # Ok::<(), keywheel_core::Error>(())
+    /// ```
+    pub fn reencrypt_many(&self, values: &[(&[u8], &Context)]) -> Vec<Result<Vec<u8>>> {
+        match self.reencrypt_batch(values, None, Vec::new(), |&(value, context)| Some((value, context))) {
+            Ok(Reencrypted { values: new, errors, .. }) => {
+                let mut results: Vec<Result<Vec<u8>>> = new.into_iter().map(Ok).collect();
+                for (index, error) in errors {
+                    results[index] = Err(error);
+                }
+                results
+            }
+            // `protected` only fails with `Error::Rng` (fork after fork).
+            Err(_) => values.iter().map(|_| Err(Error::Rng)).collect(),
         }
+    }
+
+    /// The batch behind [`reencrypt_many`](Self::reencrypt_many) and the
+    /// rotation engine: re-encrypts `value_of(item)` for every item that has
+    /// one and is not on version `skip`, all in one protected nonce operation
+    /// (so `value_of` must give the same answers when the operation is run
+    /// again). Results are indexed like `items`, in a compact form (no `Result`
+    /// per item): see [`Reencrypted`]; their `values` go into `buffer` (cleared
+    /// first), so that a caller can reuse one allocation for every batch.
+    pub(crate) fn reencrypt_batch<'v, T>(
+        &self,
+        items: &'v [T],
+        skip: Option<KeyVersion>,
+        buffer: Vec<Vec<u8>>,
+        value_of: impl Fn(&'v T) -> Option<(&'v [u8], &'v Context)>,
+    ) -> Result<Reencrypted> {
+        let Ok(sealer) = self.sealer() else {
+            return Ok(self.reencrypt_batch_unsealed(items, skip, buffer, value_of));
+        };
+        let mut quota = Quota::reserve(sealer.slot, items.len() as u64);
+        let mut buffer = Some(buffer);
+        // header placeholder ‖ keyring part ‖ context, reused for every value.
+        let mut aad = vec![0u8; HEADER_LEN];
+        aad.extend_from_slice(&self.id_aad);
+        crate::nonce::protected(|nonces| {
+            quota.restart();
+            // A retry (after a fork) starts from a fresh buffer: the first one
+            // was dropped with the discarded attempt.
+            let mut values = buffer.take().unwrap_or_default();
+            values.clear();
+            values.reserve(items.len());
+            let mut out = Reencrypted { values, errors: Vec::new(), skipped: Vec::new() };
+            for (index, item) in items.iter().enumerate() {
+                let Some((value, context)) = value_of(item) else {
+                    out.values.push(Vec::new());
+                    continue;
+                };
+                let one = wire::decode(value).map_err(Error::from).and_then(|decoded| {
+                    if Some(decoded.info.version) == skip {
+                        return Ok(None);
+                    }
+                    self.reencrypt_into_batch(&decoded, context, &sealer, &mut quota, &mut aad, nonces).map(Some)
+                });
+                match one {
+                    Ok(Some(new)) => out.values.push(new),
+                    Ok(None) => {
+                        out.values.push(Vec::new());
+                        out.skipped.push(index);
+                    }
+                    Err(error) => {
+                        out.values.push(Vec::new());
+                        out.errors.push((index, error));
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// [`reencrypt_batch`](Self::reencrypt_batch) on a keyring that cannot
+    /// encrypt (no usable Active AEAD version): each value gets the error of
+    /// the single-value path, in its usual order (a value that does not
+    /// decrypt says so first). No nonce is drawn, so no fork check is needed.
+    fn reencrypt_batch_unsealed<'v, T>(
+        &self,
+        items: &'v [T],
+        skip: Option<KeyVersion>,
+        mut values: Vec<Vec<u8>>,
+        value_of: impl Fn(&'v T) -> Option<(&'v [u8], &'v Context)>,
+    ) -> Reencrypted {
+        values.clear();
+        let mut out = Reencrypted { values, errors: Vec::new(), skipped: Vec::new() };
+        for (index, item) in items.iter().enumerate() {
+            out.values.push(Vec::new());
+            let Some((value, context)) = value_of(item) else { continue };
+            match wire::version_of(value) {
+                Ok(version) if Some(version) == skip => out.skipped.push(index),
+                _ => match self.reencrypt(value, context) {
+                    Ok(new) => out.values[index] = new,
+                    Err(error) => out.errors.push((index, error)),
+                },
+            }
+        }
+        out
+    }
+
+    /// One value of [`reencrypt_batch`](Self::reencrypt_batch); `aad` is the
+    /// batch's buffer, `HEADER_LEN` bytes and the keyring part, then the
+    /// previous value's context (replaced here).
+    fn reencrypt_into_batch(
+        &self,
+        decoded: &wire::Decoded<'_>,
+        context: &Context,
+        sealer: &Sealer<'_>,
+        quota: &mut Quota<'_>,
+        aad: &mut Vec<u8>,
+        nonces: &mut Nonces,
+    ) -> Result<Vec<u8>> {
+        let opener = self.opener(decoded)?;
+        let ctx = context.encoded()?;
+        aad.truncate(HEADER_LEN + self.id_aad.len());
+        aad.extend_from_slice(ctx);
+        reencrypt_in_place(opener, sealer, decoded, aad, quota, nonces)
     }
 
     /// Sign `message` bound to `context` with the Active HMAC-SHA256 version.
@@ -315,6 +483,159 @@ impl KeyringBuilder {
     }
 }
 
+/// What [`Keyring::reencrypt_batch`] returns.
+#[derive(Debug)]
+pub(crate) struct Reencrypted {
+    /// The new value of each item; empty for items without a value, skipped
+    /// items and failures.
+    pub(crate) values: Vec<Vec<u8>>,
+    /// The failures, by item index, in index order.
+    pub(crate) errors: Vec<(usize, Error)>,
+    /// The items already on the version to skip, in index order.
+    pub(crate) skipped: Vec<usize>,
+}
+
+/// The Active version, ready to encrypt.
+struct Sealer<'a> {
+    slot: &'a Slot,
+    cipher: &'a VersionCipher,
+    algorithm: Algorithm,
+    header: [u8; HEADER_LEN],
+}
+
+impl Sealer<'_> {
+    /// Header and nonce length.
+    fn prefix_len(&self) -> usize {
+        HEADER_LEN + self.algorithm.nonce_len()
+    }
+
+    /// `header ‖ zeroed nonce`, with room for `payload` more bytes and the tag.
+    fn begin(&self, payload: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix_len() + payload + self.algorithm.tag_len());
+        out.extend_from_slice(&self.header);
+        out.resize(self.prefix_len(), 0);
+        out
+    }
+
+    /// Encrypt `out` after the prefix in place, under the nonce in the prefix,
+    /// and append the tag.
+    fn seal(&self, aad: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let (head, body) = out.split_at_mut(self.prefix_len());
+        let tag = self.cipher.seal(&head[HEADER_LEN..], aad, body)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+}
+
+/// Usage counting (DESIGN §7) for one encrypting call: one atomic add reserves
+/// a range of the version's counter for all the call's encryptions; each
+/// encryption takes the next number of the range and is refused from the
+/// version's limit on; what was not taken is given back on drop. Counts are
+/// exact once the call returns and never too low while it runs.
+struct Quota<'a> {
+    counter: &'a AtomicU64,
+    version: KeyVersion,
+    limit: Option<u64>,
+    base: u64,
+    reserved: u64,
+    taken: u64,
+}
+
+impl<'a> Quota<'a> {
+    fn reserve(slot: &'a Slot, n: u64) -> Self {
+        let base = if n == 0 { 0 } else { slot.encryptions.fetch_add(n, Ordering::Relaxed) };
+        Quota {
+            counter: &slot.encryptions,
+            version: slot.summary.version,
+            limit: slot.summary.algorithm.encryption_limit(),
+            base,
+            reserved: n,
+            taken: 0,
+        }
+    }
+
+    /// Start a new attempt of the call (the previous one was dropped after a
+    /// `fork`, its ciphertexts never released).
+    fn restart(&mut self) {
+        self.taken = 0;
+    }
+
+    /// Count one encryption.
+    fn take(&mut self) -> Result<()> {
+        debug_assert!(self.taken < self.reserved, "more encryptions than reserved");
+        let number = self.base + self.taken;
+        if let Some(limit) = self.limit
+            && number >= limit
+        {
+            return Err(Error::UsageLimitReached { version: self.version, limit });
+        }
+        self.taken += 1;
+        Ok(())
+    }
+}
+
+impl Drop for Quota<'_> {
+    fn drop(&mut self) {
+        let unused = self.reserved.saturating_sub(self.taken);
+        if unused > 0 {
+            self.counter.fetch_sub(unused, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Call `f` with `HEADER_LEN placeholder bytes ‖ keyring part ‖ context`, in a
+/// stack buffer when it fits (the usual case).
+fn with_aad_buffer<R>(keyring: &[u8], context: &[u8], f: impl FnOnce(&mut [u8]) -> R) -> R {
+    const STACK: usize = 384;
+    let len = HEADER_LEN + keyring.len() + context.len();
+    if len <= STACK {
+        let mut buf = [0u8; STACK];
+        buf[HEADER_LEN..HEADER_LEN + keyring.len()].copy_from_slice(keyring);
+        buf[HEADER_LEN + keyring.len()..len].copy_from_slice(context);
+        f(&mut buf[..len])
+    } else {
+        f(&mut [&[0u8; HEADER_LEN][..], keyring, context].concat())
+    }
+}
+
+/// Re-encrypt one value under `sealer`, keeping its form: its ciphertext is
+/// copied into the buffer of the new value, decrypted there with `opener` and
+/// encrypted there again, so the plaintext never exists anywhere else; on any
+/// failure after the copy the buffer is zeroized. `aad` is `HEADER_LEN bytes
+/// (overwritten with each header) ‖ keyring part ‖ context`.
+fn reencrypt_in_place(
+    opener: &VersionCipher,
+    sealer: &Sealer<'_>,
+    decoded: &wire::Decoded<'_>,
+    aad: &mut [u8],
+    quota: &mut Quota<'_>,
+    nonces: &mut Nonces,
+) -> Result<Vec<u8>> {
+    let body = decoded.body();
+    let (ciphertext, tag) = body.split_at(body.len() - decoded.info.algorithm.tag_len());
+    let mut out = sealer.begin(ciphertext.len());
+    out.extend_from_slice(ciphertext);
+    let prefix = sealer.prefix_len();
+    aad[..HEADER_LEN].copy_from_slice(decoded.header());
+    let result = opener
+        .open(decoded.nonce(), aad, &mut out[prefix..], tag)
+        // `out` now holds the plaintext, until `seal` overwrites it.
+        .and_then(|()| quota.take())
+        .and_then(|()| nonces.fill(&mut out[HEADER_LEN..prefix]))
+        .and_then(|()| {
+            aad[..HEADER_LEN].copy_from_slice(&sealer.header);
+            sealer.seal(aad, &mut out)
+        });
+    if let Err(e) = result {
+        out.zeroize();
+        return Err(e);
+    }
+    Ok(match decoded.info.form {
+        Form::Binary => out,
+        Form::Text => wire::to_text(sealer.slot.summary.version, &out).into_bytes(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +715,116 @@ mod tests {
             .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::generate().expect("rng"))
             .build();
         assert!(two.is_err());
+    }
+
+    /// Version 1 Deprecated and version 2 Active, with known material for v1.
+    fn rotated_pair() -> (Keyring, Keyring) {
+        let id = KeyringId::new("t", Purpose::Token).expect("id");
+        let m1 = [5u8; 32];
+        let old = Keyring::builder(id.clone())
+            .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&m1).expect("32"))
+            .build()
+            .expect("valid");
+        let new = Keyring::builder(id)
+            .version(KeyState::Deprecated, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&m1).expect("32"))
+            .version(KeyState::Active, Algorithm::XChaCha20Poly1305, KeyMaterial::generate().expect("rng"))
+            .build()
+            .expect("valid");
+        (old, new)
+    }
+
+    #[test]
+    fn reencrypt_many_matches_reencrypt_value_by_value() {
+        let (old, new) = rotated_pair();
+        let ctx: Vec<Context> = (0..6).map(|i| Context::field("t", "c", &i.to_string())).collect();
+        let values: Vec<Vec<u8>> = vec![
+            old.encrypt(b"binary", &ctx[0]).expect("encrypt"),
+            old.encrypt_text(b"text", &ctx[1]).expect("encrypt").into_bytes(),
+            b"not a value".to_vec(),
+            old.encrypt(b"moved", &ctx[0]).expect("encrypt"), // bound to row 0, paired with row 3
+            new.encrypt(b"already current", &ctx[4]).expect("encrypt"),
+            Vec::new(),
+        ];
+        let batch: Vec<(&[u8], &Context)> = values.iter().map(Vec::as_slice).zip(&ctx).collect();
+        let before = new.encryptions(KeyVersion::new(2).expect("2"));
+        let many = new.reencrypt_many(&batch);
+        assert_eq!(many.len(), batch.len());
+        for ((value, ctx), got) in batch.iter().zip(&many) {
+            let one = new.reencrypt(value, ctx);
+            match (got, &one) {
+                (Ok(a), Ok(b)) => {
+                    // Fresh nonces: different bytes, same plaintext, same form.
+                    assert_ne!(a, b);
+                    assert_eq!(a.starts_with(b"kw:v2:"), b.starts_with(b"kw:v2:"));
+                    assert_eq!(new.decrypt(a, ctx).expect("decrypt")[..], new.decrypt(b, ctx).expect("decrypt")[..]);
+                    assert!(!new.needs_rotation(a).expect("parse"));
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                other => panic!("batch and single-value results differ: {other:?}"),
+            }
+        }
+        assert_eq!(&new.decrypt(many[1].as_ref().expect("text"), &ctx[1]).expect("decrypt")[..], b"text");
+        assert!(matches!(many[2], Err(Error::Format(_))));
+        assert!(matches!(many[3], Err(Error::Decrypt)));
+        assert!(matches!(many[5], Err(Error::Format(_))));
+        // Three successes in the batch and three in the single-value loop: the
+        // reservation for the failures was given back.
+        assert_eq!(new.encryptions(KeyVersion::new(2).expect("2")) - before, 6);
+    }
+
+    #[test]
+    fn reencrypt_many_on_a_keyring_that_cannot_encrypt_reports_each_value() {
+        let id = KeyringId::new("t", Purpose::Token).expect("id");
+        let m = [6u8; 32];
+        let active = Keyring::builder(id.clone())
+            .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&m).expect("32"))
+            .build()
+            .expect("valid");
+        let pending_only = Keyring::builder(id)
+            .version(KeyState::Pending, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&m).expect("32"))
+            .build()
+            .expect("valid");
+        let ctx = Context::field("t", "c", "1");
+        let good = active.encrypt(b"x", &ctx).expect("encrypt");
+        let results = pending_only.reencrypt_many(&[(&good, &ctx), (&good, &Context::empty()), (b"junk", &ctx)]);
+        assert!(matches!(results[0], Err(Error::NoActiveVersion { .. })));
+        assert!(matches!(results[1], Err(Error::Decrypt)), "a value that does not decrypt says so first");
+        assert!(matches!(results[2], Err(Error::Format(_))));
+    }
+
+    #[test]
+    fn batch_skips_values_on_the_skip_version() {
+        let (old, new) = rotated_pair();
+        let ctx = Context::field("t", "c", "1");
+        let values = [old.encrypt(b"a", &ctx).expect("encrypt"), new.encrypt(b"b", &ctx).expect("encrypt")];
+        let done = new
+            .reencrypt_batch(&values, KeyVersion::new(2).ok(), Vec::new(), |v| Some((v.as_slice(), &ctx)))
+            .expect("batch");
+        assert_eq!(done.skipped, vec![1]);
+        assert!(done.errors.is_empty());
+        assert!(!done.values[0].is_empty() && done.values[1].is_empty());
+    }
+
+    #[test]
+    fn usage_limit_is_enforced_and_unused_reservations_given_back() {
+        let (old, new) = rotated_pair();
+        let ctx = Context::field("t", "c", "1");
+        let value = old.encrypt(b"x", &ctx).expect("encrypt");
+        // `old`'s Active version (AES-GCM) two encryptions short of its limit.
+        let limit = Algorithm::Aes256Gcm.encryption_limit().expect("GCM has a limit");
+        old.slots[0].encryptions.store(limit - 2, Ordering::Relaxed);
+        let seal = old.sealer().expect("active");
+        let mut quota = Quota::reserve(seal.slot, 5);
+        let taken: Vec<bool> = (0..5).map(|_| quota.take().is_ok()).collect();
+        assert_eq!(taken, [true, true, false, false, false]);
+        drop(quota);
+        assert_eq!(old.encryptions(KeyVersion::FIRST), limit, "refused encryptions are not counted");
+        assert!(matches!(old.encrypt(b"y", &ctx), Err(Error::UsageLimitReached { .. })));
+        assert_eq!(old.encryptions(KeyVersion::FIRST), limit);
+        // A failed re-encryption (wrong context) gives its reservation back.
+        let before = new.encryptions(KeyVersion::new(2).expect("2"));
+        assert!(new.reencrypt(&value, &Context::empty()).is_err());
+        assert_eq!(new.encryptions(KeyVersion::new(2).expect("2")), before);
     }
 
     #[test]

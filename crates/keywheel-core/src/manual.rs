@@ -88,9 +88,12 @@
 //!   describe bytes the caller already holds.
 //! * **Usage limits**: AES-256-GCM and ChaCha20-Poly1305 with random 96-bit
 //!   nonces must not exceed 2^32 encryptions per key. Each snapshot counts
-//!   encryptions per version (one relaxed atomic add), carries the count over
-//!   reloads, and refuses with `UsageLimitReached` past 2^32 in one process;
-//!   the scheduler's usage-limit policy (which persists counts) rotates long before.
+//!   encryptions per version (one relaxed atomic add per call: a batch such as
+//!   [`Keyring::reencrypt_many`](crate::Keyring::reencrypt_many) reserves a
+//!   number for each of its values at once and gives back what it did not
+//!   use), carries the count over reloads, and refuses with `UsageLimitReached`
+//!   from the 2^32nd encryption on in one process; the scheduler's usage-limit
+//!   policy (which persists counts) rotates long before.
 //!
 //! ## 4. Nonces
 //!
@@ -103,11 +106,42 @@
 //! * **Uniqueness within a process**: a block is consumed front to back, each
 //!   handed-out range is overwritten with zeros, and an exhausted block is
 //!   refilled from the OS. Blocks are thread-local; no two threads share one.
-//! * **fork**: a forked child inherits a copy of its parent's block. If both
-//!   consumed it they would emit identical nonces (catastrophic for GCM). Each
-//!   block records the process id it was filled in; when `std::process::id()`
-//!   differs, the block is discarded and refilled from the OS before the child's
-//!   first nonce. (The `getpid` per nonce is cheap next to the saved `getrandom`.)
+//! * **fork**: a forked child inherits a copy of the forking thread's block.
+//!   If parent and child both consumed it they would emit identical nonces
+//!   (catastrophic for GCM). keywheel therefore never lets a nonce out before
+//!   checking the process it was drawn in:
+//!   1. when a block is refilled, the process id is read *first* and the OS
+//!      bytes fetched *after*, and the block records that id. (The other order
+//!      would be unsound: a `fork` between the two calls would leave parent and
+//!      child with the same bytes, each tagged with its own id.)
+//!   2. every encryption draws its nonces inside one *protected operation*
+//!      that computes its whole result — the ciphertexts — in memory and only
+//!      then reads `std::process::id()`. The result is returned only if that id
+//!      equals the id recorded for every block the operation drew from.
+//!   3. in a forked child the id differs for any block filled before the `fork`,
+//!      so the child drops the result (it never left the operation: no caller,
+//!      log or store saw it), discards its copy of the block and runs the
+//!      operation again on fresh OS bytes. The parent's result goes out as usual.
+//!
+//!   So a nonce from a block that both processes hold reaches the outside in
+//!   at most one of them, wherever the `fork` happened: before the call, in the
+//!   middle of it (a signal handler, an allocator — any code) or between two
+//!   nonces of a batch. A protected operation never does anything besides
+//!   computing its result, so running it again is harmless; the usage counter
+//!   counts the retried encryptions once.
+//! * **Cost**: one `getpid` (~0.15–0.3 µs in a VM) per protected operation and
+//!   one per block refill, not one per nonce. [`Keyring::encrypt`](crate::Keyring::encrypt),
+//!   [`Keyring::reencrypt`](crate::Keyring::reencrypt) and
+//!   [`random_nonce`](crate::random_nonce) are one operation each, so a single
+//!   value still pays one `getpid`: the next call may come after a `fork`, and
+//!   the process id is the only fork signal safe Rust can read (`pthread_atfork`
+//!   and `MADV_WIPEONFORK` need `unsafe` FFI, and glibc no longer caches the
+//!   id). [`Keyring::reencrypt_many`](crate::Keyring::reencrypt_many) and the
+//!   rotation engine, which re-encrypts each batch through it, pay one for the
+//!   whole batch.
+//! * **[`random_nonce`](crate::random_nonce)** returns its bytes, so its check
+//!   ends there: use the nonce at once, not across code that might `fork`
+//!   (keywheel's own callers — the local KEK, correlation ids — do).
 //! * **Residual risk**: restoring the same VM memory snapshot twice replays at
 //!   most one block (≤ 85 nonces per thread), as it would replay any in-memory
 //!   RNG state. Prefer XChaCha20-Poly1305 or AES-256-GCM-SIV if you clone VMs
