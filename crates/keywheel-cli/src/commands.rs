@@ -11,7 +11,6 @@ use keywheel_core::{
     Warning,
 };
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::cli::{
     ApplyArgs, AuditCommand, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs, KeyringCommand,
@@ -107,11 +106,11 @@ async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, Cl
     // A key given by the operator is checked; otherwise a new one is made,
     // and saved (if asked) before anything else is created.
     let (kek, generated) = if settings.has_master_key() {
-        (settings.master_key()?, None)
+        (Arc::new(settings.master_key()?), None)
     } else {
         let key = LocalKek::generate_master_key()?;
         let kek = LocalKek::from_base64(secrecy::ExposeSecret::expose_secret(&key))?;
-        (kek, Some(key))
+        (Arc::new(kek), Some(key))
     };
     if let Location::Postgres { .. } = settings.location
         && generated.is_some()
@@ -126,7 +125,7 @@ async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, Cl
     let done = store::create(settings).await?;
     if generated.is_none() {
         // An existing Postgres store: the given key must open its keys.
-        store::open_with_kek(settings, Arc::new(settings.master_key()?)).await?;
+        store::open_with_kek(settings, kek.clone()).await?;
     }
     let shown_key = generated.as_ref().filter(|_| args.master_key_out.is_none());
     if json {
@@ -359,10 +358,10 @@ fn print_status(report: &StatusReport) {
 
 async fn status(settings: &Settings, args: &StatusArgs, json: bool) -> Result<u8, CliError> {
     let opened = store::open(settings).await?;
-    let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
     if args.census {
         require_sources(settings, "count values")?;
     }
+    let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
     let report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
     if json {
         print_json(&report)?;
@@ -610,15 +609,15 @@ async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8
         return Ok(OK);
     }
     let force = if args.force { args.reason.as_deref() } else { None };
-    if force.is_none() && policy.after_rotation == keywheel_core::AfterRotation::Reencrypt {
+    if force.is_none()
+        && policy.after_rotation == keywheel_core::AfterRotation::Reencrypt
+        && settings.config.sources.is_empty()
+    {
         // Without sources the census is trivially zero: refuse rather than destroy keys still in use.
-        require_sources(settings, "prove that no value uses the version").map_err(|e| CliError {
-            code: crate::error::REFUSED,
-            message: format!("retirement refused: {}", e.message),
-            hint: Some(
-                "add [[sources]] to keywheel.toml, or pass --force --reason if you know no value uses it".into(),
-            ),
-        })?;
+        return Err(CliError::refused(
+            "retirement refused: no record sources are configured, so keywheel cannot prove that no value uses the version",
+        )
+        .with_hint("add [[sources]] to keywheel.toml, or pass --force --reason if you know no value uses it"));
     }
     let rotator = store::rotator(settings, &opened).await?;
     let mut retired = Vec::new();
@@ -801,38 +800,28 @@ async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: bool) -> Re
             .with_hint("name a new file; keywheel never overwrites a key file"));
     }
     let old = settings.master_key()?;
-    // The new key is read (or made) twice: once for the ring that opens the
-    // store during the rotation, once as the rotation's target.
-    let new_key: Zeroizing<String> = match (&args.new_master_key_file, &args.new_master_key_out) {
-        (Some(path), _) => {
-            let bytes = Zeroizing::new(
-                std::fs::read(path).map_err(|e| CliError::error(format!("cannot read {}: {e}", path.display())))?,
-            );
-            Zeroizing::new(if bytes.len() == 32 {
-                STANDARD.encode(&bytes[..])
-            } else {
-                String::from_utf8(bytes.to_vec())
-                    .map_err(|_| CliError::error("the new master key file is neither 32 raw bytes nor base64"))?
-            })
-        }
-        (None, Some(_)) => {
-            let key = LocalKek::generate_master_key()?;
-            Zeroizing::new(secrecy::ExposeSecret::expose_secret(&key).to_owned())
-        }
-        (None, None) => return Err(CliError::usage("give --new-master-key-file or --new-master-key-out")),
+    let generated = match &args.new_master_key_file {
+        Some(_) => None,
+        None => Some(LocalKek::generate_master_key()?),
     };
-    let new = LocalKek::from_base64(&new_key)?;
+    let new = Arc::new(match (&args.new_master_key_file, &generated) {
+        (Some(path), _) => LocalKek::from_file(path)?,
+        (None, Some(key)) => LocalKek::from_base64(secrecy::ExposeSecret::expose_secret(key))?,
+        (None, None) => return Err(CliError::usage("give --new-master-key-file or --new-master-key-out")),
+    });
     if new.key_check() == old.key_check() {
         return Err(CliError::usage("the new master key is the current one").with_hint("give a different key"));
     }
     let check = new.key_check().to_owned();
-    let ring: Arc<dyn KeyEncryptionKey> = Arc::new(KekRing::new(Arc::new(new), vec![Arc::new(old)]));
+    // One KEK serves both as the ring's primary (opening the store during the
+    // rotation) and as the rotation's target.
+    let ring: Arc<dyn KeyEncryptionKey> = Arc::new(KekRing::new(new.clone(), vec![Arc::new(old)]));
     let opened = store::open_with_kek(settings, ring).await?;
-    if let Some(path) = &args.new_master_key_out {
+    if let (Some(path), Some(key)) = (&args.new_master_key_out, &generated) {
         // Saved before any key is rewrapped under it.
-        store::write_secret_file(path, &new_key)?;
+        store::write_secret_file(path, secrecy::ExposeSecret::expose_secret(key))?;
     }
-    let report = Rotator::new(opened.kw.clone())?.rotate_kek(Arc::new(LocalKek::from_base64(&new_key)?)).await?;
+    let report = Rotator::new(opened.kw.clone())?.rotate_kek(new).await?;
     if json {
         print_json(&json!({ "report": report, "key_check": check }))?;
     } else {

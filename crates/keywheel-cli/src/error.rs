@@ -92,9 +92,6 @@ impl From<Error> for CliError {
                 .with_hint("the step was not taken (keywheel fails closed); fix the audit trail's storage and retry"),
             _ if message.contains("not a keywheel store") => CliError::error(message)
                 .with_hint("create one with `keywheel init`, or point --store at an existing store"),
-            Error::Backend { .. } if message.contains("does not exist") && message.contains("relation") => {
-                CliError::error(message).with_hint("run `keywheel init` to create keywheel's tables")
-            }
             _ => CliError::error(message),
         }
     }
