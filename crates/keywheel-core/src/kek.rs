@@ -15,7 +15,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::{Error, KeyMaterial, KeyVersion, KeyringId, Result};
+use crate::{Error, IntegrityKey, KeyMaterial, KeyVersion, KeyringId, Result};
 
 /// Key material as stored: encrypted under a KEK, with the KEK's id and key
 /// check value so that a wrong master key is recognised before any unwrap.
@@ -73,6 +73,20 @@ pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
 
     /// Unwrap a key wrapped by [`wrap`](Self::wrap) for the same `(keyring, version)`.
     async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial>;
+
+    /// The [`IntegrityKey`] of this KEK: authenticates keyring records and the
+    /// audit chain, so changing them needs the master key. Deterministic (the
+    /// same KEK always gives the same key); it is never stored. A KEK whose
+    /// secret stays in a KMS or HSM derives it there (an HMAC of a fixed label
+    /// made by the device, passed to [`IntegrityKey::derive`]).
+    async fn integrity_key(&self) -> Result<IntegrityKey>;
+
+    /// Every integrity key this KEK can verify with, its own first. A
+    /// [`KekRing`](crate::KekRing) returns one per KEK it holds, so records and
+    /// audit entries made before a KEK rotation still verify during it.
+    async fn integrity_keys(&self) -> Result<Vec<IntegrityKey>> {
+        Ok(vec![self.integrity_key().await?])
+    }
 }
 
 /// A KEK from a local 32-byte master key. Wrapping is AES-256-GCM under a key
@@ -89,6 +103,7 @@ pub struct LocalKek {
     id: String,
     cipher: Box<Aes256Gcm>,
     key_check: String,
+    integrity: IntegrityKey,
 }
 
 impl fmt::Debug for LocalKek {
@@ -118,7 +133,9 @@ impl LocalKek {
         #[allow(clippy::expect_used)]
         let cipher = Box::new(Aes256Gcm::new_from_slice(wrap_key.as_slice()).expect("32-byte key"));
         let key_check = check.iter().map(|b| format!("{b:02x}")).collect();
-        LocalKek { id: Self::DEFAULT_ID.to_owned(), cipher, key_check }
+        // Its own HKDF branch: knowing the integrity key reveals nothing of the wrapping key.
+        let integrity = IntegrityKey::derive(master, b"local");
+        LocalKek { id: Self::DEFAULT_ID.to_owned(), cipher, key_check, integrity }
     }
 
     /// A KEK from a master key given as a slice; it must be 32 bytes.
@@ -213,6 +230,10 @@ impl KeyEncryptionKey for LocalKek {
             .map_err(|_| self.unwrap_error(keyring, version))?;
         let ciphertext = [&nonce[..], &buf, tag.as_slice()].concat();
         Ok(WrappedKey { kek_id: self.id.clone(), key_check: self.key_check.clone(), ciphertext })
+    }
+
+    async fn integrity_key(&self) -> Result<IntegrityKey> {
+        Ok(self.integrity.clone())
     }
 
     async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial> {

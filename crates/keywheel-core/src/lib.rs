@@ -18,6 +18,7 @@ mod cipher;
 mod context;
 mod error;
 mod id;
+mod integrity;
 mod job;
 mod kek;
 mod keyring;
@@ -43,6 +44,7 @@ pub use cipher::KDF_SALT;
 pub use context::Context;
 pub use error::{Error, FormatError, Result};
 pub use id::{KeyVersion, KeyringId, Purpose};
+pub use integrity::IntegrityKey;
 pub use job::{
     JobCounts, JobFailure, JobKind, JobPhase, MAX_STORED_FAILURES, RotationJob, RotationReport, SourceCheckpoint,
 };

@@ -196,6 +196,20 @@ impl KeyEncryptionKey for KekRing {
     async fn wrap(&self, keyring: &KeyringId, version: KeyVersion, material: &KeyMaterial) -> Result<WrappedKey> {
         self.primary.wrap(keyring, version, material).await
     }
+    async fn integrity_key(&self) -> Result<crate::IntegrityKey> {
+        self.primary.integrity_key().await
+    }
+    async fn integrity_keys(&self) -> Result<Vec<crate::IntegrityKey>> {
+        let mut keys = Vec::new();
+        for kek in std::iter::once(&self.primary).chain(&self.others) {
+            for key in kek.integrity_keys().await? {
+                if !keys.iter().any(|k: &crate::IntegrityKey| k.id() == key.id()) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
     async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial> {
         // Several KEKs may share an id (a master key replaced by another under
         // the same name, as the CLI's `kek rotate` does): the key check value
