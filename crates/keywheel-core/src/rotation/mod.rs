@@ -1,0 +1,295 @@
+//! The rotation engine: resumable rotation jobs, dry run, census, verify,
+//! guarded retirement, rollback, emergency rotation and KEK rotation, generic
+//! over the three traits. One file per operation family:
+//!
+//! * [`run`]: rotate, emergency, resume and the job state machine;
+//! * [`reencrypt`]: the batched scan → re-encrypt → compare-and-set pipeline;
+//! * [`inspect`]: census, verify, dry run;
+//! * [`retire`]: guarded retirement;
+//! * [`rollback`]: undo of the latest rotation;
+//! * [`kek`]: KEK rotation and the [`KekRing`].
+
+mod inspect;
+mod kek;
+mod reencrypt;
+use reencrypt::reencrypt_values;
+mod retire;
+mod rollback;
+mod run;
+
+pub use kek::KekRing;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde::Serialize;
+
+use crate::{
+    AfterRotation, AuditKind, Census, Error, JobCounts, JobFailure, JobKind, JobPhase, KeyEncryptionKey, KeyMaterial,
+    KeyState, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease, MAX_STORED_FAILURES,
+    Policy, RecordSource, ReplaceOutcome, Replacement, Result, RotationJob, RotationReport, ScanRequest,
+    SourceCheckpoint, StoredValue, WrappedKey, correlation_id,
+};
+
+/// Cooperative cancellation: a running job stops after its current batch,
+/// checkpointed; `resume` continues it. The scheduler loop also stops on it.
+/// Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Ask the job (or loop) to stop after its current step.
+    pub fn cancel(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+    /// Wait until cancellation is requested.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Progress of a running job, reported after every batch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    /// The job.
+    pub job_id: String,
+    /// The keyring.
+    pub keyring: KeyringId,
+    /// Values processed so far (across resumes).
+    pub processed: u64,
+    /// Estimated total (from the census at start), if known.
+    pub total: Option<u64>,
+    /// Values per second in this run.
+    pub rate_per_sec: f64,
+    /// Estimated time to completion.
+    pub eta: Option<Duration>,
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How a job runs.
+#[derive(Clone)]
+pub struct RotateOptions {
+    /// Values per scan batch (default 1000).
+    pub batch_size: usize,
+    /// Throttle: at most this many values per second (default none).
+    pub max_records_per_second: Option<u64>,
+    /// Batches re-encrypted concurrently while the next is scanned (default 2);
+    /// re-encryption runs on blocking threads so crypto overlaps I/O. At most
+    /// this many batches are written concurrently too; a batch being written,
+    /// or waiting for its checkpoint, does not hold up the re-encryption of
+    /// the next ones, so up to half as many batches again (rounded down) are
+    /// in memory at once.
+    pub parallel_batches: usize,
+    /// Cancellation.
+    pub cancel: CancelToken,
+    /// Called after every batch.
+    pub progress: Option<ProgressFn>,
+    /// Count values first for progress totals and ETA (default true; a full
+    /// scan on sources without a fast census).
+    pub estimate_total: bool,
+    /// Lease time-to-live; renewed at every checkpoint (default 60 s).
+    pub lease_ttl: Duration,
+    /// Rotate only if this is still the Active version once the lease is held;
+    /// otherwise [`Error::AlreadyRotated`]. Lets several schedulers decide on
+    /// the same evidence without rotating twice.
+    pub expected_active: Option<KeyVersion>,
+}
+
+impl Default for RotateOptions {
+    fn default() -> Self {
+        RotateOptions {
+            batch_size: 1000,
+            max_records_per_second: None,
+            parallel_batches: 2,
+            cancel: CancelToken::new(),
+            progress: None,
+            estimate_total: true,
+            lease_ttl: Duration::from_secs(60),
+            expected_active: None,
+        }
+    }
+}
+
+impl fmt::Debug for RotateOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateOptions")
+            .field("batch_size", &self.batch_size)
+            .field("max_records_per_second", &self.max_records_per_second)
+            .field("parallel_batches", &self.parallel_batches)
+            .field("estimate_total", &self.estimate_total)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of [`Rotator::rollback`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollbackReport {
+    /// The version that was Active (now Deprecated).
+    pub from: KeyVersion,
+    /// The version that is Active again.
+    pub to: KeyVersion,
+    /// The re-encryption back to `to`, if requested.
+    pub reencrypt: Option<RotationReport>,
+}
+
+/// Result of [`Rotator::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The keyring.
+    pub keyring: KeyringId,
+    /// The Active version.
+    pub active: Option<KeyVersion>,
+    /// Values per version.
+    pub census: BTreeMap<KeyVersion, u64>,
+    /// Values on versions other than the Active one.
+    pub not_on_active: u64,
+    /// Values on retired versions (unreadable).
+    pub on_retired: u64,
+    /// Values whose header does not parse.
+    pub unparseable: u64,
+    /// Whether every value is on the Active version.
+    pub ok: bool,
+}
+
+/// Result of [`Rotator::rotate_kek`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KekRotationReport {
+    /// Ids of the KEKs keys were rewrapped from in this run.
+    pub from: Vec<String>,
+    /// New KEK id.
+    pub to: String,
+    /// Keyrings updated in this run.
+    pub keyrings: u64,
+    /// Versions rewrapped in this run.
+    pub keys: u64,
+    /// Versions already under the new KEK (from an earlier, interrupted run).
+    pub already_rewrapped: u64,
+}
+
+/// The rotation engine for a [`Keywheel`] and its registered record sources.
+///
+/// Every job step is persisted through the [`KeyStore`](crate::KeyStore)
+/// before it takes effect and is idempotent, so after a crash at any point
+/// [`resume`](Self::resume) completes the job: no value is lost or written twice,
+/// exactly one version stays Active.
+#[derive(Clone)]
+pub struct Rotator {
+    kw: Keywheel,
+    sources: Vec<Arc<dyn RecordSource>>,
+    holder: String,
+}
+
+impl fmt::Debug for Rotator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rotator")
+            .field("holder", &self.holder)
+            .field("sources", &self.sources.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct BatchResult {
+    last_cursor: crate::Cursor,
+    counts: JobCounts,
+    failures: Vec<JobFailure>,
+}
+
+impl Rotator {
+    /// An engine over `kw` with no sources yet; the lease holder name is
+    /// `rotator-<random>` unless set with [`holder`](Self::holder).
+    pub fn new(kw: Keywheel) -> Result<Self> {
+        Ok(Rotator { kw, sources: Vec::new(), holder: format!("rotator-{}", &correlation_id()?[..12]) })
+    }
+
+    /// Register a record source (each source's values are re-encrypted).
+    pub fn source(mut self, source: Arc<dyn RecordSource>) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Set the lease holder name (use a stable name per process to resume its
+    /// own jobs without waiting for the lease to expire).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    /// The facade this engine works on.
+    pub fn keywheel(&self) -> &Keywheel {
+        &self.kw
+    }
+
+    async fn lease(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Lease> {
+        let store = self.kw.store();
+        match store.acquire_lease(id, &self.holder, opts.lease_ttl, self.kw.now()).await {
+            Err(Error::LeaseHeld { holder, expires_at, .. }) => Err(Error::RotationInProgress {
+                keyring: id.clone(),
+                detail: format!("lease held by {holder} until {expires_at}"),
+            }),
+            other => other,
+        }
+    }
+
+    async fn unfinished_job(&self, id: &KeyringId) -> Result<Option<RotationJob>> {
+        Ok(self.kw.store().list_jobs(id).await?.into_iter().rev().find(|j| !j.phase.is_finished()))
+    }
+
+    /// Release the lease after success (`ok`); after an error keep it until it
+    /// expires, so a crashed job is resumed by its own holder first. Best effort:
+    /// an unreleased lease expires by itself.
+    async fn finish_lease(&self, lease: &Lease, ok: bool) {
+        if ok {
+            // Best effort: an unreleased lease expires by itself.
+            let _ = self.kw.store().release_lease(lease).await;
+        }
+    }
+
+    fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        self.sources
+            .iter()
+            .map(|s| SourceCheckpoint { source: s.name().to_owned(), cursor: None, done: false })
+            .collect()
+    }
+
+    fn report(&self, job: &RotationJob, dry_run: bool) -> RotationReport {
+        RotationReport {
+            job_id: (!dry_run).then(|| job.id.clone()),
+            keyring: job.keyring.clone(),
+            dry_run,
+            from: job.from,
+            to: job.to,
+            phase: job.phase,
+            counts: job.counts,
+            failures: job.failures.clone(),
+            remaining: job.remaining_after_verify.unwrap_or(0),
+            duration: Duration::from_millis(job.active_ms),
+        }
+    }
+
+    /// The most recent job of a keyring (finished or not).
+    pub async fn last_job(&self, id: &KeyringId) -> Result<Option<RotationJob>> {
+        Ok(self.kw.store().list_jobs(id).await?.pop())
+    }
+}
