@@ -80,6 +80,10 @@ impl RecordSource for SyntheticSource {
         "synthetic"
     }
 
+    fn covers(&self, _keyring: &KeyringId) -> bool {
+        true
+    }
+
     async fn scan(&self, request: &ScanRequest) -> keywheel::Result<Vec<StoredValue>> {
         let mut row = request.after.as_ref().map_or(0, |c| Self::row_of(c) + 1);
         let bitmap = self.rewritten.lock().expect("lock");

@@ -91,7 +91,7 @@ async fn illegal_transitions_are_refused_and_nothing_is_written() {
     let before = s.kw.record(&s.id).await.expect("record");
     let audited = s.audit.events().len();
     // Retiring the Active version is illegal (Active → Retired).
-    let err = s.kw.retire(&s.id, KeyVersion::FIRST, None).await.expect_err("illegal");
+    let err = s.kw.retire_forced(&s.id, KeyVersion::FIRST, "test").await.expect_err("illegal");
     assert!(matches!(err, Error::IllegalTransition { from: KeyState::Active, to: KeyState::Retired, .. }), "{err}");
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     // Deprecating a Pending version is illegal.
@@ -102,6 +102,8 @@ async fn illegal_transitions_are_refused_and_nothing_is_written() {
     let after = s.kw.record(&s.id).await.expect("record");
     assert_eq!(after.generation, before.generation + 1, "only add_version changed the keyring");
     assert_eq!(s.audit.events().len(), audited + 1, "refused operations are not audited as done");
+    let err = s.kw.retire_forced(&s.id, KeyVersion::FIRST, "  ").await.expect_err("no reason");
+    assert!(matches!(err, Error::ReasonRequired(_)), "{err}");
 }
 
 #[tokio::test]
@@ -133,7 +135,7 @@ async fn retire_destroys_material_and_old_values_report_key_retired() {
     let old = s.kw.encrypt(&s.id, b"secret", &ctx("1")).await.expect("encrypt");
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     s.kw.activate(&s.id, v2).await.expect("activate");
-    let record = s.kw.retire(&s.id, KeyVersion::FIRST, Some("census was zero")).await.expect("retire");
+    let record = s.kw.retire_forced(&s.id, KeyVersion::FIRST, "census was zero").await.expect("retire");
     let v1 = record.version(KeyVersion::FIRST).expect("metadata stays");
     assert_eq!(v1.state, KeyState::Retired);
     assert!(v1.wrapped.is_none(), "material destroyed in the store");
@@ -143,18 +145,21 @@ async fn retire_destroys_material_and_old_values_report_key_retired() {
     // Retired is final: no rollback to it.
     assert!(matches!(s.kw.activate(&s.id, KeyVersion::FIRST).await, Err(Error::IllegalTransition { .. })));
     let last = s.audit.events().pop().expect("events");
-    assert_eq!(last.kind, AuditKind::KeyRetired { version: KeyVersion::FIRST, forced: false });
+    assert_eq!(last.kind, AuditKind::KeyRetired { version: KeyVersion::FIRST, forced: true });
     assert_eq!(last.reason.as_deref(), Some("census was zero"));
 }
 
 #[tokio::test]
-async fn rollback_reactivates_a_deprecated_version() {
+async fn activate_never_reactivates_a_deprecated_version() {
+    // A return to a Deprecated version is a rollback (window, once only):
+    // `Rotator::rollback`, never the manual `activate`.
     let s = setup().await;
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     s.kw.activate(&s.id, v2).await.expect("activate");
-    let record = s.kw.activate(&s.id, KeyVersion::FIRST).await.expect("rollback");
-    assert_eq!(record.active_version(), Some(KeyVersion::FIRST));
-    assert_eq!(record.version(v2).expect("v2").state, KeyState::Deprecated);
+    let before = s.kw.record(&s.id).await.expect("record");
+    let err = s.kw.activate(&s.id, KeyVersion::FIRST).await.expect_err("a rollback");
+    assert!(matches!(err, Error::RollbackRefused { .. }), "{err}");
+    assert_eq!(s.kw.record(&s.id).await.expect("record"), before, "nothing written");
 }
 
 #[tokio::test]
@@ -180,7 +185,7 @@ async fn every_step_is_audited_in_a_verifying_chain() {
     let s = setup().await;
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     s.kw.activate(&s.id, v2).await.expect("activate");
-    s.kw.retire(&s.id, KeyVersion::FIRST, None).await.expect("retire");
+    s.kw.retire_forced(&s.id, KeyVersion::FIRST, "test").await.expect("retire");
     let kinds: Vec<AuditKind> = s.audit.events().into_iter().map(|e| e.kind).collect();
     let v1 = KeyVersion::FIRST;
     let aes = Algorithm::Aes256Gcm;
@@ -193,7 +198,7 @@ async fn every_step_is_audited_in_a_verifying_chain() {
             AuditKind::KeyCreated { version: v2, algorithm: aes, origin: KeyOrigin::Generated },
             AuditKind::KeyDeprecated { version: v1 },
             AuditKind::KeyActivated { version: v2, previous: Some(v1) },
-            AuditKind::KeyRetired { version: v1, forced: false },
+            AuditKind::KeyRetired { version: v1, forced: true },
         ]
     );
     assert!(s.audit.events().iter().all(|e| e.keyring.as_ref() == Some(&s.id) && e.actor == "test"));
@@ -223,7 +228,7 @@ async fn a_lost_compare_and_set_is_retryable_and_audited_as_failed() {
     let mut event = s.kw.event(Some(&s.id), AuditKind::KeyDeprecated { version: v }, "cid");
     event.reason = None;
     let err =
-        s.kw.apply_audited(&stale, &[KeyringChange::MarkCompromised { version: KeyVersion::FIRST }], &[event])
+        s.kw.apply_audited(&stale, &[KeyringChange::RecordUsage { version: KeyVersion::FIRST, add: 1 }], &[event])
             .await
             .expect_err("stale generation");
     assert!(matches!(err, Error::GenerationConflict { .. }) && err.is_retryable(), "{err}");

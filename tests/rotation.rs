@@ -119,7 +119,9 @@ impl World {
 }
 
 fn opts(batch: usize) -> RotateOptions {
-    RotateOptions { batch_size: batch, ..RotateOptions::default() }
+    // No emergency settle time: these tests run one instance (tests/invariants.rs
+    // covers the wait for other instances).
+    RotateOptions { batch_size: batch, emergency_settle: Some(Duration::ZERO), ..RotateOptions::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +208,9 @@ async fn crash_at_every_step_then_resume_completes() {
                 break;
             }
             total_crashes += 1;
+            // A crashed holder's lease is never taken over while live: the
+            // resume comes once it has expired.
+            w.clock.advance(options.lease_ttl + Duration::from_secs(1));
             let phase = match first {
                 Ok(report) => report.phase, // the fault hit a best-effort call (e.g. lease release)
                 Err(_) => match rotator.resume(&w.id, &options).await.expect("resume") {
@@ -430,16 +435,24 @@ async fn rollback_inside_the_window_keeps_everything_readable() {
     let versions = w.check_all_decrypt().await;
     assert_eq!(versions[&w.id], BTreeMap::from([(2, 80)]), "v2 values still readable (Deprecated)");
 
-    // Roll forward again by rotating (v3), then roll back with re-encryption to v2.
+    // A second rollback would toggle back to v2: refused, nothing written.
+    let before = w.kw.record(&w.id).await.expect("record");
+    let err = rotator.rollback(&w.id, &policy, None, false, &opts(25)).await.expect_err("second rollback");
+    assert!(matches!(err, Error::RollbackRefused { .. }), "{err}");
+    assert_eq!(w.kw.record(&w.id).await.expect("record"), before);
+
+    // Roll forward again by rotating (v3, replacing v1), then roll back with
+    // re-encryption: back to v1, the version v3 replaced.
     rotator.rotate(&w.id, &policy, &opts(25)).await.expect("rotate to v3");
     let report = rotator.rollback(&w.id, &policy, None, true, &opts(25)).await.expect("rollback");
-    assert_eq!((report.from.get(), report.to.get()), (3, 2));
+    assert_eq!((report.from.get(), report.to.get()), (3, 1));
     let back = report.reencrypt.expect("re-encrypted back");
     assert_eq!((back.phase, back.counts.rewritten), (JobPhase::Completed, 80));
-    assert_eq!(w.check_all_decrypt().await[&w.id], BTreeMap::from([(2, 80)]));
+    assert_eq!(w.check_all_decrypt().await[&w.id], BTreeMap::from([(1, 80)]));
 
     // Outside the window: typed error naming when it closed.
-    let activated = w.activated_at(2).await;
+    rotator.rotate(&w.id, &policy, &opts(25)).await.expect("rotate to v4");
+    let activated = w.activated_at(4).await;
     w.clock.set(activated.plus(policy.rollback_window).plus(Duration::from_millis(1)));
     let err = rotator.rollback(&w.id, &policy, None, false, &opts(25)).await.expect_err("closed");
     assert!(

@@ -74,7 +74,7 @@ impl Env {
 
 fn scheduler_on(kw: &Keywheel, table: &Arc<MemoryRecordSource>, holder: &str, max_concurrent: usize) -> Scheduler {
     let rotator = Rotator::new(kw.clone()).expect("rng").holder(holder).source(table.clone());
-    let rotate = RotateOptions { batch_size: 50, ..RotateOptions::default() };
+    let rotate = RotateOptions { batch_size: 50, emergency_settle: Some(Duration::ZERO), ..RotateOptions::default() };
     Scheduler::new(rotator, SchedulerConfig { max_concurrent, rotate, ..SchedulerConfig::default() })
 }
 

@@ -129,6 +129,9 @@ impl<H: Hook> KeyStore for HookedStore<H> {
     async fn release_lease(&self, lease: &Lease) -> keywheel::Result<()> {
         hooked!(self, "release_lease", self.inner.release_lease(lease))
     }
+    async fn load_lease(&self, id: &KeyringId) -> keywheel::Result<Option<Lease>> {
+        hooked!(self, "load_lease", self.inner.load_lease(id))
+    }
     async fn save_job(&self, job: &RotationJob, lease: &Lease) -> keywheel::Result<()> {
         hooked!(self, "save_job", self.inner.save_job(job, lease))
     }
@@ -163,6 +166,9 @@ impl<H: Hook> RecordSource for HookedSource<H> {
     }
     async fn replace(&self, batch: &[Replacement]) -> keywheel::Result<Vec<ReplaceOutcome>> {
         hooked!(self, "replace", self.inner.replace(batch))
+    }
+    fn covers(&self, keyring: &KeyringId) -> bool {
+        self.inner.covers(keyring)
     }
     async fn census(&self, keyring: Option<&KeyringId>) -> keywheel::Result<Census> {
         hooked!(self, "census", self.inner.census(keyring))

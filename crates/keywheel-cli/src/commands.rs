@@ -308,6 +308,9 @@ fn warning_text(w: &Warning) -> String {
             format!("usage {}/{} encryptions", count(*encryptions), count(*limit))
         }
         Warning::SchedulerPaused => "scheduler paused".into(),
+        Warning::NoSourceCovers => "no [[sources]] cover it: old versions cannot be retired".into(),
+        Warning::StalledJob { job_id, .. } => format!("job {job_id} stalled (lease expired): run `keywheel resume`"),
+        Warning::CompromisedNotRetired { version } => format!("compromised v{version} not retired yet"),
     }
 }
 
@@ -609,16 +612,6 @@ async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8
         return Ok(OK);
     }
     let force = if args.force { args.reason.as_deref() } else { None };
-    if force.is_none()
-        && policy.after_rotation == keywheel_core::AfterRotation::Reencrypt
-        && settings.config.sources.is_empty()
-    {
-        // Without sources the census is trivially zero: refuse rather than destroy keys still in use.
-        return Err(CliError::refused(
-            "retirement refused: no record sources are configured, so keywheel cannot prove that no value uses the version",
-        )
-        .with_hint("add [[sources]] to keywheel.toml, or pass --force --reason if you know no value uses it"));
-    }
     let rotator = store::rotator(settings, &opened).await?;
     let mut retired = Vec::new();
     for v in versions {

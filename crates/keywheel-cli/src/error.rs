@@ -81,9 +81,20 @@ impl From<Error> for CliError {
                 CliError::refused(message).with_hint("roll forward instead: `keywheel rotate` creates a new version")
             }
             Error::NothingToRollBack { .. } => CliError::refused(message),
-            Error::RotationInProgress { keyring, .. } => CliError::refused(message).with_hint(format!(
-                "continue it with `keywheel resume {keyring}`, or wait until the other process finishes"
+            Error::RotationInProgress { keyring, running: true, .. } => CliError::refused(message).with_hint(format!(
+                "another process is working on {keyring}; wait for it to finish (`keywheel status {keyring}` shows the job)"
             )),
+            Error::RotationInProgress { keyring, running: false, .. } => {
+                CliError::refused(message).with_hint(format!("continue it with `keywheel resume {keyring}`"))
+            }
+            Error::RetirementUnproven { .. } => CliError::refused(message).with_hint(
+                "add the [[sources]] that hold this keyring's values to keywheel.toml, or pass --force --reason \
+                 if you know no value uses the version",
+            ),
+            Error::CompromisedVersion { .. } => CliError::refused(message)
+                .with_hint("roll forward instead: `keywheel rotate` creates a new version"),
+            Error::RollbackRefused { .. } => CliError::refused(message)
+                .with_hint("roll forward instead: `keywheel rotate` creates a new version"),
             Error::AlreadyRotated { .. } | Error::LeaseHeld { .. } | Error::IllegalTransition { .. } => {
                 CliError::refused(message)
             }

@@ -51,6 +51,9 @@ impl KeyStore for Guarded {
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         self.store.release_lease(lease).await
     }
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        self.store.load_lease(id).await
+    }
     async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
         self.store.save_job(job, lease).await
     }

@@ -64,6 +64,7 @@ fn version_record(number: u32, state: KeyState) -> VersionRecord {
         compromised: false,
         // Non-zero so that stores are seen to persist the usage count.
         encryptions: u64::from(number) * 1000,
+        replaced: None,
     }
 }
 
@@ -318,6 +319,67 @@ pub async fn update_increments_generation_and_persists(store: Arc<dyn KeyStore>)
     assert_eq!(again.generation, rec.generation + 2, "generations increase by exactly one per update");
 }
 
+/// The lifecycle rules of [`KeyringRecord::apply`] hold in the store's
+/// compare-and-set: a version flagged compromised never becomes Active (nor
+/// is the Active version flagged), a rollback re-activates only the version
+/// the Active one replaced, and only once; a refused update writes nothing.
+pub async fn lifecycle_rules_hold_in_the_store(store: Arc<dyn KeyStore>) {
+    let id = keyring_id("lifecycle-rules");
+    // v1 and v2 deprecated (v2 most recently), v3 active.
+    let rec = record(&id, &[KeyState::Deprecated, KeyState::Deprecated, KeyState::Active]);
+    create(&store, &rec).await;
+    let now = at(10_000);
+    let set = |n: u32, state: KeyState| KeyringChange::SetState { version: version(n), state, at: now };
+    let refused = |what: &str, result: keywheel_core::Result<KeyringRecord>| match result {
+        Err(e) => e,
+        Ok(r) => panic!("{what} must be refused, the store wrote generation {}", r.generation),
+    };
+    let err = refused(
+        "flagging the Active version compromised",
+        store.update_keyring(&id, rec.generation, &[KeyringChange::MarkCompromised { version: version(3) }]).await,
+    );
+    assert!(matches!(err, Error::CompromisedVersion { .. }), "{err:?}");
+    let err = refused(
+        "re-activating v1, which v3 did not replace",
+        store.update_keyring(&id, rec.generation, &[set(3, KeyState::Deprecated), set(1, KeyState::Active)]).await,
+    );
+    assert!(matches!(err, Error::RollbackRefused { .. }), "{err:?}");
+    assert_eq!(load(&store, &id).await, rec, "refused updates write nothing");
+
+    // Roll back once (v3 -> v2): allowed. A second rollback (v2 -> v3) is refused.
+    let rolled = store
+        .update_keyring(&id, rec.generation, &[set(3, KeyState::Deprecated), set(2, KeyState::Active)])
+        .await
+        .expect("a rollback of the latest rotation is legal");
+    let err = refused(
+        "a second rollback",
+        store.update_keyring(&id, rolled.generation, &[set(2, KeyState::Deprecated), set(3, KeyState::Active)]).await,
+    );
+    assert!(matches!(err, Error::RollbackRefused { .. }), "{err:?}");
+
+    // An emergency flags the old version in the activation's update; it can
+    // never come back, by rollback or otherwise.
+    let next = KeyringChange::AddVersion(VersionRecord {
+        activated_at: None,
+        deprecated_at: None,
+        retired_at: None,
+        ..version_record(4, KeyState::Pending)
+    });
+    let added = store.update_keyring(&id, rolled.generation, &[next]).await.expect("add v4");
+    let emergency = [
+        set(2, KeyState::Deprecated),
+        set(4, KeyState::Active),
+        KeyringChange::MarkCompromised { version: version(2) },
+    ];
+    let flagged = store.update_keyring(&id, added.generation, &emergency).await.expect("emergency activation");
+    let err = refused(
+        "re-activating the compromised version",
+        store.update_keyring(&id, flagged.generation, &[set(4, KeyState::Deprecated), set(2, KeyState::Active)]).await,
+    );
+    assert!(matches!(err, Error::CompromisedVersion { .. }), "{err:?}");
+    assert_eq!(load(&store, &id).await, flagged, "refused updates write nothing");
+}
+
 /// `Rewrap` replaces the wrapped material of live versions, `MarkCompromised`
 /// sets the flag and `RecordUsage` adds to the usage count, all persisted; rewrapping a retired
 /// version fails with [`Error::KeyRetired`].
@@ -495,6 +557,30 @@ pub async fn lease_is_exclusive(store: Arc<dyn KeyStore>) {
     store.renew_lease(&a, TTL, at(11)).await.expect("the holder keeps its lease after refused attempts");
 }
 
+/// `load_lease` reads the current lease without changing it: none before the
+/// first grant; the grant itself (expired or not) while it is unreleased,
+/// unchanged by a refused acquisition; none after release.
+pub async fn load_lease_only_reads(store: Arc<dyn KeyStore>) {
+    let id = lease_keyring(&store, "lease-load").await;
+    assert_eq!(store.load_lease(&id).await.expect("load_lease"), None, "no lease before the first grant");
+    let a = acquire(&store, &id, "worker-a", T0).await;
+    assert_eq!(store.load_lease(&id).await.expect("load_lease").as_ref(), Some(&a), "the granted lease, as granted");
+    assert!(store.acquire_lease(&id, "worker-b", TTL, at(10)).await.is_err(), "a second holder is refused");
+    assert_eq!(
+        store.load_lease(&id).await.expect("load_lease").as_ref(),
+        Some(&a),
+        "a refused acquisition changes nothing (holder, token, expiry)"
+    );
+    let after_expiry = T0.plus(TTL).plus(Duration::from_secs(1));
+    assert_eq!(
+        store.load_lease(&id).await.expect("load_lease").map(|l| l.expires_at < after_expiry),
+        Some(true),
+        "an expired lease is still reported (callers compare its expiry with their clock)"
+    );
+    store.release_lease(&a).await.expect("release");
+    assert_eq!(store.load_lease(&id).await.expect("load_lease"), None, "no lease after release");
+}
+
 /// The same holder may acquire again (re-entry); the new grant has a greater
 /// token and a new expiry, and supersedes the earlier grant.
 pub async fn lease_is_reentrant(store: Arc<dyn KeyStore>) {
@@ -625,6 +711,7 @@ fn job(id: &str, keyring: &KeyringId, started_at: Timestamp) -> RotationJob {
         updated_at: started_at.plus(Duration::from_secs(5)),
         finished_at: None,
         active_ms: 4321,
+        completion_pending: true,
     }
 }
 

@@ -231,6 +231,9 @@ pub enum Error {
         keyring: KeyringId,
         /// Who holds it, or which job to resume.
         detail: String,
+        /// `true`: someone holds the keyring's lease right now (wait for it);
+        /// `false`: an unfinished job waits for a resume.
+        running: bool,
     },
     /// The rotation was asked for on the assumption that `expected` is Active,
     /// but another rotation already replaced it (e.g. by another scheduler instance).
@@ -273,6 +276,40 @@ pub enum Error {
         /// The keyring.
         keyring: KeyringId,
     },
+
+    /// A version flagged compromised (by an emergency rotation) can never be
+    /// Active again: not by rollback, not by a direct activation.
+    #[error("key version {version} of keyring {keyring} is flagged compromised and can never become active again")]
+    CompromisedVersion {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The compromised version.
+        version: KeyVersion,
+    },
+
+    /// A rollback that would not undo the most recent rotation (a second
+    /// rollback, or a re-activation of another version).
+    #[error("rollback of keyring {keyring} refused: {reason}")]
+    RollbackRefused {
+        /// The keyring.
+        keyring: KeyringId,
+        /// Why, with what to do instead.
+        reason: String,
+    },
+
+    /// Retirement refused because no registered record source covers the
+    /// keyring: nothing could prove the version unused. Register the sources
+    /// that hold the keyring's values, or force the retirement with a reason.
+    #[error(
+        "retirement of {version} of keyring {keyring} refused: no registered record source covers this keyring, so nothing proves the version unused"
+    )]
+    RetirementUnproven {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The version.
+        version: KeyVersion,
+    },
+
     /// A forced operation needs a non-empty reason.
     #[error("a forced {0} needs a reason (it is audited)")]
     ReasonRequired(&'static str),

@@ -10,10 +10,22 @@ use crate::{Error, Result};
 
 const DAY: u64 = 24 * 60 * 60;
 
-/// What a keyring's keys protect. The five presets carry the rotation interval
-/// and grace period of DESIGN §2; any other purpose is [`Purpose::Custom`].
+/// What a keyring's keys protect. The five presets carry a rotation interval
+/// and grace period (see the manual's lifecycle section); any other purpose is
+/// [`Purpose::Custom`].
+///
+/// Equality, hashing and ordering follow the canonical name ([`as_str`](Self::as_str)),
+/// because that name is what stores and associated data see:
+/// `Purpose::Custom("token".into())` *is* [`Purpose::Token`], with the token
+/// preset's policy, and [`KeyringId::new`] stores it as `Token`.
+///
+/// ```
+/// use keywheel_core::Purpose;
+/// assert_eq!(Purpose::Custom("token".into()), Purpose::Token);
+/// assert_eq!(Purpose::Custom("session".into()).default_interval(), Purpose::Session.default_interval());
+/// ```
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone)]
 pub enum Purpose {
     /// OAuth and API tokens: rotate every 90 days, 30 days of grace.
     Token,
@@ -30,7 +42,53 @@ pub enum Purpose {
     Custom(String),
 }
 
+impl PartialEq for Purpose {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Purpose {}
+
+impl std::hash::Hash for Purpose {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Ord for Purpose {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().as_bytes().cmp(other.as_str().as_bytes())
+    }
+}
+
+impl PartialOrd for Purpose {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Purpose {
+    /// The preset this purpose names: a `Custom` purpose spelled like a preset
+    /// is that preset (one canonical name, one meaning).
+    fn normalized(&self) -> Purpose {
+        match self {
+            Purpose::Custom(name) => Purpose::preset_or_custom(name),
+            other => other.clone(),
+        }
+    }
+
+    fn preset_or_custom(name: &str) -> Purpose {
+        match name {
+            "token" => Purpose::Token,
+            "database" => Purpose::Database,
+            "file" => Purpose::File,
+            "session" => Purpose::Session,
+            "api-signature" => Purpose::ApiSignature,
+            other => Purpose::Custom(other.to_owned()),
+        }
+    }
+
     /// The canonical name used in the keyring id.
     pub fn as_str(&self) -> &str {
         match self {
@@ -45,7 +103,7 @@ impl Purpose {
 
     /// Preset rotation interval, or `None` for custom purposes.
     pub fn default_interval(&self) -> Option<Duration> {
-        let days = match self {
+        let days = match self.normalized() {
             Purpose::Token | Purpose::ApiSignature => 90,
             Purpose::Database => 180,
             Purpose::File => 365,
@@ -57,7 +115,7 @@ impl Purpose {
 
     /// Preset grace period before an old version may be retired, or `None` for custom purposes.
     pub fn default_grace_period(&self) -> Option<Duration> {
-        let days = match self {
+        let days = match self.normalized() {
             Purpose::Token | Purpose::ApiSignature => 30,
             Purpose::Database => 90,
             Purpose::File => 180,
@@ -69,7 +127,7 @@ impl Purpose {
 
     /// Whether old values of this purpose expire rather than being re-encrypted.
     pub fn expires_instead_of_reencrypting(&self) -> bool {
-        matches!(self, Purpose::Session)
+        matches!(self.normalized(), Purpose::Session)
     }
 }
 
@@ -83,14 +141,7 @@ impl FromStr for Purpose {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         validate_part(s)?;
-        Ok(match s {
-            "token" => Purpose::Token,
-            "database" => Purpose::Database,
-            "file" => Purpose::File,
-            "session" => Purpose::Session,
-            "api-signature" => Purpose::ApiSignature,
-            other => Purpose::Custom(other.to_owned()),
-        })
+        Ok(Purpose::preset_or_custom(s))
     }
 }
 
@@ -111,6 +162,7 @@ fn validate_part(part: &str) -> Result<()> {
 }
 
 /// A keyring's identity: `(tenant, purpose)`, canonically `tenant/purpose`.
+/// Equality, hashing and ordering follow that canonical form.
 ///
 /// The keyring id is bound into every value's associated data, so a value
 /// encrypted for one tenant never decrypts under another tenant's keyring.
@@ -134,7 +186,7 @@ impl KeyringId {
         let tenant = tenant.into();
         validate_part(&tenant)?;
         validate_part(purpose.as_str())?;
-        Ok(KeyringId { tenant, purpose })
+        Ok(KeyringId { tenant, purpose: purpose.normalized() })
     }
 
     /// The tenant.

@@ -128,6 +128,11 @@ pub struct RotationJob {
     pub finished_at: Option<Timestamp>,
     /// Time spent working, across resumes, in milliseconds.
     pub active_ms: u64,
+    /// The job is finished but its completion event may not be recorded yet
+    /// (set just before recording it): a resume after a crash there looks the
+    /// event up in the audit trail and records it only if it is missing.
+    #[serde(default)]
+    pub completion_pending: bool,
 }
 
 impl RotationJob {
@@ -158,6 +163,7 @@ impl RotationJob {
             updated_at: now,
             finished_at: None,
             active_ms: 0,
+            completion_pending: false,
         }
     }
 }

@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
-    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Plaintext, Policy,
-    Result, SystemClock, Timestamp, VersionRecord,
+    KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Lease, Outcome, Plaintext,
+    Policy, Result, SystemClock, Timestamp, VersionRecord,
 };
+
+/// Lease time-to-live of the short lifecycle operations that are not jobs
+/// (a forced retirement): long enough for a few store round trips.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Builds a [`Keywheel`]; store, KEK and audit sink are required.
 #[derive(Default)]
@@ -174,6 +178,37 @@ impl Keywheel {
         &self.inner.clock
     }
 
+    /// The actor named in this instance's audit events.
+    pub fn actor(&self) -> &str {
+        &self.inner.actor
+    }
+
+    /// How old a cached snapshot may get before the next access reloads it.
+    pub fn refresh_interval(&self) -> Duration {
+        self.inner.refresh_interval
+    }
+
+    /// The bound after which no caller of this instance still encrypts with a
+    /// snapshot loaded before a given moment: the refresh interval (every
+    /// [`keyring`](Self::keyring)/[`encrypt`](Self::encrypt) call reloads an
+    /// older snapshot) plus 5 s for an encryption whose write is still in
+    /// flight. An emergency rotation waits this long after activating the new
+    /// version before its final census ([`RotateOptions::emergency_settle`](crate::RotateOptions::emergency_settle)).
+    /// A [`Keyring`] snapshot an application keeps beyond one operation is not
+    /// covered: fetch it per operation.
+    pub fn stale_snapshot_bound(&self) -> Duration {
+        self.inner.refresh_interval + Duration::from_secs(5)
+    }
+
+    /// Whether the audit trail already holds an event with `correlation_id`
+    /// whose kind matches `kind` (searched newest first). Recovery after a
+    /// crash uses it to record an event once. Sinks that cannot be read back
+    /// ([`AuditSink::entries`] is `None`) answer `false`.
+    pub async fn recorded(&self, correlation_id: &str, kind: impl Fn(&AuditKind) -> bool) -> Result<bool> {
+        let Some(entries) = self.inner.audit.entries().await? else { return Ok(false) };
+        Ok(entries.iter().rev().any(|e| e.event.correlation_id == correlation_id && kind(&e.event.kind)))
+    }
+
     /// The current time from the injected clock.
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
@@ -302,6 +337,7 @@ impl Keywheel {
             retired_at: None,
             compromised: false,
             encryptions: 0,
+            replaced: None,
         })
     }
 
@@ -335,20 +371,48 @@ impl Keywheel {
         Ok(version)
     }
 
-    /// Make `version` (Pending, or Deprecated for a rollback) the Active one;
-    /// the previously Active version becomes Deprecated in the same atomic update.
+    /// Make the Pending `version` the Active one; the previously Active version
+    /// becomes Deprecated in the same atomic update.
+    ///
+    /// Only Pending versions are activated here. Returning to a Deprecated
+    /// version is a rollback, with a window and a once-only rule:
+    /// [`Rotator::rollback`](crate::Rotator::rollback); asking for it here is
+    /// [`Error::RollbackRefused`]. A version flagged compromised is never
+    /// activated ([`Error::CompromisedVersion`]).
     pub async fn activate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
+        let cid = correlation_id()?;
+        self.activate_with(id, version, &[], &cid).await
+    }
+
+    /// [`activate`](Self::activate) plus `extra` changes in the same atomic
+    /// update (the emergency path flags the old version compromised there),
+    /// audited under `correlation_id`.
+    pub(crate) async fn activate_with(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        extra: &[KeyringChange],
+        correlation_id: &str,
+    ) -> Result<KeyringRecord> {
         let record = self.record(id).await?;
+        let state =
+            record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
+        if state == KeyState::Deprecated {
+            return Err(Error::RollbackRefused {
+                keyring: id.clone(),
+                reason: format!("{version} is deprecated: returning to it is a rollback (Rotator::rollback)"),
+            });
+        }
         let now = self.now();
         let previous = record.active_version().filter(|&p| p != version);
-        let cid = correlation_id()?;
         let mut changes = vec![KeyringChange::SetState { version, state: KeyState::Active, at: now }];
         let mut events = Vec::new();
         if let Some(p) = previous {
             changes.insert(0, KeyringChange::SetState { version: p, state: KeyState::Deprecated, at: now });
-            events.push(self.event(Some(id), AuditKind::KeyDeprecated { version: p }, &cid));
+            events.push(self.event(Some(id), AuditKind::KeyDeprecated { version: p }, correlation_id));
         }
-        events.push(self.event(Some(id), AuditKind::KeyActivated { version, previous }, &cid));
+        changes.extend_from_slice(extra);
+        events.push(self.event(Some(id), AuditKind::KeyActivated { version, previous }, correlation_id));
         self.apply_audited(&record, &changes, &events).await
     }
 
@@ -371,16 +435,66 @@ impl Keywheel {
         self.activate(id, successor).await
     }
 
-    /// Retire a Deprecated version: its material is destroyed in the store, its
-    /// metadata stays. Values still on it become undecryptable
-    /// ([`Error::KeyRetired`]), so run a census first; `reason` is audited.
-    pub async fn retire(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
+    /// Retire a Deprecated version **without any check**: its material is
+    /// destroyed in the store (metadata stays) and values still on it become
+    /// undecryptable ([`Error::KeyRetired`]) for good.
+    ///
+    /// This facade has no record sources, so it cannot prove the version
+    /// unused: the call is a forced retirement, refused without a non-empty
+    /// `reason` ([`Error::ReasonRequired`]) and audited as forced with it. The
+    /// guarded retirement (census, grace period, sources that cover the
+    /// keyring) is [`Rotator::retire`](crate::Rotator::retire). Runs under the
+    /// keyring's lease ([`Error::RotationInProgress`] while a rotation holds it).
+    pub async fn retire_forced(&self, id: &KeyringId, version: KeyVersion, reason: &str) -> Result<KeyringRecord> {
+        if reason.trim().is_empty() {
+            return Err(Error::ReasonRequired("retirement"));
+        }
+        let lease = self.take_lease(id, &self.inner.actor, DEFAULT_LEASE_TTL).await?;
+        let result = self.retire_now(id, version, Some(reason), true).await;
+        // Nothing here is resumable: the lease goes back whatever happened.
+        let _ = self.inner.store.release_lease(&lease).await;
+        result
+    }
+
+    /// Retire `version` now, audited (`forced` and `reason` as given); the
+    /// caller holds the lease and has made its checks.
+    pub(crate) async fn retire_now(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        reason: Option<&str>,
+        forced: bool,
+    ) -> Result<KeyringRecord> {
         let record = self.record(id).await?;
         let cid = correlation_id()?;
-        let mut event = self.event(Some(id), AuditKind::KeyRetired { version, forced: false }, &cid);
+        let mut event = self.event(Some(id), AuditKind::KeyRetired { version, forced }, &cid);
         event.reason = reason.map(str::to_owned);
         let change = KeyringChange::SetState { version, state: KeyState::Retired, at: self.now() };
         self.apply_audited(&record, &[change], &[event]).await
+    }
+
+    /// Take the keyring's lease for lifecycle work, under a holder name unique
+    /// to this acquisition (`{name}#{random}`), so that no other process, and
+    /// no other call of this one, ever shares it. A live lease is never taken
+    /// over: it is refused with [`Error::RotationInProgress`] naming its holder
+    /// and expiry, before anything is written.
+    pub(crate) async fn take_lease(&self, id: &KeyringId, name: &str, ttl: Duration) -> Result<Lease> {
+        let now = self.now();
+        let held = |holder: &str, until: Timestamp| Error::RotationInProgress {
+            keyring: id.clone(),
+            detail: format!("lease held by {holder} until {until}"),
+            running: true,
+        };
+        if let Some(current) = self.inner.store.load_lease(id).await?
+            && current.expires_at > now
+        {
+            return Err(held(&current.holder, current.expires_at));
+        }
+        let holder = format!("{name}#{}", &correlation_id()?[..12]);
+        match self.inner.store.acquire_lease(id, &holder, ttl, now).await {
+            Err(Error::LeaseHeld { holder, expires_at, .. }) => Err(held(&holder, expires_at)),
+            other => other,
+        }
     }
 
     /// The keyring's stored policy, or its purpose's preset ([`Policy::for_purpose`]).

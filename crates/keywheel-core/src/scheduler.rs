@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    AfterRotation, CancelToken, Error, JobPhase, KeyState, KeyVersion, KeyringId, KeyringRecord, Policy, Result,
+    AfterRotation, CancelToken, Error, JobPhase, KeyState, KeyVersion, KeyringId, KeyringRecord, Lease, Policy, Result,
     RotateOptions, RotationJob, RotationReport, Rotator, Timestamp,
 };
 
@@ -153,12 +153,13 @@ pub fn retirement_candidates(
     for record in keyrings {
         let policy = policy_for(policies, &record.id);
         for v in &record.versions {
-            if v.state == KeyState::Deprecated && v.deprecated_at.is_some_and(|at| at.plus(policy.grace_period) <= now)
-            {
+            let grace_over = v.deprecated_at.is_some_and(|at| at.plus(policy.grace_period) <= now);
+            // A compromised version waits for no grace period.
+            if v.state == KeyState::Deprecated && (grace_over || v.compromised) {
                 out.push(RetirementCandidate {
                     keyring: record.id.clone(),
                     version: v.version,
-                    needs_census: policy.after_rotation == AfterRotation::Reencrypt,
+                    needs_census: policy.after_rotation == AfterRotation::Reencrypt || v.compromised,
                 });
             }
         }
@@ -240,6 +241,7 @@ pub struct Scheduler {
     emergencies: Mutex<BTreeMap<KeyringId, String>>,
     totals: Mutex<SchedulerTotals>,
     last_census: Mutex<BTreeMap<KeyringId, BTreeMap<KeyVersion, u64>>>,
+    refusals_audited: Mutex<BTreeSet<(KeyringId, KeyVersion)>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -267,6 +269,7 @@ impl Scheduler {
             emergencies: Mutex::new(BTreeMap::new()),
             totals: Mutex::new(SchedulerTotals::default()),
             last_census: Mutex::new(BTreeMap::new()),
+            refusals_audited: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -412,7 +415,16 @@ impl Scheduler {
         }
         let mut retired = Vec::new();
         for c in retirement_candidates(now, &records, policies) {
-            if c.needs_census {
+            let compromised = records
+                .iter()
+                .find(|r| r.id == c.keyring)
+                .and_then(|r| r.version(c.version))
+                .is_some_and(|v| v.compromised);
+            // Refusals are audited once per version by this scheduler, not every tick.
+            let key = (c.keyring.clone(), c.version);
+            let audit_refusal = !locked(&self.refusals_audited).contains(&key);
+            if c.needs_census && !compromised && self.rotator.covers(&c.keyring) {
+                // Cheap pre-check; the census that decides is taken under the lease.
                 let census = self.rotator.census(Some(&c.keyring)).await?;
                 let per_version = census.counts.get(&c.keyring).cloned().unwrap_or_default();
                 let in_use = per_version.get(&c.version).copied().unwrap_or(0);
@@ -422,17 +434,21 @@ impl Scheduler {
                 }
             }
             let policy = policy_for(policies, &c.keyring);
-            match self.rotator.retire(&c.keyring, c.version, &policy, None).await {
+            match self.rotator.retire_checked(&c.keyring, c.version, &policy, audit_refusal).await {
                 Ok(_) => {
                     locked(&self.totals).retirements += 1;
                     retired.push((c.keyring, c.version));
                 }
-                // Another instance retired it, a rotation holds the lease, or job
-                // failures still reference the version: not this tick's business.
+                // Nothing proves the version unused, values still use it, or job
+                // failures reference it: refused (audited once), status warns.
+                Err(Error::RetirementUnproven { .. } | Error::RetirementRefused { .. }) => {
+                    locked(&self.refusals_audited).insert(key);
+                }
+                // Another instance retired it, or a rotation holds the lease:
+                // not this tick's business.
                 Err(
                     Error::IllegalTransition { .. }
                     | Error::RotationInProgress { .. }
-                    | Error::RetirementRefused { .. }
                     | Error::GracePeriodNotOver { .. }
                     | Error::GenerationConflict { .. },
                 ) => {}
@@ -471,7 +487,27 @@ impl Scheduler {
             }
         }
         let census = locked(&self.last_census).clone();
-        Ok(status_report(now, &records, &policies, &jobs, &census, self.is_paused(), self.totals()))
+        let mut leases = BTreeMap::new();
+        let mut uncovered = BTreeSet::new();
+        for record in &records {
+            if let Some(lease) = kw.store().load_lease(&record.id).await? {
+                leases.insert(record.id.clone(), lease);
+            }
+            if !self.rotator.covers(&record.id) {
+                uncovered.insert(record.id.clone());
+            }
+        }
+        Ok(status_report(
+            now,
+            &records,
+            &policies,
+            &jobs,
+            &leases,
+            &uncovered,
+            &census,
+            self.is_paused(),
+            self.totals(),
+        ))
     }
 }
 
@@ -514,6 +550,25 @@ pub enum Warning {
     },
     /// The scheduler is paused.
     SchedulerPaused,
+    /// The keyring's values are re-encrypted on rotation, but no registered
+    /// record source covers it: no census can prove an old version unused, so
+    /// retirement is refused (register the sources that hold its values).
+    NoSourceCovers,
+    /// The last job is unfinished and nobody holds the keyring's lease (its
+    /// holder died or was stopped): resume it.
+    StalledJob {
+        /// The job.
+        job_id: String,
+        /// When its lease expired (`None`: released or never taken).
+        lease_expired_at: Option<Timestamp>,
+    },
+    /// A version flagged compromised still has its key material (values that
+    /// decrypt still use it, or nothing proves it unused); the scheduler keeps
+    /// trying to retire it.
+    CompromisedNotRetired {
+        /// The version.
+        version: u32,
+    },
 }
 
 /// Versions of a keyring by state.
@@ -593,11 +648,14 @@ pub struct StatusReport {
 }
 
 /// Build the status report from stored state (a pure function).
+#[allow(clippy::too_many_arguments)]
 pub fn status_report(
     now: Timestamp,
     keyrings: &[KeyringRecord],
     policies: &BTreeMap<KeyringId, Policy>,
     last_jobs: &BTreeMap<KeyringId, RotationJob>,
+    leases: &BTreeMap<KeyringId, Lease>,
+    uncovered: &BTreeSet<KeyringId>,
     census: &BTreeMap<KeyringId, BTreeMap<KeyVersion, u64>>,
     paused: bool,
     totals: SchedulerTotals,
@@ -640,7 +698,22 @@ pub fn status_report(
                     warnings.push(Warning::GraceExpired { version: c.version.get(), values });
                 }
             }
+            if policy.after_rotation == AfterRotation::Reencrypt && uncovered.contains(id) {
+                warnings.push(Warning::NoSourceCovers);
+            }
+            for v in record.versions.iter().filter(|v| v.compromised && v.state != KeyState::Retired) {
+                warnings.push(Warning::CompromisedNotRetired { version: v.version.get() });
+            }
             let last_job = last_jobs.get(id);
+            if let Some(job) = last_job.filter(|j| !j.phase.is_finished() || j.completion_pending) {
+                let lease = leases.get(id);
+                if lease.is_none_or(|l| l.expires_at <= now) {
+                    warnings.push(Warning::StalledJob {
+                        job_id: job.id.clone(),
+                        lease_expired_at: lease.map(|l| l.expires_at),
+                    });
+                }
+            }
             if let Some(job) = last_job.filter(|j| j.counts.failed > 0) {
                 warnings.push(Warning::FailuresPending { job_id: job.id.clone(), failed: job.counts.failed });
             }

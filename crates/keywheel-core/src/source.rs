@@ -146,6 +146,19 @@ pub trait RecordSource: Send + Sync + fmt::Debug {
     /// Compare-and-set replace of a batch; one outcome per replacement.
     async fn replace(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>>;
 
+    /// Whether this source holds (all) the values of `keyring` that live in
+    /// its table or collection, so that its census can speak for them.
+    ///
+    /// Retirement destroys key material only when a registered source covers
+    /// the keyring and the census of all sources finds no value on the
+    /// version. The default is `false` and fails closed: a source that does
+    /// not say what it covers never lets a retirement through (it can still
+    /// be rotated, and a retirement can be forced with an audited reason).
+    fn covers(&self, keyring: &KeyringId) -> bool {
+        let _ = keyring;
+        false
+    }
+
     /// Values per keyring and version (only `keyring` if given).
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         census_by_scan(self, keyring, 1024).await

@@ -41,6 +41,10 @@ pub struct VersionRecord {
     pub retired_at: Option<Timestamp>,
     /// Flagged as compromised by an emergency rotation.
     pub compromised: bool,
+    /// The version that was Active when this one last became Active (the one
+    /// it replaced): what a rollback returns to. Set by [`KeyringRecord::apply`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<KeyVersion>,
     /// Encryptions made under this version, as flushed by the processes using it
     /// (see [`Keywheel::flush_usage`](crate::Keywheel::flush_usage)); feeds the usage-limit policy.
     #[serde(default)]
@@ -114,6 +118,45 @@ impl KeyringRecord {
         self.versions.iter().find(|v| v.state == KeyState::Active).map(|v| v.version)
     }
 
+    /// What a rollback of this keyring would do: `(from, to)`, the Active version
+    /// going back to Deprecated and the version it replaced becoming Active again.
+    ///
+    /// Only the most recent rotation can be undone, once: refused with
+    /// [`Error::RollbackRefused`] when a newer version than the Active one was
+    /// ever activated (the latest rotation was already rolled back: rotate to
+    /// move forward), [`Error::NothingToRollBack`] without a Deprecated version,
+    /// and [`Error::CompromisedVersion`] when the version to return to is
+    /// flagged compromised. The rollback window is the engine's to check
+    /// ([`Rotator::rollback`](crate::Rotator::rollback)): it needs the policy.
+    pub fn rollback_target(&self) -> Result<(KeyVersion, KeyVersion)> {
+        let from = self.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: self.id.clone() })?;
+        if let Some(newer) = self.versions.iter().find(|v| v.version > from && v.activated_at.is_some()) {
+            return Err(Error::RollbackRefused {
+                keyring: self.id.clone(),
+                reason: format!(
+                    "the most recent rotation (to {}) was already rolled back; rotate to move forward",
+                    newer.version
+                ),
+            });
+        }
+        // The version the Active one replaced; records written before that was
+        // kept fall back to the most recently active Deprecated version.
+        let replaced = self.version(from).and_then(|v| v.replaced);
+        let to = match replaced {
+            Some(r) => self.version(r).filter(|v| v.state == KeyState::Deprecated),
+            None => self
+                .versions
+                .iter()
+                .filter(|v| v.state == KeyState::Deprecated)
+                .max_by_key(|v| (v.activated_at, v.deprecated_at, v.version)),
+        }
+        .ok_or_else(|| Error::NothingToRollBack { keyring: self.id.clone() })?;
+        if to.compromised {
+            return Err(Error::CompromisedVersion { keyring: self.id.clone(), version: to.version });
+        }
+        Ok((from, to.version))
+    }
+
     /// The record of one version.
     pub fn version(&self, version: KeyVersion) -> Option<&VersionRecord> {
         self.versions.get(version.get() as usize - 1).filter(|v| v.version == version)
@@ -128,7 +171,8 @@ impl KeyringRecord {
 
     /// Check the invariants every stored keyring satisfies: versions numbered
     /// 1..=n in order; live versions carry material and retired ones do not;
-    /// at most one Active, and exactly one once any version was ever activated.
+    /// at most one Active, and exactly one once any version was ever activated;
+    /// no Active version is flagged compromised ([`Error::CompromisedVersion`]).
     pub fn validate(&self) -> Result<()> {
         for (i, v) in self.versions.iter().enumerate() {
             if v.version.get() as usize != i + 1 {
@@ -143,6 +187,9 @@ impl KeyringRecord {
                     self.id, v.version
                 )));
             }
+        }
+        if let Some(v) = self.versions.iter().find(|v| v.state == KeyState::Active && v.compromised) {
+            return Err(Error::CompromisedVersion { keyring: self.id.clone(), version: v.version });
         }
         let active = self.versions.iter().filter(|v| v.state == KeyState::Active).count();
         let ever_activated = self.versions.iter().any(|v| v.activated_at.is_some());
@@ -171,12 +218,36 @@ impl KeyringRecord {
     /// This is the single definition of what a change means; stores that keep
     /// whole records (memory, file) call it inside their compare-and-set, and
     /// SQL stores may call it on the loaded record before writing.
+    ///
+    /// A re-activation (`Deprecated → Active`) is a rollback and must undo the
+    /// most recent rotation: see [`rollback_target`](Self::rollback_target).
     pub fn apply(&mut self, changes: &[KeyringChange]) -> Result<()> {
         let mut next = self.clone();
         for change in changes {
             next.apply_one(change)?;
         }
         next.validate()?;
+        let previous_active = self.active_version();
+        for v in next.versions.iter_mut() {
+            let was_active = self.version(v.version).is_some_and(|b| b.state == KeyState::Active);
+            if v.state == KeyState::Active && !was_active {
+                v.replaced = previous_active;
+            }
+        }
+        for (before, after) in self.versions.iter().zip(&next.versions) {
+            if before.state == KeyState::Deprecated && after.state == KeyState::Active {
+                let (from, to) = self.rollback_target()?;
+                if to != before.version {
+                    return Err(Error::RollbackRefused {
+                        keyring: self.id.clone(),
+                        reason: format!(
+                            "only {to}, the version {from} replaced, can be re-activated, not {}",
+                            before.version
+                        ),
+                    });
+                }
+            }
+        }
         next.generation += 1;
         *self = next;
         Ok(())
@@ -312,6 +383,12 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// Release a lease. Idempotent: releasing a lease that is no longer the
     /// current one does nothing.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// The keyring's current (granted, unreleased) lease, expired or not, or
+    /// `None`. A read: it never takes, renews or releases anything. Lets a
+    /// caller refuse politely before acquiring, and `status` report a job
+    /// whose lease expired.
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>>;
 
     /// Insert or replace a rotation job (by `job.id`), fenced by `lease`: only if
     /// the stored lease of `job.keyring` still carries `lease.token` (see

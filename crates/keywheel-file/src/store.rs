@@ -679,6 +679,10 @@ impl KeyStore for FileKeyStore {
         Ok(())
     }
 
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        self.current_lease(id)
+    }
+
     async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
         let _guard = self.lock()?;
         let current = self.read_lease(&job.keyring)?.and_then(|doc| doc.current);

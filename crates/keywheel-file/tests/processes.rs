@@ -235,6 +235,7 @@ async fn crash_child(dir: &Path, trial: u64) {
         retired_at: None,
         compromised: false,
         encryptions: 0,
+        replaced: None,
     };
     say("READY");
     for step in 1..=1000u32 {

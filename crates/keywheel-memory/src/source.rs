@@ -63,12 +63,23 @@ impl Row {
 pub struct MemoryRecordSource {
     name: String,
     rows: Mutex<BTreeMap<Cursor, Row>>,
+    covers: Option<Vec<KeyringId>>,
 }
 
 impl MemoryRecordSource {
     /// An empty source called `name` (shown in reports, e.g. `users.email`).
     pub fn new(name: impl Into<String>) -> Self {
-        MemoryRecordSource { name: name.into(), rows: Mutex::new(BTreeMap::new()) }
+        MemoryRecordSource { name: name.into(), rows: Mutex::new(BTreeMap::new()), covers: None }
+    }
+
+    /// Say that this source holds the values of these keyrings only (by
+    /// default it covers every keyring: it stands for the application's whole
+    /// data). Retirement needs a source that covers the keyring
+    /// ([`RecordSource::covers`]), so a test can model a keyring whose values
+    /// live somewhere no registered source sees.
+    pub fn covering(mut self, keyrings: impl IntoIterator<Item = KeyringId>) -> Self {
+        self.covers = Some(keyrings.into_iter().collect());
+        self
     }
 
     /// The cursor [`insert_row`](Self::insert_row) uses for a numeric row id:
@@ -140,6 +151,11 @@ impl fmt::Debug for MemoryRecordSource {
 impl RecordSource for MemoryRecordSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Every keyring, unless narrowed with [`covering`](MemoryRecordSource::covering).
+    fn covers(&self, keyring: &KeyringId) -> bool {
+        self.covers.as_ref().is_none_or(|ids| ids.contains(keyring))
     }
 
     /// Values strictly after `request.after` in cursor order, at most

@@ -163,6 +163,10 @@ impl KeyStore for MemoryKeyStore {
         Ok(())
     }
 
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        Ok(self.current_lease(id))
+    }
+
     async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {
         let mut state = self.lock();
         check_fence(state.leases.get(&job.keyring).and_then(|slot| slot.current.as_ref()), lease)?;
@@ -228,6 +232,7 @@ mod tests {
             retired_at: None,
             compromised: false,
             encryptions: 0,
+            replaced: None,
         });
         assert!(matches!(store.create_keyring(&record).await, Err(Error::InvalidArgument(_))));
         assert!(store.is_empty());

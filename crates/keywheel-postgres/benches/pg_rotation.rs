@@ -146,6 +146,9 @@ impl RecordSource for Timed {
     fn name(&self) -> &str {
         self.inner.name()
     }
+    fn covers(&self, keyring: &keywheel_core::KeyringId) -> bool {
+        self.inner.covers(keyring)
+    }
     async fn scan(&self, r: &keywheel_core::ScanRequest) -> keywheel_core::Result<Vec<keywheel_core::StoredValue>> {
         let t = Instant::now();
         self.stats.lock().expect("stats").first_scan.get_or_insert(t);

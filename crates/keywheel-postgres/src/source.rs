@@ -1093,6 +1093,10 @@ impl RecordSource for PgRecordSource {
         Ok(outcomes)
     }
 
+    fn covers(&self, keyring: &KeyringId) -> bool {
+        self.tenant_filter(Some(keyring)).is_some()
+    }
+
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         let mut census = Census::default();
         let Some(tenant) = self.tenant_filter(keyring) else {

@@ -64,6 +64,7 @@ struct Sql {
     grant_lease: String,
     renew_lease: String,
     release_lease: String,
+    load_lease: String,
     save_job: String,
     load_job: String,
     list_jobs: String,
@@ -116,6 +117,9 @@ impl Sql {
             release_lease: format!(
                 "UPDATE {leases} SET holder = NULL, expires_at_ms = NULL \
                  WHERE keyring_id = $1 AND token = $2 AND holder IS NOT NULL"
+            ),
+            load_lease: format!(
+                "SELECT holder, token, expires_at_ms FROM {leases} WHERE keyring_id = $1 AND holder IS NOT NULL"
             ),
             save_job: format!(
                 "WITH fence AS (SELECT 1 FROM {leases} WHERE keyring_id = $1 AND token = $2 AND holder IS NOT NULL \
@@ -442,6 +446,23 @@ impl KeyStore for PgKeyStore {
             .await
             .map_err(on(STORE, "release lease"))?;
         Ok(())
+    }
+
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        let client = self.pool.get().await?;
+        let Some(row) =
+            client.query_opt(&self.sql.load_lease, &[&id.canonical()]).await.map_err(on(STORE, "load lease"))?
+        else {
+            return Ok(None);
+        };
+        let token: i64 = row.try_get(1).map_err(on(STORE, "read lease"))?;
+        let expires: i64 = row.try_get(2).map_err(on(STORE, "read lease"))?;
+        Ok(Some(Lease {
+            keyring: id.clone(),
+            holder: row.try_get(0).map_err(on(STORE, "read lease"))?,
+            token: u64::try_from(token).map_err(|_| invalid(STORE, format!("lease of {id} has a negative token")))?,
+            expires_at: Timestamp::from_millis(expires),
+        }))
     }
 
     async fn save_job(&self, job: &RotationJob, lease: &Lease) -> Result<()> {

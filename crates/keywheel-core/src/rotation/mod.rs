@@ -114,6 +114,14 @@ pub struct RotateOptions {
     /// otherwise [`Error::AlreadyRotated`]. Lets several schedulers decide on
     /// the same evidence without rotating twice.
     pub expected_active: Option<KeyVersion>,
+    /// Emergency rotations: how long after the activation every instance is
+    /// assumed to have dropped snapshots made before it, so nothing encrypts
+    /// under the compromised version any more; the engine waits that long
+    /// before its final sweep and census. Default (`None`):
+    /// [`Keywheel::stale_snapshot_bound`] of this engine's facade (its refresh
+    /// interval plus a margin for writes in flight); set it to cover the
+    /// largest refresh interval of any instance.
+    pub emergency_settle: Option<Duration>,
 }
 
 impl Default for RotateOptions {
@@ -127,6 +135,7 @@ impl Default for RotateOptions {
             estimate_total: true,
             lease_ttl: Duration::from_secs(60),
             expected_active: None,
+            emergency_settle: None,
         }
     }
 }
@@ -139,6 +148,7 @@ impl fmt::Debug for RotateOptions {
             .field("parallel_batches", &self.parallel_batches)
             .field("estimate_total", &self.estimate_total)
             .field("lease_ttl", &self.lease_ttl)
+            .field("emergency_settle", &self.emergency_settle)
             .finish_non_exhaustive()
     }
 }
@@ -217,10 +227,11 @@ struct BatchResult {
 }
 
 impl Rotator {
-    /// An engine over `kw` with no sources yet; the lease holder name is
-    /// `rotator-<random>` unless set with [`holder`](Self::holder).
+    /// An engine over `kw` with no sources yet; its leases show the
+    /// [`Keywheel`]'s actor unless named with [`holder`](Self::holder).
     pub fn new(kw: Keywheel) -> Result<Self> {
-        Ok(Rotator { kw, sources: Vec::new(), holder: format!("rotator-{}", &correlation_id()?[..12]) })
+        let holder = kw.actor().to_owned();
+        Ok(Rotator { kw, sources: Vec::new(), holder })
     }
 
     /// Register a record source (each source's values are re-encrypted).
@@ -229,8 +240,10 @@ impl Rotator {
         self
     }
 
-    /// Set the lease holder name (use a stable name per process to resume its
-    /// own jobs without waiting for the lease to expire).
+    /// The name this engine's leases show (default: the [`Keywheel`]'s actor).
+    /// Each lease is granted to `{name}#{random}`, unique to that acquisition,
+    /// so replicas that share a name (a `worker-1` copied into every
+    /// deployment, `cli:root` in every container) never share a lease.
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = holder.into();
         self
@@ -241,29 +254,40 @@ impl Rotator {
         &self.kw
     }
 
+    /// The registered record sources.
+    pub fn sources(&self) -> &[Arc<dyn RecordSource>] {
+        &self.sources
+    }
+
+    /// Whether a registered source covers `id` ([`RecordSource::covers`]): only
+    /// then can a census prove a version unused.
+    pub fn covers(&self, id: &KeyringId) -> bool {
+        self.sources.iter().any(|s| s.covers(id))
+    }
+
     async fn lease(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Lease> {
-        let store = self.kw.store();
-        match store.acquire_lease(id, &self.holder, opts.lease_ttl, self.kw.now()).await {
-            Err(Error::LeaseHeld { holder, expires_at, .. }) => Err(Error::RotationInProgress {
-                keyring: id.clone(),
-                detail: format!("lease held by {holder} until {expires_at}"),
-            }),
-            other => other,
-        }
+        self.kw.take_lease(id, &self.holder, opts.lease_ttl).await
     }
 
+    /// The keyring's unfinished job: not finished, or finished with its
+    /// completion event still to record (a crash came in between).
     async fn unfinished_job(&self, id: &KeyringId) -> Result<Option<RotationJob>> {
-        Ok(self.kw.store().list_jobs(id).await?.into_iter().rev().find(|j| !j.phase.is_finished()))
+        Ok(self
+            .kw
+            .store()
+            .list_jobs(id)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|j| !j.phase.is_finished() || j.completion_pending))
     }
 
-    /// Release the lease after success (`ok`); after an error keep it until it
-    /// expires, so a crashed job is resumed by its own holder first. Best effort:
-    /// an unreleased lease expires by itself.
-    async fn finish_lease(&self, lease: &Lease, ok: bool) {
-        if ok {
-            // Best effort: an unreleased lease expires by itself.
-            let _ = self.kw.store().release_lease(lease).await;
-        }
+    /// Release the lease, whatever happened: a job that failed stays
+    /// resumable by anyone (leases are never shared, so keeping it would only
+    /// block the resume until it expires). Best effort: an unreleased lease
+    /// expires by itself.
+    async fn finish_lease(&self, lease: &Lease) {
+        let _ = self.kw.store().release_lease(lease).await;
     }
 
     fn checkpoints(&self) -> Vec<SourceCheckpoint> {

@@ -21,9 +21,14 @@ impl Rotator {
             return Err(Error::RotationInProgress {
                 keyring: id.clone(),
                 detail: format!("{to} is no longer the Active version (rolled back?)"),
+                running: false,
             });
         }
         let processed_at_start = job.counts.processed;
+        // A verification sweep meets the values that failed before again: list
+        // each (source, cursor) once, so failures count values, not attempts.
+        let mut listed: std::collections::HashSet<(String, crate::Cursor)> =
+            job.failures.iter().map(|f| (f.source.clone(), f.cursor.clone())).collect();
         let mut last_renewal = Instant::now();
         for source in &self.sources {
             // A source registered after the job started gets a fresh checkpoint.
@@ -109,6 +114,10 @@ impl Rotator {
                 job.counts.skipped += result.counts.skipped;
                 job.counts.failed += result.counts.failed;
                 for f in result.failures {
+                    if !listed.insert((f.source.clone(), f.cursor.clone())) {
+                        job.counts.failed -= 1;
+                        continue;
+                    }
                     if job.failures.len() < MAX_STORED_FAILURES {
                         job.failures.push(f);
                     } else {

@@ -3,11 +3,23 @@
 use super::*;
 
 impl Rotator {
-    /// Retire a Deprecated version, destroying its material. Refused with
-    /// [`Error::RetirementRefused`] (carrying the count) while any value uses it
-    /// or the last job listed failures on it, and with [`Error::GracePeriodNotOver`]
-    /// before `deprecated_at + grace_period`, unless `force` gives a reason
-    /// (audited). Keyrings whose policy lets old values expire (sessions) need no census.
+    /// Retire a Deprecated version, destroying its material. Without `force`
+    /// it is refused, with a `RetirementRefused` audit event, unless every
+    /// check passes:
+    ///
+    /// * [`Error::GracePeriodNotOver`] before `deprecated_at + grace_period`
+    ///   (waived for a version flagged compromised);
+    /// * [`Error::RetirementUnproven`] when no registered record source covers
+    ///   the keyring ([`RecordSource::covers`]): nothing could prove the
+    ///   version unused;
+    /// * [`Error::RetirementRefused`] (carrying the count) while any value uses
+    ///   it or the last job listed failures on it. For a compromised version
+    ///   only *decryptable* values count: values that fail to decrypt under it
+    ///   are forgeries or damage and never hold its destruction back.
+    ///
+    /// Keyrings whose policy lets old values expire (sessions) need neither
+    /// sources nor census. `force` skips every check with a reason, audited
+    /// as a forced retirement.
     ///
     /// Runs under the keyring's lease, so it never races a rotation
     /// ([`Error::RotationInProgress`] while one runs).
@@ -18,10 +30,27 @@ impl Rotator {
         policy: &Policy,
         force: Option<&str>,
     ) -> Result<KeyringRecord> {
+        if force.is_some_and(|reason| reason.trim().is_empty()) {
+            return Err(Error::ReasonRequired("retirement"));
+        }
         let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, force).await;
-        // Nothing here is resumable, so the lease goes back whatever happened.
-        self.finish_lease(&lease, true).await;
+        let result = self.retire_leased(id, version, policy, force, true).await;
+        self.finish_lease(&lease).await;
+        result
+    }
+
+    /// [`retire`](Self::retire) without force, auditing a refusal only when
+    /// `audit_refusal` (the scheduler audits each refusal once, not every tick).
+    pub(crate) async fn retire_checked(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        policy: &Policy,
+        audit_refusal: bool,
+    ) -> Result<KeyringRecord> {
+        let lease = self.lease(id, &RotateOptions::default()).await?;
+        let result = self.retire_leased(id, version, policy, None, audit_refusal).await;
+        self.finish_lease(&lease).await;
         result
     }
 
@@ -31,61 +60,95 @@ impl Rotator {
         version: KeyVersion,
         policy: &Policy,
         force: Option<&str>,
+        audit_refusal: bool,
     ) -> Result<KeyringRecord> {
+        let refuse = |remaining: u64, reason: String| async move {
+            if audit_refusal { self.refuse_retirement(id, version, remaining, &reason).await } else { Ok(()) }
+        };
         if let Some(reason) = force {
-            if reason.trim().is_empty() {
-                return Err(Error::ReasonRequired("retirement"));
-            }
-            return self.retire_unchecked(id, version, Some(reason), true).await;
+            return self.kw.retire_now(id, version, Some(reason), true).await;
         }
         let record = self.kw.record(id).await?;
         let v = record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
         v.state.check_transition(version, KeyState::Retired)?;
-        let cid = correlation_id()?;
-        let refuse = |remaining: u64| {
-            let mut e = self.kw.event(Some(id), AuditKind::RetirementRefused { version, remaining }, &cid);
-            e.outcome = crate::Outcome::Refused;
-            e
-        };
-        if let Some(since) = v.deprecated_at {
+        if let Some(since) = v.deprecated_at.filter(|_| !v.compromised) {
             let until = since.plus(policy.grace_period);
             if self.kw.now() < until {
-                let mut e = refuse(0);
-                e.reason = Some(format!("grace period ends at {until}"));
-                self.kw.record_all(&[e]).await?;
+                refuse(0, format!("grace period ends at {until}")).await?;
                 return Err(Error::GracePeriodNotOver { version, until });
             }
         }
-        if policy.after_rotation == AfterRotation::Reencrypt {
-            let in_use = self.census(Some(id)).await?.count(id, version);
-            let failed = self
-                .kw
-                .store()
-                .list_jobs(id)
-                .await?
-                .last()
-                .map_or(0, |j| j.failures.iter().filter(|f| f.version == Some(version)).count() as u64);
-            let remaining = in_use.max(failed);
+        if policy.after_rotation == AfterRotation::Reencrypt || v.compromised {
+            if !self.covers(id) {
+                refuse(0, "no registered record source covers this keyring".into()).await?;
+                return Err(Error::RetirementUnproven { keyring: id.clone(), version });
+            }
+            let remaining = if v.compromised {
+                self.decryptable_on(id, version).await?.unwrap_or(0)
+            } else {
+                let in_use = self.census(Some(id)).await?.count(id, version);
+                let failed = self
+                    .kw
+                    .store()
+                    .list_jobs(id)
+                    .await?
+                    .last()
+                    .map_or(0, |j| j.failures.iter().filter(|f| f.version == Some(version)).count() as u64);
+                in_use.max(failed)
+            };
             if remaining > 0 {
-                self.kw.record_all(&[refuse(remaining)]).await?;
+                refuse(remaining, "values still use the version".into()).await?;
                 return Err(Error::RetirementRefused { version, remaining });
             }
         }
-        self.retire_unchecked(id, version, None, false).await
+        self.kw.retire_now(id, version, None, false).await
     }
 
-    pub(super) async fn retire_unchecked(
+    /// Audit a refused retirement (outcome `Refused`, with `reason`).
+    pub(super) async fn refuse_retirement(
         &self,
         id: &KeyringId,
         version: KeyVersion,
-        reason: Option<&str>,
-        forced: bool,
-    ) -> Result<KeyringRecord> {
-        let record = self.kw.record(id).await?;
-        let cid = correlation_id()?;
-        let mut event = self.kw.event(Some(id), AuditKind::KeyRetired { version, forced }, &cid);
-        event.reason = reason.map(str::to_owned);
-        let change = KeyringChange::SetState { version, state: KeyState::Retired, at: self.kw.now() };
-        self.kw.apply_audited(&record, &[change], &[event]).await
+        remaining: u64,
+        reason: &str,
+    ) -> Result<()> {
+        let mut e = self.kw.event(Some(id), AuditKind::RetirementRefused { version, remaining }, &correlation_id()?);
+        e.outcome = crate::Outcome::Refused;
+        e.reason = Some(reason.to_owned());
+        self.kw.record_all(&[e]).await
+    }
+
+    /// How many values on `version` still decrypt, across the registered
+    /// sources; `None` when no source covers the keyring (nothing can be
+    /// counted). A census finds the candidates first, so a version nothing
+    /// uses costs no scan.
+    pub(super) async fn decryptable_on(&self, id: &KeyringId, version: KeyVersion) -> Result<Option<u64>> {
+        if !self.covers(id) {
+            return Ok(None);
+        }
+        if self.census(Some(id)).await?.count(id, version) == 0 {
+            return Ok(Some(0));
+        }
+        let ring = self.kw.refresh(id).await?;
+        let mut decryptable = 0;
+        for source in &self.sources {
+            let mut request = ScanRequest {
+                after: None,
+                limit: 1000,
+                keyring: Some(id.clone()),
+                skip_version: ring.active_version(),
+            };
+            loop {
+                let batch = source.scan(&request).await?;
+                let Some(last) = batch.last() else { break };
+                request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
+                decryptable += batch
+                    .iter()
+                    .filter(|v| &v.keyring == id && crate::version_of(&v.value).ok() == Some(version))
+                    .filter(|v| ring.decrypt(&v.value, &v.context).is_ok())
+                    .count() as u64;
+            }
+        }
+        Ok(Some(decryptable))
     }
 }

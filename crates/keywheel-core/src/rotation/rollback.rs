@@ -3,11 +3,15 @@
 use super::*;
 
 impl Rotator {
-    /// Roll back inside the policy's rollback window: the most recently
-    /// deprecated version becomes Active again and the current one Deprecated
-    /// (nothing becomes unreadable). An unfinished rotation job of the keyring is
-    /// ended (marked cancelled and not resumed). With `reencrypt`, values are then
-    /// re-encrypted back to the re-activated version.
+    /// Undo the most recent rotation inside the policy's rollback window
+    /// (counted from that rotation's activation): the version the Active one
+    /// replaced becomes Active again and the current one Deprecated (nothing
+    /// becomes unreadable). Once only: a second rollback is refused
+    /// ([`Error::RollbackRefused`]: rotate to move forward), and so is a return
+    /// to a version flagged compromised ([`Error::CompromisedVersion`]); see
+    /// [`KeyringRecord::rollback_target`]. An unfinished rotation job of the
+    /// keyring is ended (marked finished and not resumed). With `reencrypt`,
+    /// values are then re-encrypted back to the re-activated version.
     pub async fn rollback(
         &self,
         id: &KeyringId,
@@ -19,19 +23,12 @@ impl Rotator {
         let lease = self.lease(id, opts).await?;
         let result = async {
             let record = self.kw.record(id).await?;
-            let from = record.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: id.clone() })?;
+            let (from, to) = record.rollback_target()?;
             let activated_at = record.version(from).and_then(|v| v.activated_at).unwrap_or(record.created_at);
             let closes = activated_at.plus(policy.rollback_window);
             if self.kw.now() > closes {
                 return Err(Error::RollbackWindowClosed { keyring: id.clone(), closed_at: closes });
             }
-            let to = record
-                .versions
-                .iter()
-                .filter(|v| v.state == KeyState::Deprecated)
-                .max_by_key(|v| (v.deprecated_at, v.version))
-                .map(|v| v.version)
-                .ok_or_else(|| Error::NothingToRollBack { keyring: id.clone() })?;
             let cid = correlation_id()?;
             let mut event = self.kw.event(Some(id), AuditKind::Rollback { from, to }, &cid);
             event.reason = reason.map(str::to_owned);
@@ -70,7 +67,7 @@ impl Rotator {
             Ok(RollbackReport { from, to, reencrypt })
         }
         .await;
-        self.finish_lease(&lease, result.is_ok()).await;
+        self.finish_lease(&lease).await;
         result
     }
 }

@@ -6,16 +6,23 @@ impl Rotator {
     /// Rotate: store the next version as Pending, wait the policy's activation
     /// delay, activate it, re-encrypt every source, verify by census, complete.
     ///
-    /// Errors: [`Error::RotationInProgress`] if another rotator holds the lease or
-    /// an unfinished job exists (resume it instead).
+    /// Errors: [`Error::RotationInProgress`] if a rotator holds the keyring's
+    /// lease or an unfinished job exists (resume it instead); a refusal writes
+    /// nothing (no lease is taken, no expiry moved).
     pub async fn rotate(&self, id: &KeyringId, policy: &Policy, opts: &RotateOptions) -> Result<RotationReport> {
         self.start(id, policy, opts, JobKind::Rotation).await
     }
 
     /// Emergency rotation away from the current Active version, flagged as
-    /// compromised: no activation delay, immediate re-encryption, and the
-    /// compromised version is retired (grace period waived, audited with
-    /// `reason`) as soon as no value uses it.
+    /// compromised in the same atomic update that activates its successor (so
+    /// it can never be Active again): no activation delay, immediate
+    /// re-encryption, then a wait until no instance can still encrypt under
+    /// the compromised version ([`RotateOptions::emergency_settle`], the
+    /// refresh interval by default) and a final sweep. The compromised version
+    /// is retired (grace period waived, audited as forced with `reason`) as soon
+    /// as no *decryptable* value uses it: values that fail to decrypt (forgeries
+    /// under the leaked key, corrupt values) are listed in the job's failures
+    /// and never hold it back. If values remain, the scheduler retries.
     pub async fn emergency(&self, id: &KeyringId, reason: &str, opts: &RotateOptions) -> Result<RotationReport> {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("emergency rotation"));
@@ -33,16 +40,22 @@ impl Rotator {
         opts: &RotateOptions,
         kind: JobKind,
     ) -> Result<RotationReport> {
+        // Refused before anything is written: an unfinished job is resumed, not
+        // doubled, and the hint says whether someone is running it.
+        if let Some(job) = self.unfinished_job(id).await? {
+            return Err(self.unfinished_refusal(id, &job).await?);
+        }
         let lease = self.lease(id, opts).await?;
         let result = async {
             if let Some(job) = self.unfinished_job(id).await? {
-                return Err(Error::RotationInProgress {
-                    keyring: id.clone(),
-                    detail: format!("job {} is unfinished ({:?}); resume it", job.id, job.phase),
-                });
+                return Err(self.unfinished_refusal(id, &job).await?);
             }
             let record = self.kw.record(id).await?;
-            if let Some(expected) = opts.expected_active
+            let expected = match &kind {
+                JobKind::Emergency { compromised, .. } => Some(*compromised),
+                _ => opts.expected_active,
+            };
+            if let Some(expected) = expected
                 && record.active_version() != Some(expected)
             {
                 return Err(Error::AlreadyRotated {
@@ -70,22 +83,38 @@ impl Rotator {
             }
             self.kw.record_all(&events).await?;
             self.kw.store().save_job(&job, &lease).await?;
-            if let JobKind::Emergency { compromised, .. } = &kind {
-                // Flag the version before anything else; idempotent on resume.
-                let change = KeyringChange::MarkCompromised { version: *compromised };
-                self.kw.store().update_keyring(id, record.generation, &[change]).await?;
-                self.kw.invalidate(id);
-            }
             self.drive(&mut job, policy, opts, &lease).await
         }
         .await;
-        self.finish_lease(&lease, result.is_ok()).await;
+        self.finish_lease(&lease).await;
         result
     }
 
+    /// The refusal for an unfinished `job`: running (its lease is live) or
+    /// stalled (resume it).
+    async fn unfinished_refusal(&self, id: &KeyringId, job: &RotationJob) -> Result<Error> {
+        let now = self.kw.now();
+        let (detail, running) = match self.kw.store().load_lease(id).await? {
+            Some(lease) if lease.expires_at > now => (
+                format!(
+                    "job {} is running ({:?}) under the lease of {} until {}",
+                    job.id, job.phase, lease.holder, lease.expires_at
+                ),
+                true,
+            ),
+            _ => (format!("job {} is unfinished ({:?}) and nobody holds its lease", job.id, job.phase), false),
+        };
+        Ok(Error::RotationInProgress { keyring: id.clone(), detail, running })
+    }
+
     /// Continue the unfinished (or cancelled) job of a keyring from its
-    /// checkpoint. `Ok(None)` if there is nothing to resume.
+    /// checkpoint. `Ok(None)` if there is nothing to resume (nothing is
+    /// written then). A job whose lease is live is running somewhere: refused
+    /// with [`Error::RotationInProgress`], its lease untouched.
     pub async fn resume(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
+        if self.unfinished_job(id).await?.is_none() {
+            return Ok(None);
+        }
         let lease = self.lease(id, opts).await?;
         let result = async {
             let Some(mut job) = self.unfinished_job(id).await? else {
@@ -101,7 +130,7 @@ impl Rotator {
             self.drive(&mut job, &policy, opts, &lease).await.map(Some)
         }
         .await;
-        self.finish_lease(&lease, result.is_ok()).await;
+        self.finish_lease(&lease).await;
         result
     }
 
@@ -123,8 +152,14 @@ impl Rotator {
         let id = job.keyring.clone();
         let mut lease = lease.clone();
         let mut verify_passes = 0;
+        // Whether this run already waited out an emergency's settle time.
+        let mut settled = false;
         let to = job.to.ok_or_else(|| Error::InvalidArgument(format!("job {} has no target version", job.id)))?;
         let outcome: Result<()> = async {
+            if job.phase.is_finished() {
+                // Resumed after a crash between "finished" and its audit event.
+                return self.finish(job, &lease).await;
+            }
             loop {
                 match job.phase {
                     JobPhase::Prepare => {
@@ -134,6 +169,7 @@ impl Rotator {
                                 return Err(Error::RotationInProgress {
                                     keyring: id.clone(),
                                     detail: format!("another version was added while job {} prepared {to}", job.id),
+                                    running: false,
                                 });
                             }
                             self.kw.add_version(&id).await?;
@@ -147,7 +183,7 @@ impl Rotator {
                     JobPhase::WaitActivation { until } => {
                         let now = self.kw.now();
                         if now < until {
-                            tokio::time::sleep(until.since(now)).await;
+                            self.wait(until.since(now), opts, &mut lease).await?;
                             continue;
                         }
                         job.phase = JobPhase::Activate;
@@ -155,7 +191,15 @@ impl Rotator {
                     JobPhase::Activate => {
                         let record = self.kw.record(&id).await?;
                         if record.active_version() != Some(to) {
-                            self.kw.activate(&id, to).await?;
+                            // An emergency flags the old version in the activation's
+                            // own update: it is never Active while flagged, and never again.
+                            let flag: Vec<KeyringChange> = match &job.kind {
+                                JobKind::Emergency { compromised, .. } if *compromised != to => {
+                                    vec![KeyringChange::MarkCompromised { version: *compromised }]
+                                }
+                                _ => Vec::new(),
+                            };
+                            self.kw.activate_with(&id, to, &flag, &job.id).await?;
                         }
                         job.phase = match (policy.after_rotation, &job.kind) {
                             (AfterRotation::Expire, JobKind::Rotation) => JobPhase::Completed,
@@ -178,6 +222,20 @@ impl Rotator {
                         job.phase = if cancelled { JobPhase::Cancelled } else { JobPhase::Verify };
                     }
                     JobPhase::Verify => {
+                        if !settled
+                            && let Some(until) = self.emergency_settled_at(job, to, opts).await?
+                            && self.kw.now() < until
+                        {
+                            // Instances may still encrypt under the compromised version
+                            // until their snapshots expire: wait that out, then sweep
+                            // again so the final census sees everything they wrote.
+                            self.wait(until.since(self.kw.now()), opts, &mut lease).await?;
+                            settled = true;
+                            job.sources = self.checkpoints();
+                            job.phase = JobPhase::Reencrypt;
+                            self.save(job, &lease, &run, ms_before).await?;
+                            continue;
+                        }
                         let census = self.census(Some(&id)).await?;
                         let failed_on_old = job.failures.iter().filter(|f| f.version.is_some_and(|v| v != to)).count()
                             as u64
@@ -208,23 +266,15 @@ impl Rotator {
                     }
                 }
                 if job.phase.is_finished() {
-                    let c = job.counts;
-                    let duration_ms = ms_before + u64::try_from(run.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let done = AuditKind::RotationCompleted {
-                        job_id: job.id.clone(),
-                        processed: c.processed,
-                        rewritten: c.rewritten,
-                        skipped: c.skipped,
-                        failed: c.failed,
-                        duration_ms,
-                    };
-                    self.kw.record_all(&[self.kw.event(Some(&id), done, &job.id)]).await?;
+                    // Saved as finished with its completion event pending, then
+                    // audited, then saved again: after a crash anywhere in
+                    // between, `finish` records the event exactly once.
+                    job.completion_pending = true;
+                    job.active_ms = ms_before + u64::try_from(run.elapsed().as_millis()).unwrap_or(u64::MAX);
                 }
                 self.save(job, &lease, &run, ms_before).await?;
-                if job.phase.is_finished()
-                    && let JobKind::Emergency { compromised, reason } = &job.kind
-                {
-                    self.retire_compromised(&id, *compromised, to, reason, job).await?;
+                if job.phase.is_finished() {
+                    self.finish(job, &lease).await?;
                 }
             }
         }
@@ -243,23 +293,96 @@ impl Rotator {
         Ok(self.report(job, false))
     }
 
-    pub(super) async fn retire_compromised(
+    /// Record the completion event of a finished job exactly once (looking in
+    /// the audit trail when a crash may have recorded it already), then retire
+    /// an emergency's compromised version if nothing decryptable uses it.
+    async fn finish(&self, job: &mut RotationJob, lease: &Lease) -> Result<()> {
+        if job.completion_pending {
+            let c = job.counts;
+            let done = AuditKind::RotationCompleted {
+                job_id: job.id.clone(),
+                processed: c.processed,
+                rewritten: c.rewritten,
+                skipped: c.skipped,
+                failed: c.failed,
+                duration_ms: job.active_ms,
+            };
+            let job_id = job.id.clone();
+            let already = self
+                .kw
+                .recorded(
+                    &job.id,
+                    |kind| matches!(kind, AuditKind::RotationCompleted { job_id: j, .. } if *j == job_id),
+                )
+                .await?;
+            if !already {
+                self.kw.record_all(&[self.kw.event(Some(&job.keyring), done, &job.id)]).await?;
+            }
+            job.completion_pending = false;
+            job.updated_at = self.kw.now();
+            self.kw.store().save_job(job, lease).await?;
+        }
+        if let (JobKind::Emergency { compromised, reason }, Some(to)) = (&job.kind, job.to)
+            && *compromised != to
+        {
+            self.retire_compromised(&job.keyring, *compromised, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// When an emergency job may take its final census: the bound after the
+    /// activation past which no instance encrypts under the compromised version.
+    /// `None` for other jobs (and before the activation).
+    async fn emergency_settled_at(
         &self,
-        id: &KeyringId,
-        compromised: KeyVersion,
-        to: KeyVersion,
-        reason: &str,
         job: &RotationJob,
-    ) -> Result<()> {
-        if compromised == to || job.phase != JobPhase::Completed {
+        to: KeyVersion,
+        opts: &RotateOptions,
+    ) -> Result<Option<crate::Timestamp>> {
+        if !matches!(job.kind, JobKind::Emergency { .. }) {
+            return Ok(None);
+        }
+        let record = self.kw.record(&job.keyring).await?;
+        let activated = record.version(to).and_then(|v| v.activated_at);
+        Ok(activated.map(|at| at.plus(opts.emergency_settle.unwrap_or_else(|| self.kw.stale_snapshot_bound()))))
+    }
+
+    /// Sleep `duration`, renewing the lease on the way so a long wait (an
+    /// activation delay, an emergency's settle time) never loses it.
+    async fn wait(&self, duration: Duration, opts: &RotateOptions, lease: &mut Lease) -> Result<()> {
+        let step = (opts.lease_ttl / 3).max(Duration::from_millis(10));
+        let end = Instant::now() + duration;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::time::sleep(left.min(step)).await;
+            *lease = self.kw.store().renew_lease(lease, opts.lease_ttl, self.kw.now()).await?;
+        }
+    }
+
+    /// Retire a compromised version (grace waived, forced, audited with the
+    /// emergency's reason) once no decryptable value uses it. Values that fail
+    /// to decrypt do not hold it back; a keyring that no registered source
+    /// covers keeps it (nothing proves it unused) and the refusal is audited.
+    pub(super) async fn retire_compromised(&self, id: &KeyringId, compromised: KeyVersion, reason: &str) -> Result<()> {
+        let record = self.kw.record(id).await?;
+        if !record.version(compromised).is_some_and(|v| v.state == KeyState::Deprecated) {
             return Ok(());
         }
-        let record = self.kw.record(id).await?;
-        if record.version(compromised).is_some_and(|v| v.state == KeyState::Deprecated) {
-            let census = self.census(Some(id)).await?;
-            if census.count(id, compromised) == 0 {
-                self.retire_unchecked(id, compromised, Some(&format!("emergency: {reason}")), true).await?;
+        let in_use = match self.decryptable_on(id, compromised).await? {
+            Some(n) => n,
+            None => {
+                self.refuse_retirement(id, compromised, 0, "no registered record source covers this keyring").await?;
+                return Ok(());
             }
+        };
+        if in_use == 0 {
+            self.kw.retire_now(id, compromised, Some(&format!("emergency: {reason}")), true).await?;
+        } else {
+            self.refuse_retirement(id, compromised, in_use, "decryptable values still use the compromised version")
+                .await?;
         }
         Ok(())
     }
