@@ -231,10 +231,21 @@ pub(crate) struct RetireArgs {
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of the whole audit trail
-    Verify,
+    /// Check the whole audit trail: its hash chain, the MAC of every entry (with
+    /// the master key; without it only the structure is checked), and an
+    /// expected head; prints the head (SEQ:HASH) to anchor elsewhere
+    Verify(AuditVerifyArgs),
     /// Show the last events
     Tail(TailArgs),
+}
+
+/// `audit verify` options.
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// A head printed by an earlier `audit verify` and kept elsewhere: a log that
+    /// no longer contains it (shorter, or another entry at its place) is damaged (exit 4)
+    #[arg(long, value_name = "SEQ:HASH")]
+    pub(crate) expect_head: Option<keywheel_core::ChainHead>,
 }
 
 /// `audit tail` options.

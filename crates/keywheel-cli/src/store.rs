@@ -131,7 +131,8 @@ impl Audit {
 #[derive(Debug)]
 pub(crate) enum AuditVerdict {
     File(LogReport),
-    Postgres(Result<u64, keywheel_core::ChainViolation>),
+    /// The verification result and the stored head.
+    Postgres(Result<u64, keywheel_core::ChainViolation>, Option<keywheel_core::ChainHead>),
 }
 
 /// An opened store: the `Keywheel` over it and its audit trail.
@@ -289,11 +290,17 @@ pub(crate) async fn open_audit(settings: &Settings) -> Result<Audit, CliError> {
     }
 }
 
-/// Verify the audit trail's hash chain (read-only).
-pub(crate) async fn verify_audit(audit: &Audit) -> Result<AuditVerdict, CliError> {
+/// Verify the audit trail with `verifier` (read-only).
+pub(crate) async fn verify_audit(
+    audit: &Audit,
+    verifier: &keywheel_core::ChainVerifier<'_>,
+) -> Result<AuditVerdict, CliError> {
     Ok(match audit {
-        Audit::File(sink) => AuditVerdict::File(keywheel_file::verify_log(sink.path())?),
-        Audit::Postgres(sink) => AuditVerdict::Postgres(sink.verify().await?),
+        Audit::File(sink) => AuditVerdict::File(keywheel_file::verify_log(sink.path(), verifier)?),
+        Audit::Postgres(sink) => {
+            let result = sink.verify(verifier).await?;
+            AuditVerdict::Postgres(result, sink.head().await?.chain_head())
+        }
     })
 }
 

@@ -69,10 +69,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "keyrings, versions, policies, jobs, leases, audit log",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "keyrings, versions, policies, jobs, leases, audit log",
+        sql: r#"
 CREATE TABLE {s}."keyrings" (
     id            text PRIMARY KEY,
     tenant        text NOT NULL,
@@ -143,10 +144,23 @@ CREATE TRIGGER "audit_log_append_only" BEFORE UPDATE OR DELETE ON {s}."audit_log
 CREATE TRIGGER "audit_log_no_truncate" BEFORE TRUNCATE ON {s}."audit_log"
     FOR EACH STATEMENT EXECUTE FUNCTION {s}."audit_log_append_only"();
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "keyed audit chain: key id and MAC per audit entry",
+        // Entries written before have no MAC ('' never verifies): a verifier
+        // with keys reports them unless a later, authenticated entry vouches for them.
+        sql: r#"
+ALTER TABLE {s}."audit_log"
+    ADD COLUMN key_id text NOT NULL DEFAULT '',
+    ADD COLUMN mac    text NOT NULL DEFAULT '';
+ALTER TABLE {s}."audit_log" ALTER COLUMN key_id DROP DEFAULT, ALTER COLUMN mac DROP DEFAULT;
+"#,
+    },
+];
 
 /// The schema version this build of keywheel-postgres expects (its latest migration).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
