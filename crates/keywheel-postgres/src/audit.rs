@@ -22,8 +22,10 @@ use crate::{PgPool, PgSchema};
 ///   number and last hash) is a single row locked `FOR UPDATE` by each append,
 ///   and the entry and the new head are written in the same transaction.
 /// * **Append-only**: triggers refuse `UPDATE`, `DELETE` and `TRUNCATE` on
-///   `audit_log` (the table's owner can disable them: revoke the owner's
-///   rights from the application role for real protection).
+///   `audit_log`. The table's owner can disable them, so run the application
+///   as a role that does not own the schema: [`migrate_with`](crate::migrate_with)
+///   with [`MigrateOptions::app_role`](crate::MigrateOptions::app_role) grants
+///   it only `INSERT` and `SELECT` on `audit_log`.
 /// * **Never a new chain behind its back**: before each append the sink checks
 ///   that the last row is the stored head, that neither fell behind the
 ///   newest head this sink has seen, and (under the same key) that the last
