@@ -105,6 +105,10 @@ pub(crate) struct InitArgs {
     /// Write a newly generated master key to this file (mode 0600) instead of printing it
     #[arg(long, value_name = "PATH")]
     pub(crate) master_key_out: Option<PathBuf>,
+    /// Postgres: run init as the owner role and grant this (existing, non-owner) role what the
+    /// application needs — on the audit log only INSERT and SELECT, so it cannot rewrite it
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) app_role: Option<String>,
 }
 
 /// `keyring` subcommands.

@@ -122,7 +122,7 @@ async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, Cl
     if let (Some(key), Some(path)) = (&generated, &args.master_key_out) {
         store::write_secret_file(path, secrecy::ExposeSecret::expose_secret(key))?;
     }
-    let done = store::create(settings).await?;
+    let done = store::create(settings, args.app_role.as_deref()).await?;
     if generated.is_none() {
         // An existing Postgres store: the given key must open its keys.
         store::open_with_kek(settings, kek.clone()).await?;
