@@ -10,11 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keywheel_core::{
-    AuditEntry, AuditEvent, AuditKind, AuditSink, ChainHead, ChainVerifier, ChainViolationKind, Error, IntegrityKey,
-    Outcome, Timestamp, entry_hash,
+    AuditEvent, AuditKind, AuditSink, ChainHead, ChainVerifier, ChainViolationKind, Error, IntegrityKey, Outcome,
+    Timestamp, entry_hash,
 };
 use keywheel_file::{FileAuditSink, LogReport, RECOVERY_ACTOR, verify_log};
-use serde::Serialize;
 
 fn key() -> IntegrityKey {
     IntegrityKey::derive(&[3; 32], b"file-audit-tests")
@@ -271,45 +270,31 @@ async fn a_log_moved_away_under_a_live_sink_is_an_error_not_a_new_chain() {
     assert_eq!(report.entries, 3, "one chain in the new file");
 }
 
-/// A line exactly as the sink writes it (field order matters).
-#[derive(Serialize)]
-struct Line<'a> {
-    format: u64,
-    seq: u64,
-    prev_hash: &'a str,
-    hash: &'a str,
-    key_id: &'a str,
-    mac: &'a str,
-    event: &'a AuditEvent,
-}
-
-fn line_of(e: &AuditEntry) -> String {
-    serde_json::to_string(&Line {
-        format: 1,
-        seq: e.seq,
-        prev_hash: &e.prev_hash,
-        hash: &e.hash,
-        key_id: &e.key_id,
-        mac: &e.mac,
-        event: &e.event,
-    })
-    .expect("encode")
-}
-
 #[tokio::test]
 async fn a_log_rehashed_without_the_key_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let sink = log_with(&path, 5).await;
     let mut entries = sink.entries().await.expect("entries").expect("chained");
-    // The attacker edits entry 2 and recomputes every hash from there: no key needed.
+    // The attacker edits entry 2 and recomputes every hash from there: no key
+    // needed. The lines are edited in place, so they stay canonical.
+    let mut forged = lines(&path);
+    forged[2] = forged[2].replacen("\"actor\":\"ops-2\"", "\"actor\":\"mallory\"", 1);
     entries[2].event.actor = "mallory".into();
     for i in 2..entries.len() {
+        let (old_prev, old_hash) = (entries[i].prev_hash.clone(), entries[i].hash.clone());
         entries[i].prev_hash = entries[i - 1].hash.clone();
         let e = &entries[i];
         entries[i].hash = entry_hash(e.seq, &e.prev_hash, &e.event).expect("hash");
+        forged[i] = forged[i]
+            .replacen(
+                &format!("\"prev_hash\":\"{old_prev}\""),
+                &format!("\"prev_hash\":\"{}\"", entries[i].prev_hash),
+                1,
+            )
+            .replacen(&format!("\"hash\":\"{old_hash}\""), &format!("\"hash\":\"{}\"", entries[i].hash), 1);
     }
-    rewrite(&path, &entries.iter().map(line_of).collect::<Vec<_>>());
+    rewrite(&path, &forged);
 
     let plain = verify_plain(&path);
     assert!(plain.is_intact() && !plain.macs_checked, "the structure is sound again: {plain}");

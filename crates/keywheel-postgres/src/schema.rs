@@ -247,13 +247,7 @@ pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOpt
         .map_err(on(POOL, "look for schema_migrations"))?
         .get(0);
     if exists && options.app_role.is_none() {
-        let applied: Vec<i32> = tx
-            .query(&format!("SELECT version FROM {table}"), &[])
-            .await
-            .map_err(on(POOL, "read schema_migrations"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let applied = applied_versions(&tx, schema).await?;
         if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) && applied.iter().all(|v| *v <= SCHEMA_VERSION) {
             tx.commit().await.map_err(on(POOL, "commit migration"))?;
             return Ok(MigrationReport { applied: Vec::new(), version: SCHEMA_VERSION });
@@ -268,13 +262,7 @@ pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOpt
     ))
     .await
     .map_err(on(POOL, "create schema"))?;
-    let applied_before: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {q}.\"schema_migrations\" ORDER BY version"), &[])
-        .await
-        .map_err(on(POOL, "read schema_migrations"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied_before = applied_versions(&tx, schema).await?;
     if let Some(newer) = applied_before.iter().find(|v| **v > SCHEMA_VERSION) {
         return Err(Error::backend(
             POOL,
@@ -302,6 +290,15 @@ pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOpt
     }
     tx.commit().await.map_err(on(POOL, "commit migration"))?;
     Ok(MigrationReport { applied, version: SCHEMA_VERSION })
+}
+
+/// The migrations recorded in `schema_migrations`, in order.
+async fn applied_versions(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema) -> Result<Vec<i32>> {
+    let rows = tx
+        .query(&format!("SELECT version FROM {}.\"schema_migrations\" ORDER BY version", schema.quoted), &[])
+        .await
+        .map_err(on(POOL, "read schema_migrations"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Grant `role` what a keywheel application needs in a migrated `schema`,
