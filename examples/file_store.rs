@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use keywheel::file::{FileAuditSink, FileKeyStore, verify_log};
 use keywheel::{
-    Algorithm, Context, Error, KeyVersion, KeyringId, Keywheel, LocalKek, Policy, Purpose, RotateOptions, Rotator,
-    version_of,
+    Algorithm, ChainVerifier, Context, Error, KeyEncryptionKey, KeyVersion, KeyringId, Keywheel, LocalKek, Policy,
+    Purpose, RotateOptions, Rotator, version_of,
 };
 
 fn keywheel(store: FileKeyStore, audit: &Path, kek: Arc<LocalKek>) -> keywheel::Result<Keywheel> {
@@ -102,14 +102,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("a wrong master key must be refused, got {other:?}").into()),
     }
     println!("master key checked against {} stored key version(s)", store.check_kek(kek.as_ref()).await?);
+    // The integrity keys that authenticate the audit entries (derived from the master key).
+    let keys = kek.integrity_keys().await?;
     let kw = keywheel(store, &audit, kek)?;
     for (row, value) in values.iter().enumerate() {
         let plain = kw.decrypt(&id, value.as_bytes(), &ctx(row)).await?;
         println!("  row {row} ({}): {}", version_of(value.as_bytes())?, plain.as_str()?);
     }
 
-    // 3. The audit log: every lifecycle step, hash-chained, verified by line.
-    let report = verify_log(&audit)?;
+    // 3. The audit log: every lifecycle step, hash-chained and MACed under a
+    //    key derived from the master key, verified by line.
+    let report = verify_log(&audit, &ChainVerifier::new().keys(&keys))?;
     println!("{report}");
     if !report.is_intact() {
         return Err("the audit log does not verify".into());

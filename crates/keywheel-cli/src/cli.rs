@@ -105,6 +105,10 @@ pub(crate) struct InitArgs {
     /// Write a newly generated master key to this file (mode 0600) instead of printing it
     #[arg(long, value_name = "PATH")]
     pub(crate) master_key_out: Option<PathBuf>,
+    /// Postgres: run init as the owner role and grant this (existing, non-owner) role what the
+    /// application needs — on the audit log only INSERT and SELECT, so it cannot rewrite it
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) app_role: Option<String>,
 }
 
 /// `keyring` subcommands.
@@ -231,10 +235,21 @@ pub(crate) struct RetireArgs {
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of the whole audit trail
-    Verify,
+    /// Check the whole audit trail: its hash chain, the MAC of every entry (with
+    /// the master key; without it only the structure is checked), and an
+    /// expected head; prints the head (SEQ:HASH) to anchor elsewhere
+    Verify(AuditVerifyArgs),
     /// Show the last events
     Tail(TailArgs),
+}
+
+/// `audit verify` options.
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// A head printed by an earlier `audit verify` and kept elsewhere: a log that
+    /// no longer contains it (shorter, or another entry at its place) is damaged (exit 4)
+    #[arg(long, value_name = "SEQ:HASH")]
+    pub(crate) expect_head: Option<keywheel_core::ChainHead>,
 }
 
 /// `audit tail` options.

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keywheel_core::{
-    Algorithm, AuditEntry, CancelToken, Census, JobPhase, KekRing, KeyEncryptionKey, KeyState, KeyVersion, KeyringId,
-    LocalKek, Policy, RotateOptions, RotationReport, Rotator, Scheduler, SchedulerConfig, StatusReport, TickReport,
-    Warning,
+    Algorithm, AuditEntry, CancelToken, Census, ChainHead, ChainVerifier, JobPhase, KekRing, KeyEncryptionKey,
+    KeyState, KeyVersion, KeyringId, LocalKek, Policy, RotateOptions, RotationReport, Rotator, Scheduler,
+    SchedulerConfig, StatusReport, TickReport, Warning,
 };
 use serde_json::json;
 
 use crate::cli::{
-    ApplyArgs, AuditCommand, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs, KeyringCommand,
-    KeyringCreateArgs, KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs, SchedulerCommand,
-    SchedulerRunArgs, StatusArgs, TailArgs,
+    ApplyArgs, AuditCommand, AuditVerifyArgs, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs,
+    KeyringCommand, KeyringCreateArgs, KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs,
+    SchedulerCommand, SchedulerRunArgs, StatusArgs, TailArgs,
 };
 use crate::config::unknown_algorithm;
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
@@ -38,7 +38,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&settings, &args, json).await,
         Command::Retire(args) => retire(&settings, &args, json).await,
         Command::Verify(args) => verify(&settings, &args, json).await,
-        Command::Audit(AuditCommand::Verify) => audit_verify(&settings, json).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(&settings, &args, json).await,
         Command::Audit(AuditCommand::Tail(args)) => audit_tail(&settings, &args, json).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => scheduler_run(&settings, &args, json).await,
         Command::Kek(KekCommand::Rotate(args)) => kek_rotate(&settings, &args, json).await,
@@ -122,7 +122,7 @@ async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, Cl
     if let (Some(key), Some(path)) = (&generated, &args.master_key_out) {
         store::write_secret_file(path, secrecy::ExposeSecret::expose_secret(key))?;
     }
-    let done = store::create(settings).await?;
+    let done = store::create(settings, args.app_role.as_deref()).await?;
     if generated.is_none() {
         // An existing Postgres store: the given key must open its keys.
         store::open_with_kek(settings, kek.clone()).await?;
@@ -642,24 +642,59 @@ async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8
 
 // ---------------------------------------------------------------- audit
 
-async fn audit_verify(settings: &Settings, json: bool) -> Result<u8, CliError> {
+/// What `audit verify` says when no master key was given.
+const NO_KEY_NOTE: &str = "MACs NOT checked: no master key given, so only the structure was verified (anyone who \
+                           can write the log could have re-hashed it); give the master key to authenticate the entries";
+
+async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, json: bool) -> Result<u8, CliError> {
     let audit = store::open_audit(settings).await?;
-    match store::verify_audit(&audit).await? {
+    // Auditors without the master key can still check the structure.
+    let keys = match settings.has_master_key() {
+        true => Some(settings.master_key()?.integrity_keys().await?),
+        false => None,
+    };
+    let mut verifier = ChainVerifier::new();
+    if let Some(keys) = &keys {
+        verifier = verifier.keys(keys);
+    }
+    if let Some(head) = &args.expect_head {
+        verifier = verifier.expect_head(head.clone());
+    }
+    let macs_checked = keys.is_some();
+    let head_text =
+        |head: &Option<ChainHead>| head.as_ref().map_or_else(|| "none (empty log)".to_owned(), ToString::to_string);
+    match store::verify_audit(&audit, &verifier).await? {
         AuditVerdict::File(report) => {
             let intact = report.is_intact_but_torn();
             if json {
-                print_json(&json!({ "intact": intact, "report": report }))?;
+                let head = &report.head;
+                print_json(&json!({ "intact": intact, "macs_checked": macs_checked, "head": head, "report": report }))?;
             } else {
                 println!("{report}");
+                if !macs_checked {
+                    println!("{NO_KEY_NOTE}");
+                }
             }
             Ok(if intact { OK } else { PROBLEMS })
         }
-        AuditVerdict::Postgres(result) => {
+        AuditVerdict::Postgres(result, head) => {
+            let place = settings.location.describe();
             match &result {
-                Ok(n) if json => print_json(&json!({ "intact": true, "entries": n }))?,
-                Ok(n) => println!("audit log in {}: {n} entries, intact", settings.location.describe()),
-                Err(v) if json => print_json(&json!({ "intact": false, "violation": v }))?,
-                Err(v) => println!("audit log in {}: DAMAGED: {v}", settings.location.describe()),
+                Ok(n) if json => {
+                    print_json(&json!({ "intact": true, "entries": n, "macs_checked": macs_checked, "head": head }))?
+                }
+                Ok(n) => {
+                    let macs =
+                        if macs_checked { "MACs checked" } else { "MACs NOT checked (no key given: structure only)" };
+                    println!("audit log in {place}: {n} entries, intact; {macs}\n  head: {}", head_text(&head));
+                }
+                Err(v) if json => {
+                    print_json(&json!({ "intact": false, "violation": v, "macs_checked": macs_checked, "head": head }))?
+                }
+                Err(v) => println!("audit log in {place}: DAMAGED: {v}\n  stored head: {}", head_text(&head)),
+            }
+            if !json && !macs_checked {
+                println!("{NO_KEY_NOTE}");
             }
             Ok(if result.is_ok() { OK } else { PROBLEMS })
         }

@@ -131,7 +131,8 @@ impl Audit {
 #[derive(Debug)]
 pub(crate) enum AuditVerdict {
     File(LogReport),
-    Postgres(Result<u64, keywheel_core::ChainViolation>),
+    /// The verification result and the stored head.
+    Postgres(Result<u64, keywheel_core::ChainViolation>, Option<keywheel_core::ChainHead>),
 }
 
 /// An opened store: the `Keywheel` over it and its audit trail.
@@ -213,9 +214,13 @@ pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptio
     Ok(Opened { kw, location: settings.location.clone(), pool })
 }
 
-/// Create the store (file directory or Postgres tables). Returns what was done.
-pub(crate) async fn create(settings: &Settings) -> Result<String, CliError> {
+/// Create the store (file directory or Postgres tables, granting `app_role`
+/// the application's privileges). Returns what was done.
+pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Result<String, CliError> {
     match &settings.location {
+        Location::File { .. } if app_role.is_some() => Err(CliError::usage(
+            "--app-role is for Postgres stores (a file store is protected by its file permissions)",
+        )),
         Location::File { dir, audit_log } => {
             if dir.join("store.json").exists() {
                 return Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
@@ -227,14 +232,27 @@ pub(crate) async fn create(settings: &Settings) -> Result<String, CliError> {
         }
         Location::Postgres { url, schema } => {
             let pool = pool(url)?;
-            let report = keywheel_postgres::migrate(&pool, schema).await.map_err(|e| {
-                CliError::from(e).with_hint("check that the database is up and the user may create a schema")
+            let mut options = keywheel_postgres::MigrateOptions::new();
+            if let Some(role) = app_role {
+                options = options.app_role(role);
+            }
+            let report = keywheel_postgres::migrate_with(&pool, schema, &options).await.map_err(|e| {
+                CliError::from(e).with_hint(
+                    "check that the database is up, the user may create a schema, and --app-role names an \
+                     existing role that is neither a superuser nor the store's user",
+                )
             })?;
-            Ok(if report.applied.is_empty() {
+            let mut done = if report.applied.is_empty() {
                 format!("Schema {} is already at version {}; nothing to do.", schema.name(), report.version)
             } else {
                 format!("Created keywheel's tables in schema {} (version {}).", schema.name(), report.version)
-            })
+            };
+            if let Some(role) = app_role {
+                done.push_str(&format!(
+                    "\nGranted role {role} what the application needs; on the audit log only INSERT and SELECT."
+                ));
+            }
+            Ok(done)
         }
     }
 }
@@ -289,11 +307,17 @@ pub(crate) async fn open_audit(settings: &Settings) -> Result<Audit, CliError> {
     }
 }
 
-/// Verify the audit trail's hash chain (read-only).
-pub(crate) async fn verify_audit(audit: &Audit) -> Result<AuditVerdict, CliError> {
+/// Verify the audit trail with `verifier` (read-only).
+pub(crate) async fn verify_audit(
+    audit: &Audit,
+    verifier: &keywheel_core::ChainVerifier<'_>,
+) -> Result<AuditVerdict, CliError> {
     Ok(match audit {
-        Audit::File(sink) => AuditVerdict::File(keywheel_file::verify_log(sink.path())?),
-        Audit::Postgres(sink) => AuditVerdict::Postgres(sink.verify().await?),
+        Audit::File(sink) => AuditVerdict::File(keywheel_file::verify_log(sink.path(), verifier)?),
+        Audit::Postgres(sink) => {
+            let result = sink.verify(verifier).await?;
+            AuditVerdict::Postgres(result, sink.head().await?.chain_head())
+        }
     })
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::TestDb;
 use keywheel_core::{Context, KeyringId, Keywheel, LocalKek};
 use keywheel_file::{FileAuditSink, FileKeyStore};
+use keywheel_postgres::tokio_postgres::error::SqlState;
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgSchema};
 use serde_json::Value;
 use support::Cli;
@@ -27,6 +28,11 @@ const ROWS: i64 = 300;
 
 /// A `postgresql://` URL for the test database (what an operator passes as `--store`).
 fn postgres_url(db: &TestDb) -> String {
+    postgres_url_as(db, None)
+}
+
+/// [`postgres_url`], connecting as `user` instead of the harness's user (no password).
+fn postgres_url_as(db: &TestDb, user: Option<&str>) -> String {
     use keywheel_postgres::tokio_postgres::config::Host;
     let encode = |s: &str| -> String {
         s.bytes()
@@ -42,10 +48,12 @@ fn postgres_url(db: &TestDb) -> String {
         None => "localhost".into(),
     };
     let port = db.config.get_ports().first().copied().unwrap_or(5432);
-    let user = encode(db.config.get_user().unwrap_or("postgres"));
-    let auth = match db.config.get_password() {
-        Some(pw) => format!("{user}:{}", encode(&String::from_utf8_lossy(pw))),
-        None => user,
+    let auth = match (user, db.config.get_password()) {
+        (Some(user), _) => encode(user),
+        (None, Some(pw)) => {
+            format!("{}:{}", encode(db.config.get_user().unwrap_or("postgres")), encode(&String::from_utf8_lossy(pw)))
+        }
+        (None, None) => encode(db.config.get_user().unwrap_or("postgres")),
     };
     format!("postgresql://{auth}@{host}:{port}/{}", encode(&db.name))
 }
@@ -259,4 +267,31 @@ async fn a_postgres_store_needs_init_first() {
     cli.run(&["init"]).assert_code(0).assert_stdout_contains("Created keywheel's tables");
     cli.run(&["init"]).assert_code(0).assert_stdout_contains("already at version");
     cli.run(&["status"]).assert_code(0).assert_stdout_contains("No keyrings yet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_as_owner_with_an_app_role_keeps_the_app_away_from_the_audit_log() {
+    let Some(db) = TestDb::create().await else { return };
+    let suffix = format!("{:012x}", common::random_u64() & 0xffff_ffff_ffff);
+    let (owner, app) = (format!("kw_cli_owner_{suffix}"), format!("kw_cli_app_{suffix}"));
+    let roles = db.with_roles(&[&owner, &app]).await;
+    let db = roles.db();
+    db.execute(&format!("GRANT CREATE ON DATABASE \"{}\" TO \"{owner}\"", db.name)).await;
+
+    let as_owner = Cli::new(Some(postgres_url_as(db, Some(&owner))));
+    let key = as_owner.key_file();
+    let out = as_owner.run(&["init", "--app-role", &app, "--master-key-out", key.to_str().expect("utf-8")]);
+    out.assert_code(0).assert_stdout_contains(&format!("Granted role {app}"));
+    as_owner.run(&["init", "--app-role", &owner]).assert_code(1).assert_stderr_contains("owns the audit log");
+
+    let as_app = Cli::new(Some(postgres_url_as(db, Some(&app))));
+    std::fs::copy(&key, as_app.key_file()).expect("copy the master key");
+    as_app.run(&["keyring", "create", "acme/token"]).assert_code(0);
+    as_app.run(&["audit", "verify"]).assert_code(0).assert_stdout_contains("intact; MACs checked");
+    let client = db.client_as(&app).await;
+    for sql in ["DELETE FROM keywheel.audit_log", "ALTER TABLE keywheel.audit_log DISABLE TRIGGER ALL"] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err:?}");
+    }
+    Cli::new(None).run(&["init", "--app-role", "app"]).assert_code(2).assert_stderr_contains("for Postgres stores");
 }

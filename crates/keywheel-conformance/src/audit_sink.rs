@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use keywheel_core::{
-    Algorithm, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainViolation, ChainViolationKind, GENESIS_HASH,
-    KeyOrigin, KeyringId, Outcome, Purpose, Timestamp, async_trait, verify_chain,
+    AUDIT_MAC_LABEL, Algorithm, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainViolation, ChainViolationKind,
+    GENESIS_HASH, IntegrityKey, KeyOrigin, KeyringId, Outcome, Purpose, Timestamp, async_trait, entry_hash,
+    verify_chain,
 };
 
 use crate::{race, version};
@@ -53,6 +54,17 @@ impl<T: AuditFixture + ?Sized> AuditFixture for Arc<T> {
     }
 }
 
+/// The integrity key the checks record under (a fixed test key; a backend's
+/// own tests may use it to verify what the checks recorded).
+pub fn test_key() -> IntegrityKey {
+    IntegrityKey::derive(&[0x5a; 32], b"keywheel-conformance")
+}
+
+/// A second key, standing for the integrity key of a new KEK after a KEK rotation.
+fn rotated_key() -> IntegrityKey {
+    IntegrityKey::derive(&[0xa5; 32], b"keywheel-conformance")
+}
+
 /// The `n`th sample event: kinds, keyrings, reasons and outcomes vary, and
 /// strings include quotes, newlines and non-ASCII so storage must be exact.
 fn event(n: u32) -> AuditEvent {
@@ -88,7 +100,15 @@ fn event(n: u32) -> AuditEvent {
 }
 
 async fn record(sink: &Arc<dyn AuditSink>, event: &AuditEvent) {
-    sink.record(event).await.unwrap_or_else(|e| panic!("record failed: {e}"));
+    record_under(sink, event, &test_key()).await;
+}
+
+async fn record_under(sink: &Arc<dyn AuditSink>, event: &AuditEvent, key: &IntegrityKey) {
+    sink.record(event, key).await.unwrap_or_else(|e| panic!("record failed: {e}"));
+}
+
+fn keys() -> [IntegrityKey; 1] {
+    [test_key()]
 }
 
 async fn entries(sink: &Arc<dyn AuditSink>) -> Vec<AuditEntry> {
@@ -110,7 +130,7 @@ async fn record_n(fixture: &dyn AuditFixture, n: u32) -> Vec<AuditEvent> {
 async fn violation_after(fixture: &dyn AuditFixture, tamper: Tamper) -> ChainViolation {
     fixture.tamper(tamper).await;
     let tampered = entries(&fixture.sink()).await;
-    match verify_chain(&tampered) {
+    match verify_chain(&tampered, Some(&keys())) {
         Ok(n) => panic!("{tamper:?} must be detected by verify_chain, but the chain of {n} entries verified"),
         Err(violation) => violation,
     }
@@ -118,7 +138,8 @@ async fn violation_after(fixture: &dyn AuditFixture, tamper: Tamper) -> ChainVio
 
 /// Recording N events yields N chained entries, oldest first: sequence
 /// numbers 0..N, each `prev_hash` the previous entry's hash (genesis for the
-/// first), the events stored exactly, and [`verify_chain`] passes; recording
+/// first), the events stored exactly, each entry naming the key it was recorded
+/// under with a valid MAC, and [`verify_chain`] passes with the key; recording
 /// after reading continues the same chain.
 pub async fn records_chained_entries(fixture: impl AuditFixture) {
     let fixture: &dyn AuditFixture = &fixture;
@@ -132,9 +153,14 @@ pub async fn records_chained_entries(fixture: impl AuditFixture) {
         assert_eq!(entry.seq, i as u64, "entry {i} must have sequence number {i}");
         assert_eq!(entry.prev_hash, prev, "entry {i} must chain to the previous entry's hash");
         assert_eq!(&entry.event, event, "entry {i} must hold the recorded event exactly");
+        assert_eq!(entry.key_id, test_key().id(), "entry {i} must name the integrity key it was recorded under");
+        assert!(
+            test_key().verify_hex(AUDIT_MAC_LABEL, entry.hash.as_bytes(), &entry.mac),
+            "entry {i} must carry the MAC of its hash under the key passed to record"
+        );
         prev.clone_from(&entry.hash);
     }
-    assert_eq!(verify_chain(&stored), Ok(6), "the chain of recorded entries must verify");
+    assert_eq!(verify_chain(&stored, Some(&keys())), Ok(6), "the chain of recorded entries must verify");
 
     for n in 6..9 {
         let e = event(n);
@@ -142,7 +168,7 @@ pub async fn records_chained_entries(fixture: impl AuditFixture) {
         events.push(e);
     }
     let stored = entries(&sink).await;
-    assert_eq!(verify_chain(&stored), Ok(9), "recording after reading must continue the same chain");
+    assert_eq!(verify_chain(&stored, Some(&keys())), Ok(9), "recording after reading must continue the same chain");
     let recorded: Vec<AuditEvent> = stored.into_iter().map(|e| e.event).collect();
     assert_eq!(recorded, events, "entries must list all events in recording order");
 }
@@ -211,7 +237,46 @@ pub async fn concurrent_records_form_one_chain(fixture: impl AuditFixture) {
     })
     .await;
     let stored = entries(&sink).await;
-    assert_eq!(verify_chain(&stored), Ok(u64::from(TASKS * EACH)), "concurrent records must form one valid chain");
+    assert_eq!(
+        verify_chain(&stored, Some(&keys())),
+        Ok(u64::from(TASKS * EACH)),
+        "concurrent records must form one valid chain"
+    );
     let ids: HashSet<String> = stored.iter().map(|e| e.event.correlation_id.clone()).collect();
     assert_eq!(ids.len(), (TASKS * EACH) as usize, "every concurrently recorded event must be stored exactly once");
+}
+
+/// The chain is keyed: an attacker who edits an entry and recomputes every
+/// hash after it (no key needed for that) gets a chain whose structure
+/// verifies but whose MACs do not ([`ChainViolationKind::BadMac`] at the
+/// edited entry); and a sink records each entry under the key it is given, so
+/// after a KEK rotation the new key's MACs vouch for the entries before it.
+pub async fn chain_is_keyed(fixture: impl AuditFixture) {
+    let fixture: &dyn AuditFixture = &fixture;
+    let sink = fixture.sink();
+    record_n(fixture, 4).await;
+    for n in 4..6 {
+        record_under(&sink, &event(n), &rotated_key()).await;
+    }
+    let stored = entries(&sink).await;
+    assert_eq!(
+        stored.iter().map(|e| e.key_id.as_str()).collect::<Vec<_>>(),
+        [test_key().id(), test_key().id(), test_key().id(), test_key().id(), rotated_key().id(), rotated_key().id()],
+        "each entry must name the key it was recorded under"
+    );
+    assert_eq!(verify_chain(&stored, Some(&[test_key(), rotated_key()])), Ok(6), "both keys known");
+    assert_eq!(verify_chain(&stored, Some(&[rotated_key()])), Ok(6), "the later MACs vouch for earlier entries");
+    let v = verify_chain(&stored[..4], Some(&[rotated_key()])).expect_err("no entry under a known key");
+    assert_eq!((v.index, v.kind), (0, ChainViolationKind::UnknownKey { key_id: test_key().id().to_owned() }));
+
+    let mut forged = stored;
+    forged[2].event.actor = "mallory".into();
+    for i in 2..forged.len() {
+        forged[i].prev_hash = forged[i - 1].hash.clone();
+        let e = &forged[i];
+        forged[i].hash = entry_hash(e.seq, &e.prev_hash, &e.event).expect("hash");
+    }
+    assert_eq!(verify_chain(&forged, None), Ok(6), "the re-hashed chain is structurally sound");
+    let v = verify_chain(&forged, Some(&[test_key(), rotated_key()])).expect_err("but not authenticated");
+    assert_eq!((v.index, v.seq, v.kind), (2, 2, ChainViolationKind::BadMac), "the re-hashed entry 2 must fail its MAC");
 }

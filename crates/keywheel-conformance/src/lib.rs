@@ -47,7 +47,7 @@ mod guarded;
 pub mod key_store;
 pub mod record_source;
 
-pub use audit_sink::{AuditFixture, Tamper};
+pub use audit_sink::{AuditFixture, Tamper, test_key};
 pub use guarded::with_guard;
 pub use record_source::RecordSourceFixture;
 
@@ -313,6 +313,7 @@ macro_rules! audit_sink_tests {
             detects_deleted_entry,
             detects_swapped_entries,
             concurrent_records_form_one_chain,
+            chain_is_keyed,
         ]);
     };
     ($factory:expr $(,)?) => {

@@ -86,6 +86,7 @@ impl KeywheelBuilder {
                 reload_cooldown: self.reload_cooldown.unwrap_or(Duration::from_secs(1)),
                 cache: RwLock::new(HashMap::new()),
                 flushed: Mutex::new(HashMap::new()),
+                audit_key: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -108,6 +109,8 @@ struct Inner {
     cache: RwLock<HashMap<KeyringId, Cached>>,
     /// Encryptions already written to the store by [`Keywheel::flush_usage`].
     flushed: Mutex<HashMap<(KeyringId, KeyVersion), u64>>,
+    /// The KEK's integrity key, which authenticates audit entries (fetched once).
+    audit_key: tokio::sync::OnceCell<crate::IntegrityKey>,
 }
 
 /// The entry point: creates keyrings, runs manual lifecycle steps (each atomic
@@ -227,15 +230,23 @@ impl Keywheel {
         }
     }
 
-    /// Record events in the sink; any failure is [`Error::Audit`] (fail closed).
+    /// Record events in the sink, each authenticated under the KEK's
+    /// [`integrity_key`](KeyEncryptionKey::integrity_key) (fetched once and
+    /// cached); any failure is [`Error::Audit`] (fail closed).
     pub async fn record_all(&self, events: &[AuditEvent]) -> Result<()> {
         for e in events {
-            self.inner.audit.record(e).await.map_err(|err| match err {
+            self.record_event(e).await.map_err(|err| match err {
                 Error::Audit(_) => err,
                 other => Error::Audit(other.to_string()),
             })?;
         }
         Ok(())
+    }
+
+    /// Record one event under the KEK's integrity key.
+    async fn record_event(&self, event: &AuditEvent) -> Result<()> {
+        let key = self.inner.audit_key.get_or_try_init(|| self.inner.kek.integrity_key()).await?;
+        self.inner.audit.record(event, key).await
     }
 
     /// Audit `events`, then apply `changes` to the keyring with compare-and-set
@@ -262,7 +273,7 @@ impl Keywheel {
                     failed.outcome = Outcome::Failed;
                     failed.reason = Some(e.to_string());
                     // The original error matters more than a failure to record the failure.
-                    let _ = self.inner.audit.record(&failed).await;
+                    let _ = self.record_event(&failed).await;
                 }
                 Err(e)
             }
@@ -310,7 +321,7 @@ impl Keywheel {
             failed.outcome = Outcome::Failed;
             failed.reason = Some(e.to_string());
             // The original error matters more than a failure to record the failure.
-            let _ = self.inner.audit.record(&failed).await;
+            let _ = self.record_event(&failed).await;
             return Err(e);
         }
         self.keyring(id).await

@@ -37,8 +37,8 @@ mod wire;
 
 pub use algorithm::Algorithm;
 pub use audit::{
-    AuditChain, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainViolation, ChainViolationKind, GENESIS_HASH,
-    Outcome, entry_hash, verify_chain,
+    AUDIT_MAC_LABEL, AuditChain, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainHead, ChainVerifier,
+    ChainViolation, ChainViolationKind, GENESIS_HASH, Outcome, entry_hash, entry_mac, verify_chain,
 };
 pub use cipher::KDF_SALT;
 pub use context::Context;

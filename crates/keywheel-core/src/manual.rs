@@ -166,10 +166,76 @@
 //!   AND col = old`). Override `census` with a `GROUP BY` on the version bytes if
 //!   you can.
 //! * [`AuditSink`](crate::AuditSink): store each event; durable sinks chain
-//!   entries with [`AuditChain`](crate::AuditChain) and return them from
-//!   `entries`, so [`verify_chain`](crate::verify_chain) can name the first
-//!   altered, missing or reordered entry. A failing sink must return an error:
-//!   keywheel then does not perform the operation (fail closed).
+//!   entries with [`AuditChain`](crate::AuditChain), authenticated under the
+//!   [`IntegrityKey`](crate::IntegrityKey) that `record` receives, and return
+//!   them from `entries`, so [`verify_chain`](crate::verify_chain) can name the
+//!   first altered, missing, reordered or unauthenticated entry. Never store
+//!   the key. A failing sink must return an error: keywheel then does not
+//!   perform the operation (fail closed). See section 6 for what a durable
+//!   sink must refuse.
 //!
 //! Run the `keywheel-conformance` suite against your backend: its macros
 //! instantiate every contract check as a test for your factory.
+//!
+//! ## 6. The audit trail
+//!
+//! Every lifecycle step is recorded as a typed [`AuditEvent`](crate::AuditEvent)
+//! *before* the change it describes; a sink that fails stops the operation.
+//! Durable sinks (`keywheel_file::FileAuditSink`, `keywheel_postgres::PgAuditSink`)
+//! keep a chain of [`AuditEntry`](crate::AuditEntry)s:
+//!
+//! * **Hash chain** (checkable by anyone, no key needed):
+//!   `hash = SHA-256("keywheel/audit/v1" ‖ u64-BE seq ‖ prev_hash ‖ JSON(event))`
+//!   ([`entry_hash`](crate::entry_hash)), `prev_hash` of the first entry all
+//!   zeros. It shows edits, deletions and reordering — but whoever can write
+//!   the log can also recompute every hash.
+//! * **Keyed**: each entry also carries `key_id` and
+//!   `mac = HMAC-SHA256(integrity key, u16-BE 11 ‖ "audit-entry" ‖ hash)`
+//!   ([`entry_mac`](crate::entry_mac)), hex. The integrity key is derived from
+//!   the KEK ([`KeyEncryptionKey::integrity_key`](crate::KeyEncryptionKey::integrity_key):
+//!   HKDF-SHA256 with salt `"keywheel/integrity/v1"`); it is never stored, and
+//!   `key_id` is a check value that reveals nothing of it.
+//!   [`Keywheel`](crate::Keywheel) fetches it once from its KEK and passes it
+//!   to every `record`. Because each hash covers the previous one, the MAC of
+//!   an entry authenticates that entry *and everything before it*: rewriting
+//!   any part of the log needs the master key.
+//! * **Verification** ([`ChainVerifier`](crate::ChainVerifier)): structure
+//!   always; MACs when given keys (a [`KekRing`](crate::KekRing)'s
+//!   `integrity_keys()` returns every KEK's); expected heads. A MAC that fails
+//!   under the key the entry names is `BadMac`. Entries under a key the
+//!   verifier does not hold — written before a KEK rotation, whose old master
+//!   key may be destroyed — are accepted only when a later entry carries a
+//!   valid MAC under a known key (that MAC covers them); trailing entries under
+//!   an unknown key are `UnknownKey` (a log forged under another key, or cut
+//!   back to before the rotation). So after a KEK rotation the log verifies
+//!   with the new master key alone, as long as an entry was written since —
+//!   `kek rotate` records its `KekRotated` event under the new key.
+//! * **Truncation**: the entries alone cannot show a deleted tail. A **head**
+//!   ([`ChainHead`](crate::ChainHead): the last entry's `seq` and `hash`,
+//!   written `SEQ:HASH`) must be kept elsewhere: `keywheel audit verify` prints
+//!   it, and `--expect-head SEQ:HASH` (or
+//!   [`ChainVerifier::expect_head`](crate::ChainVerifier::expect_head)) turns a
+//!   log that no longer contains it into a `Truncated` or `HeadMismatch`
+//!   violation. Sinks also remember the newest head they have seen: the file
+//!   sink refuses to append to a log found shorter, wiped or replaced under it
+//!   (also one moved away by log rotation: rotating a live log is not
+//!   supported), and `FileAuditOptions::expect_head` hands a new process an
+//!   anchored head; the Postgres sink checks the last row against its head row
+//!   and the head it has seen. These are errors ([`Error::Audit`](crate::Error::Audit)),
+//!   never a new chain starting at seq 0. Neither sink extends a log whose last
+//!   entry fails its MAC under the key it was given.
+//! * **Exact content**: events and entries refuse unknown fields, and the file
+//!   sink refuses any line that is not byte for byte the encoding keywheel
+//!   writes, so a field injected into a stored entry or event (which the hash,
+//!   computed over the parsed event, would not cover) fails verification,
+//!   naming the line.
+//! * **Postgres roles**: triggers make `audit_log` append-only, but its owner
+//!   can disable them. Run `keywheel_postgres::migrate_with` as a separate
+//!   owner role with `MigrateOptions::app_role`: the application role may then
+//!   only `INSERT` and `SELECT` audit rows, and cannot update, delete,
+//!   truncate, disable the triggers or drop the table.
+//! * **What it does not protect against**: a holder of the master key can
+//!   rewrite the log consistently; anyone who can write the log can delete its
+//!   tail or all of it, which only an anchored head (or a live sink) detects.
+//!   Auditors without the master key can check the structure and the head,
+//!   not who wrote the entries.

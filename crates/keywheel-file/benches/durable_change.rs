@@ -78,8 +78,9 @@ fn durable_change(c: &mut Criterion) {
         correlation_id: "0123456789abcdef0123456789abcdef".into(),
         outcome: Outcome::Success,
     };
+    let key = keywheel_core::IntegrityKey::derive(&[7; 32], b"bench");
     let mut group = c.benchmark_group("file_audit");
-    group.bench_function("record", |b| b.iter(|| rt.block_on(sink.record(&event)).expect("record")));
+    group.bench_function("record", |b| b.iter(|| rt.block_on(sink.record(&event, &key)).expect("record")));
     group.finish();
 }
 

@@ -1,5 +1,5 @@
-//! [`FileAuditSink`]: an append-only, hash-chained JSON Lines audit log, and
-//! [`verify_log`], its verifier with line numbers.
+//! [`FileAuditSink`]: an append-only, keyed hash-chained JSON Lines audit log,
+//! and [`verify_log`], its verifier with line numbers.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use keywheel_core::{
-    AuditChain, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainViolation, ChainViolationKind, Clock, Error,
-    Outcome, Result, SystemClock, async_trait, correlation_id, verify_chain,
+    AUDIT_MAC_LABEL, AuditChain, AuditEntry, AuditEvent, AuditKind, AuditSink, ChainHead, ChainVerifier,
+    ChainViolation, Clock, Error, IntegrityKey, Outcome, Result, SystemClock, async_trait, correlation_id,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,15 +34,23 @@ struct LineOut<'a> {
     seq: u64,
     prev_hash: &'a str,
     hash: &'a str,
+    key_id: &'a str,
+    mac: &'a str,
     event: &'a AuditEvent,
 }
 
-/// One line of the log, as read (the format is checked first).
+/// One line of the log, as read (the format is checked first). Unknown
+/// fields are refused here and in the event.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LineIn {
+    #[allow(dead_code)]
+    format: u64,
     seq: u64,
     prev_hash: String,
     hash: String,
+    key_id: String,
+    mac: String,
     event: AuditEvent,
 }
 
@@ -62,13 +70,42 @@ fn parse_line(bytes: &[u8]) -> std::result::Result<AuditEntry, String> {
         None => return Err("no \"format\" field".into()),
     }
     let line: LineIn = serde_json::from_slice(bytes).map_err(|e| format!("not an audit entry ({e})"))?;
-    Ok(AuditEntry { seq: line.seq, prev_hash: line.prev_hash, hash: line.hash, event: line.event })
+    let entry = AuditEntry {
+        seq: line.seq,
+        prev_hash: line.prev_hash,
+        hash: line.hash,
+        key_id: line.key_id,
+        mac: line.mac,
+        event: line.event,
+    };
+    // The hash covers the parsed event, so bytes that parse to the same entry
+    // but differ from what keywheel writes (extra whitespace, reordered keys,
+    // other escapes) would verify: refuse anything but the canonical line.
+    let canonical = encode_json(&entry).map_err(|e| e.to_string())?;
+    if canonical != bytes {
+        return Err("not in canonical form: the line differs from the encoding of the entry it parses to \
+                    (reformatted, reordered or re-escaped by something other than keywheel)"
+            .into());
+    }
+    Ok(entry)
+}
+
+/// The line of `entry`, without its newline.
+fn encode_json(entry: &AuditEntry) -> Result<Vec<u8>> {
+    let out = LineOut {
+        format: FORMAT,
+        seq: entry.seq,
+        prev_hash: &entry.prev_hash,
+        hash: &entry.hash,
+        key_id: &entry.key_id,
+        mac: &entry.mac,
+        event: &entry.event,
+    };
+    serde_json::to_vec(&out).map_err(|e| Error::Audit(format!("cannot encode audit entry: {e}")))
 }
 
 fn encode_line(entry: &AuditEntry) -> Result<Vec<u8>> {
-    let out =
-        LineOut { format: FORMAT, seq: entry.seq, prev_hash: &entry.prev_hash, hash: &entry.hash, event: &entry.event };
-    let mut line = serde_json::to_vec(&out).map_err(|e| Error::Audit(format!("cannot encode audit entry: {e}")))?;
+    let mut line = encode_json(entry)?;
     line.push(b'\n');
     Ok(line)
 }
@@ -140,6 +177,11 @@ pub struct Recovery {
 #[derive(Debug)]
 struct Head {
     chain: AuditChain,
+    /// The last complete entry of the log as last read or appended.
+    last: Option<AuditEntry>,
+    /// The newest head this sink has seen (or was told to expect): the log
+    /// may grow past it, never fall back behind it or replace it.
+    seen: Option<ChainHead>,
     /// Length of the log after our last read or append; `None` forces a re-read.
     known_len: Option<u64>,
 }
@@ -149,6 +191,7 @@ struct Head {
 #[derive(Debug, Clone, Default)]
 pub struct FileAuditOptions {
     allow_insecure_permissions: bool,
+    expected_head: Option<ChainHead>,
 }
 
 impl FileAuditOptions {
@@ -164,6 +207,16 @@ impl FileAuditOptions {
         self
     }
 
+    /// A head anchored elsewhere (e.g. printed by `keywheel audit verify` and
+    /// kept in a ticket): opening refuses a log that does not contain it —
+    /// shorter (truncated, wiped, replaced by a new file) or with another
+    /// entry at its place ([`Error::Audit`]) — and the sink then treats it as
+    /// a head it has seen (see [`FileAuditSink`]).
+    pub fn expect_head(mut self, head: ChainHead) -> Self {
+        self.expected_head = Some(head);
+        self
+    }
+
     /// Open (or create) the log at `path`. See [`FileAuditSink::open`].
     pub fn open(&self, path: impl AsRef<Path>) -> Result<FileAuditSink> {
         FileAuditSink::open_with(path.as_ref(), self)
@@ -171,8 +224,10 @@ impl FileAuditOptions {
 }
 
 /// An [`AuditSink`] writing an append-only JSON Lines file, one
-/// hash-chained entry per line (`{"format":1,"seq":…,"prev_hash":…,"hash":…,"event":{…}}`),
-/// chained with [`AuditChain`].
+/// hash-chained, authenticated entry per line
+/// (`{"format":1,"seq":…,"prev_hash":…,"hash":…,"key_id":…,"mac":…,"event":{…}}`),
+/// chained with [`AuditChain`] and MACed under the integrity key passed to
+/// [`record`](AuditSink::record).
 ///
 /// * **Durable**: every event is one `write` of a whole line followed by an
 ///   fsync; [`record`](AuditSink::record) returns only after that, so the
@@ -181,16 +236,24 @@ impl FileAuditOptions {
 ///   holds an OS file lock on the log and continues the chain from the
 ///   current last line.
 /// * **Crash recovery**: an incomplete last line (a crash in the middle of
-///   an append) is detected on open — and before any later append —, cut off,
-///   reported by [`recoveries`](Self::recoveries), and recorded as an
+///   an append) is detected before the next append (the first one after
+///   open, since only `record` has the key to authenticate the report), cut
+///   off, reported by [`recoveries`](Self::recoveries), and recorded as an
 ///   [`AuditKind::LogRecovered`] event that says what was discarded.
 /// * **Verification**: [`verify_log`] checks the whole file and reports any
-///   other damage (edited, deleted, reordered or unparseable lines) by line number.
-/// * **Foreign changes**: if the file was changed by anything else (edited,
-///   cut, or moved away by log rotation, in which case the path is reopened),
-///   the sink continues the chain from the last line it finds at the path, as
-///   a freshly opened sink would; the verifier reports the damage. A deleted
-///   tail cannot be seen from the log alone: anchor [`LogReport::head`] elsewhere.
+///   other damage (edited, deleted, reordered, unparseable or non-canonical
+///   lines, MACs when given the keys) by line number.
+/// * **Never a new chain behind the sink's back**: the sink remembers the
+///   newest head (seq and hash) it has seen. If the log at the path is later
+///   found shorter than that head (truncated, wiped, or moved away by log
+///   rotation and replaced by a new file) or with another entry at its place,
+///   the next `record` fails with [`Error::Audit`] instead of continuing (or
+///   restarting at seq 0): the operation being audited does not happen until
+///   an operator restores the log. [`FileAuditOptions::expect_head`] gives a
+///   new process a head anchored elsewhere. Other processes appending to the
+///   log are fine: the sink continues after their entries. Before appending,
+///   the sink also checks the MAC of the last entry when it is under the same
+///   key, so it does not extend a chain whose end was forged.
 ///
 /// The file is created with mode 0600; a log that the group or other users
 /// can write is refused ([`FileAuditOptions::allow_insecure_permissions`] opts out).
@@ -198,22 +261,25 @@ impl FileAuditOptions {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> keywheel_core::Result<()> {
-/// use keywheel_core::{AuditEvent, AuditKind, AuditSink, Outcome, Timestamp};
+/// use keywheel_core::{AuditEvent, AuditKind, AuditSink, ChainVerifier, IntegrityKey, Outcome, Timestamp};
 /// use keywheel_file::{FileAuditSink, verify_log};
 ///
 /// let dir = tempfile::tempdir().expect("tempdir");
 /// let path = dir.path().join("audit.jsonl");
+/// let key = IntegrityKey::derive(&[7; 32], b"example");
 /// let sink = FileAuditSink::open(&path)?;
 /// let event = AuditEvent {
 ///     at: Timestamp::from_millis(0), actor: "ops".into(), keyring: None,
 ///     kind: AuditKind::PolicyChanged { summary: "interval 30 d".into() },
 ///     reason: None, correlation_id: "c1".into(), outcome: Outcome::Success,
 /// };
-/// sink.record(&event).await?;
-/// sink.record(&event).await?;
-/// let report = verify_log(&path)?;
-/// assert!(report.is_intact());
+/// sink.record(&event, &key).await?;
+/// sink.record(&event, &key).await?;
+/// let keys = [key];
+/// let report = verify_log(&path, &ChainVerifier::new().keys(&keys))?;
+/// assert!(report.is_intact() && report.macs_checked);
 /// assert_eq!(report.entries, 2);
+/// assert_eq!(report.head.map(|h| h.seq), Some(1));
 /// # Ok(()) }
 /// ```
 pub struct FileAuditSink {
@@ -231,8 +297,8 @@ impl FileAuditSink {
     /// Open the log at `path`, creating it (mode 0600) if it does not exist;
     /// its directory must exist. Refuses a group- or world-writable log, and a
     /// log whose last complete line is not an entry (it cannot be continued;
-    /// [`verify_log`] locates the damage). Repairs an incomplete last line
-    /// as described on [`FileAuditSink`].
+    /// [`verify_log`] locates the damage). An incomplete last line is repaired
+    /// by the first append, as described on [`FileAuditSink`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         FileAuditOptions::new().open(path)
     }
@@ -247,8 +313,8 @@ impl FileAuditSink {
         let existed = path.exists();
         let mut file_options = OpenOptions::new();
         file_options.read(true).append(true).create(true).mode(FILE_MODE);
-        let lock =
-            ProcessLock::open(BACKEND, path.clone(), file_options, Head { chain: AuditChain::new(), known_len: None })?;
+        let head = Head { chain: AuditChain::new(), last: None, seen: None, known_len: None };
+        let lock = ProcessLock::open(BACKEND, path.clone(), file_options, head)?;
         if !existed {
             sync_dir(BACKEND, fsio::parent_dir(&path))?;
         }
@@ -261,7 +327,28 @@ impl FileAuditSink {
         }
         let sink = FileAuditSink { lock, recoveries: Mutex::new(Vec::new()) };
         let mut guard = sink.lock.lock(BACKEND)?;
-        sink.sync_head(&mut guard)?;
+        if let Some(expected) = &options.expected_head {
+            // The tail check in sync_head only sees the last entry: an
+            // expected head further back is looked up in the whole file.
+            let bytes = fs::read(&path).map_err(|e| BACKEND.io(&path, "read", &e))?;
+            let scan = scan_lines(&bytes);
+            let found = scan.entries.iter().map(|(_, e)| e).find(|e| e.seq == expected.seq);
+            let problem = match found {
+                None => Some("no entry has its sequence number (the log is shorter)".to_owned()),
+                Some(e) if e.hash != expected.hash => Some(format!("the entry at its place has hash {}", e.hash)),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(Error::Audit(format!(
+                    "{}: the log does not contain the expected head {expected}: {problem}; it was truncated, \
+                     wiped or rewritten. Refusing to continue it: restore the log from a backup (or check the \
+                     anchored head)",
+                    path.display(),
+                )));
+            }
+            guard.state.seen = Some(expected.clone());
+        }
+        sink.sync_head(&mut guard, None)?;
         drop(guard);
         Ok(sink)
     }
@@ -277,16 +364,31 @@ impl FileAuditSink {
         self.recoveries.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Verify the whole log now; see [`verify_log`].
-    pub fn verify(&self) -> Result<LogReport> {
-        verify_log(self.path())
+    /// The newest head this sink has seen (read, appended, or given with
+    /// [`FileAuditOptions::expect_head`]); `None` while the log is empty.
+    pub fn seen_head(&self) -> Result<Option<ChainHead>> {
+        Ok(self.lock.lock(BACKEND)?.state.seen.clone())
+    }
+
+    /// Verify the whole log now with `verifier` (see [`verify_log`]), also
+    /// expecting the newest head this sink has seen: a log cut back or
+    /// replaced behind the sink's back is reported as
+    /// [`ChainViolationKind::Truncated`](keywheel_core::ChainViolationKind::Truncated)
+    /// or [`HeadMismatch`](keywheel_core::ChainViolationKind::HeadMismatch).
+    pub fn verify(&self, verifier: &ChainVerifier<'_>) -> Result<LogReport> {
+        let verifier = match self.seen_head()? {
+            Some(head) => verifier.clone().expect_head(head),
+            None => verifier.clone(),
+        };
+        verify_log(self.path(), &verifier)
     }
 
     /// Make the chain head current (under the lock): if the log changed since
     /// this process last saw it (another process appended, or crashed in the
-    /// middle of an append), continue from its last complete line, and repair
-    /// an incomplete one.
-    fn sync_head(&self, guard: &mut LockGuard<'_, Head>) -> Result<()> {
+    /// middle of an append), continue from its last complete line; refuse a
+    /// log that fell behind the head seen; with a `key` (an append follows),
+    /// repair an incomplete last line and record that under the key.
+    fn sync_head(&self, guard: &mut LockGuard<'_, Head>, key: Option<&IntegrityKey>) -> Result<()> {
         let path = self.path();
         if guard.reopened {
             // The log at the path was replaced (rotated, moved): start over from its content.
@@ -311,9 +413,40 @@ impl FileAuditSink {
             })?),
             None => None,
         };
+        if let Some(seen) = guard.state.seen.clone() {
+            let problem = match &last {
+                None => Some("is empty".to_owned()),
+                Some(l) if l.seq < seen.seq => Some(format!("ends at entry seq {}", l.seq)),
+                Some(l) if l.seq == seen.seq && l.hash != seen.hash => {
+                    Some(format!("has another entry at seq {} (hash {})", l.seq, l.hash))
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                guard.state.known_len = None;
+                return Err(Error::Audit(format!(
+                    "{}: the audit log {problem}, but this process has seen entry seq {} (hash {}): it was \
+                     truncated, wiped or replaced (log rotation is not supported for a live log); refusing to \
+                     continue or start a new chain. Restore the log, then check it with `keywheel audit verify \
+                     --expect-head {seen}`",
+                    path.display(),
+                    seen.seq,
+                    seen.hash,
+                )));
+            }
+        }
         guard.state.chain = last.as_ref().map_or_else(AuditChain::new, AuditChain::after);
+        if let Some(l) = &last {
+            guard.state.seen = Some(l.head());
+        }
+        guard.state.last = last.clone();
         let Some((offset, torn)) = tail.torn else {
             guard.state.known_len = Some(len);
+            return Ok(());
+        };
+        let Some(key) = key else {
+            // Repaired by the next append, which can authenticate its report.
+            guard.state.known_len = None;
             return Ok(());
         };
         // A crash in the middle of an append: nobody was told this event was
@@ -341,7 +474,7 @@ impl FileAuditSink {
             correlation_id: correlation_id()?,
             outcome: Outcome::Success,
         };
-        self.append(guard, &event)?;
+        self.append(guard, &event, key)?;
         self.recoveries.lock().unwrap_or_else(PoisonError::into_inner).push(Recovery {
             offset,
             discarded: torn.len() as u64,
@@ -352,9 +485,21 @@ impl FileAuditSink {
     }
 
     /// Append one entry (under the lock, head current) and fsync it.
-    fn append(&self, guard: &mut LockGuard<'_, Head>, event: &AuditEvent) -> Result<()> {
+    fn append(&self, guard: &mut LockGuard<'_, Head>, event: &AuditEvent, key: &IntegrityKey) -> Result<()> {
         let path = self.path();
-        let entry = guard.state.chain.entry(event.clone())?;
+        if let Some(last) = &guard.state.last
+            && last.key_id == key.id()
+            && !key.verify_hex(AUDIT_MAC_LABEL, last.hash.as_bytes(), &last.mac)
+        {
+            return Err(Error::Audit(format!(
+                "{}: the last entry (seq {}) does not carry a valid MAC under this process's integrity key: \
+                 the log was rewritten without the key; refusing to continue it. Locate the damage with \
+                 `keywheel audit verify`",
+                path.display(),
+                last.seq
+            )));
+        }
+        let entry = guard.state.chain.entry(event.clone(), key)?;
         let line = encode_line(&entry)?;
         let before = guard.state.known_len;
         // Until the append is known complete, force a re-read of the tail.
@@ -362,6 +507,8 @@ impl FileAuditSink {
         guard.file.write_all(&line).map_err(|e| BACKEND.io(path, "append to the audit log", &e))?;
         guard.file.sync_data().map_err(|e| BACKEND.io(path, "fsync the audit log", &e))?;
         guard.state.chain.commit(&entry);
+        guard.state.seen = Some(entry.head());
+        guard.state.last = Some(entry);
         guard.state.known_len = before.map(|len| len + line.len() as u64);
         Ok(())
     }
@@ -369,10 +516,10 @@ impl FileAuditSink {
 
 #[async_trait]
 impl AuditSink for FileAuditSink {
-    async fn record(&self, event: &AuditEvent) -> Result<()> {
+    async fn record(&self, event: &AuditEvent, key: &IntegrityKey) -> Result<()> {
         let mut guard = self.lock.lock(BACKEND)?;
-        self.sync_head(&mut guard)?;
-        self.append(&mut guard, event)
+        self.sync_head(&mut guard, Some(key))?;
+        self.append(&mut guard, event, key)
     }
 
     /// Every entry in the file, oldest first. A line that does not parse is an
@@ -435,7 +582,8 @@ pub struct BadLine {
 /// The first place where the chain of parsed entries fails verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainBreak {
-    /// 1-based line number of the entry [`verify_chain`] stopped at.
+    /// 1-based line number of the entry verification stopped at (the line
+    /// after the last for a truncation).
     pub line: u64,
     /// The violation (its `index` counts parsed entries, not lines).
     pub violation: ChainViolation,
@@ -455,13 +603,7 @@ pub struct TornLine {
 
 /// The last entry of a log: anchor it elsewhere (seq and hash) to detect a
 /// deleted tail, which the chain alone cannot show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogHead {
-    /// Its sequence number.
-    pub seq: u64,
-    /// Its hash.
-    pub hash: String,
-}
+pub type LogHead = ChainHead;
 
 /// What [`verify_log`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -475,8 +617,13 @@ pub struct LogReport {
     /// Complete lines that are not entries, in file order.
     pub bad_lines: Vec<BadLine>,
     /// The first chain violation among the parsed entries (edited, missing,
-    /// reordered or relinked entries), if any.
+    /// reordered or relinked entries, a bad MAC or unknown key when MACs were
+    /// checked, a missing expected head), if any.
     pub chain_break: Option<ChainBreak>,
+    /// Whether MACs were checked (the verifier was given keys). Without keys
+    /// only the structure was checked: anyone who can write the log could
+    /// have re-hashed it.
+    pub macs_checked: bool,
     /// An incomplete last line, if any.
     pub torn_last_line: Option<TornLine>,
     /// The last parsed entry.
@@ -506,22 +653,20 @@ impl fmt::Display for LogReport {
             "DAMAGED"
         };
         write!(f, "{}: {} entries on {} lines, {verdict}", self.path.display(), self.entries, self.lines)?;
+        if self.macs_checked {
+            write!(f, "; MACs checked")?;
+        } else {
+            write!(f, "; MACs NOT checked (no key given: structure only)")?;
+        }
+        match &self.head {
+            Some(head) => write!(f, "\n  head: {head}")?,
+            None => write!(f, "\n  head: none (empty log)")?,
+        }
         for bad in &self.bad_lines {
             write!(f, "\n  line {}: not an entry: {}", bad.line, bad.problem)?;
         }
         if let Some(b) = &self.chain_break {
-            let what = match &b.violation.kind {
-                ChainViolationKind::Altered => "entry altered (its content does not match its hash)".to_owned(),
-                ChainViolationKind::Missing { expected_seq } => {
-                    format!("entries missing before it (expected seq {expected_seq})")
-                }
-                ChainViolationKind::Reordered { expected_seq } => {
-                    format!("entry out of order (expected seq {expected_seq})")
-                }
-                ChainViolationKind::BrokenLink => "entry does not link to the entry before it".to_owned(),
-                other => format!("{other:?}"),
-            };
-            write!(f, "\n  line {}: chain broken at seq {}: {what}", b.line, b.violation.seq)?;
+            write!(f, "\n  line {}: chain broken at seq {}: {}", b.line, b.violation.seq, b.violation.kind)?;
         }
         if let Some(t) = &self.torn_last_line {
             write!(f, "\n  line {}: incomplete last line ({} bytes); the next open repairs it", t.line, t.bytes)?;
@@ -530,36 +675,43 @@ impl fmt::Display for LogReport {
     }
 }
 
-/// Verify a log file: parse every line, check the hash chain with
-/// [`verify_chain`], and report problems by 1-based line number. Read-only.
+/// Verify a log file: parse every line (a line that is not exactly the
+/// canonical encoding of an entry — unknown fields, reordered keys — is a bad
+/// line), check the chain with `verifier` (structure; MACs when it has keys;
+/// expected heads), and report problems by 1-based line number. Read-only.
 /// Errors only if the file cannot be read.
+///
+/// A truncation against an expected head is reported at the line after the
+/// last one ([`ChainViolationKind::Truncated`](keywheel_core::ChainViolationKind::Truncated)).
 ///
 /// ```
 /// # fn main() -> keywheel_core::Result<()> {
 /// let dir = tempfile::tempdir().expect("tempdir");
 /// let path = dir.path().join("audit.jsonl");
 /// std::fs::write(&path, "{\"format\":1,\"seq\":0}\n").expect("write");
-/// let report = keywheel_file::verify_log(&path)?;
+/// let report = keywheel_file::verify_log(&path, &keywheel_core::ChainVerifier::new())?;
 /// assert!(!report.is_intact());
 /// assert_eq!(report.bad_lines[0].line, 1);
 /// # Ok(()) }
 /// ```
-pub fn verify_log(path: impl AsRef<Path>) -> Result<LogReport> {
+pub fn verify_log(path: impl AsRef<Path>, verifier: &ChainVerifier<'_>) -> Result<LogReport> {
     let path = path.as_ref();
     let bytes = fs::read(path).map_err(|e| BACKEND.io(path, "read", &e))?;
     let scan = scan_lines(&bytes);
     let (numbers, entries): (Vec<u64>, Vec<AuditEntry>) = scan.entries.into_iter().unzip();
-    let chain_break = verify_chain(&entries)
-        .err()
-        .map(|violation| ChainBreak { line: numbers.get(violation.index).copied().unwrap_or(0), violation });
+    let chain_break = verifier.verify(&entries).err().map(|violation| ChainBreak {
+        line: numbers.get(violation.index).copied().unwrap_or(scan.lines + 1),
+        violation,
+    });
     Ok(LogReport {
         path: path.to_path_buf(),
         lines: scan.lines,
         entries: entries.len() as u64,
         bad_lines: scan.bad.into_iter().map(|(line, problem)| BadLine { line, problem }).collect(),
         chain_break,
+        macs_checked: verifier.checks_macs(),
         torn_last_line: scan.torn.map(|(line, offset, bytes)| TornLine { line, offset, bytes }),
-        head: entries.last().map(|e| LogHead { seq: e.seq, hash: e.hash.clone() }),
+        head: entries.last().map(AuditEntry::head),
     })
 }
 

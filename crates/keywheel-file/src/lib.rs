@@ -10,9 +10,12 @@
 //!   lock, so several processes can share the directory. Files are 0600,
 //!   directories 0700, and a store others can read is refused.
 //! * [`FileAuditSink`] — an [`AuditSink`](keywheel_core::AuditSink) writing
-//!   an append-only, hash-chained JSON Lines file with an fsync per event; it
-//!   repairs (and records) an incomplete last line left by a crash.
-//! * [`verify_log`] — checks a log and reports damage by line number.
+//!   an append-only, keyed hash-chained JSON Lines file (each entry MACed under
+//!   the KEK's integrity key) with an fsync per event; it repairs (and records)
+//!   an incomplete last line left by a crash, and refuses to continue a log
+//!   found shorter than, or different from, the head it has seen.
+//! * [`verify_log`] — checks a log (structure, MACs with the keys, an expected
+//!   head) and reports damage by line number.
 //!
 //! ## On-disk layout (format 1)
 //!
@@ -24,7 +27,7 @@
 //!   policies/<name>.json      {"format":1,"keyring":"acme/token","policy":{…}}
 //!   leases/<name>.json        {"format":1,"keyring":"acme/token","last_token":7,"current":{…}|null}
 //!   jobs/<name>.json          {"format":1,"job":{id, keyring, phase, checkpoints, …}}
-//! audit.jsonl (any path)      one {"format":1,"seq":…,"prev_hash":…,"hash":…,"event":{…}} per line
+//! audit.jsonl (any path)      one {"format":1,"seq":…,"prev_hash":…,"hash":…,"key_id":…,"mac":…,"event":{…}} per line
 //! ```
 //!
 //! `<name>` is a readable slug of the keyring id (or job id) followed by 128

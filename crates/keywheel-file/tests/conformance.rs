@@ -44,9 +44,11 @@ impl AuditFixture for SinkFixture {
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
         match tamper {
             Tamper::Edit(i) => {
-                let mut line: serde_json::Value = serde_json::from_str(&lines[i]).expect("a JSON line");
-                line["event"]["actor"] = serde_json::Value::from("mallory");
-                lines[i] = line.to_string();
+                // Edit the bytes in place, keeping the line canonical (a
+                // re-encoded line would be refused as non-canonical first).
+                let line: serde_json::Value = serde_json::from_str(&lines[i]).expect("a JSON line");
+                let actor = serde_json::to_string(&line["event"]["actor"]).expect("actor");
+                lines[i] = lines[i].replacen(&format!("\"actor\":{actor}"), "\"actor\":\"mallory\"", 1);
             }
             Tamper::Delete(i) => {
                 lines.remove(i);

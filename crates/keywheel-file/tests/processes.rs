@@ -18,9 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keywheel_core::{
-    Algorithm, AuditEvent, AuditKind, AuditSink, Context, Error, JobKind, JobPhase, KeyEncryptionKey, KeyMaterial,
-    KeyOrigin, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease, LocalKek,
-    Outcome, Policy, Purpose, RotateOptions, RotationJob, Rotator, Timestamp, VersionRecord, grant_lease, version_of,
+    Algorithm, AuditEvent, AuditKind, AuditSink, ChainVerifier, Context, Error, JobKind, JobPhase, KeyEncryptionKey,
+    KeyMaterial, KeyOrigin, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease,
+    LocalKek, Outcome, Policy, Purpose, RotateOptions, RotationJob, Rotator, Timestamp, VersionRecord, grant_lease,
+    version_of,
 };
 use keywheel_file::{FileAuditSink, FileKeyStore, verify_log};
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,7 @@ async fn crash_child(dir: &Path, trial: u64) {
     let store = FileKeyStore::options().create(false).open(store_dir(dir)).expect("open the store");
     let audit = FileAuditSink::open(audit_path(dir)).expect("open the audit log");
     let kek = LocalKek::from_bytes(&MASTER);
+    let audit_key = kek.integrity_key().await.expect("integrity key");
     let id = crash_keyring(trial);
     let at = |step: u32| Timestamp::from_millis(T0 + i64::from(step) * 1000);
     let mut state = Observed::default();
@@ -251,7 +253,7 @@ async fn crash_child(dir: &Path, trial: u64) {
             record.generation = 1;
             let next = Observed { keyring: Some(record.clone()), ..state.clone() };
             intent(&next);
-            audit.record(&audited("create keyring".into())).await.expect("audit");
+            audit.record(&audited("create keyring".into()), &audit_key).await.expect("audit");
             store.create_keyring(&record).await.expect("create keyring");
             say("ACK");
             state = next;
@@ -276,7 +278,7 @@ async fn crash_child(dir: &Path, trial: u64) {
             expected.apply(&changes).expect("legal changes");
             let next = Observed { keyring: Some(expected.clone()), ..state.clone() };
             intent(&next);
-            audit.record(&audited(format!("update keyring, step {step}"))).await.expect("audit");
+            audit.record(&audited(format!("update keyring, step {step}")), &audit_key).await.expect("audit");
             let returned =
                 store.update_keyring(&id, current.generation, &changes).await.expect("compare-and-set update");
             assert_eq!(returned, expected, "update_keyring returns the applied record");
@@ -288,7 +290,7 @@ async fn crash_child(dir: &Path, trial: u64) {
         let policy = Policy { priority: i32::try_from(step).expect("small"), ..Policy::for_purpose(id.purpose()) };
         let next = Observed { policy: Some(policy.clone()), ..state.clone() };
         intent(&next);
-        audit.record(&audited(format!("policy {step}"))).await.expect("audit");
+        audit.record(&audited(format!("policy {step}")), &audit_key).await.expect("audit");
         store.save_policy(&id, &policy).await.expect("save policy");
         say("ACK");
         state = next;
@@ -461,7 +463,8 @@ fn a_rotating_and_an_encrypting_process_share_one_store() {
         assert!(versions.len() >= 2, "the encryptor saw the rotations: versions {versions:?}");
         eprintln!("{} values under versions {versions:?}", values.len());
 
-        let report = verify_log(audit_path(dir)).expect("verify");
+        let keys = [LocalKek::from_bytes(&MASTER).integrity_key().await.expect("integrity key")];
+        let report = verify_log(audit_path(dir), &ChainVerifier::new().keys(&keys)).expect("verify");
         assert!(report.is_intact(), "{report}");
         let entries = FileAuditSink::open(audit_path(dir)).expect("open").entries().await.expect("read");
         let actors: std::collections::BTreeSet<String> =
@@ -547,7 +550,7 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_state() {
         }
         leftovers += temporary_files(&store_dir(dir));
 
-        let report = verify_log(audit_path(dir)).expect("read the audit log");
+        let report = verify_log(audit_path(dir), &ChainVerifier::new()).expect("read the audit log");
         assert!(
             report.is_intact_but_torn(),
             "trial {trial}: the audit log is damaged beyond a torn last line:\n{report}"
@@ -580,7 +583,18 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_state() {
     }
     // The next writer repairs whatever the last kill left in the audit log.
     let sink = FileAuditSink::open(audit_path(dir)).expect("reopen the audit log");
-    let report = verify_log(audit_path(dir)).expect("verify");
+    let keys = [rt.block_on(kek.integrity_key()).expect("integrity key")];
+    let event = AuditEvent {
+        at: Timestamp::from_millis(T0),
+        actor: "parent".into(),
+        keyring: None,
+        kind: AuditKind::PolicyChanged { summary: "after the trials".into() },
+        reason: None,
+        correlation_id: "parent".into(),
+        outcome: Outcome::Success,
+    };
+    rt.block_on(sink.record(&event, &keys[0])).expect("record after the trials");
+    let report = verify_log(audit_path(dir), &ChainVerifier::new().keys(&keys)).expect("verify");
     assert!(report.is_intact(), "{report}");
     eprintln!(
         "{TRIALS} SIGKILL trials in {:.1?}: {mid_run} killed while writing (after at least one acknowledged \

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keywheel_core::{
-    Algorithm, Context, Error, JobPhase, KeyMaterial, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId,
-    Keywheel, LocalKek, Policy, Purpose, RotateOptions, RotationJob, Rotator, Timestamp,
+    Algorithm, Context, Error, JobPhase, KeyEncryptionKey, KeyMaterial, KeyState, KeyStore, KeyVersion, KeyringChange,
+    KeyringId, Keywheel, LocalKek, Policy, Purpose, RotateOptions, RotationJob, Rotator, Timestamp,
 };
 use keywheel_file::{FileAuditSink, FileKeyStore};
 use tempfile::TempDir;
@@ -380,7 +380,9 @@ async fn reopened_store_decrypts_after_a_rotation() {
     let new = kw.encrypt_text(&acme, b"after", &ctx).await.expect("encrypt");
     assert!(new.starts_with("kw:v2:"), "{new}");
     assert_eq!(&kw.decrypt(&acme, new.as_bytes(), &ctx).await.expect("new value")[..], b"after");
-    let report = keywheel_file::verify_log(&audit).expect("verify");
+    let keys = LocalKek::from_bytes(&MASTER).integrity_keys().await.expect("integrity keys");
+    let report = keywheel_file::verify_log(&audit, &keywheel_core::ChainVerifier::new().keys(&keys)).expect("verify");
+    assert!(report.macs_checked);
     assert!(report.is_intact(), "{report}");
 }
 

@@ -5,29 +5,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use keywheel_core::{
-    AuditChain, AuditEntry, AuditEvent, AuditSink, ChainViolation, Error, Result, async_trait, verify_chain,
+    AuditChain, AuditEntry, AuditEvent, AuditSink, ChainViolation, Error, IntegrityKey, Result, async_trait,
+    verify_chain,
 };
 
 #[derive(Default)]
 struct State {
     chain: AuditChain,
     entries: Vec<AuditEntry>,
+    /// The integrity keys entries were recorded under (in memory only), for [`MemoryAuditSink::verify`].
+    keys: Vec<IntegrityKey>,
 }
 
-/// An in-memory [`AuditSink`] that hash-chains its entries with [`AuditChain`],
-/// exactly like a durable sink, so the chain verifier can be exercised.
+/// An in-memory [`AuditSink`] that hash-chains and authenticates its entries
+/// with [`AuditChain`], exactly like a durable sink, so the chain verifier can
+/// be exercised.
 ///
 /// Test extras: [`set_failing`](Self::set_failing) makes `record` fail (to test
 /// that operations fail closed), [`events`](Self::events) lists what was
-/// recorded, [`verify`](Self::verify) checks the chain, and
+/// recorded, [`verify`](Self::verify) checks the chain and its MACs under the
+/// keys the sink was given (it keeps them in memory for that), and
 /// [`tamper`](Self::tamper) edits the stored entries to simulate an attacker.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> keywheel_core::Result<()> {
-/// use keywheel_core::{AuditEvent, AuditKind, AuditSink, ChainViolationKind, Outcome, Timestamp};
+/// use keywheel_core::{AuditEvent, AuditKind, AuditSink, ChainViolationKind, IntegrityKey, Outcome, Timestamp};
 /// use keywheel_memory::MemoryAuditSink;
 ///
+/// let key = IntegrityKey::derive(&[7; 32], b"example");
 /// let sink = MemoryAuditSink::new();
 /// for n in 0..3 {
 ///     let kind = AuditKind::PolicyChanged { summary: format!("change {n}") };
@@ -35,7 +41,7 @@ struct State {
 ///         at: Timestamp::from_millis(n), actor: "ops".into(), keyring: None, kind,
 ///         reason: None, correlation_id: format!("c{n}"), outcome: Outcome::Success,
 ///     };
-///     sink.record(&event).await?;
+///     sink.record(&event, &key).await?;
 /// }
 /// assert_eq!(sink.verify(), Ok(3));
 ///
@@ -88,10 +94,11 @@ impl MemoryAuditSink {
         self.lock().entries.is_empty()
     }
 
-    /// Verify the stored chain with [`verify_chain`]: the number of entries,
-    /// or the first violation.
+    /// Verify the stored chain with [`verify_chain`], MACs included (under
+    /// the keys given to `record`): the number of entries, or the first violation.
     pub fn verify(&self) -> std::result::Result<u64, ChainViolation> {
-        verify_chain(&self.lock().entries)
+        let state = self.lock();
+        verify_chain(&state.entries, Some(&state.keys))
     }
 
     /// **Test hook**: edit the stored entries in place to simulate tampering
@@ -120,12 +127,15 @@ impl fmt::Debug for MemoryAuditSink {
 
 #[async_trait]
 impl AuditSink for MemoryAuditSink {
-    async fn record(&self, event: &AuditEvent) -> Result<()> {
+    async fn record(&self, event: &AuditEvent, key: &IntegrityKey) -> Result<()> {
         if self.is_failing() {
             return Err(Error::Audit("memory audit sink is set to fail".into()));
         }
         let mut state = self.lock();
-        let entry = state.chain.entry(event.clone())?;
+        if !state.keys.iter().any(|k| k.id() == key.id()) {
+            state.keys.push(key.clone());
+        }
+        let entry = state.chain.entry(event.clone(), key)?;
         state.chain.commit(&entry);
         state.entries.push(entry);
         Ok(())
@@ -139,7 +149,11 @@ impl AuditSink for MemoryAuditSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keywheel_core::{AuditKind, ChainViolationKind, Outcome, Timestamp};
+    use keywheel_core::{AuditKind, ChainViolationKind, Outcome, Timestamp, entry_hash};
+
+    fn key() -> IntegrityKey {
+        IntegrityKey::derive(&[1; 32], b"test")
+    }
 
     fn event(n: i64) -> AuditEvent {
         AuditEvent {
@@ -156,13 +170,13 @@ mod tests {
     #[tokio::test]
     async fn failing_sink_appends_nothing() {
         let sink = MemoryAuditSink::new();
-        sink.record(&event(0)).await.expect("record");
+        sink.record(&event(0), &key()).await.expect("record");
         sink.set_failing(true);
         assert!(sink.is_failing());
-        assert!(matches!(sink.record(&event(1)).await, Err(Error::Audit(_))));
+        assert!(matches!(sink.record(&event(1), &key()).await, Err(Error::Audit(_))));
         assert_eq!(sink.len(), 1);
         sink.set_failing(false);
-        sink.record(&event(2)).await.expect("record");
+        sink.record(&event(2), &key()).await.expect("record");
         assert_eq!(sink.events(), vec![event(0), event(2)]);
         assert_eq!(sink.verify(), Ok(2));
         assert_eq!(sink.entries().await.expect("entries"), Some(sink.snapshot()));
@@ -173,7 +187,7 @@ mod tests {
     async fn tampering_is_detected_and_later_entries_keep_the_old_head() {
         let sink = MemoryAuditSink::new();
         for n in 0..4 {
-            sink.record(&event(n)).await.expect("record");
+            sink.record(&event(n), &key()).await.expect("record");
         }
         sink.tamper(|entries| {
             entries.remove(3);
@@ -181,8 +195,27 @@ mod tests {
         // The deleted tail alone is not detectable from the entries...
         assert_eq!(sink.verify(), Ok(3));
         // ...but the next entry still chains to it, which exposes the gap.
-        sink.record(&event(4)).await.expect("record");
+        sink.record(&event(4), &key()).await.expect("record");
         let violation = sink.verify().expect_err("gap");
         assert_eq!((violation.index, violation.kind), (3, ChainViolationKind::Missing { expected_seq: 3 }));
+    }
+
+    #[tokio::test]
+    async fn a_rehashed_chain_fails_the_mac_check() {
+        let sink = MemoryAuditSink::new();
+        for n in 0..3 {
+            sink.record(&event(n), &key()).await.expect("record");
+        }
+        sink.tamper(|entries| {
+            entries[1].event.actor = "mallory".into();
+            for i in 1..entries.len() {
+                entries[i].prev_hash = entries[i - 1].hash.clone();
+                let e = &entries[i];
+                entries[i].hash = entry_hash(e.seq, &e.prev_hash, &e.event).expect("hash");
+            }
+        });
+        assert_eq!(verify_chain(&sink.snapshot(), None), Ok(3), "the hashes are consistent again");
+        let violation = sink.verify().expect_err("but the MACs are not");
+        assert_eq!((violation.index, violation.kind), (1, ChainViolationKind::BadMac));
     }
 }

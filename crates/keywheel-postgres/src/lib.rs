@@ -57,6 +57,36 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Roles: the application does not own the audit log
+//!
+//! The audit log's append-only triggers stop the application's SQL from
+//! editing, deleting or truncating entries, but the owner of a table can
+//! disable its triggers (or drop it). Run [`migrate_with`] at deployment as a
+//! separate **owner** role, naming the **application** role in
+//! [`MigrateOptions::app_role`]; the application then connects as that role
+//! and may only `INSERT` and `SELECT` audit rows (what it needs on the other
+//! tables is granted too, see [`grant_application_role`]):
+//!
+//! ```sql
+//! CREATE ROLE keywheel_owner LOGIN;   -- runs migrations, owns the schema
+//! CREATE ROLE app LOGIN;              -- the application
+//! GRANT CREATE ON DATABASE appdb TO keywheel_owner;
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> keywheel_core::Result<()> {
+//! use keywheel_postgres::{MigrateOptions, PgPool, PgSchema, migrate_with};
+//! let owner = PgPool::without_tls("postgresql://keywheel_owner@db/appdb")?;
+//! migrate_with(&owner, &PgSchema::default(), &MigrateOptions::new().app_role("app")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! As `app`, `UPDATE`, `DELETE` and `TRUNCATE` of audit rows, `ALTER TABLE …
+//! DISABLE TRIGGER`, `DROP TABLE` and `CREATE` in the schema all fail with
+//! `insufficient_privilege`; keyring operations and rotations work. An
+//! application calling [`migrate`] at start-up is fine: an up-to-date schema
+//! needs no DDL. A superuser or the owner is refused as application role.
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -73,7 +103,9 @@ pub use audit::{AuditHead, PgAuditSink};
 pub use ident::{MAX_IDENTIFIER_LEN, quote_ident};
 pub use listener::{ListenerHandle, spawn_listener};
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
-pub use schema::{MigrationReport, PgSchema, SCHEMA_VERSION, migrate};
+pub use schema::{
+    MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, grant_application_role, migrate, migrate_with,
+};
 pub use source::{EncryptedColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
 pub use store::PgKeyStore;
 

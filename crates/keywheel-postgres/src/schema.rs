@@ -69,10 +69,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "keyrings, versions, policies, jobs, leases, audit log",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "keyrings, versions, policies, jobs, leases, audit log",
+        sql: r#"
 CREATE TABLE {s}."keyrings" (
     id            text PRIMARY KEY,
     tenant        text NOT NULL,
@@ -143,10 +144,23 @@ CREATE TRIGGER "audit_log_append_only" BEFORE UPDATE OR DELETE ON {s}."audit_log
 CREATE TRIGGER "audit_log_no_truncate" BEFORE TRUNCATE ON {s}."audit_log"
     FOR EACH STATEMENT EXECUTE FUNCTION {s}."audit_log_append_only"();
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "keyed audit chain: key id and MAC per audit entry",
+        // Entries written before have no MAC ('' never verifies): a verifier
+        // with keys reports them unless a later, authenticated entry vouches for them.
+        sql: r#"
+ALTER TABLE {s}."audit_log"
+    ADD COLUMN key_id text NOT NULL DEFAULT '',
+    ADD COLUMN mac    text NOT NULL DEFAULT '';
+ALTER TABLE {s}."audit_log" ALTER COLUMN key_id DROP DEFAULT, ALTER COLUMN mac DROP DEFAULT;
+"#,
+    },
+];
 
 /// The schema version this build of keywheel-postgres expects (its latest migration).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,21 +171,88 @@ pub struct MigrationReport {
     pub version: i32,
 }
 
+/// How [`migrate_with`] runs: which application role to grant access to.
+///
+/// ```
+/// let options = keywheel_postgres::MigrateOptions::new().app_role("app");
+/// assert_eq!(options.app_role_name(), Some("app"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateOptions {
+    app_role: Option<String>,
+}
+
+impl MigrateOptions {
+    /// No application role: the connecting role owns and uses the tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// After migrating, grant `role` (an existing role that does **not** own
+    /// the schema) exactly what the application needs; see
+    /// [`grant_application_role`].
+    pub fn app_role(mut self, role: impl Into<String>) -> Self {
+        self.app_role = Some(role.into());
+        self
+    }
+
+    /// The application role, if any.
+    pub fn app_role_name(&self) -> Option<&str> {
+        self.app_role.as_deref()
+    }
+}
+
 /// Create or upgrade keywheel's tables in `schema`: versioned and idempotent
 /// (each migration runs once, recorded in `schema_migrations`), safe to call
 /// from several processes at once (they serialize on an advisory lock), and
 /// all in one transaction (a failed migration leaves nothing behind).
 /// Nothing else ever changes the schema: call it at deployment or start-up.
+/// A schema already up to date is left untouched (no DDL), so an application
+/// role without `CREATE` rights may call it at start-up too.
 ///
 /// A database whose schema is newer than this build is refused with
-/// [`Error::Backend`].
+/// [`Error::Backend`]. To run the application as a separate, non-owner role
+/// (recommended: the owner of `audit_log` can disable its append-only
+/// triggers), use [`migrate_with`].
 pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<MigrationReport> {
+    migrate_with(pool, schema, &MigrateOptions::new()).await
+}
+
+/// [`migrate`], then (with [`MigrateOptions::app_role`]) grant the
+/// application role its privileges in the same transaction, as
+/// [`grant_application_role`] describes. Run it as the owner role (the
+/// role that owns, or is to own, the schema), e.g. at deployment:
+///
+/// ```no_run
+/// # async fn demo() -> keywheel_core::Result<()> {
+/// use keywheel_postgres::{MigrateOptions, PgPool, PgSchema, migrate_with};
+/// let owner = PgPool::without_tls("postgresql://keywheel_owner@db/app")?;
+/// migrate_with(&owner, &PgSchema::default(), &MigrateOptions::new().app_role("app")).await?;
+/// // The application connects as `app`: it can record audit entries and read
+/// // them back, but not change, delete or truncate them, nor disable the trigger.
+/// let app = PgPool::without_tls("postgresql://app@db/app")?;
+/// # let _ = app; Ok(()) }
+/// ```
+pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOptions) -> Result<MigrationReport> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await.map_err(on(POOL, "begin migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('keywheel migrate ' || $1::text)::bigint)", &[&schema.name()])
         .await
         .map_err(on(POOL, "lock for migration"))?;
     let q = &schema.quoted;
+    let table = format!("{q}.\"schema_migrations\"");
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(on(POOL, "look for schema_migrations"))?
+        .get(0);
+    if exists && options.app_role.is_none() {
+        let applied = applied_versions(&tx, schema).await?;
+        if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) && applied.iter().all(|v| *v <= SCHEMA_VERSION) {
+            tx.commit().await.map_err(on(POOL, "commit migration"))?;
+            return Ok(MigrationReport { applied: Vec::new(), version: SCHEMA_VERSION });
+        }
+    }
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {q};
          CREATE TABLE IF NOT EXISTS {q}.\"schema_migrations\" (
@@ -181,13 +262,7 @@ pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<MigrationReport
     ))
     .await
     .map_err(on(POOL, "create schema"))?;
-    let applied_before: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {q}.\"schema_migrations\" ORDER BY version"), &[])
-        .await
-        .map_err(on(POOL, "read schema_migrations"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied_before = applied_versions(&tx, schema).await?;
     if let Some(newer) = applied_before.iter().find(|v| **v > SCHEMA_VERSION) {
         return Err(Error::backend(
             POOL,
@@ -210,6 +285,82 @@ pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<MigrationReport
         .map_err(on(POOL, "record migration"))?;
         applied.push(m.version);
     }
+    if let Some(role) = &options.app_role {
+        grant(&tx, schema, role).await?;
+    }
     tx.commit().await.map_err(on(POOL, "commit migration"))?;
     Ok(MigrationReport { applied, version: SCHEMA_VERSION })
+}
+
+/// The migrations recorded in `schema_migrations`, in order.
+async fn applied_versions(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema) -> Result<Vec<i32>> {
+    let rows = tx
+        .query(&format!("SELECT version FROM {}.\"schema_migrations\" ORDER BY version", schema.quoted), &[])
+        .await
+        .map_err(on(POOL, "read schema_migrations"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Grant `role` what a keywheel application needs in a migrated `schema`,
+/// and nothing more. Run as the schema's owner; idempotent; run it again
+/// after an upgrade ([`migrate_with`] does) so new tables are covered.
+///
+/// * `USAGE` on the schema (not `CREATE`);
+/// * `SELECT, INSERT, UPDATE, DELETE` on keywheel's state tables (keyrings,
+///   versions, policies, jobs, leases);
+/// * on `audit_log` only `SELECT` and `INSERT`: no `UPDATE`, `DELETE` or
+///   `TRUNCATE`, and since it does not own the table it cannot disable the
+///   append-only triggers, alter or drop it;
+/// * `SELECT, UPDATE` on `audit_head` (each append advances it; a head set
+///   back is caught by the sink and by [`PgAuditSink::verify`](crate::PgAuditSink::verify));
+/// * `SELECT` on `schema_migrations`.
+///
+/// Refused ([`Error::Backend`]) if `role` does not exist, is a superuser, or
+/// owns (or is a member of the owner of) the audit log: such a role could
+/// rewrite the log whatever is granted.
+pub async fn grant_application_role(pool: &PgPool, schema: &PgSchema, role: &str) -> Result<()> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await.map_err(on(POOL, "begin"))?;
+    grant(&tx, schema, role).await?;
+    tx.commit().await.map_err(on(POOL, "commit grants"))
+}
+
+async fn grant(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema, role: &str) -> Result<()> {
+    let refuse = |why: String| Error::backend(POOL, format!("cannot make {role:?} the application role: {why}"), false);
+    let row = tx
+        .query_opt(
+            "SELECT r.rolsuper, pg_has_role(r.oid, c.relowner, 'MEMBER') \
+             FROM pg_roles r, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE r.rolname = $1 AND n.nspname = $2 AND c.relname = 'audit_log'",
+            &[&role, &schema.name()],
+        )
+        .await
+        .map_err(on(POOL, "look up the application role"))?;
+    let Some(row) = row else {
+        return Err(refuse(format!("no such role, or schema {} is not migrated", schema.name())));
+    };
+    let (superuser, owner): (bool, bool) = (row.get(0), row.get(1));
+    if superuser {
+        return Err(refuse("it is a superuser, which can rewrite the audit log".into()));
+    }
+    if owner {
+        return Err(refuse(
+            "it owns the audit log (or is a member of its owner), so it could disable the append-only \
+             triggers; run migrate as a separate owner role"
+                .into(),
+        ));
+    }
+    let (q, r) = (&schema.quoted, quote_ident(role)?);
+    tx.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA {q} TO {r};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {r};
+         REVOKE ALL ON {q}.\"audit_log\" FROM {r};
+         GRANT SELECT, INSERT ON {q}.\"audit_log\" TO {r};
+         REVOKE ALL ON {q}.\"audit_head\" FROM {r};
+         GRANT SELECT, UPDATE ON {q}.\"audit_head\" TO {r};
+         REVOKE ALL ON {q}.\"schema_migrations\" FROM {r};
+         GRANT SELECT ON {q}.\"schema_migrations\" TO {r};"
+    ))
+    .await
+    .map_err(|e| crate::error::pg(POOL, "grant the application role", &e))
 }

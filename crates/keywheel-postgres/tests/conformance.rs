@@ -48,7 +48,8 @@ impl AuditFixture for Sink {
             ),
             Tamper::Delete(i) => format!("DELETE FROM {log} WHERE pos = {}", at(i)),
             Tamper::Swap(i, j) => format!(
-                "UPDATE {log} AS a SET seq = b.seq, prev_hash = b.prev_hash, hash = b.hash, event = b.event \
+                "UPDATE {log} AS a SET seq = b.seq, prev_hash = b.prev_hash, hash = b.hash, key_id = b.key_id, \
+                 mac = b.mac, event = b.event \
                  FROM {log} AS b, (SELECT {pi} AS x, {pj} AS y) AS p \
                  WHERE (a.pos = p.x AND b.pos = p.y) OR (a.pos = p.y AND b.pos = p.x)",
                 pi = at(i),

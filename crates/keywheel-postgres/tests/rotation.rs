@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{TestDb, XorShift, plaintext};
 use keywheel_core::{
-    Algorithm, AuditEvent, AuditKind, AuditSink, ChainViolationKind, Context, Error, Form, JobPhase, KeyStore,
-    KeyVersion, KeyringId, Outcome, Purpose, RecordSource, RotateOptions, Rotator, Timestamp, version_of,
+    Algorithm, AuditEvent, AuditKind, AuditSink, ChainVerifier, ChainViolationKind, Context, Error, Form, IntegrityKey,
+    JobPhase, KeyStore, KeyVersion, KeyringId, Outcome, Purpose, RecordSource, RotateOptions, Rotator, Timestamp,
+    version_of,
 };
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgRecordSource, PgSchema, TableSpec, migrate, spawn_listener};
 
@@ -264,6 +265,10 @@ async fn key_changes_are_notified_and_leases_are_taken_over_after_a_crash() {
     assert!(matches!(store_a.renew_lease(&a, ttl, t0.plus(ttl)).await, Err(Error::LeaseLost { .. })));
 }
 
+fn audit_key() -> IntegrityKey {
+    IntegrityKey::derive(&[9; 32], b"postgres-tests")
+}
+
 fn event(n: u64) -> AuditEvent {
     AuditEvent {
         at: Timestamp::from_millis(n as i64),
@@ -289,7 +294,7 @@ async fn audit_log_is_one_chain_across_connections_and_append_only() {
             let sink = Arc::clone(sink);
             tasks.push(tokio::spawn(async move {
                 for i in 0..15u64 {
-                    sink.record(&event((s as u64 * 3 + t) * 100 + i)).await.expect("record");
+                    sink.record(&event((s as u64 * 3 + t) * 100 + i), &audit_key()).await.expect("record");
                 }
             }));
         }
@@ -298,7 +303,9 @@ async fn audit_log_is_one_chain_across_connections_and_append_only() {
         t.await.expect("writer");
     }
     let sink = &sinks[0];
-    assert_eq!(sink.verify().await.expect("verify"), Ok(180));
+    let keys = [audit_key()];
+    let keyed = ChainVerifier::new().keys(&keys);
+    assert_eq!(sink.verify(&keyed).await.expect("verify"), Ok(180));
     let entries = sink.entries().await.expect("entries").expect("some");
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (0..180).collect::<Vec<_>>());
     assert_eq!(entries[5].event.kind, event(entries[5].event.at.as_millis() as u64).kind, "stored exactly");
@@ -319,9 +326,21 @@ async fn audit_log_is_one_chain_across_connections_and_append_only() {
          DELETE FROM keywheel.audit_log WHERE seq >= 178;",
     )
     .await;
-    let violation = sink.verify().await.expect("verify").expect_err("tail deleted");
-    assert_eq!((violation.index, violation.kind), (178, ChainViolationKind::Missing { expected_seq: 178 }));
+    let violation = sink.verify(&keyed).await.expect("verify").expect_err("tail deleted");
+    assert_eq!((violation.index, violation.kind), (178, ChainViolationKind::Truncated { expected_seq: 179 }));
     assert_eq!(sink.head().await.expect("head").next_seq, 180);
+    // Appending to the shortened table is refused, not continued.
+    let err = sink.record(&event(1000), &audit_key()).await.expect_err("shortened");
+    assert!(matches!(&err, Error::Audit(m) if m.contains("is not the stored head")), "{err}");
+    // With the head row set back to match, the sink that appended seq 179 still refuses.
+    db.execute(
+        "UPDATE keywheel.audit_head SET next_seq = 178, \
+         last_hash = (SELECT hash FROM keywheel.audit_log WHERE seq = 177)",
+    )
+    .await;
+    let last_writer = sinks.iter().find(|s| s.seen_head().map(|h| h.seq) == Some(179)).expect("a sink appended 179");
+    let err = last_writer.record(&event(1001), &audit_key()).await.expect_err("behind the seen head");
+    assert!(matches!(&err, Error::Audit(m) if m.contains("this process has seen entry seq")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

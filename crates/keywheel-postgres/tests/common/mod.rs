@@ -335,6 +335,67 @@ impl Drop for TestDb {
     }
 }
 
+impl TestDb {
+    /// A pool on the test database, connecting as `user` (trust authentication).
+    pub fn pool_as(&self, user: &str, max_size: usize) -> PgPool {
+        let mut config = self.config.clone();
+        config.user(user);
+        PgPool::new(config, NoTls, max_size)
+    }
+
+    /// A plain client on the test database, connecting as `user`.
+    pub async fn client_as(&self, user: &str) -> keywheel_postgres::tokio_postgres::Client {
+        let mut config = self.config.clone();
+        config.user(user);
+        let (client, connection) = config.connect(NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Create login roles with these (unique) names; they are dropped after
+    /// the test database, when the returned guard is dropped.
+    pub async fn with_roles(self, roles: &[&str]) -> WithRoles {
+        for role in roles {
+            self.execute(&format!("CREATE ROLE \"{role}\" LOGIN")).await;
+        }
+        let admin = conn_string(&self.admin, self.admin.get_dbname().unwrap_or("postgres"));
+        WithRoles { db: Some(self), roles: roles.iter().map(|r| (*r).to_owned()).collect(), admin }
+    }
+}
+
+/// A test database and roles created for it: the database is dropped first,
+/// then the roles (which may own objects in it).
+#[derive(Debug)]
+pub struct WithRoles {
+    db: Option<TestDb>,
+    roles: Vec<String>,
+    admin: String,
+}
+
+impl WithRoles {
+    /// The test database.
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for WithRoles {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let (admin, roles) = (self.admin.clone(), self.roles.clone());
+        block_on_thread(async move {
+            let Ok(config) = admin.parse::<Config>() else { return };
+            let Ok((client, connection)) = config.connect(NoTls).await else { return };
+            let task = tokio::spawn(connection);
+            for role in roles {
+                let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+            }
+            drop(client);
+            let _ = task.await;
+        });
+    }
+}
+
 /// A migrated keywheel schema in the test database.
 pub async fn migrated(db: &TestDb, pool: &PgPool) -> PgSchema {
     let schema = PgSchema::default();
