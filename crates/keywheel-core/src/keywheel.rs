@@ -6,12 +6,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::seal::SealingStore;
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
     KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Outcome, Plaintext, Policy,
     Result, SystemClock, Timestamp, VersionRecord,
 };
-use crate::seal::SealingStore;
 
 /// Builds a [`Keywheel`]; store, KEK and audit sink are required.
 #[derive(Default)]

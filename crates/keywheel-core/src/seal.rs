@@ -215,7 +215,7 @@ impl SealingStore {
 
 /// Whether `changes` only touch fields the seal leaves out (usage counts).
 fn outside_seal(changes: &[KeyringChange]) -> bool {
-    changes.iter().all(|c| matches!(c, KeyringChange::RecordUsage { .. }))
+    !changes.is_empty() && changes.iter().all(|c| matches!(c, KeyringChange::RecordUsage { .. }))
 }
 
 #[async_trait]
