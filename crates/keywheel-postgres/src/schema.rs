@@ -69,10 +69,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "keyrings, versions, policies, jobs, leases, audit log",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "keyrings, versions, policies, jobs, leases, audit log",
+        sql: r#"
 CREATE TABLE {s}."keyrings" (
     id            text PRIMARY KEY,
     tenant        text NOT NULL,
@@ -143,10 +144,21 @@ CREATE TRIGGER "audit_log_append_only" BEFORE UPDATE OR DELETE ON {s}."audit_log
 CREATE TRIGGER "audit_log_no_truncate" BEFORE TRUNCATE ON {s}."audit_log"
     FOR EACH STATEMENT EXECUTE FUNCTION {s}."audit_log_append_only"();
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "keyring seals (record authentication)",
+        sql: r#"
+ALTER TABLE {s}."keyrings"
+    ADD COLUMN seal_key_id text,
+    ADD COLUMN seal_mac    text,
+    ADD CONSTRAINT "keyrings_seal_whole" CHECK ((seal_key_id IS NULL) = (seal_mac IS NULL));
+"#,
+    },
+];
 
 /// The schema version this build of keywheel-postgres expects (its latest migration).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
