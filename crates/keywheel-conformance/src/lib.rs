@@ -175,6 +175,7 @@ macro_rules! key_store_tests {
             update_is_all_or_nothing,
             update_increments_generation_and_persists,
             rewrap_and_compromise_persist,
+            seal_round_trips_and_applies_atomically,
             retire_destroys_material_keeps_metadata,
             racing_activations_have_one_winner,
             concurrent_updates_lose_nothing,
