@@ -259,3 +259,19 @@ async fn a_kek_rotation_reseals_every_record_under_the_new_key() {
     assert_eq!(&only_new.decrypt(&s.id, &on_v1, &ctx()).await.expect("decrypt")[..], b"old");
     assert_eq!(&only_new.decrypt(&s.id, &on_v2, &ctx()).await.expect("decrypt")[..], b"new");
 }
+
+#[tokio::test]
+async fn the_scheduler_and_status_refuse_a_tampered_keyring() {
+    let (s, _, _) = setup().await;
+    let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
+    let now = s.clock.now();
+    let change = KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now };
+    s.store.update_keyring(&s.id, record.generation, &[change]).await.expect("raw write");
+    let before = s.store.load_keyring(&s.id).await.expect("load");
+    let audited = s.audit.events().len();
+    let scheduler = keywheel::Scheduler::new(Rotator::new(s.kw.clone()).expect("rng"), Default::default());
+    assert_tampered(scheduler.status(false).await, &s.id, "status");
+    assert_tampered(scheduler.tick().await, &s.id, "tick");
+    assert_eq!(s.store.load_keyring(&s.id).await.expect("load"), before, "nothing written");
+    assert_eq!(s.audit.events().len(), audited, "nothing audited");
+}

@@ -280,7 +280,7 @@ impl Keywheel {
     /// never resealed. See the [manual](crate::manual), "Record authentication".
     pub async fn seal_unsealed(&self, id: &KeyringId, reason: &str) -> Result<bool> {
         if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("seal of an unsealed keyring"));
+            return Err(Error::ReasonRequired("keyring seal"));
         }
         let raw = self.inner.sealing.inner();
         let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
