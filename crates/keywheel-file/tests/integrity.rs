@@ -105,7 +105,9 @@ async fn assert_refused(dirs: &Dirs, id: &KeyringId, value: &[u8]) {
 
 #[tokio::test]
 async fn edits_of_the_keyring_document_are_refused() {
-    let edits: [(&str, bool, fn(&mut Value)); 4] = [
+    // (what, whether the setup runs an emergency rotation, the edit)
+    type Edit = (&'static str, bool, fn(&mut Value));
+    let edits: [Edit; 4] = [
         ("re-activate the deprecated version", false, |k| {
             k["versions"][1]["state"] = "deprecated".into();
             k["versions"][0]["state"] = "active".into();
