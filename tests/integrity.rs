@@ -275,3 +275,15 @@ async fn the_scheduler_and_status_refuse_a_tampered_keyring() {
     assert_eq!(s.store.load_keyring(&s.id).await.expect("load"), before, "nothing written");
     assert_eq!(s.audit.events().len(), audited, "nothing audited");
 }
+
+#[tokio::test]
+async fn a_rewrap_behind_keywheels_back_is_tampering_not_a_kek_mismatch() {
+    let (s, on_v1, _) = setup().await;
+    let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
+    let mut wrapped = record.version(v(2)).expect("v2").wrapped.clone().expect("live");
+    wrapped.kek_id = "attacker".into();
+    let change = KeyringChange::Rewrap { version: v(2), wrapped };
+    s.store.update_keyring(&s.id, record.generation, &[change]).await.expect("raw write");
+    let fresh = kw_over(&s, Arc::new(LocalKek::from_bytes(&MASTER)));
+    assert_refused_everywhere(&s, &fresh, &on_v1).await;
+}

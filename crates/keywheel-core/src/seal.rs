@@ -174,11 +174,12 @@ impl SealingStore {
         Ok(record.seal_with(&self.keys().await?.0))
     }
 
-    /// Verify `record` as loaded for `id`. A record that fails is first
-    /// checked against the KEK itself: if its wrapped keys name another master
-    /// key, that is the error reported ([`Error::WrongMasterKey`],
-    /// [`Error::KekMismatch`]) rather than tampering, since a wrong master key
-    /// also derives another integrity key.
+    /// Verify `record` as loaded for `id`. A record that is unsealed or
+    /// sealed by none of this KEK's keys is first checked against the KEK
+    /// itself: if its wrapped keys name another master key, that is the error
+    /// reported ([`Error::WrongMasterKey`], [`Error::KekMismatch`]) rather
+    /// than tampering, since a wrong master key also derives another
+    /// integrity key. Either way nothing is used or written.
     pub(crate) async fn verify(&self, id: &KeyringId, record: &KeyringRecord) -> Result<()> {
         if record.id != *id {
             return Err(Error::RecordTampered {
@@ -188,7 +189,11 @@ impl SealingStore {
         }
         let keys = self.keys().await?;
         let result = record.verify_seal(&keys.1);
+        // Only when no key of ours made the seal: a mismatch under one of our
+        // keys is tampering, whatever the wrapped keys say.
+        let foreign = record.seal.as_ref().is_none_or(|s| keys.1.iter().all(|k| k.id() != s.key_id));
         if result.is_err()
+            && foreign
             && let Some(v) = record.versions.iter().rev().find(|v| v.state != KeyState::Retired && v.wrapped.is_some())
             && let Some(w) = &v.wrapped
             && let Err(e @ (Error::WrongMasterKey { .. } | Error::KekMismatch { .. })) =
