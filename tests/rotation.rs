@@ -547,7 +547,9 @@ async fn kek_rotation_rewraps_every_key_and_is_resumable() {
     let again = rotator.rotate_kek(Arc::clone(&new)).await.expect("idempotent");
     assert_eq!((again.keyrings, again.keys, again.already_rewrapped), (0, 0, 3));
     for id in [&w.id, &w.other] {
-        let record = w.kw.record(id).await.expect("record");
+        // Read from the store itself: `w.kw` holds only the old KEK, and
+        // `Keywheel::record` authenticates a record with the KEK's integrity key.
+        let record = w.store.load_keyring(id).await.expect("load").expect("record");
         assert!(record.versions.iter().filter_map(|v| v.wrapped.as_ref()).all(|k| k.kek_id == "local-2027"));
     }
     // Only the new KEK is needed now; the old one no longer opens the store.
@@ -577,7 +579,8 @@ async fn kek_rotation_to_a_new_master_key_under_the_same_id() {
     assert!(matches!(stale.keyring(&w.id).await, Err(Error::WrongMasterKey { .. })));
     // A ring of two wrong keys reports the wrong master key, not a mismatch of ids.
     let wrong = KekRing::new(Arc::new(LocalKek::from_bytes(&[4; 32])), vec![old]);
-    let wrapped = w.kw.record(&w.id).await.expect("record").versions[0].wrapped.clone().expect("live");
+    let record = w.store.load_keyring(&w.id).await.expect("load").expect("record");
+    let wrapped = record.versions[0].wrapped.clone().expect("live");
     let err = keywheel::KeyEncryptionKey::unwrap(&wrong, &w.id, KeyVersion::FIRST, &wrapped).await.expect_err("wrong");
     assert!(matches!(err, Error::WrongMasterKey { .. }), "{err}");
 }

@@ -123,6 +123,27 @@ pub(crate) enum KeyringCommand {
         that do not exist yet, and store the policy it gives for each (policy changes are audited). Keyrings \
         the file does not list are left alone. With --dry-run, only show what would change.")]
     Apply(ApplyArgs),
+    /// Seal keyrings written before keywheel authenticated its records (audited)
+    #[command(long_about = "Seal keyring records that carry no seal yet — stores written by a keywheel from \
+        before record authentication, which every other command refuses until then — as they stand, under \
+        the master key's integrity key. Review the keyring first (its versions are listed, and the audit \
+        trail says how they got there): a record whose seal is present but wrong is never resealed. \
+        Already sealed keyrings are left alone. On Postgres, run `keywheel init` first to upgrade the schema.")]
+    Seal(SealArgs),
+}
+
+/// `keyring seal` options.
+#[derive(Debug, Args)]
+pub(crate) struct SealArgs {
+    /// Keyring id, `tenant/purpose`
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub(crate) keyring: Option<String>,
+    /// Every keyring of the store that has no seal yet
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Who reviewed the records and why they are trusted (recorded in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: String,
 }
 
 /// `keyring apply` options.

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::cli::{
     ApplyArgs, AuditCommand, AuditVerifyArgs, Cli, Command, InitArgs, InspectArgs, KekCommand, KekRotateArgs,
     KeyringCommand, KeyringCreateArgs, KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs,
-    SchedulerCommand, SchedulerRunArgs, StatusArgs, TailArgs,
+    SchedulerCommand, SchedulerRunArgs, SealArgs, StatusArgs, TailArgs,
 };
 use crate::config::unknown_algorithm;
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
@@ -31,6 +31,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Keyring(KeyringCommand::Create(args)) => keyring_create(&settings, &args, json).await,
         Command::Keyring(KeyringCommand::List) => keyring_list(&settings, json).await,
         Command::Keyring(KeyringCommand::Apply(args)) => keyring_apply(&settings, &args, json).await,
+        Command::Keyring(KeyringCommand::Seal(args)) => keyring_seal(&settings, &args, json).await,
         Command::Status(args) => status(&settings, &args, json).await,
         Command::Census(args) => census(&settings, &args, json).await,
         Command::Rotate(args) => rotate(&settings, &args, json).await,
@@ -230,6 +231,36 @@ async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: bool) -> Res
     }
     if json {
         print_json(&json!({ "dry_run": args.dry_run, "keyrings": changes }))?;
+    }
+    Ok(OK)
+}
+
+async fn keyring_seal(settings: &Settings, args: &SealArgs, json: bool) -> Result<u8, CliError> {
+    let reason = args.reason.trim();
+    if reason.is_empty() {
+        return Err(CliError::usage("--reason is empty").with_hint("say who reviewed the records (it is audited)"));
+    }
+    // Opened without loading every keyring: unsealed ones would be refused.
+    let opened = store::open_unverified(settings).await?;
+    let ids = match &args.keyring {
+        Some(k) => vec![parse_keyring(k)?],
+        None => opened.kw.list_keyrings().await?,
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let sealed = opened.kw.seal_unsealed(&id, reason).await?;
+        let record = opened.kw.record(&id).await?;
+        let states: Vec<String> = record.versions.iter().map(|v| format!("v{} {}", v.version.get(), v.state)).collect();
+        if !json {
+            let what = if sealed { "sealed" } else { "already sealed, left alone" };
+            println!("{id}: {what} ({})", states.join(", "));
+        }
+        out.push(json!({ "keyring": id, "sealed": sealed, "versions": record.versions.iter()
+            .map(|v| json!({ "version": v.version, "state": v.state, "compromised": v.compromised }))
+            .collect::<Vec<_>>() }));
+    }
+    if json {
+        print_json(&out)?;
     }
     Ok(OK)
 }

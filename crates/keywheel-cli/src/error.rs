@@ -99,6 +99,12 @@ impl From<Error> for CliError {
                 CliError::refused(message)
             }
             Error::NoActiveVersion { .. } => CliError::error(message),
+            Error::RecordTampered { keyring, .. } => CliError::error(message).with_hint(format!(
+                "nothing was changed; if this store was written by a keywheel from before record \
+                 authentication, review the keyring and seal it with `keywheel keyring seal {keyring} --reason \
+                 TEXT`; otherwise its lifecycle record was edited outside keywheel: compare it with \
+                 `keywheel audit tail` and restore it from a backup"
+            )),
             Error::Audit(_) => CliError::error(message)
                 .with_hint("the step was not taken (keywheel fails closed); fix the audit trail's storage and retry"),
             _ if message.contains("not a keywheel store") => CliError::error(message)

@@ -192,6 +192,23 @@ pub(crate) async fn open(settings: &Settings) -> Result<Opened, CliError> {
 
 /// [`open`] with a given key-encryption key (KEK rotation opens with a ring).
 pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
+    let opened = open_store(settings, kek).await?;
+    // Unwrap every stored key once: a wrong master key stops here, before
+    // anything could be wrapped under it. (Each load also checks the record's seal.)
+    for id in opened.kw.list_keyrings().await? {
+        opened.kw.keyring(&id).await?;
+    }
+    Ok(opened)
+}
+
+/// [`open`] without loading every keyring first, for `keyring seal`: its
+/// records are not sealed yet, and sealing unwraps each one's keys itself
+/// before writing anything.
+pub(crate) async fn open_unverified(settings: &Settings) -> Result<Opened, CliError> {
+    open_store(settings, Arc::new(settings.master_key()?)).await
+}
+
+async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
     let (store, audit, pool): (Arc<dyn KeyStore>, Audit, Option<PgPool>) = match &settings.location {
         Location::File { dir, audit_log } => {
             let store = FileKeyStore::options().create(false).open(dir)?;
@@ -206,11 +223,6 @@ pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptio
         }
     };
     let kw = Keywheel::builder().store(store).audit(audit.sink()).kek(kek).actor(settings.actor.clone()).build()?;
-    // Unwrap every stored key once: a wrong master key stops here, before
-    // anything could be wrapped under it.
-    for id in kw.list_keyrings().await? {
-        kw.keyring(&id).await?;
-    }
     Ok(Opened { kw, location: settings.location.clone(), pool })
 }
 

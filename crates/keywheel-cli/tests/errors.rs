@@ -276,3 +276,52 @@ fn kek_rotation_can_be_run_again_with_the_key_the_first_run_wrote() {
     cli.run(&["status"]).assert_code(1).assert_stderr_contains("wrong master key");
     cli.run(&["--master-key-file", new, "status"]).assert_code(0);
 }
+
+/// The keyring document of `acme/token`, edited as JSON.
+fn edit_keyring(cli: &Cli, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = std::fs::read_dir(cli.store_dir().join("keyrings"))
+        .expect("keyrings dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("acme/token")))
+        .expect("the keyring document");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    change(&mut doc["keyring"]);
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
+}
+
+#[test]
+fn a_keyring_edited_behind_keywheels_back_is_refused_and_never_resealed() {
+    let cli = store_with_keyring();
+    edit_keyring(&cli, |k| k["versions"][0]["compromised"] = true.into());
+    let before = snapshot(&cli.store_dir());
+    for args in [&["status"][..], &["rotate", "acme/token"], &["keyring", "list"]] {
+        let out = cli.run(args).assert_code(1);
+        out.assert_stderr_contains("keyring acme/token failed its integrity check");
+        out.assert_stderr_contains("hint: nothing was changed");
+        out.assert_stderr_contains("keywheel keyring seal acme/token");
+    }
+    let out = cli.run(&["keyring", "seal", "acme/token", "--reason", "looks fine"]).assert_code(1);
+    out.assert_stderr_contains("do not match its seal");
+    assert_eq!(snapshot(&cli.store_dir()), before, "nothing written");
+}
+
+#[test]
+fn a_keyring_from_before_record_authentication_is_sealed_on_request() {
+    let cli = store_with_keyring();
+    cli.run(&["keyring", "create", "acme/database"]).assert_code(0);
+    edit_keyring(&cli, |k| {
+        k.as_object_mut().expect("object").remove("seal");
+    });
+    cli.run(&["status"]).assert_code(1).assert_stderr_contains("carries no seal");
+    cli.run(&["keyring", "seal", "--all"]).assert_code(2);
+    cli.run(&["keyring", "seal", "--all", "--reason", " "]).assert_code(2);
+    let out = cli.run(&["keyring", "seal", "--all", "--reason", "reviewed by ops"]).assert_code(0);
+    out.assert_stdout_contains("acme/token: sealed (v1 active)");
+    out.assert_stdout_contains("acme/database: already sealed, left alone");
+    cli.run(&["status"]).assert_code(0);
+    let tail = cli.run(&["audit", "tail"]).assert_code(0);
+    tail.assert_stdout_contains("keyring_sealed");
+    tail.assert_stdout_contains("reviewed by ops");
+}

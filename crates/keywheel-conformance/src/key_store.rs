@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::{expect_err, race, version};
 use keywheel_core::{
     AfterRotation, Algorithm, Cursor, Error, JobCounts, JobFailure, JobKind, JobPhase, KeyOrigin, KeyState, KeyStore,
-    KeyVersion, KeyringChange, KeyringId, KeyringRecord, Lease, MaintenanceWindow, Policy, Purpose, RotationJob,
-    SourceCheckpoint, Timestamp, VersionRecord, WrappedKey,
+    KeyVersion, KeyringChange, KeyringId, KeyringRecord, Lease, MaintenanceWindow, Policy, Purpose, RecordSeal,
+    RotationJob, SourceCheckpoint, Timestamp, VersionRecord, WrappedKey,
 };
 
 /// The time every check starts at (2025-06-15, arbitrary but fixed).
@@ -411,6 +411,60 @@ pub async fn rewrap_and_compromise_persist(store: Arc<dyn KeyStore>) {
         "rewrapping a retired version must fail with KeyRetired, got: {err:?}"
     );
     assert_unchanged(&store, &loaded, "a refused rewrap").await;
+}
+
+/// A seal literal; the store must keep it byte for byte, never check it.
+fn seal(salt: char) -> RecordSeal {
+    RecordSeal { key_id: format!("{salt}").repeat(16), mac: format!("{salt}0").repeat(32) }
+}
+
+/// The record's seal ([`KeyringRecord::seal`]) round-trips exactly through
+/// `create_keyring` and every load; a [`KeyringChange::Seal`] is applied in
+/// the same compare-and-set as the changes before it (both written, or — when
+/// another change of the list is refused — neither); updates without a `Seal`
+/// keep the stored one; and an unsealed record stays unsealed.
+pub async fn seal_round_trips_and_applies_atomically(store: Arc<dyn KeyStore>) {
+    let id = keyring_id("seal");
+    let mut rec = record(&id, &[KeyState::Active, KeyState::Pending]);
+    rec.seal = Some(seal('a'));
+    create(&store, &rec).await;
+    assert_eq!(load(&store, &id).await, rec, "create_keyring must store the seal exactly");
+
+    let changes = [
+        KeyringChange::SetState { version: version(1), state: KeyState::Deprecated, at: at(1000) },
+        KeyringChange::SetState { version: version(2), state: KeyState::Active, at: at(1000) },
+        KeyringChange::Seal(seal('b')),
+    ];
+    let mut expected = rec.clone();
+    expected.apply(&changes).expect("the conformance changes are legal");
+    assert_eq!(expected.seal, Some(seal('b')));
+    let updated = store.update_keyring(&id, rec.generation, &changes).await.expect("a sealed update must succeed");
+    assert_eq!(updated, expected, "update_keyring must return the new seal with the new states");
+    assert_eq!(load(&store, &id).await, expected, "the new seal must be persisted with the states it covers");
+
+    let refused = [
+        KeyringChange::MarkCompromised { version: version(2) },
+        KeyringChange::Seal(seal('c')),
+        KeyringChange::SetState { version: version(1), state: KeyState::Pending, at: at(2000) },
+    ];
+    expect_err(store.update_keyring(&id, updated.generation, &refused).await, "a sealed batch with an illegal change");
+    assert_unchanged(&store, &updated, "a refused batch must not write its seal either").await;
+
+    let usage = [KeyringChange::RecordUsage { version: version(2), add: 3 }];
+    let counted = store.update_keyring(&id, updated.generation, &usage).await.expect("a usage update must succeed");
+    assert_eq!(counted.seal, Some(seal('b')), "an update without a Seal change must keep the stored seal");
+    assert_eq!(load(&store, &id).await, counted, "the kept seal must be persisted");
+
+    let unsealed_id = keyring_id("seal-none");
+    let unsealed = record(&unsealed_id, &[KeyState::Active]);
+    create(&store, &unsealed).await;
+    assert_eq!(load(&store, &unsealed_id).await.seal, None, "a record created without a seal must load without one");
+    let sealed = store
+        .update_keyring(&unsealed_id, unsealed.generation, &[KeyringChange::Seal(seal('d'))])
+        .await
+        .expect("a Seal-only update must succeed");
+    assert_eq!(load(&store, &unsealed_id).await, sealed, "a Seal-only update must be persisted");
+    assert_eq!(sealed.seal, Some(seal('d')));
 }
 
 /// Retiring a version destroys its wrapped material in the store but keeps its

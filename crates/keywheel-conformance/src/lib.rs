@@ -176,6 +176,7 @@ macro_rules! key_store_tests {
             update_increments_generation_and_persists,
             rewrap_and_compromise_persist,
             lifecycle_rules_hold_in_the_store,
+            seal_round_trips_and_applies_atomically,
             retire_destroys_material_keeps_metadata,
             racing_activations_have_one_winner,
             concurrent_updates_lose_nothing,

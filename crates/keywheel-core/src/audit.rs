@@ -142,6 +142,12 @@ pub enum AuditKind {
         /// What was found.
         detail: String,
     },
+    /// A keyring record written before record authentication was sealed as it
+    /// stood, after an operator's review (the reason says whose).
+    KeyringSealed {
+        /// Id of the integrity key that sealed it.
+        key_id: String,
+    },
 }
 
 /// One lifecycle event. Deserializing refuses unknown fields (here and in

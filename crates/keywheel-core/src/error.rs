@@ -313,6 +313,18 @@ pub enum Error {
     /// A forced operation needs a non-empty reason.
     #[error("a forced {0} needs a reason (it is audited)")]
     ReasonRequired(&'static str),
+    /// A keyring record failed its integrity check: it carries no seal, or its
+    /// lifecycle fields (states, flags, algorithms, wrapped keys, timestamps) do
+    /// not match the seal made under the KEK's integrity key. The record was
+    /// changed outside keywheel (or predates record authentication); nothing
+    /// was written. Not retryable.
+    #[error("keyring {keyring} failed its integrity check: {detail}")]
+    RecordTampered {
+        /// The keyring.
+        keyring: KeyringId,
+        /// What did not match (never key bytes).
+        detail: String,
+    },
     /// No such job.
     #[error("rotation job {0} not found")]
     JobNotFound(String),

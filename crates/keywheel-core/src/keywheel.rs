@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::seal::SealingStore;
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
     KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Lease, Outcome, Plaintext,
@@ -75,10 +76,14 @@ impl KeywheelBuilder {
     /// Build it. [`Error::InvalidArgument`] names a missing component.
     pub fn build(self) -> Result<Keywheel> {
         let missing = |what: &str| Error::InvalidArgument(format!("Keywheel::builder() needs a {what}"));
+        let store = self.store.ok_or_else(|| missing("store"))?;
+        let kek = self.kek.ok_or_else(|| missing("KEK"))?;
+        let sealing = Arc::new(SealingStore::new(store, Arc::clone(&kek)));
         Ok(Keywheel {
             inner: Arc::new(Inner {
-                store: self.store.ok_or_else(|| missing("store"))?,
-                kek: self.kek.ok_or_else(|| missing("KEK"))?,
+                store: Arc::clone(&sealing) as Arc<dyn KeyStore>,
+                sealing,
+                kek,
                 audit: self.audit.ok_or_else(|| missing("audit sink"))?,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 actor: self.actor.unwrap_or_else(|| "keywheel".to_owned()),
@@ -99,7 +104,10 @@ struct Cached {
 }
 
 struct Inner {
+    /// `sealing`, as the trait object [`Keywheel::store`] hands out.
     store: Arc<dyn KeyStore>,
+    /// The configured store behind the seal/verify decorator.
+    sealing: Arc<SealingStore>,
     kek: Arc<dyn KeyEncryptionKey>,
     audit: Arc<dyn AuditSink>,
     clock: Arc<dyn Clock>,
@@ -161,7 +169,11 @@ impl Keywheel {
         KeywheelBuilder::default()
     }
 
-    /// The key store.
+    /// The key store, as keywheel uses it: every keyring it loads is verified
+    /// against its seal ([`Error::RecordTampered`] otherwise) and every keyring
+    /// write through it is sealed under the KEK's integrity key (see the
+    /// [manual](crate::manual), "Record authentication"). Writes of usage counts
+    /// alone (`RecordUsage`) pass straight through: the seal leaves them out.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.inner.store
     }
@@ -250,21 +262,37 @@ impl Keywheel {
     }
 
     /// Audit `events`, then apply `changes` to the keyring with compare-and-set
-    /// against `record.generation`. The changes are validated first, so illegal
-    /// ones are refused before anything is audited or written. If the store then
-    /// refuses the update, a `Failed` copy of the last event is recorded (best
-    /// effort) and the store's error returned.
+    /// against `record.generation`, sealing the result (the seal of the record
+    /// as `changes` leave it is appended as a last [`KeyringChange::Seal`]).
+    /// `record` must pass its seal check ([`Error::RecordTampered`] otherwise),
+    /// and the changes are validated first, so tampered records and illegal
+    /// changes are refused before anything is audited or written. If the store
+    /// then refuses the update, a `Failed` copy of the last event is recorded
+    /// (best effort) and the store's error returned.
     pub async fn apply_audited(
         &self,
         record: &KeyringRecord,
         changes: &[KeyringChange],
         events: &[AuditEvent],
     ) -> Result<KeyringRecord> {
+        self.verify_record(record).await?;
         record.clone().apply(changes)?;
         self.record_all(events).await?;
-        match self.inner.store.update_keyring(&record.id, record.generation, changes).await {
+        let result = self.inner.sealing.update_from(record, changes).await;
+        self.finish_update(&record.id, result, events).await
+    }
+
+    /// Invalidate the cache after a successful update; after a failed one,
+    /// record a `Failed` copy of the last event (best effort).
+    async fn finish_update(
+        &self,
+        id: &KeyringId,
+        result: Result<KeyringRecord>,
+        events: &[AuditEvent],
+    ) -> Result<KeyringRecord> {
+        match result {
             Ok(updated) => {
-                self.invalidate(&record.id);
+                self.invalidate(id);
                 Ok(updated)
             }
             Err(e) => {
@@ -280,7 +308,54 @@ impl Keywheel {
         }
     }
 
-    /// The stored record of a keyring ([`Error::KeyringNotFound`] if absent).
+    /// Check `record`'s seal as every load does: [`Error::RecordTampered`]
+    /// naming the keyring if it has no seal or its lifecycle fields do not
+    /// match it (or [`Error::WrongMasterKey`] if the KEK is not the one the
+    /// keyring was written with).
+    pub async fn verify_record(&self, record: &KeyringRecord) -> Result<()> {
+        self.inner.sealing.verify(&record.id, record).await
+    }
+
+    /// Seal a keyring record that has no seal yet — one written before record
+    /// authentication — as it stands, after an operator has reviewed it:
+    /// audited as `KeyringSealed` with `reason` (required). Every live version
+    /// is unwrapped first, so a wrong master key fails before anything is
+    /// written. Returns `true` if it sealed the record, `false` if it already
+    /// carried a valid seal (nothing written). A record whose seal is present
+    /// but does not verify is refused with [`Error::RecordTampered`]: it is
+    /// never resealed. See the [manual](crate::manual), "Record authentication".
+    pub async fn seal_unsealed(&self, id: &KeyringId, reason: &str) -> Result<bool> {
+        if reason.trim().is_empty() {
+            return Err(Error::ReasonRequired("keyring seal"));
+        }
+        let raw = self.inner.sealing.inner();
+        let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
+        if record.seal.is_some() {
+            self.verify_record(&record).await?;
+            return Ok(false);
+        }
+        if record.id != *id {
+            return Err(Error::RecordTampered {
+                keyring: id.clone(),
+                detail: format!("the store returned the record of keyring {}", record.id),
+            });
+        }
+        record.validate()?;
+        // Proves the configured KEK opens every live version before vouching for them.
+        drop(self.unwrapped(&record).await?);
+        let seal = self.inner.sealing.seal(&record).await?;
+        let cid = correlation_id()?;
+        let mut event = self.event(Some(id), AuditKind::KeyringSealed { key_id: seal.key_id.clone() }, &cid);
+        event.reason = Some(reason.to_owned());
+        let events = [event];
+        self.record_all(&events).await?;
+        let result = raw.update_keyring(id, record.generation, &[KeyringChange::Seal(seal)]).await;
+        self.finish_update(id, result, &events).await?;
+        Ok(true)
+    }
+
+    /// The stored record of a keyring ([`Error::KeyringNotFound`] if absent),
+    /// verified against its seal ([`Error::RecordTampered`] if it does not match).
     pub async fn record(&self, id: &KeyringId) -> Result<KeyringRecord> {
         self.inner.store.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))
     }
@@ -293,8 +368,9 @@ impl Keywheel {
     /// Create a keyring with version 1 generated and Active, ready to encrypt.
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
         // Refused before anything is audited; the store's own check below
-        // still decides a race between two creators.
-        if self.inner.store.load_keyring(id).await?.is_some() {
+        // still decides a race between two creators. (Raw load: an existing
+        // keyring is reported as existing, sealed or not.)
+        if self.inner.sealing.inner().load_keyring(id).await?.is_some() {
             return Err(Error::KeyringExists(id.clone()));
         }
         let now = self.now();
@@ -306,6 +382,8 @@ impl Keywheel {
         record.versions.push(v1);
         record.apply(&[KeyringChange::SetState { version: KeyVersion::FIRST, state: KeyState::Active, at: now }])?;
         record.generation = 1;
+        // Sealed here, before the audit, so a KEK that cannot seal fails first.
+        record.seal = Some(self.inner.sealing.seal(&record).await?);
         self.record_all(&[
             self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
             self.event(
@@ -316,7 +394,7 @@ impl Keywheel {
             self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
         ])
         .await?;
-        if let Err(e) = self.inner.store.create_keyring(&record).await {
+        if let Err(e) = self.inner.sealing.inner().create_keyring(&record).await {
             let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
             failed.outcome = Outcome::Failed;
             failed.reason = Some(e.to_string());
@@ -599,7 +677,7 @@ impl Keywheel {
     async fn reload(&self, id: &KeyringId, forced: bool) -> Result<Arc<Keyring>> {
         let record = self.record(id).await?;
         let previous = self.cached(id, |_| true);
-        let ring = Arc::new(self.snapshot(&record, previous).await?);
+        let ring = Arc::new(self.build_snapshot(&record, previous).await?);
         let now = self.now();
         if let Ok(mut cache) = self.inner.cache.write() {
             let last_forced = cache.get(id).and_then(|c| c.last_forced_reload);
@@ -616,9 +694,16 @@ impl Keywheel {
     }
 
     /// Build a snapshot from a stored record, unwrapping every live version.
-    /// A wrong master key fails once, on the first version, with
+    /// The record must pass its seal check ([`Error::RecordTampered`]); a
+    /// wrong master key fails once, on the first version, with
     /// [`Error::WrongMasterKey`].
     pub async fn snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
+        self.verify_record(record).await?;
+        self.build_snapshot(record, previous).await
+    }
+
+    /// [`snapshot`](Self::snapshot) of a record already verified.
+    async fn build_snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
         record.validate()?;
         let mut builder = self.unwrapped(record).await?;
         if let Some(p) = previous {

@@ -29,6 +29,7 @@ mod nonce;
 mod policy;
 mod rotation;
 mod scheduler;
+mod seal;
 mod source;
 mod state;
 mod store;
@@ -61,6 +62,7 @@ pub use scheduler::{
     Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig, SchedulerTotals,
     StatusReport, TickReport, VersionsByState, Warning, evaluate, retirement_candidates, status_report,
 };
+pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_LABEL};
 pub use source::{Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, census_by_scan};
 pub use state::KeyState;
 pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, check_fence, grant_lease};

@@ -72,7 +72,10 @@
 //! * **What it does not**: a process holding a keyring snapshot can decrypt
 //!   everything that keyring protects; a database writer can delete values or
 //!   replay an older value of the same field (same row and column) — bind a
-//!   per-write counter into the context if that matters to you.
+//!   per-write counter into the context if that matters to you. Lifecycle
+//!   records are sealed under the master key (section 7), so a store writer
+//!   cannot re-activate a deprecated or compromised version; they can replay a
+//!   whole older, validly sealed record of the same keyring.
 //! * **Key material** is 32 bytes from the OS RNG (`getrandom`), held in
 //!   zeroize-on-drop boxes ([`KeyMaterial`](crate::KeyMaterial)); the cipher
 //!   key schedules are zeroized on drop (RustCrypto `zeroize` features). No key
@@ -159,7 +162,10 @@
 //!   [`KeyringChange`](crate::KeyringChange) means and of the invariants), then
 //!   write it only if the stored generation is still the expected one, e.g.
 //!   `UPDATE … SET … WHERE id = $1 AND generation = $2` in one transaction.
-//!   Leases follow [`grant_lease`](crate::grant_lease).
+//!   Leases follow [`grant_lease`](crate::grant_lease). Keep
+//!   [`KeyringRecord::seal`](crate::KeyringRecord::seal) exactly as given (it
+//!   changes through [`KeyringChange::Seal`](crate::KeyringChange::Seal) only);
+//!   never compute or check it.
 //! * [`RecordSource`](crate::RecordSource): scan your encrypted values in a
 //!   stable order after an opaque [`Cursor`](crate::Cursor), and replace a batch
 //!   with compare-and-set on the old bytes (`UPDATE t SET col = new WHERE pk = $1
@@ -239,3 +245,78 @@
 //!   tail or all of it, which only an anchored head (or a live sink) detects.
 //!   Auditors without the master key can check the structure and the head,
 //!   not who wrote the entries.
+//!
+//! ## 7. Record authentication
+//!
+//! A keyring's lifecycle record — which version is Active, which are
+//! Deprecated, Retired or flagged compromised, with which algorithm — decides
+//! what keywheel encrypts and decrypts with. Whoever can write the store (a
+//! database user, anyone who can edit the file store's JSON) could otherwise
+//! re-activate a deprecated or compromised version, clear the compromised
+//! flag or change an algorithm, and keywheel would use the result with no
+//! audit entry. So every record carries a **seal**
+//! ([`RecordSeal`](crate::RecordSeal), [`KeyringRecord::seal`](crate::KeyringRecord::seal)):
+//! an HMAC-SHA256 under the KEK's [`IntegrityKey`](crate::IntegrityKey)
+//! (derived from the master key, never stored), with the label
+//! [`SEAL_LABEL`](crate::SEAL_LABEL) `"keyring-seal"`, over this encoding
+//! (v1, [`KeyringRecord::seal_message`](crate::KeyringRecord::seal_message);
+//! "str" is `u32-BE length ‖ UTF-8 bytes`, "time" is `00` for none or `01 ‖
+//! i64-BE milliseconds since the epoch`):
+//!
+//! ```text
+//! 01                                  encoding version
+//! str(keyring id, canonical)  u8 algorithm id  i64-BE created_at
+//! u32-BE number of versions, then per version in order:
+//!   u32-BE version  u8 algorithm id  str(state: "pending", "active", …)
+//!   str(origin: "generated" | "imported")
+//!   00 (no material) | 01 ‖ str(kek id) ‖ str(key check) ‖ str(wrapped ciphertext)
+//!   time(created_at) time(activated_at) time(deprecated_at) time(retired_at)
+//!   u8 compromised (00 | 01)
+//!   00 (no predecessor) | 01 ‖ u32-BE the version it replaced (what a rollback returns to)
+//! ```
+//!
+//! The seal leaves out the generation and the usage counts (`encryptions`):
+//! every process flushes its counts with a plain additive
+//! [`RecordUsage`](crate::KeyringChange::RecordUsage) update, which keeps the
+//! seal valid and needs no key. A field added to
+//! [`VersionRecord`](crate::VersionRecord) that matters to the lifecycle needs
+//! a new encoding version.
+//!
+//! * **Writes**: [`Keywheel`](crate::Keywheel) applies the changes to its copy
+//!   of the record, seals the result and appends it as a last
+//!   [`KeyringChange::Seal`](crate::KeyringChange::Seal) to the same update, so
+//!   record and seal are written in one compare-and-set by stores that never
+//!   see the key. [`Keywheel::store`](crate::Keywheel::store) returns the store
+//!   behind this sealing layer: any write through it is sealed (changes that
+//!   only record usage pass straight through).
+//! * **Reads**: every load — [`Keywheel::record`](crate::Keywheel::record), the
+//!   snapshots behind `encrypt`/`decrypt`, rotation, retirement, the
+//!   scheduler and status — checks the seal against every key of
+//!   [`KeyEncryptionKey::integrity_keys`](crate::KeyEncryptionKey::integrity_keys)
+//!   (during a KEK rotation a [`KekRing`](crate::KekRing) holds the old and the
+//!   new one; the rotation reseals each record under the new key). A missing
+//!   or bad seal is [`Error::RecordTampered`](crate::Error::RecordTampered)
+//!   naming the keyring, before anything is written or audited; a record
+//!   sealed under another master key whose keys are wrapped under it too is
+//!   reported as [`Error::WrongMasterKey`](crate::Error::WrongMasterKey).
+//! * **Stores written before record authentication** hold records without a
+//!   seal. They are refused like any other — accepting an unsealed record would
+//!   let an attacker simply strip the seal — until an operator has reviewed
+//!   each one (its states against the audit trail) and seals it as it stands
+//!   with [`Keywheel::seal_unsealed`](crate::Keywheel::seal_unsealed) (CLI:
+//!   `keywheel keyring seal KEYRING|--all --reason TEXT`), audited as
+//!   `KeyringSealed` with the reason. A record whose seal is present but wrong is
+//!   never resealed: restore it from a backup. On Postgres, schema migration 3
+//!   adds the seal columns (`migrate`, or `keywheel init`); Postgres loads take
+//!   a version's state, algorithm, origin and compromised flag from their typed
+//!   columns, so an `UPDATE` of those columns is what the seal check sees.
+//! * **Limit — replay**: the seal authenticates a record's content, not its
+//!   freshness. A store writer can replace a keyring's record with an *older,
+//!   validly sealed record of the same keyring* (from a backup, or one they
+//!   saved earlier), e.g. from before a rotation or an emergency flag, and it
+//!   verifies. The audit trail records every lifecycle step, so compare the
+//!   states in the store (`keywheel keyring list`) with it (`keywheel audit
+//!   tail`) when that matters; binding the seal to the audit chain's head
+//!   would close the gap.
+//!   A writer can also delete a keyring or withhold updates; the seal does not
+//!   protect availability.

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Error, KeyState, KeyVersion, KeyringId, Policy, Result, RotationJob, Timestamp, WrappedKey};
+use crate::{
+    Algorithm, Error, KeyState, KeyVersion, KeyringId, Policy, RecordSeal, Result, RotationJob, Timestamp, WrappedKey,
+};
 
 /// Where a version's material came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +67,13 @@ pub struct KeyringRecord {
     pub created_at: Timestamp,
     /// Versions 1..=n in order.
     pub versions: Vec<VersionRecord>,
+    /// The authentication tag of the lifecycle fields (see
+    /// [`seal_message`](Self::seal_message)), set by a [`KeyringChange::Seal`];
+    /// `None` in records written before record authentication (they are
+    /// refused until sealed, see [`Keywheel::seal_unsealed`](crate::Keywheel::seal_unsealed)).
+    /// Stores keep it as they keep the other fields, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<RecordSeal>,
 }
 
 /// One change to a keyring; a [`KeyStore::update_keyring`] call applies a list
@@ -105,12 +114,16 @@ pub enum KeyringChange {
         /// Encryptions to add.
         add: u64,
     },
+    /// Set the record's seal (replacing any previous one). Computed by
+    /// [`Keywheel`](crate::Keywheel) over the record as the other changes of
+    /// the same update leave it, and appended last; stores only keep it.
+    Seal(RecordSeal),
 }
 
 impl KeyringRecord {
     /// A new keyring record at generation 1, without versions.
     pub fn new(id: KeyringId, algorithm: Algorithm, now: Timestamp) -> Self {
-        KeyringRecord { id, generation: 1, algorithm, created_at: now, versions: Vec::new() }
+        KeyringRecord { id, generation: 1, algorithm, created_at: now, versions: Vec::new(), seal: None }
     }
 
     /// The Active version, if any.
@@ -308,6 +321,7 @@ impl KeyringRecord {
                 let v = self.version_mut(*version)?;
                 v.encryptions = v.encryptions.saturating_add(*add);
             }
+            KeyringChange::Seal(seal) => self.seal = Some(seal.clone()),
         }
         Ok(())
     }

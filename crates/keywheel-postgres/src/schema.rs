@@ -157,10 +157,20 @@ ALTER TABLE {s}."audit_log"
 ALTER TABLE {s}."audit_log" ALTER COLUMN key_id DROP DEFAULT, ALTER COLUMN mac DROP DEFAULT;
 "#,
     },
+    Migration {
+        version: 3,
+        description: "keyring seals (record authentication)",
+        sql: r#"
+ALTER TABLE {s}."keyrings"
+    ADD COLUMN seal_key_id text,
+    ADD COLUMN seal_mac    text,
+    ADD CONSTRAINT "keyrings_seal_whole" CHECK ((seal_key_id IS NULL) = (seal_mac IS NULL));
+"#,
+    },
 ];
 
 /// The schema version this build of keywheel-postgres expects (its latest migration).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keywheel_core::{
-    Algorithm, Error, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId, KeyringRecord, Lease, Policy, Result,
-    RotationJob, Timestamp, VersionRecord, WrappedKey, async_trait, check_fence, grant_lease,
+    Algorithm, Error, KeyOrigin, KeyState, KeyStore, KeyVersion, KeyringChange, KeyringId, KeyringRecord, Lease,
+    Policy, RecordSeal, Result, RotationJob, Timestamp, VersionRecord, WrappedKey, async_trait, check_fence,
+    grant_lease,
 };
 use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -18,11 +19,15 @@ use crate::{PgPool, PgSchema};
 /// A [`KeyStore`] in Postgres: the full contract, over a [`PgPool`], in the
 /// tables [`migrate`](crate::migrate) creates in a [`PgSchema`].
 ///
-/// * **Keyrings** are a row in `keyrings` (with the generation) plus one row
-///   per version in `key_versions`: state, algorithm, origin, the compromised
-///   flag, the KEK-wrapped material (`kek_id`, `key_check`, `wrapped`; all NULL
-///   once retired) and the whole version record as JSON (`meta`), so fields
-///   added to [`VersionRecord`] later are kept too.
+/// * **Keyrings** are a row in `keyrings` (with the generation and the
+///   record's seal, `seal_key_id` and `seal_mac`, NULL until sealed) plus one
+///   row per version in `key_versions`: state, algorithm, origin, the
+///   compromised flag, the KEK-wrapped material (`kek_id`, `key_check`,
+///   `wrapped`; all NULL once retired) and the whole version record as JSON
+///   (`meta`), so fields added to [`VersionRecord`] later are kept too. The
+///   typed columns are what a load returns for the fields they hold (the copy
+///   in `meta` is ignored), so what an operator sees in SQL is what keywheel
+///   uses — and what the seal is checked against.
 /// * **[`update_keyring`](KeyStore::update_keyring)** is one transaction: the
 ///   keyring row is locked (`SELECT … FOR UPDATE`), the generation compared,
 ///   the changes applied with [`KeyringRecord::apply`], the changed versions and
@@ -72,7 +77,8 @@ struct Sql {
     load_policy: String,
 }
 
-const VERSION_COLUMNS: &str = "v.version, v.meta::text, v.kek_id, v.key_check, v.wrapped";
+const VERSION_COLUMNS: &str =
+    "v.version, v.meta::text, v.kek_id, v.key_check, v.wrapped, v.state, v.algorithm, v.origin, v.compromised";
 
 impl Sql {
     fn new(s: &PgSchema) -> Self {
@@ -80,18 +86,20 @@ impl Sql {
             (s.table("keyrings"), s.table("key_versions"), s.table("leases"), s.table("jobs"), s.table("policies"));
         Sql {
             insert_keyring: format!(
-                "INSERT INTO {keyrings} (id, tenant, purpose, generation, algorithm, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO {keyrings} (id, tenant, purpose, generation, algorithm, created_at_ms, seal_key_id, \
+                 seal_mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
             ),
             lock_keyring: format!(
-                "SELECT generation, algorithm, created_at_ms FROM {keyrings} WHERE id = $1 FOR UPDATE"
+                "SELECT generation, algorithm, created_at_ms, seal_key_id, seal_mac FROM {keyrings} \
+                 WHERE id = $1 FOR UPDATE"
             ),
             load_versions: format!(
                 "SELECT {VERSION_COLUMNS} FROM {versions} AS v WHERE v.keyring_id = $1 ORDER BY v.version"
             ),
             // One statement, so one snapshot: the keyring and its versions of one generation.
             load_keyring: format!(
-                "SELECT k.generation, k.algorithm, k.created_at_ms, {VERSION_COLUMNS} FROM {keyrings} AS k \
+                "SELECT k.generation, k.algorithm, k.created_at_ms, k.seal_key_id, k.seal_mac, {VERSION_COLUMNS} \
+                 FROM {keyrings} AS k \
                  LEFT JOIN {versions} AS v ON v.keyring_id = k.id WHERE k.id = $1 ORDER BY v.version"
             ),
             list_keyrings: format!("SELECT id FROM {keyrings}"),
@@ -103,7 +111,10 @@ impl Sql {
                  kek_id = EXCLUDED.kek_id, key_check = EXCLUDED.key_check, wrapped = EXCLUDED.wrapped, \
                  meta = EXCLUDED.meta"
             ),
-            set_generation: format!("UPDATE {keyrings} SET generation = $2, updated_at = now() WHERE id = $1"),
+            set_generation: format!(
+                "UPDATE {keyrings} SET generation = $2, seal_key_id = $3, seal_mac = $4, updated_at = now() \
+                 WHERE id = $1"
+            ),
             ensure_lease_row: format!(
                 "INSERT INTO {leases} (keyring_id, token) VALUES ($1, 0) ON CONFLICT (keyring_id) DO NOTHING"
             ),
@@ -173,7 +184,15 @@ fn millis(t: Timestamp) -> i64 {
     t.as_millis()
 }
 
-/// The version record from `meta` plus the material columns, starting at column `at`.
+/// A serde enum from its string form (the inverse of [`serde_name`]).
+fn from_serde_name<T: serde::de::DeserializeOwned>(name: String, what: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(name))
+        .map_err(|e| invalid(STORE, format!("stored {what} does not decode: {e}")))
+}
+
+/// The version record from `meta`, with the typed columns (state, algorithm,
+/// origin, compromised flag, material) in place of their copies in `meta`,
+/// starting at column `at`.
 fn version_from_row(row: &Row, at: usize) -> Result<VersionRecord> {
     let meta: String = row.try_get(at + 1).map_err(on(STORE, "read version"))?;
     let mut record: VersionRecord = from_json(&meta, "key version")?;
@@ -192,6 +211,14 @@ fn version_from_row(row: &Row, at: usize) -> Result<VersionRecord> {
         (None, None, None) => None,
         _ => return Err(invalid(STORE, format!("key_versions row {stored_version} has partial key material"))),
     };
+    let read = on(STORE, "read version");
+    record.state = from_serde_name::<KeyState>(row.try_get(at + 5).map_err(&read)?, "key state")?;
+    let algorithm: String = row.try_get(at + 6).map_err(&read)?;
+    record.algorithm = Algorithm::from_str(&algorithm).map_err(|_| {
+        invalid(STORE, format!("key_versions row {stored_version} has unknown algorithm {algorithm:?}"))
+    })?;
+    record.origin = from_serde_name::<KeyOrigin>(row.try_get(at + 7).map_err(&read)?, "key origin")?;
+    record.compromised = row.try_get(at + 8).map_err(read)?;
     Ok(record)
 }
 
@@ -276,12 +303,25 @@ impl PgKeyStore {
     }
 }
 
-fn keyring_header(id: &KeyringId, generation: i64, algorithm: &str, created_at_ms: i64) -> Result<KeyringRecord> {
+/// The keyring row's fields, from column 0: generation, algorithm,
+/// created_at_ms, seal_key_id, seal_mac.
+fn keyring_header(id: &KeyringId, row: &Row) -> Result<KeyringRecord> {
+    let read = on(STORE, "read keyring");
+    let generation: i64 = row.try_get(0).map_err(&read)?;
+    let algorithm: &str = row.try_get(1).map_err(&read)?;
+    let created_at_ms: i64 = row.try_get(2).map_err(&read)?;
+    let seal_key_id: Option<String> = row.try_get(3).map_err(&read)?;
+    let seal_mac: Option<String> = row.try_get(4).map_err(read)?;
     let algorithm = Algorithm::from_str(algorithm)
         .map_err(|_| invalid(STORE, format!("keyring {id} has unknown algorithm {algorithm:?}")))?;
     let mut record = KeyringRecord::new(id.clone(), algorithm, Timestamp::from_millis(created_at_ms));
     record.generation =
         u64::try_from(generation).map_err(|_| invalid(STORE, format!("keyring {id} has negative generation")))?;
+    record.seal = match (seal_key_id, seal_mac) {
+        (Some(key_id), Some(mac)) => Some(RecordSeal { key_id, mac }),
+        (None, None) => None,
+        _ => return Err(invalid(STORE, format!("keyring {id} has a partial seal"))),
+    };
     Ok(record)
 }
 
@@ -302,6 +342,8 @@ impl KeyStore for PgKeyStore {
                     &generation_to_sql(record.generation)?,
                     &record.algorithm.name(),
                     &millis(record.created_at),
+                    &record.seal.as_ref().map(|s| s.key_id.as_str()),
+                    &record.seal.as_ref().map(|s| s.mac.as_str()),
                 ],
             )
             .await
@@ -318,16 +360,11 @@ impl KeyStore for PgKeyStore {
         let client = self.pool.get().await?;
         let rows = client.query(&self.sql.load_keyring, &[&id.canonical()]).await.map_err(on(STORE, "load keyring"))?;
         let Some(first) = rows.first() else { return Ok(None) };
-        let mut record = keyring_header(
-            id,
-            first.try_get(0).map_err(on(STORE, "read keyring"))?,
-            first.try_get(1).map_err(on(STORE, "read keyring"))?,
-            first.try_get(2).map_err(on(STORE, "read keyring"))?,
-        )?;
+        let mut record = keyring_header(id, first)?;
         for row in &rows {
-            let version: Option<i32> = row.try_get(3).map_err(on(STORE, "read keyring"))?;
+            let version: Option<i32> = row.try_get(5).map_err(on(STORE, "read keyring"))?;
             if version.is_some() {
-                record.versions.push(version_from_row(row, 3)?);
+                record.versions.push(version_from_row(row, 5)?);
             }
         }
         Ok(Some(record))
@@ -361,12 +398,7 @@ impl KeyStore for PgKeyStore {
         else {
             return Err(Error::KeyringNotFound(id.clone()));
         };
-        let mut record = keyring_header(
-            id,
-            head.try_get(0).map_err(on(STORE, "read keyring"))?,
-            head.try_get(1).map_err(on(STORE, "read keyring"))?,
-            head.try_get(2).map_err(on(STORE, "read keyring"))?,
-        )?;
+        let mut record = keyring_header(id, &head)?;
         record.check_generation(expected_generation)?;
         for row in tx.query(&self.sql.load_versions, &[&canonical]).await.map_err(on(STORE, "load versions"))? {
             record.versions.push(version_from_row(&row, 0)?);
@@ -376,9 +408,17 @@ impl KeyStore for PgKeyStore {
         // (the transaction rolls back when dropped).
         record.apply(changes)?;
         self.write_versions(&tx, &canonical, &before.versions, &record.versions).await?;
-        tx.execute(&self.sql.set_generation, &[&canonical, &generation_to_sql(record.generation)?])
-            .await
-            .map_err(on(STORE, "write generation"))?;
+        tx.execute(
+            &self.sql.set_generation,
+            &[
+                &canonical,
+                &generation_to_sql(record.generation)?,
+                &record.seal.as_ref().map(|s| s.key_id.as_str()),
+                &record.seal.as_ref().map(|s| s.mac.as_str()),
+            ],
+        )
+        .await
+        .map_err(on(STORE, "write generation and seal"))?;
         if key_changed(&before, &record) {
             self.notify(&tx, &canonical).await?;
         }
