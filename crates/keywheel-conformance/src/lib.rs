@@ -45,6 +45,7 @@ use keywheel_core::{Error, KeyVersion};
 pub mod audit_sink;
 mod guarded;
 pub mod key_store;
+pub mod model;
 pub mod record_source;
 
 pub use audit_sink::{AuditFixture, Tamper};
