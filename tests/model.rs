@@ -9,11 +9,10 @@
 
 use std::sync::Arc;
 
-use keywheel::{AuditSink, Context, Cursor, KeyStore, KeyringId, RecordSource, async_trait};
 use keywheel::memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
+use keywheel::{AuditSink, Context, Cursor, KeyStore, KeyringId, RecordSource, async_trait};
 use keywheel_conformance::RecordSourceFixture;
-use keywheel_conformance::model::Op::*;
-use keywheel_conformance::model::{ModelBackend, ModelConfig, ModelWorld, Op, replay, row_of, run_model};
+use keywheel_conformance::model::{ModelBackend, ModelConfig, ModelWorld, Op, regressions, replay, row_of, run_model};
 
 /// A memory table keyed by the row of the value's context.
 struct Table(Arc<MemoryRecordSource>);
@@ -62,37 +61,60 @@ fn regression(ops: &[Op]) {
     replay(&Memory, ops);
 }
 
+// One regression case per bug the model found (see
+// `keywheel_conformance::model::regressions` for what each one breaks).
+
 #[test]
-fn candidate_rollback_reactivates_compromised() {
-    regression(&[
-        Create { slot: 0 },
-        Open { sources: true },
-        Write { inst: 1, slot: 0, row: 0, val: 0 },
-        Crash { inst: 0, slot: 0, emergency: true, replaces: 0, written: false },
-        Advance { secs: 120 },
-        Rollback { inst: 0, slot: 0, reencrypt: false },
-    ]);
+fn regression_custom_token_purpose_is_the_token_keyring() {
+    regression(regressions::CUSTOM_TOKEN_PURPOSE_IS_THE_TOKEN_KEYRING);
 }
 
 #[test]
-fn candidate_activate_reactivates_compromised() {
-    regression(&[
-        Create { slot: 0 },
-        Open { sources: true },
-        Write { inst: 1, slot: 0, row: 0, val: 0 },
-        Crash { inst: 0, slot: 0, emergency: true, replaces: 0, written: false },
-        DirectActivate { inst: 0, slot: 0, version: 1 },
-    ]);
+fn regression_lease_holders_are_not_shared_by_name() {
+    regression(regressions::LEASE_HOLDERS_ARE_NOT_SHARED_BY_NAME);
 }
 
 #[test]
-fn candidate_direct_retire() {
-    regression(&[
-        Create { slot: 0 },
-        Open { sources: true },
-        Write { inst: 1, slot: 0, row: 0, val: 0 },
-        AddVersion { inst: 0, slot: 0 },
-        DirectActivate { inst: 0, slot: 0, version: 2 },
-        DirectRetire { inst: 0, slot: 0, version: 1 },
-    ]);
+fn regression_usage_is_not_under_counted_across_reloads() {
+    regression(regressions::USAGE_IS_NOT_UNDER_COUNTED_ACROSS_RELOADS);
+}
+
+#[test]
+fn regression_scheduler_without_sources_keeps_keys_in_use() {
+    regression(regressions::SCHEDULER_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE);
+}
+
+#[test]
+fn regression_emergency_without_sources_keeps_keys_in_use() {
+    regression(regressions::EMERGENCY_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE);
+}
+
+#[test]
+fn regression_keywheel_retire_keeps_keys_in_use() {
+    regression(regressions::KEYWHEEL_RETIRE_KEEPS_KEYS_IN_USE);
+}
+
+#[test]
+fn regression_rollback_never_reactivates_a_compromised_version() {
+    regression(regressions::ROLLBACK_NEVER_REACTIVATES_A_COMPROMISED_VERSION);
+}
+
+#[test]
+fn regression_activate_never_reactivates_a_compromised_version() {
+    regression(regressions::ACTIVATE_NEVER_REACTIVATES_A_COMPROMISED_VERSION);
+}
+
+#[test]
+fn regression_rollback_only_undoes_the_latest_rotation() {
+    regression(regressions::ROLLBACK_ONLY_UNDOES_THE_LATEST_ROTATION);
+}
+
+#[test]
+fn regression_second_rollback_does_not_toggle_back() {
+    regression(regressions::SECOND_ROLLBACK_DOES_NOT_TOGGLE_BACK);
+}
+
+#[test]
+fn regression_emergency_retirement_waits_for_stale_snapshots() {
+    regression(regressions::EMERGENCY_RETIREMENT_WAITS_FOR_STALE_SNAPSHOTS);
 }

@@ -975,8 +975,8 @@ impl<'a> Case<'a> {
                 let kw = self.instances[self.inst(inst)].kw.clone();
                 match kw.decrypt(&slot_id(slot), &stored, &context_of(slot, row)).await {
                     Ok(p) if p[..] == expected[..] => {}
-                    Ok(_) => return Err(format!("a read of row {slot}/{row} returned another plaintext")),
-                    Err(e) => return Err(format!("a read of row {slot}/{row} failed: {e}")),
+                    Ok(_) => self.flag(format!("read: row {slot}/{row} returned another plaintext"))?,
+                    Err(e) => self.flag(format!("read: row {slot}/{row} failed: {e}"))?,
                 }
             }
             Op::AddVersion { inst, slot } => {
@@ -1163,11 +1163,9 @@ impl<'a> Case<'a> {
     async fn unsacrifice(&mut self, slot: u8, v: KeyVersion, saved: Vec<((u8, u8), Vec<u8>)>) {
         let ring = canonical_slot(slot);
         let retired = match self.store_id(slot) {
-            Some(id) => self
-                .checker
-                .record(&id)
-                .await
-                .is_ok_and(|r| r.version(v).is_some_and(|x| x.state == KeyState::Retired)),
+            Some(id) => {
+                self.checker.record(&id).await.is_ok_and(|r| r.version(v).is_some_and(|x| x.state == KeyState::Retired))
+            }
             None => false,
         };
         if retired {
@@ -1235,7 +1233,8 @@ impl<'a> Case<'a> {
 
     /// Every invariant, against the store, the sources and the instances.
     async fn check(&mut self) -> std::result::Result<(), String> {
-        let violations = std::mem::take(&mut self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner).violations);
+        let violations =
+            std::mem::take(&mut self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner).violations);
         for v in violations {
             self.flag(v)?;
         }
@@ -1335,10 +1334,9 @@ impl<'a> Case<'a> {
             }
             // I6: the census counts values written through either spelling together.
             if ring == 0 && (0..ROWS).any(|row| self.rows.contains_key(&(4, row))) {
-                let rows = (0..ROWS)
-                    .flat_map(|row| [(0, row), (4, row)])
-                    .filter(|key| self.rows.contains_key(key))
-                    .count() as u64;
+                let rows =
+                    (0..ROWS).flat_map(|row| [(0, row), (4, row)]).filter(|key| self.rows.contains_key(key)).count()
+                        as u64;
                 let counted = census.total(&id);
                 if counted != rows {
                     self.flag(format!(
@@ -1381,4 +1379,125 @@ impl<'a> Case<'a> {
         }
         Ok(())
     }
+}
+
+/// The shrunk sequences of the bugs the model found, one per bug; every
+/// backend's model test replays each as its own `#[test]`. The comment says
+/// which invariant breaks and how (on the code of 2026-12-02).
+pub mod regressions {
+    use super::Op::{self, *};
+
+    /// I6: `Purpose::Custom("token")` is not the `token` keyring: the ids
+    /// differ, so a write through the custom spelling does not find the
+    /// keyring (and a second keyring could be created under it).
+    pub const CUSTOM_TOKEN_PURPOSE_IS_THE_TOKEN_KEYRING: &[Op] = &[
+        Create { slot: 0 },
+        Write { inst: 0, slot: 0, row: 0, val: 0 },
+        Write { inst: 0, slot: 4, row: 1, val: 1 },
+        Create { slot: 4 },
+        Rotate { inst: 0, slot: 0 },
+    ];
+
+    /// I4: lease holders are names, not instance ids: after instance #0 dies
+    /// in a rotation (its lease live for another minute), instance #1 — same
+    /// holder name — is granted the lease and resumes the job at once.
+    pub const LEASE_HOLDERS_ARE_NOT_SHARED_BY_NAME: &[Op] = &[
+        Create { slot: 2 },
+        Open { sources: true },
+        Open { sources: true },
+        Write { inst: 2, slot: 2, row: 0, val: 0 },
+        Write { inst: 2, slot: 2, row: 1, val: 0 },
+        Crash { inst: 0, slot: 2, emergency: false, replaces: 0, written: false },
+        Resume { inst: 1, slot: 2 },
+        Advance { secs: 120 },
+        Resume { inst: 1, slot: 2 },
+    ];
+
+    /// I5: a lifecycle change by an instance drops its cached snapshot, and the
+    /// encryptions it counted but had not flushed are lost with it.
+    pub const USAGE_IS_NOT_UNDER_COUNTED_ACROSS_RELOADS: &[Op] =
+        &[Create { slot: 0 }, Write { inst: 0, slot: 0, row: 0, val: 0 }, AddVersion { inst: 0, slot: 0 }];
+
+    /// I1: the scheduler of an instance whose rotator has no source (so no
+    /// registered source covers the keyring) rotates, then retires v1 after
+    /// the grace period on a zero census while a value still uses it.
+    pub const SCHEDULER_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE: &[Op] = &[
+        Create { slot: 0 },
+        Open { sources: false },
+        Write { inst: 0, slot: 0, row: 0, val: 0 },
+        Tick { inst: 1, advance_secs: 1_036_800 },
+        Tick { inst: 1, advance_secs: 172_800 },
+    ];
+
+    /// I1: an emergency rotation by an instance without sources retires the
+    /// compromised v1 at once (zero census) while a value still uses it.
+    pub const EMERGENCY_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE: &[Op] = &[
+        Create { slot: 1 },
+        Open { sources: false },
+        Write { inst: 0, slot: 1, row: 0, val: 0 },
+        Emergency { inst: 1, slot: 1 },
+    ];
+
+    /// I1: `Keywheel::retire` destroys v1 while a value uses it (no census,
+    /// not forced).
+    pub const KEYWHEEL_RETIRE_KEEPS_KEYS_IN_USE: &[Op] = &[
+        Create { slot: 0 },
+        Open { sources: true },
+        Write { inst: 1, slot: 0, row: 0, val: 0 },
+        AddVersion { inst: 0, slot: 0 },
+        DirectActivate { inst: 0, slot: 0, version: 2 },
+        DirectRetire { inst: 0, slot: 0, version: 1 },
+    ];
+
+    /// I2: an emergency rotation dies in its re-encryption (so the compromised
+    /// v1 still holds a value and stays Deprecated); a rollback then makes it
+    /// Active again.
+    pub const ROLLBACK_NEVER_REACTIVATES_A_COMPROMISED_VERSION: &[Op] = &[
+        Create { slot: 0 },
+        Open { sources: true },
+        Write { inst: 1, slot: 0, row: 0, val: 0 },
+        Crash { inst: 0, slot: 0, emergency: true, replaces: 0, written: false },
+        Advance { secs: 120 },
+        Rollback { inst: 0, slot: 0, reencrypt: false },
+    ];
+
+    /// I2: as above, but `Keywheel::activate` re-activates the compromised v1.
+    pub const ACTIVATE_NEVER_REACTIVATES_A_COMPROMISED_VERSION: &[Op] = &[
+        Create { slot: 0 },
+        Open { sources: true },
+        Write { inst: 1, slot: 0, row: 0, val: 0 },
+        Crash { inst: 0, slot: 0, emergency: true, replaces: 0, written: false },
+        DirectActivate { inst: 0, slot: 0, version: 1 },
+    ];
+
+    /// I7: rotate v1 → v2, emergency v2 → v3 (v2 compromised and retired at
+    /// once): the rollback skips the retired v2 and re-activates v1, which
+    /// the latest rotation did not replace.
+    pub const ROLLBACK_ONLY_UNDOES_THE_LATEST_ROTATION: &[Op] = &[
+        Create { slot: 0 },
+        Rotate { inst: 0, slot: 0 },
+        Emergency { inst: 0, slot: 0 },
+        Rollback { inst: 0, slot: 0, reencrypt: false },
+    ];
+
+    /// I7: the scheduler rotates v1 → v2 (overdue); a rollback re-activates v1;
+    /// a second rollback toggles back to v2.
+    pub const SECOND_ROLLBACK_DOES_NOT_TOGGLE_BACK: &[Op] = &[
+        Create { slot: 0 },
+        Tick { inst: 0, advance_secs: 1_036_800 },
+        Rollback { inst: 0, slot: 0, reencrypt: false },
+        Rollback { inst: 0, slot: 0, reencrypt: false },
+    ];
+
+    /// I1 / "every value decrypts to its last write", with I3's window: an
+    /// emergency rotation retires the compromised v1 as soon as the census is
+    /// zero, while another instance, inside its snapshot bound, may still
+    /// encrypt under v1 — its next write is undecryptable at once.
+    pub const EMERGENCY_RETIREMENT_WAITS_FOR_STALE_SNAPSHOTS: &[Op] = &[
+        Create { slot: 2 },
+        Open { sources: true },
+        Write { inst: 1, slot: 2, row: 0, val: 0 },
+        Emergency { inst: 0, slot: 2 },
+        Write { inst: 1, slot: 2, row: 0, val: 1 },
+    ];
 }
