@@ -89,6 +89,9 @@ pub fn row_of(context: &Context) -> String {
     String::from_utf8(row).expect("model row ids are text")
 }
 
+/// Which ops a run may generate.
+pub type OpFilter = Arc<dyn Fn(&Op) -> bool + Send + Sync>;
+
 /// How many cases and how long the sequences are.
 #[derive(Clone)]
 pub struct ModelConfig {
@@ -99,7 +102,7 @@ pub struct ModelConfig {
     /// Only generate ops this accepts (to look past a known failure);
     /// `KEYWHEEL_MODEL_SKIP` sets it from a comma-separated list of op names
     /// (`Crash,DirectRetire`), where `alias` stands for ops on slot 4.
-    pub filter: Option<Arc<dyn Fn(&Op) -> bool + Send + Sync>>,
+    pub filter: Option<OpFilter>,
     /// Invariants not to report (`I4`, `I6`, …), to look past a known
     /// failure; `KEYWHEEL_MODEL_IGNORE` sets it (comma-separated).
     pub ignore: Vec<String>,
@@ -120,7 +123,7 @@ impl ModelConfig {
             max_ops: var("KEYWHEEL_MODEL_MAX_OPS").map_or(30, |n| n as usize),
             filter: std::env::var("KEYWHEEL_MODEL_SKIP").ok().filter(|s| !s.trim().is_empty()).map(|skip| {
                 let skip: Vec<String> = skip.split(',').map(|s| s.trim().to_owned()).collect();
-                Arc::new(move |op: &Op| !skip.iter().any(|s| op.is(s))) as Arc<dyn Fn(&Op) -> bool + Send + Sync>
+                Arc::new(move |op: &Op| !skip.iter().any(|s| op.is(s))) as OpFilter
             }),
             ignore: std::env::var("KEYWHEEL_MODEL_IGNORE")
                 .map(|s| s.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
