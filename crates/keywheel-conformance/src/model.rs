@@ -314,7 +314,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let version = 1..=MAX_VERSION;
     let jump = proptest::sample::select(&JUMPS[..]);
     prop_oneof![
-        2 => slot.clone().prop_map(|slot| Op::Create { slot }),
+        8 => slot.clone().prop_map(|slot| Op::Create { slot }),
         1 => any::<bool>().prop_map(|sources| Op::Open { sources }),
         10 => (inst.clone(), slot.clone(), 0..ROWS, 0..4u8)
             .prop_map(|(inst, slot, row, val)| Op::Write { inst, slot, row, val }),
@@ -334,7 +334,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             version
         }),
         2 => (inst.clone(), slot.clone()).prop_map(|(inst, slot)| Op::Resume { inst, slot }),
-        2 => (inst.clone(), slot.clone(), any::<bool>(), 0..3u8, any::<bool>()).prop_map(
+        2 => (inst.clone(), slot.clone(), any::<bool>(), 0..2u8, any::<bool>()).prop_map(
             |(inst, slot, emergency, replaces, written)| Op::Crash { inst, slot, emergency, replaces, written }
         ),
         4 => (inst.clone(), jump.clone()).prop_map(|(inst, advance_secs)| Op::Tick { inst, advance_secs }),
@@ -365,6 +365,7 @@ pub fn run_model(backend: &dyn ModelBackend, config: &ModelConfig) {
     let result = runner.run(&sequences, |ops| {
         runtime.block_on(run_case(backend, &ops, &config.ignore)).map_err(|v| TestCaseError::fail(v.to_string()))
     });
+    print_stats();
     match result {
         Ok(()) => {}
         Err(TestError::Fail(_, ops)) => {
@@ -377,6 +378,28 @@ pub fn run_model(backend: &dyn ModelBackend, config: &ModelConfig) {
             )
         }
         Err(TestError::Abort(why)) => panic!("the model run was aborted: {why}"),
+    }
+}
+
+/// How often each library call was made and succeeded, over every case of
+/// the process (printed by [`run_model`] when `KEYWHEEL_MODEL_STATS` is set).
+static STATS: Mutex<BTreeMap<&'static str, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+fn tally(what: &'static str, ok: bool) {
+    let mut stats = STATS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let entry = stats.entry(what).or_default();
+    entry.0 += 1;
+    entry.1 += u64::from(ok);
+}
+
+fn print_stats() {
+    if std::env::var_os("KEYWHEEL_MODEL_STATS").is_none() {
+        return;
+    }
+    let stats = STATS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    eprintln!("model: calls (succeeded / made)");
+    for (what, (made, ok)) in stats.iter() {
+        eprintln!("  {what:<20} {ok:>7} / {made}");
     }
 }
 
@@ -877,6 +900,7 @@ impl<'a> Case<'a> {
                 }
                 let kw = self.instances[0].kw.clone();
                 let created = kw.create_keyring(&id, Algorithm::Aes256Gcm).await;
+                tally("create", created.is_ok());
                 match (created, self.rings.contains_key(&ring)) {
                     (Ok(_), true) => {
                         self.flag(format!("I6: created {id} although {} exists", slot_id(ring)))?;
@@ -924,7 +948,9 @@ impl<'a> Case<'a> {
                 let id = slot_id(slot);
                 let context = context_of(slot, row);
                 let text = plaintext(slot, row, val);
-                let value = match kw.encrypt(&id, &text, &context).await {
+                let encrypted = kw.encrypt(&id, &text, &context).await;
+                tally("write", encrypted.is_ok());
+                let value = match encrypted {
                     Ok(value) => value,
                     Err(e) if self.rings.contains_key(&ring) => {
                         return Err(format!("a write to the existing keyring {id} failed: {e}"));
@@ -984,7 +1010,7 @@ impl<'a> Case<'a> {
             }
             Op::AddVersion { inst, slot } => {
                 let kw = self.instances[self.inst(inst)].kw.clone();
-                let _ = kw.add_version(&slot_id(slot)).await;
+                tally("add_version", kw.add_version(&slot_id(slot)).await.is_ok());
             }
             Op::Rotate { inst, slot } => {
                 let i = self.inst(inst);
@@ -994,6 +1020,7 @@ impl<'a> Case<'a> {
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot, who);
                 let result = rotator.rotate(&id, &policy, &rotate_options()).await;
+                tally("rotate", result.is_ok());
                 self.refused_changes_nothing(slot, before, &result)?;
             }
             Op::Emergency { inst, slot } => {
@@ -1001,6 +1028,7 @@ impl<'a> Case<'a> {
                 let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
                 let before = self.leases_before(slot, who);
                 let result = rotator.emergency(&slot_id(slot), "model: key leaked", &rotate_options()).await;
+                tally("emergency", result.is_ok());
                 self.refused_changes_nothing(slot, before, &result)?;
             }
             Op::Rollback { inst, slot, reencrypt } => {
@@ -1012,6 +1040,7 @@ impl<'a> Case<'a> {
                 let before = self.leases_before(slot, who);
                 self.act_kind = ActKind::Rollback;
                 let result = rotator.rollback(&id, &policy, Some("model"), reencrypt, &rotate_options()).await;
+                tally(if reencrypt { "rollback+reencrypt" } else { "rollback" }, result.is_ok());
                 self.refused_changes_nothing(slot, before, &result)?;
                 if let Ok(report) = &result {
                     self.check_rollback(slot, report.from, report.to, &policy)?;
@@ -1034,6 +1063,7 @@ impl<'a> Case<'a> {
                 let force = forced.then_some("model: knowingly sacrificed");
                 let saved = if forced { self.sacrifice(slot, v).await } else { Vec::new() };
                 let result = rotator.retire(&id, v, &policy, force).await;
+                tally(if forced { "retire forced" } else { "retire" }, result.is_ok());
                 self.refused_changes_nothing(slot, before, &result)?;
                 if forced && result.is_err() {
                     self.unsacrifice(slot, v, saved).await;
@@ -1045,7 +1075,7 @@ impl<'a> Case<'a> {
                 // `Keywheel::retire` is the unguarded call: whatever it destroys
                 // must have been unused (I1). Should it become a forced-only
                 // call with a reason, call `self.sacrifice(slot, v)` first.
-                let _ = kw.retire(&slot_id(slot), v, Some("model: direct retire")).await;
+                tally("keywheel.retire", kw.retire(&slot_id(slot), v, Some("model: direct retire")).await.is_ok());
             }
             Op::DirectActivate { inst, slot, version } => {
                 let kw = self.instances[self.inst(inst)].kw.clone();
@@ -1056,7 +1086,9 @@ impl<'a> Case<'a> {
                     self.act_kind = ActKind::Rollback;
                 }
                 let pre_active = self.checker.record(&id).await.ok().and_then(|r| r.active_version());
-                if kw.activate(&id, v).await.is_ok()
+                let activated = kw.activate(&id, v).await.is_ok();
+                tally("keywheel.activate", activated);
+                if activated
                     && state == Some(KeyState::Deprecated)
                     && let Some(from) = pre_active
                     && from != v
@@ -1070,6 +1102,7 @@ impl<'a> Case<'a> {
                 let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
                 let before = self.leases_before(slot, who);
                 let result = rotator.resume(&slot_id(slot), &rotate_options()).await;
+                tally("resume", result.as_ref().is_ok_and(Option::is_some));
                 self.refused_changes_nothing(slot, before, &result)?;
             }
             Op::Crash { inst, slot, emergency, replaces, written } => {
@@ -1089,6 +1122,7 @@ impl<'a> Case<'a> {
                     rotator.rotate(&id, &policy, &opts).await
                 };
                 let crashed = !self.plan.armed.swap(false, Ordering::SeqCst);
+                tally("crash", crashed);
                 self.refused_changes_nothing(slot, before, &result)?;
                 if crashed {
                     self.restart(i).await;
@@ -1097,7 +1131,10 @@ impl<'a> Case<'a> {
             Op::Tick { inst, advance_secs } => {
                 self.clock.advance(Duration::from_secs(advance_secs));
                 let i = self.inst(inst);
-                let _ = self.instances[i].scheduler.tick().await;
+                if let Ok(report) = self.instances[i].scheduler.tick().await {
+                    tally("tick rotation", !report.rotations.is_empty());
+                    tally("tick retirement", !report.retired.is_empty());
+                }
             }
             Op::RequestEmergency { inst, slot } => {
                 let i = self.inst(inst);
@@ -1108,7 +1145,9 @@ impl<'a> Case<'a> {
                 if self.kek + 1 < KEKS {
                     let i = self.inst(inst);
                     let rotator = self.instances[i].rotator.clone();
-                    if rotator.rotate_kek(Arc::clone(&self.keks[self.kek + 1])).await.is_ok() {
+                    let rotated = rotator.rotate_kek(Arc::clone(&self.keks[self.kek + 1])).await.is_ok();
+                    tally("rotate_kek", rotated);
+                    if rotated {
                         self.kek += 1;
                     }
                 }
