@@ -12,10 +12,10 @@
 //! every step. A failing sequence is shrunk to a minimal one and printed as a
 //! list of ops that [`replay`] runs again (paste it into a regression test).
 //!
-//! The mapping from an op to library calls is in one place, [`Case::apply`];
-//! how instances are built in [`Case::open_instance`].
+//! The mapping from an op to library calls is in one place, `Case::apply`;
+//! how instances are built in `Case::open_instance`.
 //!
-//! What is checked after every step (see [`Case::check`]):
+//! What is checked after every step (see `Case::check`):
 //! * every value the application wrote decrypts to its last write, except
 //!   values knowingly sacrificed by a forced retirement;
 //! * I1: no version is Retired while a value of a registered source uses it,
