@@ -857,28 +857,41 @@ impl<'a> Case<'a> {
         kw.policy(id).await.unwrap_or_else(|_| policy_of(0))
     }
 
-    fn leases_before(&self, slot: u8, who: u64) -> Option<(Lease, u64, bool)> {
+    /// The lease book's entry for the keyring of `slot` before a call.
+    fn leases_before(&self, slot: u8) -> Option<(Lease, u64, bool)> {
         let book = self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = book.leases.get(&slot_id(slot).canonical()).cloned()?;
-        (entry.1 != who && !entry.2 && entry.0.expires_at > self.now()).then_some(entry)
+        book.leases.get(&slot_id(slot).canonical()).cloned()
     }
 
-    /// I4, second half: a refusal because another instance holds the lease
-    /// leaves that lease as it was.
+    /// I4, second half: a call by instance `who` refused because a rotation is
+    /// in progress (a live lease or an unfinished job) changes nothing: a live
+    /// lease of another instance stays exactly as it was (holder, token,
+    /// expiry), and a lease the call took over to find that out is given back.
     fn refused_changes_nothing<T>(
         &self,
         slot: u8,
+        who: u64,
         before: Option<(Lease, u64, bool)>,
         result: &Result<T>,
     ) -> std::result::Result<(), String> {
-        let (Some(before), Err(e)) = (before, result) else { return Ok(()) };
+        let Err(e) = result else { return Ok(()) };
         if !is_lease_refusal(e) {
             return Ok(());
         }
         let book = self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let after = book.leases.get(&slot_id(slot).canonical());
-        if after.map(|a| (&a.0, a.1, a.2)) != Some((&before.0, before.1, before.2)) {
-            return self.flag(format!("I4: a refused call ({e}) changed the live lease {before:?} into {after:?}"));
+        let after = book.leases.get(&slot_id(slot).canonical()).cloned();
+        if after == before {
+            return Ok(());
+        }
+        let live_other = before.as_ref().is_some_and(|b| b.1 != who && !b.2 && b.0.expires_at > self.now());
+        if live_other {
+            return self.flag(format!(
+                "I4: a refused call ({e}) changed the live lease of another instance {before:?} into {after:?}"
+            ));
+        }
+        if after.as_ref().is_some_and(|a| !a.2) {
+            return self
+                .flag(format!("I4: a refused call ({e}) took the lease {before:?} over and kept it: {after:?}"));
         }
         Ok(())
     }
@@ -1018,18 +1031,18 @@ impl<'a> Case<'a> {
                     (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 let result = rotator.rotate(&id, &policy, &rotate_options()).await;
                 tally("rotate", result.is_ok());
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Emergency { inst, slot } => {
                 let i = self.inst(inst);
                 let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 let result = rotator.emergency(&slot_id(slot), "model: key leaked", &rotate_options()).await;
                 tally("emergency", result.is_ok());
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Rollback { inst, slot, reencrypt } => {
                 let i = self.inst(inst);
@@ -1037,11 +1050,11 @@ impl<'a> Case<'a> {
                     (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 self.act_kind = ActKind::Rollback;
                 let result = rotator.rollback(&id, &policy, Some("model"), reencrypt, &rotate_options()).await;
                 tally(if reencrypt { "rollback+reencrypt" } else { "rollback" }, result.is_ok());
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
                 if let Ok(report) = &result {
                     self.check_rollback(slot, report.from, report.to, &policy)?;
                 } else if let Err(e) = &result
@@ -1058,13 +1071,13 @@ impl<'a> Case<'a> {
                     (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 let v = Self::version(version);
                 let force = forced.then_some("model: knowingly sacrificed");
                 let saved = if forced { self.sacrifice(slot, v).await } else { Vec::new() };
                 let result = rotator.retire(&id, v, &policy, force).await;
                 tally(if forced { "retire forced" } else { "retire" }, result.is_ok());
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
                 if forced && result.is_err() {
                     self.unsacrifice(slot, v, saved).await;
                 }
@@ -1100,10 +1113,10 @@ impl<'a> Case<'a> {
             Op::Resume { inst, slot } => {
                 let i = self.inst(inst);
                 let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 let result = rotator.resume(&slot_id(slot), &rotate_options()).await;
                 tally("resume", result.as_ref().is_ok_and(Option::is_some));
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Crash { inst, slot, emergency, replaces, written } => {
                 let i = self.inst(inst);
@@ -1111,7 +1124,7 @@ impl<'a> Case<'a> {
                     (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
-                let before = self.leases_before(slot, who);
+                let before = self.leases_before(slot);
                 self.plan.left.store(u64::from(replaces), Ordering::SeqCst);
                 self.plan.written.store(written, Ordering::SeqCst);
                 self.plan.armed.store(true, Ordering::SeqCst);
@@ -1123,7 +1136,7 @@ impl<'a> Case<'a> {
                 };
                 let crashed = !self.plan.armed.swap(false, Ordering::SeqCst);
                 tally("crash", crashed);
-                self.refused_changes_nothing(slot, before, &result)?;
+                self.refused_changes_nothing(slot, who, before, &result)?;
                 if crashed {
                     self.restart(i).await;
                 }
@@ -1453,6 +1466,22 @@ pub mod regressions {
         Resume { inst: 1, slot: 2 },
         Advance { secs: 120 },
         Resume { inst: 1, slot: 2 },
+    ];
+
+    /// I4: a rotation refused because a crashed job is unfinished takes the
+    /// (expired) lease of the crashed instance over and keeps it for a whole
+    /// lease time-to-live, so nobody can resume the job meanwhile; a refused
+    /// call must change nothing (or give back what it took).
+    pub const REFUSED_ROTATION_GIVES_THE_LEASE_BACK: &[Op] = &[
+        Create { slot: 2 },
+        Open { sources: true },
+        Open { sources: true },
+        Write { inst: 1, slot: 2, row: 0, val: 0 },
+        Write { inst: 1, slot: 2, row: 1, val: 0 },
+        Crash { inst: 0, slot: 2, emergency: false, replaces: 0, written: false },
+        Advance { secs: 120 },
+        Rotate { inst: 2, slot: 2 },
+        Resume { inst: 0, slot: 2 },
     ];
 
     /// I5: a lifecycle change by an instance drops its cached snapshot, and the

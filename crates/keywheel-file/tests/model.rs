@@ -87,6 +87,11 @@ fn regression_lease_holders_are_not_shared_by_name() {
 }
 
 #[test]
+fn regression_refused_rotation_gives_the_lease_back() {
+    regression(regressions::REFUSED_ROTATION_GIVES_THE_LEASE_BACK);
+}
+
+#[test]
 fn regression_usage_is_not_under_counted_across_reloads() {
     regression(regressions::USAGE_IS_NOT_UNDER_COUNTED_ACROSS_RELOADS);
 }
