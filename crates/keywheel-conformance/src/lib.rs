@@ -17,6 +17,11 @@
 //!   backend factory: an `async` expression evaluated afresh for each test.
 //!   Each test runs on a new multi-threaded tokio runtime ([`block_on`]), so
 //!   the concurrency checks really race.
+//! * [`model`] is a model-based test of the safety invariants (DESIGN §8):
+//!   random op sequences against a backend's store, audit sink and two record
+//!   sources, checked after every step and shrunk on failure
+//!   ([`model::run_model`]); [`model::regressions`] holds the sequences of the
+//!   bugs it found, for [`model::replay`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,6 +50,7 @@ use keywheel_core::{Error, KeyVersion};
 pub mod audit_sink;
 mod guarded;
 pub mod key_store;
+pub mod model;
 pub mod record_source;
 
 pub use audit_sink::{AuditFixture, Tamper, test_key};
