@@ -649,6 +649,9 @@ impl KeyStore for Watched {
         book.leases.insert(key, (lease.clone(), self.who, false));
         Ok(lease)
     }
+    async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
+        self.inner.load_lease(id).await
+    }
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
         let renewed = self.inner.renew_lease(lease, ttl, now).await?;
         let mut book = self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1085,10 +1088,14 @@ impl<'a> Case<'a> {
             Op::DirectRetire { inst, slot, version } => {
                 let kw = self.instances[self.inst(inst)].kw.clone();
                 let v = Self::version(version);
-                // `Keywheel::retire` is the unguarded call: whatever it destroys
-                // must have been unused (I1). Should it become a forced-only
-                // call with a reason, call `self.sacrifice(slot, v)` first.
-                tally("keywheel.retire", kw.retire(&slot_id(slot), v, Some("model: direct retire")).await.is_ok());
+                // `Keywheel::retire_forced` is the unguarded call: a forced
+                // retirement with a reason, so what it destroys is knowingly sacrificed.
+                let saved = self.sacrifice(slot, v).await;
+                let result = kw.retire_forced(&slot_id(slot), v, "model: direct retire").await;
+                tally("keywheel.retire_forced", result.is_ok());
+                if result.is_err() {
+                    self.unsacrifice(slot, v, saved).await;
+                }
             }
             Op::DirectActivate { inst, slot, version } => {
                 let kw = self.instances[self.inst(inst)].kw.clone();
