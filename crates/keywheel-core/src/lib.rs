@@ -33,6 +33,7 @@ mod source;
 mod state;
 mod store;
 mod time;
+mod usage;
 mod wire;
 
 pub use algorithm::Algorithm;

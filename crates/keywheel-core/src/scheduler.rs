@@ -75,7 +75,8 @@ fn age_ratio(now: Timestamp, record: &KeyringRecord, policy: &Policy) -> Option<
 /// * unfinished last job → [`DueReason::Resume`] (nothing else is started);
 /// * emergency requested → [`DueReason::Emergency`];
 /// * no Active version → [`DueReason::NoActiveKey`];
-/// * Active version's stored encryptions ≥ `usage_limit` → [`DueReason::UsageLimit`];
+/// * Active version's encryptions (as in the records: the scheduler passes
+///   stored + its own unflushed counts) ≥ `usage_limit` → [`DueReason::UsageLimit`];
 /// * age ≥ 1.5 × interval → [`DueReason::Overdue`];
 /// * age ≥ interval, inside the maintenance window (or none) → [`DueReason::Scheduled`].
 ///
@@ -306,9 +307,16 @@ impl Scheduler {
         let mut records = Vec::new();
         let mut policies = BTreeMap::new();
         let mut jobs = BTreeMap::new();
+        kw.flush_all_usage().await?;
         for id in kw.list_keyrings().await? {
-            kw.flush_usage(&id).await?;
-            records.push(kw.record(&id).await?);
+            let mut record = kw.record(&id).await?;
+            // Stored + unflushed: encryptions this instance made since the flush
+            // above count too (possibly twice if a reload flushed them in
+            // between: too high, never too low).
+            for v in &mut record.versions {
+                v.encryptions = v.encryptions.saturating_add(kw.unflushed_usage(&id, v.version));
+            }
+            records.push(record);
             policies.insert(id.clone(), kw.policy(&id).await?);
             if let Some(job) = self.rotator.last_job(&id).await? {
                 jobs.insert(id, job);
@@ -443,7 +451,8 @@ impl Scheduler {
     }
 
     /// Tick every `config.tick` until `shutdown` is cancelled; calls `on_tick`
-    /// with each tick's result. A cancelled shutdown also stops rotations in
+    /// with each tick's result, and flushes every usage count
+    /// ([`Keywheel::flush_all_usage`](crate::Keywheel::flush_all_usage)) before returning. A cancelled shutdown also stops rotations in
     /// flight after their current batch (checkpointed; the next start resumes them).
     pub async fn run(&self, shutdown: CancelToken, mut on_tick: impl FnMut(&Result<TickReport>)) {
         while !shutdown.is_cancelled() {
@@ -454,6 +463,9 @@ impl Scheduler {
                 _ = shutdown.cancelled() => {}
             }
         }
+        // Graceful shutdown: leave no counted encryption behind. A failure has
+        // no caller to go to; the counts are lost with the process, as after a kill.
+        let _ = self.rotator.keywheel().flush_all_usage().await;
     }
 
     /// The status report of every keyring (see [`StatusReport`]). Values per
@@ -567,7 +579,8 @@ pub struct KeyringStatus {
     pub overdue_ratio: Option<f64>,
     /// Versions by state.
     pub versions: VersionsByState,
-    /// Encryptions under the Active version (as flushed).
+    /// Encryptions under the Active version: stored, plus those the reporting
+    /// instance counted and has not flushed yet.
     pub active_encryptions: u64,
     /// The policy applied.
     pub policy: Policy,

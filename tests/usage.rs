@@ -1,0 +1,255 @@
+//! Invariant I5: usage counts are never under-counted — across reloads,
+//! invalidation, instances and the scheduler — on the memory backend with an
+//! injected clock (no test waits).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keywheel::memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
+use keywheel::{
+    Algorithm, CancelToken, Context, DueReason, Error, KeyStore, KeyVersion, KeyringChange, KeyringId, Keywheel,
+    LocalKek, ManualClock, Policy, Purpose, Rotator, Scheduler, SchedulerConfig, Timestamp,
+};
+
+const REFRESH: Duration = Duration::from_secs(60);
+const COOLDOWN: Duration = Duration::from_secs(1);
+const V1: KeyVersion = KeyVersion::FIRST;
+
+struct Env {
+    store: Arc<MemoryKeyStore>,
+    audit: Arc<MemoryAuditSink>,
+    clock: ManualClock,
+    id: KeyringId,
+}
+
+impl Env {
+    async fn new() -> (Env, Keywheel) {
+        let env = Env {
+            store: Arc::new(MemoryKeyStore::new()),
+            audit: Arc::new(MemoryAuditSink::new()),
+            clock: ManualClock::new(Timestamp::from_millis(1_798_761_600_000)),
+            id: KeyringId::new("acme", Purpose::Token).expect("id"),
+        };
+        let kw = env.instance();
+        kw.create_keyring(&env.id, Algorithm::Aes256Gcm).await.expect("create");
+        (env, kw)
+    }
+
+    /// Another `Keywheel` (another process) over the same store.
+    fn instance(&self) -> Keywheel {
+        Keywheel::builder()
+            .store(self.store.clone())
+            .kek(Arc::new(LocalKek::from_bytes(&[9; 32])))
+            .audit(self.audit.clone())
+            .clock(Arc::new(self.clock.clone()))
+            .refresh_interval(REFRESH)
+            .reload_cooldown(COOLDOWN)
+            .build()
+            .expect("keywheel")
+    }
+
+    async fn stored(&self) -> u64 {
+        let record = self.store.load_keyring(&self.id).await.expect("load").expect("keyring");
+        record.version(V1).expect("v1").encryptions
+    }
+}
+
+async fn encrypt_n(kw: &Keywheel, id: &KeyringId, n: u64) {
+    for i in 0..n {
+        kw.encrypt(id, b"secret", &Context::field("users", "token", &i.to_string())).await.expect("encrypt");
+    }
+}
+
+#[tokio::test]
+async fn encryptions_across_a_reload_are_all_stored() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 100).await;
+    kw.flush_usage(&e.id).await.expect("flush");
+    assert_eq!(e.stored().await, 100);
+    // What a change notification used to do: drop the snapshot and its counter.
+    kw.invalidate(&e.id);
+    encrypt_n(&kw, &e.id, 50).await;
+    kw.refresh(&e.id).await.expect("refresh");
+    encrypt_n(&kw, &e.id, 30).await;
+    kw.flush_usage(&e.id).await.expect("flush");
+    assert_eq!(e.stored().await, 180, "every encryption is stored, none subtracted");
+    assert_eq!(kw.unflushed_usage(&e.id, V1), 0);
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 180);
+    // Flushing again adds nothing.
+    kw.flush_all_usage().await.expect("flush");
+    assert_eq!(e.stored().await, 180);
+}
+
+#[tokio::test]
+async fn counts_survive_invalidate() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 7).await;
+    kw.invalidate(&e.id);
+    assert_eq!(kw.unflushed_usage(&e.id, V1), 7, "kept by the instance, not the snapshot");
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 7);
+    kw.flush_usage(&e.id).await.expect("flush");
+    assert_eq!(e.stored().await, 7);
+}
+
+#[tokio::test]
+async fn a_new_instance_starts_from_the_stored_count() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 50).await;
+    kw.flush_all_usage().await.expect("flush");
+    let other = e.instance();
+    let ring = other.keyring(&e.id).await.expect("ring");
+    assert_eq!(ring.encryptions(V1), 50, "seeded from the store");
+    ring.encrypt(b"x", &Context::empty()).expect("encrypt");
+    assert_eq!((ring.encryptions(V1), other.unflushed_usage(&e.id, V1)), (51, 1));
+    other.flush_all_usage().await.expect("flush");
+    assert_eq!(e.stored().await, 51);
+}
+
+#[tokio::test]
+async fn the_hard_limit_counts_what_other_processes_stored() {
+    let (e, _) = Env::new().await;
+    let limit = Algorithm::Aes256Gcm.encryption_limit().expect("GCM has a limit");
+    // Other processes used all but two encryptions of version 1.
+    let record = e.store.load_keyring(&e.id).await.expect("load").expect("keyring");
+    let change = KeyringChange::RecordUsage { version: V1, add: limit - 2 };
+    e.store.update_keyring(&e.id, record.generation, &[change]).await.expect("record usage");
+    let ring = e.instance().keyring(&e.id).await.expect("ring");
+    ring.encrypt(b"x", &Context::empty()).expect("one");
+    ring.encrypt(b"x", &Context::empty()).expect("two");
+    assert!(matches!(ring.encrypt(b"x", &Context::empty()), Err(Error::UsageLimitReached { .. })));
+}
+
+#[tokio::test]
+async fn every_instance_flushes_on_its_scheduled_reloads() {
+    let (e, a) = Env::new().await;
+    let b = e.instance();
+    encrypt_n(&a, &e.id, 30).await;
+    encrypt_n(&b, &e.id, 12).await;
+    assert_eq!(e.stored().await, 0, "nothing flushed yet");
+    // No scheduler anywhere: the next access after the refresh interval flushes.
+    e.clock.advance(REFRESH);
+    encrypt_n(&a, &e.id, 1).await;
+    encrypt_n(&b, &e.id, 1).await;
+    assert_eq!(e.stored().await, 42, "both instances flushed; the store holds the sum");
+    // Each reload saw the other's flush.
+    assert_eq!(b.keyring(&e.id).await.expect("ring").encryptions(V1), 43);
+    a.flush_all_usage().await.expect("flush");
+    b.flush_all_usage().await.expect("flush");
+    assert_eq!(e.stored().await, 44);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_encryptions_and_flushes_lose_nothing() {
+    let (e, kw) = Env::new().await;
+    let ring = kw.keyring(&e.id).await.expect("ring");
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let ring = Arc::clone(&ring);
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..2_000 {
+                    ring.encrypt(b"x", &Context::empty()).expect("encrypt");
+                }
+                // A batch whose failures give their reservations back.
+                let good = ring.encrypt(b"y", &Context::empty()).expect("encrypt");
+                let ctx = Context::empty();
+                let bad = Context::field("t", "c", "1");
+                let results = ring.reencrypt_many(&[(&good, &ctx), (&good, &bad), (b"junk", &ctx)]);
+                assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+            })
+        })
+        .collect();
+    let flusher = {
+        let (kw, id) = (kw.clone(), e.id.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                kw.flush_usage(&id).await.expect("flush");
+                if i % 10 == 0 {
+                    kw.invalidate(&id);
+                    kw.refresh(&id).await.expect("refresh");
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for w in workers {
+        w.await.expect("worker");
+    }
+    flusher.await.expect("flusher");
+    kw.flush_all_usage().await.expect("flush");
+    assert_eq!(e.stored().await, 4 * 2_002);
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 4 * 2_002);
+}
+
+#[tokio::test]
+async fn the_usage_limit_decision_sees_unflushed_counts() {
+    let (e, kw) = Env::new().await;
+    kw.set_policy(&e.id, &Policy { usage_limit: Some(150), ..Policy::for_purpose(&Purpose::Token) })
+        .await
+        .expect("policy");
+    let rotator = Rotator::new(kw.clone()).expect("rotator").source(Arc::new(MemoryRecordSource::new("t.c")));
+    let scheduler = Scheduler::new(rotator, SchedulerConfig::default());
+    scheduler.pause();
+    encrypt_n(&kw, &e.id, 100).await;
+    assert!(scheduler.tick().await.expect("tick").due.is_empty(), "100 of 150");
+    kw.invalidate(&e.id);
+    encrypt_n(&kw, &e.id, 80).await;
+    let tick = scheduler.tick().await.expect("tick");
+    assert_eq!(tick.due.first().map(|d| d.reason), Some(DueReason::UsageLimit), "180 of 150");
+    let status = scheduler.status(false).await.expect("status");
+    assert_eq!(status.keyrings[0].active_encryptions, 180);
+    assert_eq!(e.stored().await, 180);
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_flushes() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 25).await;
+    let rotator = Rotator::new(kw.clone()).expect("rotator").source(Arc::new(MemoryRecordSource::new("t.c")));
+    let scheduler = Scheduler::new(rotator, SchedulerConfig::default());
+    let shutdown = CancelToken::new();
+    shutdown.cancel();
+    scheduler.run(shutdown, |_| {}).await;
+    assert_eq!(e.stored().await, 25);
+    assert_eq!(kw.unflushed_usage(&e.id, V1), 0);
+}
+
+#[tokio::test]
+async fn announced_changes_reload_at_most_once_per_cooldown_and_keep_counts() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 10).await;
+    let before = kw.reloads();
+    // A flood of announcements, each followed by an access.
+    for _ in 0..1_000 {
+        kw.mark_stale(&e.id);
+        encrypt_n(&kw, &e.id, 1).await;
+    }
+    assert_eq!(kw.reloads(), before, "within the cooldown since the last load: no reload");
+    e.clock.advance(COOLDOWN);
+    for _ in 0..1_000 {
+        kw.mark_stale(&e.id);
+        encrypt_n(&kw, &e.id, 1).await;
+    }
+    assert_eq!(kw.reloads(), before + 1, "coalesced into one reload");
+    // An announcement still pending is honoured once the cooldown has passed.
+    e.clock.advance(COOLDOWN);
+    encrypt_n(&kw, &e.id, 1).await;
+    assert_eq!(kw.reloads(), before + 2);
+    encrypt_n(&kw, &e.id, 1).await;
+    assert_eq!(kw.reloads(), before + 2, "not stale any more");
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 2_012, "no count reset");
+    kw.flush_all_usage().await.expect("flush");
+    assert_eq!(e.stored().await, 2_012);
+}
+
+#[tokio::test]
+async fn an_announced_activation_is_picked_up_after_the_cooldown() {
+    let (e, kw) = Env::new().await;
+    let other = e.instance();
+    let v2 = other.add_version(&e.id).await.expect("add");
+    other.activate(&e.id, v2).await.expect("activate");
+    kw.mark_stale(&e.id);
+    let ring = kw.keyring(&e.id).await.expect("ring");
+    assert_eq!(ring.active_version(), Some(V1), "inside the cooldown: the cached snapshot");
+    e.clock.advance(COOLDOWN);
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").active_version(), Some(v2));
+}
