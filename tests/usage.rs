@@ -242,6 +242,28 @@ async fn announced_changes_reload_at_most_once_per_cooldown_and_keep_counts() {
 }
 
 #[tokio::test]
+async fn announcements_do_not_postpone_the_scheduled_flush() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 5).await;
+    let before = kw.reloads();
+    // One announcement per cooldown, each honoured by a reload that does not flush.
+    let mut waited = Duration::ZERO;
+    while waited + COOLDOWN < REFRESH {
+        kw.mark_stale(&e.id);
+        e.clock.advance(COOLDOWN);
+        waited += COOLDOWN;
+        encrypt_n(&kw, &e.id, 1).await;
+    }
+    assert_eq!(kw.reloads() - before, 59);
+    assert_eq!(e.stored().await, 0, "announced-change reloads do not flush");
+    // The refresh interval still counts from the last scheduled reload.
+    e.clock.advance(COOLDOWN);
+    encrypt_n(&kw, &e.id, 1).await;
+    assert_eq!(e.stored().await, 5 + 59, "flushed on schedule");
+    assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 5 + 60);
+}
+
+#[tokio::test]
 async fn an_announced_activation_is_picked_up_after_the_cooldown() {
     let (e, kw) = Env::new().await;
     let other = e.instance();

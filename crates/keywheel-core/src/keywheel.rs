@@ -94,7 +94,12 @@ impl KeywheelBuilder {
 
 struct Cached {
     ring: Arc<Keyring>,
+    /// Last load from the store, for whatever reason (the reload cooldown).
     loaded_at: Timestamp,
+    /// Last scheduled load, which also flushed usage (the refresh interval).
+    /// Reloads for announced changes do not move it, so announcements can
+    /// neither postpone the periodic refresh nor the usage flush.
+    refreshed_at: Timestamp,
     last_forced_reload: Option<Timestamp>,
     /// Another process announced a change since `ring` was loaded
     /// ([`Keywheel::mark_stale`]).
@@ -105,9 +110,10 @@ struct Cached {
 enum Claim {
     /// A snapshot that needs no reload.
     Fresh(Arc<Keyring>),
-    /// This caller reloads; the entry's `loaded_at` and `stale` before the
-    /// claim (to restore if the reload fails), if there was an entry.
-    Reload(Option<(Timestamp, bool)>),
+    /// This caller reloads; the entry's `loaded_at`, `refreshed_at` and
+    /// `stale` before the claim (to restore if the reload fails), if there
+    /// was an entry.
+    Reload(Option<(Timestamp, Timestamp, bool)>),
 }
 
 /// How many times a usage flush retries after a concurrent update of the
@@ -535,7 +541,7 @@ impl Keywheel {
             if self.is_fresh(c, now) {
                 return Ok(Arc::clone(&c.ring));
             }
-            announced = now.since(c.loaded_at) < self.inner.refresh_interval;
+            announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
         }
         // A reload for a change announced by another process does not flush:
         // it comes right after that process changed the keyring, often in the
@@ -546,8 +552,8 @@ impl Keywheel {
     }
 
     fn is_fresh(&self, c: &Cached, now: Timestamp) -> bool {
-        let age = now.since(c.loaded_at);
-        age < self.inner.refresh_interval && !(c.stale && age >= self.inner.reload_cooldown)
+        now.since(c.refreshed_at) < self.inner.refresh_interval
+            && !(c.stale && now.since(c.loaded_at) >= self.inner.reload_cooldown)
     }
 
     /// Reload a keyring from the store now, replacing the cached snapshot,
@@ -591,15 +597,19 @@ impl Keywheel {
 
     /// Take the right to reload `id`, unless the cached entry is `fresh`
     /// (checked again under the lock, so concurrent callers that all found it
-    /// stale reload once). The claim marks the entry loaded now and not stale:
-    /// the others keep serving it while this caller reloads.
-    fn claim(&self, id: &KeyringId, now: Timestamp, fresh: impl Fn(&Cached) -> bool) -> Claim {
+    /// stale reload once). The claim marks the entry loaded now (`scheduled`:
+    /// refreshed now too) and not stale: the others keep serving it while this
+    /// caller reloads.
+    fn claim(&self, id: &KeyringId, now: Timestamp, scheduled: bool, fresh: impl Fn(&Cached) -> bool) -> Claim {
         let Ok(mut cache) = self.inner.cache.write() else { return Claim::Reload(None) };
         match cache.get_mut(id) {
             Some(c) if fresh(c) => Claim::Fresh(Arc::clone(&c.ring)),
             Some(c) => {
-                let before = (c.loaded_at, c.stale);
+                let before = (c.loaded_at, c.refreshed_at, c.stale);
                 c.loaded_at = now;
+                if scheduled {
+                    c.refreshed_at = now;
+                }
                 c.stale = false;
                 Claim::Reload(Some(before))
             }
@@ -607,9 +617,10 @@ impl Keywheel {
         }
     }
 
-    /// Load `id` from the store (with `flush`, flushing this instance's
-    /// pending usage of it on the way) and cache the new snapshot, unless the
-    /// cached one is `fresh`.
+    /// Load `id` from the store and cache the new snapshot, unless the cached
+    /// one is `fresh`. With `flush` (a scheduled reload) this instance's
+    /// pending usage of `id` is flushed on the way and the refresh interval
+    /// starts again.
     async fn reload(
         &self,
         id: &KeyringId,
@@ -618,7 +629,7 @@ impl Keywheel {
         fresh: impl Fn(&Cached) -> bool,
     ) -> Result<Arc<Keyring>> {
         let claimed_at = self.now();
-        let before = match self.claim(id, claimed_at, fresh) {
+        let before = match self.claim(id, claimed_at, flush, fresh) {
             Claim::Fresh(ring) => return Ok(ring),
             Claim::Reload(before) => before,
         };
@@ -627,10 +638,11 @@ impl Keywheel {
             Ok(ring) => Arc::new(ring),
             Err(e) => {
                 // Give the claim back, so the next access tries again.
-                if let (Some((loaded_at, stale)), Ok(mut cache)) = (before, self.inner.cache.write())
+                if let (Some((loaded_at, refreshed_at, stale)), Ok(mut cache)) = (before, self.inner.cache.write())
                     && let Some(c) = cache.get_mut(id)
                 {
                     c.loaded_at = loaded_at;
+                    c.refreshed_at = refreshed_at;
                     c.stale |= stale;
                 }
                 return Err(e);
@@ -642,11 +654,16 @@ impl Keywheel {
             let last_forced = previous.and_then(|c| c.last_forced_reload);
             // Marked during the reload: the change may have come after our read.
             let stale = previous.is_some_and(|c| c.stale);
+            let refreshed_at = match previous {
+                Some(c) if !flush => c.refreshed_at,
+                _ => claimed_at,
+            };
             cache.insert(
                 id.clone(),
                 Cached {
                     ring: Arc::clone(&ring),
                     loaded_at: claimed_at,
+                    refreshed_at,
                     last_forced_reload: if forced { Some(now) } else { last_forced },
                     stale,
                 },
