@@ -275,3 +275,96 @@ async fn an_announced_activation_is_picked_up_after_the_cooldown() {
     e.clock.advance(COOLDOWN);
     assert_eq!(kw.keyring(&e.id).await.expect("ring").active_version(), Some(v2));
 }
+
+/// One step of the model-based test below, on instance `0` or `1`.
+#[derive(Debug, Clone)]
+enum Op {
+    Encrypt(usize, u64),
+    Batch(usize, usize),
+    Invalidate(usize),
+    Refresh(usize),
+    MarkStale(usize),
+    Flush(usize),
+    FlushAll(usize),
+    Advance(u64),
+    Restart(usize),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let who = 0..2usize;
+    prop_oneof![
+        4 => (who.clone(), 1..20u64).prop_map(|(i, n)| Op::Encrypt(i, n)),
+        2 => (who.clone(), 1..6usize).prop_map(|(i, n)| Op::Batch(i, n)),
+        1 => who.clone().prop_map(Op::Invalidate),
+        1 => who.clone().prop_map(Op::Refresh),
+        2 => who.clone().prop_map(Op::MarkStale),
+        1 => who.clone().prop_map(Op::Flush),
+        1 => who.clone().prop_map(Op::FlushAll),
+        2 => (0..90u64).prop_map(Op::Advance),
+        1 => who.prop_map(Op::Restart),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// I5 as a model: whatever the interleaving of encryptions, reloads,
+    /// invalidations, announcements, flushes and graceful restarts over two
+    /// instances, the stored count plus every instance's unflushed count is
+    /// exactly the number of encryptions made; right after a refresh an
+    /// instance's view is the stored count plus its own unflushed count.
+    #[test]
+    fn usage_counts_add_up_under_any_interleaving(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let (e, first) = Env::new().await;
+            let mut kws = [first, e.instance()];
+            let mut made = 0u64;
+            for op in ops {
+                match op {
+                    Op::Encrypt(i, n) => {
+                        encrypt_n(&kws[i], &e.id, n).await;
+                        made += n;
+                    }
+                    Op::Batch(i, n) => {
+                        let ring = kws[i].keyring(&e.id).await.expect("ring");
+                        let ctx = Context::empty();
+                        let value = ring.encrypt(b"v", &ctx).expect("encrypt");
+                        let mut batch: Vec<(&[u8], &Context)> = vec![(&value, &ctx); n];
+                        batch.push((b"junk", &ctx));
+                        let ok = ring.reencrypt_many(&batch).iter().filter(|r| r.is_ok()).count();
+                        made += 1 + ok as u64;
+                    }
+                    Op::Invalidate(i) => kws[i].invalidate(&e.id),
+                    Op::Refresh(i) => {
+                        // A refresh flushes and loads: the view is the stored count.
+                        let ring = kws[i].refresh(&e.id).await.expect("refresh");
+                        let own = kws[i].unflushed_usage(&e.id, V1);
+                        proptest::prop_assert_eq!(ring.encryptions(V1), e.stored().await + own);
+                    }
+                    Op::MarkStale(i) => kws[i].mark_stale(&e.id),
+                    Op::Flush(i) => kws[i].flush_usage(&e.id).await.expect("flush"),
+                    Op::FlushAll(i) => kws[i].flush_all_usage().await.expect("flush"),
+                    Op::Advance(s) => e.clock.advance(Duration::from_secs(s)),
+                    Op::Restart(i) => {
+                        kws[i].flush_all_usage().await.expect("graceful shutdown");
+                        kws[i] = e.instance();
+                    }
+                }
+                let stored = e.stored().await;
+                let unflushed: u64 = kws.iter().map(|kw| kw.unflushed_usage(&e.id, V1)).sum();
+                proptest::prop_assert_eq!(stored + unflushed, made);
+                for kw in &kws {
+                    let seen = kw.keyring(&e.id).await.expect("ring").encryptions(V1);
+                    proptest::prop_assert!(seen >= kw.unflushed_usage(&e.id, V1));
+                }
+            }
+            for kw in &kws {
+                kw.flush_all_usage().await.expect("flush");
+            }
+            proptest::prop_assert_eq!(e.stored().await, made);
+            Ok(())
+        })?;
+    }
+}
