@@ -264,6 +264,28 @@ async fn announcements_do_not_postpone_the_scheduled_flush() {
 }
 
 #[tokio::test]
+async fn own_changes_reload_at_once_without_moving_the_flush_schedule() {
+    let (e, kw) = Env::new().await;
+    encrypt_n(&kw, &e.id, 3).await;
+    let before = kw.reloads();
+    // This process's own lifecycle change: the next access reloads at once,
+    // without writing usage in the middle of whatever sequence made the change.
+    let v2 = kw.add_version(&e.id).await.expect("add");
+    kw.activate(&e.id, v2).await.expect("activate");
+    let ring = kw.keyring(&e.id).await.expect("ring");
+    assert_eq!((ring.active_version(), kw.reloads() - before), (Some(v2), 1));
+    assert_eq!(e.stored().await, 0);
+    encrypt_n(&kw, &e.id, 4).await;
+    // The refresh interval still counts from the first load.
+    e.clock.advance(REFRESH);
+    encrypt_n(&kw, &e.id, 1).await;
+    assert_eq!(e.stored().await, 3);
+    let record = e.store.load_keyring(&e.id).await.expect("load").expect("keyring");
+    assert_eq!(record.version(v2).expect("v2").encryptions, 4);
+    assert_eq!(kw.unflushed_usage(&e.id, v2), 1);
+}
+
+#[tokio::test]
 async fn an_announced_activation_is_picked_up_after_the_cooldown() {
     let (e, kw) = Env::new().await;
     let other = e.instance();

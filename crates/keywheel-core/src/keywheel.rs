@@ -104,16 +104,27 @@ struct Cached {
     /// Another process announced a change since `ring` was loaded
     /// ([`Keywheel::mark_stale`]).
     stale: bool,
+    /// This process changed the keyring since `ring` was loaded
+    /// ([`Keywheel::invalidate`]): reload at the next access.
+    invalid: bool,
 }
 
 /// What `Keywheel::claim` found in the cache.
 enum Claim {
     /// A snapshot that needs no reload.
     Fresh(Arc<Keyring>),
-    /// This caller reloads; the entry's `loaded_at`, `refreshed_at` and
-    /// `stale` before the claim (to restore if the reload fails), if there
-    /// was an entry.
-    Reload(Option<(Timestamp, Timestamp, bool)>),
+    /// This caller reloads; the entry before the claim (to restore if the
+    /// reload fails), if there was one.
+    Reload(Option<Marks>),
+}
+
+/// The fields of a [`Cached`] entry that a claim changes.
+#[derive(Clone, Copy)]
+struct Marks {
+    loaded_at: Timestamp,
+    refreshed_at: Timestamp,
+    stale: bool,
+    invalid: bool,
 }
 
 /// How many times a usage flush retries after a concurrent update of the
@@ -543,16 +554,18 @@ impl Keywheel {
             }
             announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
         }
-        // A reload for a change announced by another process does not flush:
-        // it comes right after that process changed the keyring, often in the
-        // middle of a sequence (a rotation's activation follows its new
-        // version), and a usage write would bump the generation under it.
-        // The counts wait for the next scheduled reload or explicit flush.
+        // A reload for a change (announced by another process, or made by
+        // this one) does not flush: it comes right after the change, often in
+        // the middle of a sequence (a rotation's activation follows its new
+        // version), and a usage write would bump the generation under it. The
+        // counts wait for the next scheduled reload or explicit flush, and the
+        // refresh interval keeps counting from the last scheduled reload.
         self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await
     }
 
     fn is_fresh(&self, c: &Cached, now: Timestamp) -> bool {
-        now.since(c.refreshed_at) < self.inner.refresh_interval
+        !c.invalid
+            && now.since(c.refreshed_at) < self.inner.refresh_interval
             && !(c.stale && now.since(c.loaded_at) >= self.inner.reload_cooldown)
     }
 
@@ -564,13 +577,16 @@ impl Keywheel {
         self.reload(id, false, true, |_| false).await
     }
 
-    /// Forget cached snapshots of `id` (the next access reloads). For changes
-    /// this process made itself; usage counts are kept. A change announced by
-    /// another process goes through [`mark_stale`](Self::mark_stale) instead,
-    /// which is rate-limited.
+    /// Mark the cached snapshot of `id` out of date: the next access reloads
+    /// it, whatever the reload cooldown. For changes this process made
+    /// itself; usage counts are kept, and the refresh interval (and its usage
+    /// flush) keeps its schedule. A change announced by another process goes
+    /// through [`mark_stale`](Self::mark_stale) instead, which is rate-limited.
     pub fn invalidate(&self, id: &KeyringId) {
-        if let Ok(mut cache) = self.inner.cache.write() {
-            cache.remove(id);
+        if let Ok(mut cache) = self.inner.cache.write()
+            && let Some(c) = cache.get_mut(id)
+        {
+            c.invalid = true;
         }
     }
 
@@ -605,12 +621,14 @@ impl Keywheel {
         match cache.get_mut(id) {
             Some(c) if fresh(c) => Claim::Fresh(Arc::clone(&c.ring)),
             Some(c) => {
-                let before = (c.loaded_at, c.refreshed_at, c.stale);
+                let before =
+                    Marks { loaded_at: c.loaded_at, refreshed_at: c.refreshed_at, stale: c.stale, invalid: c.invalid };
                 c.loaded_at = now;
                 if scheduled {
                     c.refreshed_at = now;
                 }
                 c.stale = false;
+                c.invalid = false;
                 Claim::Reload(Some(before))
             }
             None => Claim::Reload(None),
@@ -638,12 +656,13 @@ impl Keywheel {
             Ok(ring) => Arc::new(ring),
             Err(e) => {
                 // Give the claim back, so the next access tries again.
-                if let (Some((loaded_at, refreshed_at, stale)), Ok(mut cache)) = (before, self.inner.cache.write())
+                if let (Some(before), Ok(mut cache)) = (before, self.inner.cache.write())
                     && let Some(c) = cache.get_mut(id)
                 {
-                    c.loaded_at = loaded_at;
-                    c.refreshed_at = refreshed_at;
-                    c.stale |= stale;
+                    c.loaded_at = before.loaded_at;
+                    c.refreshed_at = before.refreshed_at;
+                    c.stale |= before.stale;
+                    c.invalid |= before.invalid;
                 }
                 return Err(e);
             }
@@ -654,6 +673,7 @@ impl Keywheel {
             let last_forced = previous.and_then(|c| c.last_forced_reload);
             // Marked during the reload: the change may have come after our read.
             let stale = previous.is_some_and(|c| c.stale);
+            let invalid = previous.is_some_and(|c| c.invalid);
             let refreshed_at = match previous {
                 Some(c) if !flush => c.refreshed_at,
                 _ => claimed_at,
@@ -666,6 +686,7 @@ impl Keywheel {
                     refreshed_at,
                     last_forced_reload: if forced { Some(now) } else { last_forced },
                     stale,
+                    invalid,
                 },
             );
         }

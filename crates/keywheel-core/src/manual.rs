@@ -130,9 +130,11 @@
 //!     [`flush_all_usage`](crate::Keywheel::flush_all_usage), which the
 //!     [`Scheduler`](crate::Scheduler) calls every tick and when its `run`
 //!     ends. **Call `flush_all_usage` when your process shuts down.** Reloads
-//!     for an announced change or an unknown version do not flush (they come
-//!     right after another process's change, whose next step a usage write
-//!     would make conflict), and they do not postpone the scheduled one. A
+//!     for a change — announced by another process, made by this one
+//!     ([`invalidate`](crate::Keywheel::invalidate)), or met as an unknown
+//!     version — do not flush (they come right after the change, whose next
+//!     step, e.g. a rotation's activation, a usage write would make conflict
+//!     on the generation), and they do not postpone the scheduled one. A
 //!     failed flush leaves the counts pending for the next; a failure that
 //!     hid a committed write makes the store count them twice (too high,
 //!     never too low).
