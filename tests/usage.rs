@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use keywheel::memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
 use keywheel::{
-    Algorithm, CancelToken, Context, DueReason, Error, KeyStore, KeyVersion, KeyringChange, KeyringId, Keywheel,
-    LocalKek, ManualClock, Policy, Purpose, Rotator, Scheduler, SchedulerConfig, Timestamp,
+    Algorithm, CancelToken, Census, Context, DueReason, Error, KeyStore, KeyVersion, KeyringChange, KeyringId,
+    Keywheel, LocalKek, ManualClock, Policy, Purpose, RecordSource, ReplaceOutcome, Replacement, RotateOptions,
+    Rotator, ScanRequest, Scheduler, SchedulerConfig, StoredValue, Timestamp, async_trait,
 };
 
 const REFRESH: Duration = Duration::from_secs(60);
@@ -296,6 +297,83 @@ async fn an_announced_activation_is_picked_up_after_the_cooldown() {
     assert_eq!(ring.active_version(), Some(V1), "inside the cooldown: the cached snapshot");
     e.clock.advance(COOLDOWN);
     assert_eq!(kw.keyring(&e.id).await.expect("ring").active_version(), Some(v2));
+}
+
+/// A memory source whose first scan after a cursor waits for `gate`: a
+/// rotation stuck in the middle of its re-encryption.
+#[derive(Debug)]
+struct GatedSource {
+    inner: MemoryRecordSource,
+    gated: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl RecordSource for GatedSource {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn scan(&self, request: &ScanRequest) -> keywheel::Result<Vec<StoredValue>> {
+        if request.after.is_some() && !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.gate.notified().await;
+        }
+        self.inner.scan(request).await
+    }
+    async fn replace(&self, batch: &[Replacement]) -> keywheel::Result<Vec<ReplaceOutcome>> {
+        self.inner.replace(batch).await
+    }
+    async fn census(&self, keyring: Option<&KeyringId>) -> keywheel::Result<Census> {
+        self.inner.census(keyring).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_flushes_while_a_long_rotation_runs() {
+    let (e, kw) = Env::new().await;
+    let source = Arc::new(GatedSource {
+        inner: MemoryRecordSource::new("t.c"),
+        gated: Default::default(),
+        gate: tokio::sync::Notify::new(),
+    });
+    let ring = kw.keyring(&e.id).await.expect("ring");
+    for row in 0..30 {
+        let ctx = Context::field("t", "c", &row.to_string());
+        source.inner.insert_row(row, e.id.clone(), ctx.clone(), ring.encrypt(b"v", &ctx).expect("encrypt"));
+    }
+    let rotator = Rotator::new(kw.clone()).expect("rotator").source(source.clone());
+    let config = SchedulerConfig {
+        tick: Duration::from_millis(5),
+        rotate: RotateOptions { batch_size: 10, parallel_batches: 1, estimate_total: false, ..Default::default() },
+        ..Default::default()
+    };
+    let scheduler = Arc::new(Scheduler::new(rotator, config));
+    scheduler.request_emergency(&e.id, "drill").expect("emergency");
+    let shutdown = CancelToken::new();
+    let run = tokio::spawn({
+        let (scheduler, shutdown) = (Arc::clone(&scheduler), shutdown.clone());
+        async move { scheduler.run(shutdown, |_| {}).await }
+    });
+    let v2 = KeyVersion::new(2).expect("2");
+    let stored_v2 = || async {
+        let record = e.store.load_keyring(&e.id).await.expect("load").expect("keyring");
+        record.version(v2).map_or(0, |v| v.encryptions)
+    };
+    // The first batch is re-encrypted and the rotation waits at the gate: its
+    // 10 encryptions reach the store while the tick is still running.
+    let started = std::time::Instant::now();
+    while stored_v2().await < 10 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no flush during the rotation");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!run.is_finished());
+    source.gate.notify_one();
+    while stored_v2().await < 30 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the rest was not flushed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    run.await.expect("scheduler");
+    assert_eq!(stored_v2().await, 30);
 }
 
 /// One step of the model-based test below, on instance `0` or `1`.

@@ -128,8 +128,14 @@
 //!     and [`Keywheel::refresh`](crate::Keywheel::refresh) — and on
 //!     [`flush_usage`](crate::Keywheel::flush_usage) /
 //!     [`flush_all_usage`](crate::Keywheel::flush_all_usage), which the
-//!     [`Scheduler`](crate::Scheduler) calls every tick and when its `run`
-//!     ends. **Call `flush_all_usage` when your process shuts down.** Reloads
+//!     [`Scheduler`](crate::Scheduler) calls every tick, every tick interval
+//!     while a tick runs a rotation, and when its `run` ends (the CLI's
+//!     `rotate`, `resume` and `rollback` call it before exiting). **Call
+//!     `flush_all_usage` when your process shuts down**, and periodically if
+//!     you keep a [`Keyring`](crate::Keyring) snapshot yourself instead of
+//!     asking [`Keywheel::keyring`](crate::Keywheel::keyring) (or drive a
+//!     [`Rotator`](crate::Rotator) without the scheduler): only that call
+//!     reloads, and so flushes, on schedule. Reloads
 //!     for a change — announced by another process, made by this one
 //!     ([`invalidate`](crate::Keywheel::invalidate)), or met as an unknown
 //!     version — do not flush (they come right after the change, whose next
@@ -150,8 +156,9 @@
 //!     last successful flush. Because a scheduled reload flushes before the
 //!     first encryption that comes a refresh interval or more after the
 //!     previous one, those are at most the encryptions the process made in one
-//!     refresh interval (default 60 s) — plus, if flushes were failing, all
-//!     since the first failure. At 10,000 encryptions a second that is at most
+//!     refresh interval (default 60 s); for a scheduler process running a
+//!     rotation, the re-encryptions of one tick interval (default 60 s) —
+//!     plus, if flushes were failing, all since the first failure. At 10,000 encryptions a second that is at most
 //!     600,000 per crash. Counts other live processes have not flushed yet
 //!     (at most one refresh interval of theirs each) are likewise invisible
 //!     to a decision until they flush.

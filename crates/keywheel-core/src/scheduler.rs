@@ -451,12 +451,28 @@ impl Scheduler {
     }
 
     /// Tick every `config.tick` until `shutdown` is cancelled; calls `on_tick`
-    /// with each tick's result, and flushes every usage count
-    /// ([`Keywheel::flush_all_usage`](crate::Keywheel::flush_all_usage)) before returning. A cancelled shutdown also stops rotations in
+    /// with each tick's result. A cancelled shutdown also stops rotations in
     /// flight after their current batch (checkpointed; the next start resumes them).
+    ///
+    /// Usage counts ([`Keywheel::flush_all_usage`](crate::Keywheel::flush_all_usage))
+    /// are flushed by every tick, every `config.tick` while a tick runs (a
+    /// long rotation's re-encryptions), and once more before returning.
     pub async fn run(&self, shutdown: CancelToken, mut on_tick: impl FnMut(&Result<TickReport>)) {
+        let kw = self.rotator.keywheel();
         while !shutdown.is_cancelled() {
-            let result = self.tick_with(&shutdown).await;
+            // A tick can run a long rotation; its re-encryptions are flushed
+            // every `config.tick` meanwhile, so a crash loses at most that much.
+            let tick = self.tick_with(&shutdown);
+            tokio::pin!(tick);
+            let result = loop {
+                tokio::select! {
+                    result = &mut tick => break result,
+                    () = tokio::time::sleep(self.config.tick) => {
+                        // Best effort: the counts stay pending for the next flush.
+                        let _ = kw.flush_all_usage().await;
+                    }
+                }
+            };
             on_tick(&result);
             tokio::select! {
                 _ = tokio::time::sleep(self.config.tick) => {}
