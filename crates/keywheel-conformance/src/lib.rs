@@ -174,6 +174,7 @@ macro_rules! key_store_tests {
             illegal_transition_refused,
             update_is_all_or_nothing,
             update_increments_generation_and_persists,
+            usage_updates_keep_the_generation,
             rewrap_and_compromise_persist,
             retire_destroys_material_keeps_metadata,
             racing_activations_have_one_winner,

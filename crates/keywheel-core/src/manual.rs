@@ -123,7 +123,9 @@
 //!   - *When it is flushed*: a flush adds the unflushed counts to the store
 //!     with the additive [`KeyringChange::RecordUsage`](crate::KeyringChange::RecordUsage)
 //!     (one compare-and-set, retried on a generation conflict; nothing is
-//!     ever subtracted). Every instance flushes on each scheduled reload — the
+//!     ever subtracted). A usage-only update keeps the keyring's generation,
+//!     so flushes never make a concurrent lifecycle step (a rotation's
+//!     activation, a retirement) fail with a generation conflict. Every instance flushes on each scheduled reload — the
 //!     first access once the refresh interval has passed since the last one,
 //!     and [`Keywheel::refresh`](crate::Keywheel::refresh) — and on
 //!     [`flush_usage`](crate::Keywheel::flush_usage) /
@@ -237,6 +239,10 @@
 //!   [`KeyringChange`](crate::KeyringChange) means and of the invariants), then
 //!   write it only if the stored generation is still the expected one, e.g.
 //!   `UPDATE … SET … WHERE id = $1 AND generation = $2` in one transaction.
+//!   Apply the changes to the record as the store holds it inside that
+//!   transaction (lock the row, read, apply, write): an update made only of
+//!   `RecordUsage` changes keeps the generation, so a record computed from an
+//!   earlier read would overwrite usage counts added meanwhile.
 //!   Leases follow [`grant_lease`](crate::grant_lease).
 //! * [`RecordSource`](crate::RecordSource): scan your encrypted values in a
 //!   stable order after an opaque [`Cursor`](crate::Cursor), and replace a batch
