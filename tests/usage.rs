@@ -243,11 +243,11 @@ async fn announced_changes_reload_at_most_once_per_cooldown_and_keep_counts() {
 }
 
 #[tokio::test]
-async fn announcements_do_not_postpone_the_scheduled_flush() {
+async fn announcements_do_not_postpone_the_scheduled_refresh() {
     let (e, kw) = Env::new().await;
     encrypt_n(&kw, &e.id, 5).await;
     let before = kw.reloads();
-    // One announcement per cooldown, each honoured by a reload that does not flush.
+    // One announcement per cooldown, each honoured by a reload (which flushes).
     let mut waited = Duration::ZERO;
     while waited + COOLDOWN < REFRESH {
         kw.mark_stale(&e.id);
@@ -256,31 +256,31 @@ async fn announcements_do_not_postpone_the_scheduled_flush() {
         encrypt_n(&kw, &e.id, 1).await;
     }
     assert_eq!(kw.reloads() - before, 59);
-    assert_eq!(e.stored().await, 0, "announced-change reloads do not flush");
-    // The refresh interval still counts from the last scheduled reload.
+    assert_eq!(e.stored().await, 5 + 58, "each reload flushed what came before it");
+    // The last load was a cooldown ago, but the refresh interval counts from
+    // the last scheduled reload: this access reloads (and flushes) on schedule.
     e.clock.advance(COOLDOWN);
     encrypt_n(&kw, &e.id, 1).await;
-    assert_eq!(e.stored().await, 5 + 59, "flushed on schedule");
+    assert_eq!(kw.reloads() - before, 60);
+    assert_eq!(e.stored().await, 5 + 59);
     assert_eq!(kw.keyring(&e.id).await.expect("ring").encryptions(V1), 5 + 60);
 }
 
 #[tokio::test]
-async fn own_changes_reload_at_once_without_moving_the_flush_schedule() {
+async fn own_changes_reload_at_once_and_flush() {
     let (e, kw) = Env::new().await;
     encrypt_n(&kw, &e.id, 3).await;
     let before = kw.reloads();
-    // This process's own lifecycle change: the next access reloads at once,
-    // without writing usage in the middle of whatever sequence made the change.
+    // This process's own lifecycle change: the next access reloads at once.
     let v2 = kw.add_version(&e.id).await.expect("add");
     kw.activate(&e.id, v2).await.expect("activate");
     let ring = kw.keyring(&e.id).await.expect("ring");
     assert_eq!((ring.active_version(), kw.reloads() - before), (Some(v2), 1));
-    assert_eq!(e.stored().await, 0);
+    assert_eq!(e.stored().await, 3);
     encrypt_n(&kw, &e.id, 4).await;
     // The refresh interval still counts from the first load.
     e.clock.advance(REFRESH);
     encrypt_n(&kw, &e.id, 1).await;
-    assert_eq!(e.stored().await, 3);
     let record = e.store.load_keyring(&e.id).await.expect("load").expect("keyring");
     assert_eq!(record.version(v2).expect("v2").encryptions, 4);
     assert_eq!(kw.unflushed_usage(&e.id, v2), 1);

@@ -446,9 +446,10 @@ impl Keywheel {
     /// snapshot: they survive [`invalidate`](Self::invalidate) and reloads.
     /// Nothing is read or written when there is nothing to flush.
     ///
-    /// Scheduled reloads flush too (a snapshot older than the refresh
-    /// interval, and [`refresh`](Self::refresh)), so an application process
-    /// flushes at least once per refresh interval while it encrypts; the
+    /// Every reload of a snapshot flushes first (a snapshot older than the
+    /// refresh interval, [`refresh`](Self::refresh), a changed keyring), so an
+    /// application process flushes at least once per refresh interval while
+    /// it encrypts; the
     /// scheduler and a graceful shutdown call
     /// [`flush_all_usage`](Self::flush_all_usage). The guarantee and its crash
     /// window: the [manual](crate::manual), section 3, "Usage limits". On error the counts stay
@@ -555,11 +556,8 @@ impl Keywheel {
             announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
         }
         // A reload for a change (announced by another process, or made by
-        // this one) does not flush: it comes right after the change, often in
-        // the middle of a sequence (a rotation's activation follows its new
-        // version), and a usage write would bump the generation under it. The
-        // counts wait for the next scheduled reload or explicit flush, and the
-        // refresh interval keeps counting from the last scheduled reload.
+        // this one) leaves the refresh interval counting from the last
+        // scheduled reload, so announcements cannot postpone it.
         self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await
     }
 
@@ -635,23 +633,22 @@ impl Keywheel {
         }
     }
 
-    /// Load `id` from the store and cache the new snapshot, unless the cached
-    /// one is `fresh`. With `flush` (a scheduled reload) this instance's
-    /// pending usage of `id` is flushed on the way and the refresh interval
-    /// starts again.
+    /// Flush this instance's pending usage of `id`, load it from the store and
+    /// cache the new snapshot, unless the cached one is `fresh`. A `scheduled`
+    /// reload starts the refresh interval again.
     async fn reload(
         &self,
         id: &KeyringId,
         forced: bool,
-        flush: bool,
+        scheduled: bool,
         fresh: impl Fn(&Cached) -> bool,
     ) -> Result<Arc<Keyring>> {
         let claimed_at = self.now();
-        let before = match self.claim(id, claimed_at, flush, fresh) {
+        let before = match self.claim(id, claimed_at, scheduled, fresh) {
             Claim::Fresh(ring) => return Ok(ring),
             Claim::Reload(before) => before,
         };
-        let loaded = self.load(id, flush).await;
+        let loaded = self.load(id).await;
         let ring = match loaded {
             Ok(ring) => Arc::new(ring),
             Err(e) => {
@@ -675,7 +672,7 @@ impl Keywheel {
             let stale = previous.is_some_and(|c| c.stale);
             let invalid = previous.is_some_and(|c| c.invalid);
             let refreshed_at = match previous {
-                Some(c) if !flush => c.refreshed_at,
+                Some(c) if !scheduled => c.refreshed_at,
                 _ => claimed_at,
             };
             cache.insert(
@@ -693,10 +690,10 @@ impl Keywheel {
         Ok(ring)
     }
 
-    async fn load(&self, id: &KeyringId, flush: bool) -> Result<Keyring> {
+    async fn load(&self, id: &KeyringId) -> Result<Keyring> {
         self.inner.reloads.fetch_add(1, Ordering::Relaxed);
         let mut record = self.record(id).await?;
-        if flush && let Some(usage) = self.usage_of(id) {
+        if let Some(usage) = self.usage_of(id) {
             // Best effort: a failed flush keeps the counts pending for the next
             // one, and must not make the keyring unusable.
             if let Ok(updated) = self.flush_from(&usage, record.clone()).await {
@@ -760,7 +757,6 @@ impl Keywheel {
                 if !cooled {
                     return Err(Error::UnknownKeyVersion { version });
                 }
-                // Like an announced change: no flush (see `keyring`).
                 self.reload(id, true, false, |_| false).await?.decrypt(value, context)
             }
             other => other,

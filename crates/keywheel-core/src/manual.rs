@@ -125,10 +125,12 @@
 //!     (one compare-and-set, retried on a generation conflict; nothing is
 //!     ever subtracted). A usage-only update keeps the keyring's generation,
 //!     so flushes never make a concurrent lifecycle step (a rotation's
-//!     activation, a retirement) fail with a generation conflict. Every instance flushes on each scheduled reload — the
-//!     first access once the refresh interval has passed since the last one,
-//!     and [`Keywheel::refresh`](crate::Keywheel::refresh) — and on
-//!     [`flush_usage`](crate::Keywheel::flush_usage) /
+//!     activation, a retirement) fail with a generation conflict. Every
+//!     instance flushes before each reload of a snapshot — at the first
+//!     access once the refresh interval has passed since the last scheduled
+//!     reload (announced changes do not postpone it), on
+//!     [`Keywheel::refresh`](crate::Keywheel::refresh), after a change — and
+//!     on [`flush_usage`](crate::Keywheel::flush_usage) /
 //!     [`flush_all_usage`](crate::Keywheel::flush_all_usage), which the
 //!     [`Scheduler`](crate::Scheduler) calls every tick, every tick interval
 //!     while a tick runs a rotation, and when its `run` ends (the CLI's
@@ -137,15 +139,10 @@
 //!     you keep a [`Keyring`](crate::Keyring) snapshot yourself instead of
 //!     asking [`Keywheel::keyring`](crate::Keywheel::keyring) (or drive a
 //!     [`Rotator`](crate::Rotator) without the scheduler): only that call
-//!     reloads, and so flushes, on schedule. Reloads
-//!     for a change — announced by another process, made by this one
-//!     ([`invalidate`](crate::Keywheel::invalidate)), or met as an unknown
-//!     version — do not flush (they come right after the change, whose next
-//!     step, e.g. a rotation's activation, a usage write would make conflict
-//!     on the generation), and they do not postpone the scheduled one. A
-//!     failed flush leaves the counts pending for the next; a failure that
-//!     hid a committed write makes the store count them twice (too high,
-//!     never too low).
+//!     reloads, and so flushes, on schedule. A failed flush leaves the counts
+//!     pending for the next (it never fails the reload); a failure that hid
+//!     a committed write makes the store count them twice (too high, never
+//!     too low).
 //!   - *Where it is enforced*: a snapshot refuses with
 //!     [`Error::UsageLimitReached`](crate::Error::UsageLimitReached) once its
 //!     count (stored + unflushed) reaches the algorithm's limit, 2^32; the
