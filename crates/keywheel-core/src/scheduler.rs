@@ -461,13 +461,15 @@ impl Scheduler {
         let kw = self.rotator.keywheel();
         while !shutdown.is_cancelled() {
             // A tick can run a long rotation; its re-encryptions are flushed
-            // every `config.tick` meanwhile, so a crash loses at most that much.
+            // every `config.tick` meanwhile (at most every 10 ms, so a zero
+            // tick does not spin), so a crash loses at most that much.
             let tick = self.tick_with(&shutdown);
             tokio::pin!(tick);
+            let every = self.config.tick.max(Duration::from_millis(10));
             let result = loop {
                 tokio::select! {
                     result = &mut tick => break result,
-                    () = tokio::time::sleep(self.config.tick) => {
+                    () = tokio::time::sleep(every) => {
                         // Best effort: the counts stay pending for the next flush.
                         let _ = kw.flush_all_usage().await;
                     }
