@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -102,8 +102,9 @@ struct Cached {
     refreshed_at: Timestamp,
     last_forced_reload: Option<Timestamp>,
     /// Another process announced a change since `ring` was loaded
-    /// ([`Keywheel::mark_stale`]).
-    stale: bool,
+    /// ([`Keywheel::mark_stale`]). Atomic, so a flood of announcements only
+    /// takes the cache's read lock, not the write lock the hot path waits on.
+    stale: AtomicBool,
     /// This process changed the keyring since `ring` was loaded
     /// ([`Keywheel::invalidate`]): reload at the next access.
     invalid: bool,
@@ -564,7 +565,7 @@ impl Keywheel {
     fn is_fresh(&self, c: &Cached, now: Timestamp) -> bool {
         !c.invalid
             && now.since(c.refreshed_at) < self.inner.refresh_interval
-            && !(c.stale && now.since(c.loaded_at) >= self.inner.reload_cooldown)
+            && !(c.stale.load(Ordering::SeqCst) && now.since(c.loaded_at) >= self.inner.reload_cooldown)
     }
 
     /// Reload a keyring from the store now, replacing the cached snapshot,
@@ -597,10 +598,10 @@ impl Keywheel {
     /// make this process hammer the store or forget what it counted. A change
     /// announced during a reload is not lost: the snapshot stays marked.
     pub fn mark_stale(&self, id: &KeyringId) {
-        if let Ok(mut cache) = self.inner.cache.write()
-            && let Some(c) = cache.get_mut(id)
+        if let Ok(cache) = self.inner.cache.read()
+            && let Some(c) = cache.get(id)
         {
-            c.stale = true;
+            c.stale.store(true, Ordering::SeqCst);
         }
     }
 
@@ -619,13 +620,17 @@ impl Keywheel {
         match cache.get_mut(id) {
             Some(c) if fresh(c) => Claim::Fresh(Arc::clone(&c.ring)),
             Some(c) => {
-                let before =
-                    Marks { loaded_at: c.loaded_at, refreshed_at: c.refreshed_at, stale: c.stale, invalid: c.invalid };
+                let before = Marks {
+                    loaded_at: c.loaded_at,
+                    refreshed_at: c.refreshed_at,
+                    stale: *c.stale.get_mut(),
+                    invalid: c.invalid,
+                };
                 c.loaded_at = now;
                 if scheduled {
                     c.refreshed_at = now;
                 }
-                c.stale = false;
+                *c.stale.get_mut() = false;
                 c.invalid = false;
                 Claim::Reload(Some(before))
             }
@@ -658,7 +663,7 @@ impl Keywheel {
                 {
                     c.loaded_at = before.loaded_at;
                     c.refreshed_at = before.refreshed_at;
-                    c.stale |= before.stale;
+                    *c.stale.get_mut() |= before.stale;
                     c.invalid |= before.invalid;
                 }
                 return Err(e);
@@ -669,7 +674,7 @@ impl Keywheel {
             let previous = cache.get(id);
             let last_forced = previous.and_then(|c| c.last_forced_reload);
             // Marked during the reload: the change may have come after our read.
-            let stale = previous.is_some_and(|c| c.stale);
+            let stale = previous.is_some_and(|c| c.stale.load(Ordering::SeqCst));
             let invalid = previous.is_some_and(|c| c.invalid);
             let refreshed_at = match previous {
                 Some(c) if !scheduled => c.refreshed_at,
@@ -682,7 +687,7 @@ impl Keywheel {
                     loaded_at: claimed_at,
                     refreshed_at,
                     last_forced_reload: if forced { Some(now) } else { last_forced },
-                    stale,
+                    stale: AtomicBool::new(stale),
                     invalid,
                 },
             );
