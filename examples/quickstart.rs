@@ -96,5 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let entries = audit.verify()?;
     println!("audit trail: {entries} hash-chained events, chain verifies");
+
+    // Shutting down: write this process's encryption counts to the store, so
+    // the usage-limit policy sees them (see the manual, "Usage limits").
+    kw.flush_all_usage().await?;
+    let used = kw.record(&tokens).await?.version(v2).map_or(0, |v| v.encryptions);
+    println!("encryptions under {v2}: {used}, all recorded");
     Ok(())
 }

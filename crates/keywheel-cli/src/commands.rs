@@ -560,6 +560,14 @@ fn warn_without_sources(settings: &Settings) {
     }
 }
 
+/// Add the encryptions this run made (the re-encrypted values) to the stored
+/// usage counts before the process exits; they would be lost otherwise.
+async fn flush_usage(opened: &Opened) {
+    if let Err(e) = opened.kw.flush_all_usage().await {
+        eprintln!("keywheel: warning: this run's encryptions are missing from the usage counts: {e}");
+    }
+}
+
 async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8, CliError> {
     let id = parse_keyring(&args.keyring)?;
     let opened = store::open(settings).await?;
@@ -578,6 +586,7 @@ async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8
         rotator.rotate(&id, &policy, &opts).await
     };
     reporter.finish();
+    flush_usage(&opened).await;
     finish_rotation(&result?, json)
 }
 
@@ -589,6 +598,7 @@ async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -> Result<u8
     let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
     let result = rotator.resume(&id, &opts).await;
     reporter.finish();
+    flush_usage(&opened).await;
     match result? {
         Some(report) => finish_rotation(&report, json),
         None => {
@@ -612,6 +622,7 @@ async fn rollback(settings: &Settings, args: &RollbackArgs, json: bool) -> Resul
     let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
     let result = rotator.rollback(&id, &policy, args.reason.as_deref(), args.reencrypt, &opts).await;
     reporter.finish();
+    flush_usage(&opened).await;
     let report = result?;
     if json {
         print_json(&report)?;

@@ -157,6 +157,8 @@ async fn runbook(postgres_store: bool) {
     assert_eq!(rotation["phase"], "completed");
     assert_eq!((rotation["from"].as_u64(), rotation["to"].as_u64()), (Some(1), Some(2)));
     assert_eq!(rotation["counts"]["rewritten"], ROWS);
+    // The CLI process flushed the re-encryptions into v2's usage count before exiting.
+    assert_eq!(cli.json(&["keyring", "list"])[0]["versions"][1]["encryptions"], ROWS);
     cli.run(&["verify", "acme/token"]).assert_code(0).assert_stdout_contains("ok");
 
     // Roll back: v1 active again, v2 deprecated but still readable.

@@ -380,6 +380,38 @@ pub async fn lifecycle_rules_hold_in_the_store(store: Arc<dyn KeyStore>) {
     assert_eq!(load(&store, &id).await, flagged, "refused updates write nothing");
 }
 
+/// An update made only of `RecordUsage` changes adds to the counts and keeps
+/// the generation, so a lifecycle update read at that generation still
+/// succeeds afterwards — and keeps the counts (the store applies changes to
+/// the record it holds, never writes one computed from an earlier read).
+pub async fn usage_updates_keep_the_generation(store: Arc<dyn KeyStore>) {
+    let id = keyring_id("usage-generation");
+    let rec = record(&id, &[KeyState::Active, KeyState::Pending]);
+    create(&store, &rec).await;
+    let usage = [KeyringChange::RecordUsage { version: version(1), add: 7 }];
+    let after = store.update_keyring(&id, rec.generation, &usage).await.expect("a usage update must succeed");
+    assert_eq!(after.generation, rec.generation, "a usage-only update must keep the generation");
+    let after = store.update_keyring(&id, rec.generation, &usage).await.expect("a second usage update");
+    assert_eq!(after.generation, rec.generation);
+    let lifecycle = [
+        KeyringChange::SetState { version: version(1), state: KeyState::Deprecated, at: at(2000) },
+        KeyringChange::SetState { version: version(2), state: KeyState::Active, at: at(2000) },
+    ];
+    let updated = store
+        .update_keyring(&id, rec.generation, &lifecycle)
+        .await
+        .expect("a lifecycle update read before the usage updates must still succeed");
+    assert_eq!(updated.generation, rec.generation + 1);
+    let loaded = load(&store, &id).await;
+    let base = rec.version(version(1)).expect("v1").encryptions;
+    assert_eq!(
+        loaded.version(version(1)).expect("v1").encryptions,
+        base + 14,
+        "the lifecycle update must keep the counts added before it"
+    );
+    assert_eq!(loaded.version(version(2)).expect("v2").state, KeyState::Active);
+}
+
 /// `Rewrap` replaces the wrapped material of live versions, `MarkCompromised`
 /// sets the flag and `RecordUsage` adds to the usage count, all persisted; rewrapping a retired
 /// version fails with [`Error::KeyRetired`].

@@ -180,6 +180,7 @@ macro_rules! key_store_tests {
             illegal_transition_refused,
             update_is_all_or_nothing,
             update_increments_generation_and_persists,
+            usage_updates_keep_the_generation,
             rewrap_and_compromise_persist,
             lifecycle_rules_hold_in_the_store,
             seal_round_trips_and_applies_atomically,

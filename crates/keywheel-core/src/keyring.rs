@@ -4,13 +4,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use crate::cipher::VersionCipher;
 use crate::nonce::Nonces;
+use crate::usage::{KeyringUsage, UsageCell};
 use crate::wire::{self, Form, HEADER_LEN};
 use crate::{Algorithm, Context, Error, KeyMaterial, KeyState, KeyVersion, KeyringId, Plaintext, Result};
 
@@ -29,9 +29,11 @@ struct Slot {
     summary: VersionSummary,
     /// `None` exactly when the version is retired (material destroyed).
     cipher: Option<VersionCipher>,
-    /// Encryptions under this version in this process; shared with later
-    /// snapshots of the same keyring so reloads do not reset the count.
-    encryptions: Arc<AtomicU64>,
+    /// Encryptions under this version: stored as last seen plus counted here
+    /// and not yet flushed. Shared with the other snapshots of the same
+    /// keyring (and, under a [`Keywheel`](crate::Keywheel), with the instance),
+    /// so reloads and invalidation do not reset the count.
+    usage: Arc<UsageCell>,
 }
 
 /// An immutable snapshot of one keyring (DESIGN §2).
@@ -78,7 +80,7 @@ impl Keyring {
     /// Start building a snapshot by hand. Versions are numbered 1, 2, … in the
     /// order they are added.
     pub fn builder(id: KeyringId) -> KeyringBuilder {
-        KeyringBuilder { id, generation: 0, versions: Vec::new(), usage_from: None }
+        KeyringBuilder { id, generation: 0, versions: Vec::new(), usage_from: None, usage: None, stored: Vec::new() }
     }
 
     /// The keyring's id.
@@ -106,9 +108,17 @@ impl Keyring {
         self.slot(version).map(|s| s.summary.state)
     }
 
-    /// Encryptions made under `version` by this process (see the usage-limit policy).
+    /// Encryptions under `version` as far as this snapshot knows: the count in
+    /// the store when its [`Keywheel`](crate::Keywheel) last loaded or flushed
+    /// the keyring, plus the encryptions that instance counted since and has
+    /// not flushed yet (its own; other processes' unflushed encryptions reach
+    /// it with their next flush and its next reload). A snapshot built by hand
+    /// with [`Keyring::builder`] counts from zero.
+    /// Never lower than the truth as far as this process can know it: see the
+    /// [manual](crate::manual), section 3, "Usage limits". This is the count
+    /// that [`encrypt`](Self::encrypt) checks against the algorithm's limit.
     pub fn encryptions(&self, version: KeyVersion) -> u64 {
-        self.slot(version).map_or(0, |s| s.encryptions.load(Ordering::Relaxed))
+        self.slot(version).map_or(0, |s| s.usage.total())
     }
 
     fn slot(&self, version: KeyVersion) -> Option<&Slot> {
@@ -409,6 +419,9 @@ pub struct KeyringBuilder {
     generation: u64,
     versions: Vec<(KeyState, Algorithm, Option<KeyMaterial>)>,
     usage_from: Option<Arc<Keyring>>,
+    usage: Option<Arc<KeyringUsage>>,
+    /// Stored counts by `version - 1`, to seed the counters with.
+    stored: Vec<u64>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -443,8 +456,25 @@ impl KeyringBuilder {
         self
     }
 
+    /// Seed the count of `version` with the encryptions already stored for it
+    /// (a count is only ever raised).
+    pub(crate) fn seed(&mut self, version: KeyVersion, encryptions: u64) {
+        let index = version.get() as usize - 1;
+        if self.stored.len() <= index {
+            self.stored.resize(index + 1, 0);
+        }
+        self.stored[index] = encryptions;
+    }
+
     pub(crate) fn push(&mut self, state: KeyState, algorithm: Algorithm, material: Option<KeyMaterial>) {
         self.versions.push((state, algorithm, material));
+    }
+
+    /// Count in `usage` (a [`Keywheel`](crate::Keywheel)'s counters of this
+    /// keyring), which outlives every snapshot; takes precedence over
+    /// [`inherit_usage`](Self::inherit_usage).
+    pub(crate) fn share_usage(&mut self, usage: Arc<KeyringUsage>) {
+        self.usage = Some(usage);
     }
 
     /// Derive every version's key and build the snapshot.
@@ -471,13 +501,13 @@ impl KeyringBuilder {
                 }
                 active = Some(index);
             }
-            let encryptions = self
-                .usage_from
-                .as_ref()
-                .and_then(|prev| prev.slot(version))
-                .map(|s| Arc::clone(&s.encryptions))
-                .unwrap_or_default();
-            slots.push(Slot { summary: VersionSummary { version, state, algorithm }, cipher, encryptions });
+            let usage = match (&self.usage, &self.usage_from) {
+                (Some(shared), _) => shared.cell(version),
+                (None, Some(prev)) => prev.slot(version).map(|s| Arc::clone(&s.usage)).unwrap_or_default(),
+                (None, None) => Arc::default(),
+            };
+            usage.seed(self.stored.get(index).copied().unwrap_or(0));
+            slots.push(Slot { summary: VersionSummary { version, state, algorithm }, cipher, usage });
         }
         Ok(Keyring { id: self.id, id_aad, generation: self.generation, active, slots })
     }
@@ -527,13 +557,14 @@ impl Sealer<'_> {
     }
 }
 
-/// Usage counting (DESIGN §7) for one encrypting call: one atomic add reserves
-/// a range of the version's counter for all the call's encryptions; each
-/// encryption takes the next number of the range and is refused from the
-/// version's limit on; what was not taken is given back on drop. Counts are
-/// exact once the call returns and never too low while it runs.
+/// Usage counting (the [manual](crate::manual), section 3, "Usage limits") for
+/// one encrypting call: one atomic add reserves a range of the version's
+/// counter for all the call's encryptions; each encryption takes the next
+/// number of the range (stored count as last seen + unflushed) and is refused
+/// from the version's limit on; what was not taken is given back on drop.
+/// Counts are exact once the call returns and never too low while it runs.
 struct Quota<'a> {
-    counter: &'a AtomicU64,
+    counter: &'a UsageCell,
     version: KeyVersion,
     limit: Option<u64>,
     base: u64,
@@ -543,9 +574,9 @@ struct Quota<'a> {
 
 impl<'a> Quota<'a> {
     fn reserve(slot: &'a Slot, n: u64) -> Self {
-        let base = if n == 0 { 0 } else { slot.encryptions.fetch_add(n, Ordering::Relaxed) };
+        let base = if n == 0 { slot.usage.total() } else { slot.usage.reserve(n) };
         Quota {
-            counter: &slot.encryptions,
+            counter: &slot.usage,
             version: slot.summary.version,
             limit: slot.summary.algorithm.encryption_limit(),
             base,
@@ -578,7 +609,7 @@ impl Drop for Quota<'_> {
     fn drop(&mut self) {
         let unused = self.reserved.saturating_sub(self.taken);
         if unused > 0 {
-            self.counter.fetch_sub(unused, Ordering::Relaxed);
+            self.counter.give_back(unused);
         }
     }
 }
@@ -812,7 +843,7 @@ mod tests {
         let value = old.encrypt(b"x", &ctx).expect("encrypt");
         // `old`'s Active version (AES-GCM) two encryptions short of its limit.
         let limit = Algorithm::Aes256Gcm.encryption_limit().expect("GCM has a limit");
-        old.slots[0].encryptions.store(limit - 2, Ordering::Relaxed);
+        old.slots[0].usage.set_pending(limit - 2);
         let seal = old.sealer().expect("active");
         let mut quota = Quota::reserve(seal.slot, 5);
         let taken: Vec<bool> = (0..5).map(|_| quota.take().is_ok()).collect();

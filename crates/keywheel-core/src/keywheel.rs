@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::seal::SealingStore;
+use crate::usage::KeyringUsage;
 use crate::{
     Algorithm, AuditEvent, AuditKind, AuditSink, Clock, Context, Error, KeyEncryptionKey, KeyMaterial, KeyOrigin,
     KeyState, KeyStore, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Lease, Outcome, Plaintext,
@@ -66,9 +68,11 @@ impl KeywheelBuilder {
         self.refresh_interval = Some(d);
         self
     }
-    /// Minimum time between two reloads forced by an unknown version in a
-    /// decrypt, per keyring (default 1 s), so a flood of bad values cannot
-    /// hammer the store.
+    /// Minimum time between two reloads of a keyring forced from outside the
+    /// refresh schedule (default 1 s): by an unknown version in a decrypt, and
+    /// by changes announced with [`Keywheel::mark_stale`] (at most one reload
+    /// per cooldown, however many announcements), so a flood of bad values or
+    /// of notifications cannot hammer the store or the KEK.
     pub fn reload_cooldown(mut self, d: Duration) -> Self {
         self.reload_cooldown = Some(d);
         self
@@ -90,8 +94,9 @@ impl KeywheelBuilder {
                 refresh_interval: self.refresh_interval.unwrap_or(Duration::from_secs(60)),
                 reload_cooldown: self.reload_cooldown.unwrap_or(Duration::from_secs(1)),
                 cache: RwLock::new(HashMap::new()),
-                flushed: Mutex::new(HashMap::new()),
                 audit_key: tokio::sync::OnceCell::new(),
+                usage: Mutex::new(HashMap::new()),
+                reloads: AtomicU64::new(0),
             }),
         })
     }
@@ -99,9 +104,43 @@ impl KeywheelBuilder {
 
 struct Cached {
     ring: Arc<Keyring>,
+    /// Last load from the store, for whatever reason (the reload cooldown).
     loaded_at: Timestamp,
+    /// Last scheduled load, which also flushed usage (the refresh interval).
+    /// Reloads for announced changes do not move it, so announcements can
+    /// neither postpone the periodic refresh nor the usage flush.
+    refreshed_at: Timestamp,
     last_forced_reload: Option<Timestamp>,
+    /// Another process announced a change since `ring` was loaded
+    /// ([`Keywheel::mark_stale`]). Atomic, so a flood of announcements only
+    /// takes the cache's read lock, not the write lock the hot path waits on.
+    stale: AtomicBool,
+    /// This process changed the keyring since `ring` was loaded
+    /// ([`Keywheel::invalidate`]): reload at the next access.
+    invalid: bool,
 }
+
+/// What `Keywheel::claim` found in the cache.
+enum Claim {
+    /// A snapshot that needs no reload.
+    Fresh(Arc<Keyring>),
+    /// This caller reloads; the entry before the claim (to restore if the
+    /// reload fails), if there was one.
+    Reload(Option<Marks>),
+}
+
+/// The fields of a [`Cached`] entry that a claim changes.
+#[derive(Clone, Copy)]
+struct Marks {
+    loaded_at: Timestamp,
+    refreshed_at: Timestamp,
+    stale: bool,
+    invalid: bool,
+}
+
+/// How many times a usage flush retries after a concurrent update of the
+/// keyring (counts are additive, so a retry is always correct).
+const MAX_FLUSH_CONFLICTS: u32 = 16;
 
 struct Inner {
     /// `sealing`, as the trait object [`Keywheel::store`] hands out.
@@ -115,10 +154,14 @@ struct Inner {
     refresh_interval: Duration,
     reload_cooldown: Duration,
     cache: RwLock<HashMap<KeyringId, Cached>>,
-    /// Encryptions already written to the store by [`Keywheel::flush_usage`].
-    flushed: Mutex<HashMap<(KeyringId, KeyVersion), u64>>,
     /// The KEK's integrity key, which authenticates audit entries (fetched once).
     audit_key: tokio::sync::OnceCell<crate::IntegrityKey>,
+    /// Usage counters per keyring and version, for the life of the instance:
+    /// outside the cache, so invalidation and reloads keep them; shared with
+    /// every snapshot built from them.
+    usage: Mutex<HashMap<KeyringId, Arc<KeyringUsage>>>,
+    /// Snapshot loads from the store ([`Keywheel::reloads`]).
+    reloads: AtomicU64,
 }
 
 /// The entry point: creates keyrings, runs manual lifecycle steps (each atomic
@@ -600,72 +643,168 @@ impl Keywheel {
         self.inner.store.save_policy(id, policy).await
     }
 
-    /// Write the encryptions this process counted on the cached snapshot of `id`
-    /// since the last flush into the store (`VersionRecord::encryptions`), so the
-    /// usage-limit policy sees every process's use. Cheap when nothing changed;
-    /// the scheduler calls it every tick.
+    /// Write the encryptions this instance counted under `id` and has not
+    /// flushed yet into the store ([`VersionRecord::encryptions`], with the
+    /// additive [`KeyringChange::RecordUsage`]), so the usage-limit policy
+    /// sees every process's use. Counts are kept per instance, not per
+    /// snapshot: they survive [`invalidate`](Self::invalidate) and reloads.
+    /// Nothing is read or written when there is nothing to flush.
+    ///
+    /// Every reload of a snapshot flushes first (a snapshot older than the
+    /// refresh interval, [`refresh`](Self::refresh), a changed keyring), so an
+    /// application process flushes at least once per refresh interval while
+    /// it encrypts; the
+    /// scheduler and a graceful shutdown call
+    /// [`flush_all_usage`](Self::flush_all_usage). The guarantee and its crash
+    /// window: the [manual](crate::manual), section 3, "Usage limits". On error the counts stay
+    /// pending and go with the next flush; none is lost or written twice
+    /// (except after an error that hid a committed write: then the store
+    /// counts them twice, too high rather than too low).
     pub async fn flush_usage(&self, id: &KeyringId) -> Result<()> {
-        let Some(ring) = self.cached(id, |_| true) else { return Ok(()) };
-        let adds: Vec<(KeyVersion, u64)> = {
-            let flushed = self.lock_flushed();
-            ring.versions()
-                .map(|v| {
-                    let done = flushed.get(&(id.clone(), v.version)).copied().unwrap_or(0);
-                    (v.version, ring.encryptions(v.version).saturating_sub(done))
-                })
-                .filter(|(_, add)| *add > 0)
-                .collect()
-        };
-        if adds.is_empty() {
+        let Some(usage) = self.usage_of(id) else { return Ok(()) };
+        if usage.pending().is_empty() {
             return Ok(());
         }
-        let changes: Vec<KeyringChange> =
-            adds.iter().map(|&(version, add)| KeyringChange::RecordUsage { version, add }).collect();
+        let record = self.record(id).await?;
+        self.flush_from(&usage, record).await.map(drop)
+    }
+
+    /// [`flush_usage`](Self::flush_usage) for every keyring this instance has
+    /// counted encryptions for. Tries them all; returns the first error.
+    /// Call it when the process shuts down gracefully (the
+    /// [`Scheduler`](crate::Scheduler) calls it on every tick and when
+    /// [`run`](crate::Scheduler::run) ends).
+    pub async fn flush_all_usage(&self) -> Result<()> {
+        let ids: Vec<KeyringId> = self.lock_usage().keys().cloned().collect();
+        let mut first_error = None;
+        for id in ids {
+            if let Err(e) = self.flush_usage(&id).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Write the pending counts of one keyring, starting from `record` (the
+    /// stored record: its generation is the expected one); returns the
+    /// record as the store holds it afterwards.
+    async fn flush_from(&self, usage: &KeyringUsage, mut record: KeyringRecord) -> Result<KeyringRecord> {
+        // One flush per keyring at a time, so no pending count is written twice.
+        let _flushing = usage.flush_lock.lock().await;
+        let mut conflicts = 0;
         loop {
-            let record = self.record(id).await?;
-            match self.inner.store.update_keyring(id, record.generation, &changes).await {
-                Ok(_) => break,
-                // A lifecycle change got in first; counts are additive, so just retry.
-                Err(Error::GenerationConflict { .. }) => continue,
+            let pending = usage.pending();
+            if pending.is_empty() {
+                return Ok(record);
+            }
+            let changes: Vec<KeyringChange> =
+                pending.iter().map(|&(version, add)| KeyringChange::RecordUsage { version, add }).collect();
+            match self.inner.store.update_keyring(&record.id, record.generation, &changes).await {
+                Ok(updated) => {
+                    for &(version, add) in &pending {
+                        if let Some(cell) = usage.existing(version) {
+                            cell.flushed(add, updated.version(version).map_or(0, |v| v.encryptions));
+                        }
+                    }
+                    return Ok(updated);
+                }
+                // Another update got in first; counts are additive, so just retry.
+                Err(Error::GenerationConflict { .. }) if conflicts < MAX_FLUSH_CONFLICTS => {
+                    conflicts += 1;
+                    record = self.record(&record.id).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
-        let mut flushed = self.lock_flushed();
-        for (version, add) in adds {
-            *flushed.entry((id.clone(), version)).or_default() += add;
-        }
-        Ok(())
     }
 
-    fn lock_flushed(&self) -> std::sync::MutexGuard<'_, HashMap<(KeyringId, KeyVersion), u64>> {
+    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<KeyringId, Arc<KeyringUsage>>> {
         // The map only holds counters; a panic while holding it leaves them usable.
-        self.inner.flushed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Encryptions under `version` counted by this process but not yet flushed.
+    fn usage_of(&self, id: &KeyringId) -> Option<Arc<KeyringUsage>> {
+        self.lock_usage().get(id).cloned()
+    }
+
+    fn usage_for(&self, id: &KeyringId) -> Arc<KeyringUsage> {
+        Arc::clone(self.lock_usage().entry(id.clone()).or_default())
+    }
+
+    /// Encryptions under `version` of `id` counted by this instance and not
+    /// yet flushed to the store (kept across reloads and invalidation).
     pub fn unflushed_usage(&self, id: &KeyringId, version: KeyVersion) -> u64 {
-        let counted = self.cached(id, |_| true).map_or(0, |ring| ring.encryptions(version));
-        counted.saturating_sub(self.lock_flushed().get(&(id.clone(), version)).copied().unwrap_or(0))
+        self.usage_of(id).and_then(|u| u.existing(version)).map_or(0, |cell| cell.pending())
+    }
+
+    /// How many times this instance has loaded a keyring snapshot from the
+    /// store, over all keyrings, since it was built: a metric, and how a test
+    /// shows that announced changes ([`mark_stale`](Self::mark_stale)) are
+    /// coalesced to at most one reload per keyring per reload cooldown.
+    pub fn reloads(&self) -> u64 {
+        self.inner.reloads.load(Ordering::Relaxed)
     }
 
     /// The snapshot of a keyring: cached, reloaded when older than the refresh interval.
+    /// A snapshot marked stale ([`mark_stale`](Self::mark_stale)) is reloaded
+    /// once its reload cooldown has passed since it was loaded.
     pub async fn keyring(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
         let now = self.now();
-        if let Some(ring) = self.cached(id, |c| now.since(c.loaded_at) < self.inner.refresh_interval) {
-            return Ok(ring);
+        let mut announced = false;
+        if let Ok(cache) = self.inner.cache.read()
+            && let Some(c) = cache.get(id)
+        {
+            if self.is_fresh(c, now) {
+                return Ok(Arc::clone(&c.ring));
+            }
+            announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
         }
-        self.reload(id, false).await
+        // A reload for a change (announced by another process, or made by
+        // this one) leaves the refresh interval counting from the last
+        // scheduled reload, so announcements cannot postpone it.
+        self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await
     }
 
-    /// Reload a keyring from the store now, replacing the cached snapshot.
+    fn is_fresh(&self, c: &Cached, now: Timestamp) -> bool {
+        !c.invalid
+            && now.since(c.refreshed_at) < self.inner.refresh_interval
+            && !(c.stale.load(Ordering::SeqCst) && now.since(c.loaded_at) >= self.inner.reload_cooldown)
+    }
+
+    /// Reload a keyring from the store now, replacing the cached snapshot,
+    /// after flushing this instance's usage counts of it
+    /// ([`flush_usage`](Self::flush_usage); a failed flush keeps them pending
+    /// and does not fail the reload).
     pub async fn refresh(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
-        self.reload(id, false).await
+        self.reload(id, false, true, |_| false).await
     }
 
-    /// Forget cached snapshots of `id` (the next access reloads).
+    /// Mark the cached snapshot of `id` out of date: the next access reloads
+    /// it, whatever the reload cooldown. For changes this process made
+    /// itself; usage counts are kept, and the refresh interval (and its usage
+    /// flush) keeps its schedule. A change announced by another process goes
+    /// through [`mark_stale`](Self::mark_stale) instead, which is rate-limited.
     pub fn invalidate(&self, id: &KeyringId) {
-        if let Ok(mut cache) = self.inner.cache.write() {
-            cache.remove(id);
+        if let Ok(mut cache) = self.inner.cache.write()
+            && let Some(c) = cache.get_mut(id)
+        {
+            c.invalid = true;
+        }
+    }
+
+    /// Another process announced a change of `id` (e.g. a Postgres
+    /// notification, see `keywheel_postgres::spawn_listener`): the next access
+    /// reloads the snapshot, but not before the reload cooldown
+    /// ([`KeywheelBuilder::reload_cooldown`]) has passed since the last load.
+    /// Any number of announcements within one cooldown cause one reload, and
+    /// none resets a usage count, so whoever can send announcements cannot
+    /// make this process hammer the store or forget what it counted. A change
+    /// announced during a reload is not lost: the snapshot stays marked.
+    pub fn mark_stale(&self, id: &KeyringId) {
+        if let Ok(cache) = self.inner.cache.read()
+            && let Some(c) = cache.get(id)
+        {
+            c.stale.store(true, Ordering::SeqCst);
         }
     }
 
@@ -674,41 +813,118 @@ impl Keywheel {
         cache.get(id).filter(|c| fresh(c)).map(|c| Arc::clone(&c.ring))
     }
 
-    async fn reload(&self, id: &KeyringId, forced: bool) -> Result<Arc<Keyring>> {
-        let record = self.record(id).await?;
-        let previous = self.cached(id, |_| true);
-        let ring = Arc::new(self.build_snapshot(&record, previous).await?);
+    /// Take the right to reload `id`, unless the cached entry is `fresh`
+    /// (checked again under the lock, so concurrent callers that all found it
+    /// stale reload once). The claim marks the entry loaded now (`scheduled`:
+    /// refreshed now too) and not stale: the others keep serving it while this
+    /// caller reloads.
+    fn claim(&self, id: &KeyringId, now: Timestamp, scheduled: bool, fresh: impl Fn(&Cached) -> bool) -> Claim {
+        let Ok(mut cache) = self.inner.cache.write() else { return Claim::Reload(None) };
+        match cache.get_mut(id) {
+            Some(c) if fresh(c) => Claim::Fresh(Arc::clone(&c.ring)),
+            Some(c) => {
+                let before = Marks {
+                    loaded_at: c.loaded_at,
+                    refreshed_at: c.refreshed_at,
+                    stale: *c.stale.get_mut(),
+                    invalid: c.invalid,
+                };
+                c.loaded_at = now;
+                if scheduled {
+                    c.refreshed_at = now;
+                }
+                *c.stale.get_mut() = false;
+                c.invalid = false;
+                Claim::Reload(Some(before))
+            }
+            None => Claim::Reload(None),
+        }
+    }
+
+    /// Flush this instance's pending usage of `id`, load it from the store and
+    /// cache the new snapshot, unless the cached one is `fresh`. A `scheduled`
+    /// reload starts the refresh interval again.
+    async fn reload(
+        &self,
+        id: &KeyringId,
+        forced: bool,
+        scheduled: bool,
+        fresh: impl Fn(&Cached) -> bool,
+    ) -> Result<Arc<Keyring>> {
+        let claimed_at = self.now();
+        let before = match self.claim(id, claimed_at, scheduled, fresh) {
+            Claim::Fresh(ring) => return Ok(ring),
+            Claim::Reload(before) => before,
+        };
+        let loaded = self.load(id).await;
+        let ring = match loaded {
+            Ok(ring) => Arc::new(ring),
+            Err(e) => {
+                // Give the claim back, so the next access tries again.
+                if let (Some(before), Ok(mut cache)) = (before, self.inner.cache.write())
+                    && let Some(c) = cache.get_mut(id)
+                {
+                    c.loaded_at = before.loaded_at;
+                    c.refreshed_at = before.refreshed_at;
+                    *c.stale.get_mut() |= before.stale;
+                    c.invalid |= before.invalid;
+                }
+                return Err(e);
+            }
+        };
         let now = self.now();
         if let Ok(mut cache) = self.inner.cache.write() {
-            let last_forced = cache.get(id).and_then(|c| c.last_forced_reload);
+            let previous = cache.get(id);
+            let last_forced = previous.and_then(|c| c.last_forced_reload);
+            // Marked during the reload: the change may have come after our read.
+            let stale = previous.is_some_and(|c| c.stale.load(Ordering::SeqCst));
+            let invalid = previous.is_some_and(|c| c.invalid);
+            let refreshed_at = match previous {
+                Some(c) if !scheduled => c.refreshed_at,
+                _ => claimed_at,
+            };
             cache.insert(
                 id.clone(),
                 Cached {
                     ring: Arc::clone(&ring),
-                    loaded_at: now,
+                    loaded_at: claimed_at,
+                    refreshed_at,
                     last_forced_reload: if forced { Some(now) } else { last_forced },
+                    stale: AtomicBool::new(stale),
+                    invalid,
                 },
             );
         }
         Ok(ring)
     }
 
+    async fn load(&self, id: &KeyringId) -> Result<Keyring> {
+        self.inner.reloads.fetch_add(1, Ordering::Relaxed);
+        let mut record = self.record(id).await?;
+        if let Some(usage) = self.usage_of(id) {
+            // Best effort: a failed flush keeps the counts pending for the next
+            // one, and must not make the keyring unusable.
+            if let Ok(updated) = self.flush_from(&usage, record.clone()).await {
+                record = updated;
+            }
+        }
+        self.snapshot(&record).await
+    }
+
     /// Build a snapshot from a stored record, unwrapping every live version.
     /// The record must pass its seal check ([`Error::RecordTampered`]); a
     /// wrong master key fails once, on the first version, with
     /// [`Error::WrongMasterKey`].
-    pub async fn snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
+    ///
+    /// The snapshot counts its encryptions in this instance's usage counters
+    /// of the keyring (seeded with the record's stored counts), which every
+    /// snapshot of the keyring shares and [`flush_usage`](Self::flush_usage)
+    /// writes to the store.
+    pub async fn snapshot(&self, record: &KeyringRecord) -> Result<Keyring> {
         self.verify_record(record).await?;
-        self.build_snapshot(record, previous).await
-    }
-
-    /// [`snapshot`](Self::snapshot) of a record already verified.
-    async fn build_snapshot(&self, record: &KeyringRecord, previous: Option<Arc<Keyring>>) -> Result<Keyring> {
         record.validate()?;
         let mut builder = self.unwrapped(record).await?;
-        if let Some(p) = previous {
-            builder = builder.inherit_usage(p);
-        }
+        builder.share_usage(self.usage_for(&record.id));
         builder.build()
     }
 
@@ -722,6 +938,7 @@ impl Keywheel {
                 _ => None,
             };
             builder.push(v.state, v.algorithm, material);
+            builder.seed(v.version, v.encryptions);
         }
         Ok(builder)
     }
@@ -750,7 +967,7 @@ impl Keywheel {
                 if !cooled {
                     return Err(Error::UnknownKeyVersion { version });
                 }
-                self.reload(id, true).await?.decrypt(value, context)
+                self.reload(id, true, false, |_| false).await?.decrypt(value, context)
             }
             other => other,
         }

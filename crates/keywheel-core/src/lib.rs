@@ -34,6 +34,7 @@ mod source;
 mod state;
 mod store;
 mod time;
+mod usage;
 mod wire;
 
 pub use algorithm::Algorithm;

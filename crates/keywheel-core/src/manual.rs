@@ -19,8 +19,13 @@
 //! * A [`Keyring`](crate::Keyring) is an immutable snapshot of one keyring with
 //!   ready ciphers. [`Keywheel`](crate::Keywheel) caches snapshots, refreshes
 //!   them periodically (`refresh_interval`, default 60 s), and reloads once —
-//!   rate-limited by `reload_cooldown` — when a decrypt meets a version the
-//!   snapshot does not know.
+//!   rate-limited by `reload_cooldown` (default 1 s) — when a decrypt meets a
+//!   version the snapshot does not know, or when another process announced a
+//!   change ([`Keywheel::mark_stale`](crate::Keywheel::mark_stale), e.g. from
+//!   a Postgres `NOTIFY`): any number of announcements within one cooldown
+//!   cause one reload. So after another process activates a version, this one
+//!   encrypts under it within the reload cooldown of the announcement, or
+//!   within the refresh interval without announcements.
 //! * A [`Context`](crate::Context) says what a value is bound to, usually
 //!   `Context::field(table, column, row_id)`. Moving a value to another row,
 //!   column, keyring or tenant makes it fail to decrypt.
@@ -89,14 +94,86 @@
 //! * **Errors do not form an oracle**: every authentication failure is the same
 //!   opaque [`Error::Decrypt`](crate::Error::Decrypt). Format errors only
 //!   describe bytes the caller already holds.
-//! * **Usage limits**: AES-256-GCM and ChaCha20-Poly1305 with random 96-bit
-//!   nonces must not exceed 2^32 encryptions per key. Each snapshot counts
-//!   encryptions per version (one relaxed atomic add per call: a batch such as
-//!   [`Keyring::reencrypt_many`](crate::Keyring::reencrypt_many) reserves a
-//!   number for each of its values at once and gives back what it did not
-//!   use), carries the count over reloads, and refuses with `UsageLimitReached`
-//!   from the 2^32nd encryption on in one process; the scheduler's usage-limit
-//!   policy (which persists counts) rotates long before.
+//! * **Usage limits**: AES-256-GCM, ChaCha20-Poly1305 (and, by the same
+//!   conservative bound, AES-256-GCM-SIV) with random 96-bit nonces must not
+//!   exceed 2^32 encryptions per key version. keywheel counts them, and the
+//!   counts are never under-counted (invariant I5): no count is subtracted
+//!   or forgotten by a live process, each encryption reaches the stored count
+//!   with its process's next successful flush, and an instance's own view
+//!   never dips below the stored count plus its unflushed encryptions, not
+//!   even in the middle of a flush. The one exception is the crash window
+//!   below.
+//!   - *What is counted*: every encryption under a version that produced a
+//!     value — [`encrypt`](crate::Keyring::encrypt),
+//!     [`encrypt_text`](crate::Keyring::encrypt_text),
+//!     [`reencrypt`](crate::Keyring::reencrypt), each value of
+//!     [`reencrypt_many`](crate::Keyring::reencrypt_many) and so of every
+//!     rotation batch. A call reserves its numbers with one atomic add and
+//!     gives back what it did not use (refused or failed encryptions); a
+//!     call retried after a `fork` counts once. HMAC signatures use no nonce
+//!     and are not counted.
+//!   - *Where*: each [`Keywheel`](crate::Keywheel) instance keeps one counter
+//!     per keyring and version for its whole life, outside its snapshot
+//!     cache, and shares it with every snapshot it builds: reloads,
+//!     [`invalidate`](crate::Keywheel::invalidate) and announced changes never
+//!     reset it. A snapshot's count
+//!     ([`Keyring::encryptions`](crate::Keyring::encryptions)) is the stored
+//!     count ([`VersionRecord::encryptions`](crate::VersionRecord::encryptions),
+//!     the sum of every process's flushes) as of the instance's last load or
+//!     flush, plus what the instance counted since and has not flushed
+//!     ([`unflushed_usage`](crate::Keywheel::unflushed_usage)). A new instance
+//!     — a restarted process — starts from the stored count.
+//!   - *When it is flushed*: a flush adds the unflushed counts to the store
+//!     with the additive [`KeyringChange::RecordUsage`](crate::KeyringChange::RecordUsage)
+//!     (one compare-and-set, retried on a generation conflict; nothing is
+//!     ever subtracted). A usage-only update keeps the keyring's generation,
+//!     so flushes never make a concurrent lifecycle step (a rotation's
+//!     activation, a retirement) fail with a generation conflict. Every
+//!     instance flushes before each reload of a snapshot — at the first
+//!     access once the refresh interval has passed since the last scheduled
+//!     reload (announced changes do not postpone it), on
+//!     [`Keywheel::refresh`](crate::Keywheel::refresh), after a change — and
+//!     on [`flush_usage`](crate::Keywheel::flush_usage) /
+//!     [`flush_all_usage`](crate::Keywheel::flush_all_usage), which the
+//!     [`Scheduler`](crate::Scheduler) calls every tick, every tick interval
+//!     while a tick runs a rotation, and when its `run` ends (the CLI's
+//!     `rotate`, `resume` and `rollback` call it before exiting). **Call
+//!     `flush_all_usage` when your process shuts down**, and periodically if
+//!     you keep a [`Keyring`](crate::Keyring) snapshot yourself instead of
+//!     asking [`Keywheel::keyring`](crate::Keywheel::keyring) (or drive a
+//!     [`Rotator`](crate::Rotator) without the scheduler): only that call
+//!     reloads, and so flushes, on schedule. A failed flush leaves the counts
+//!     pending for the next (it never fails the reload); a failure that hid
+//!     a committed write makes the store count them twice (too high, never
+//!     too low).
+//!   - *Where it is enforced*: a snapshot refuses with
+//!     [`Error::UsageLimitReached`](crate::Error::UsageLimitReached) once its
+//!     count (stored + unflushed) reaches the algorithm's limit, 2^32; the
+//!     scheduler's usage-limit rule rotates once the Active version reaches
+//!     the policy's `usage_limit` (default
+//!     [`DEFAULT_USAGE_LIMIT`](crate::DEFAULT_USAGE_LIMIT) = 2^30), judged on
+//!     the stored count plus the scheduler instance's own unflushed counts.
+//!   - *The crash window*: a process that dies without shutting down (kill -9,
+//!     out of memory, power loss) loses the encryptions it counted since its
+//!     last successful flush. Because a scheduled reload flushes before the
+//!     first encryption that comes a refresh interval or more after the
+//!     previous one, those are at most the encryptions the process made in one
+//!     refresh interval (default 60 s); for a scheduler process running a
+//!     rotation, the re-encryptions of one tick interval (default 60 s) —
+//!     plus, if flushes were failing, all since the first failure. At 10,000 encryptions a second that is at most
+//!     600,000 per crash. Counts other live processes have not flushed yet
+//!     (at most one refresh interval of theirs each) are likewise invisible
+//!     to a decision until they flush.
+//!   - *The margin*: the default usage limit, 2^30, rotates a version three
+//!     times 2^30 (about 3.2 billion) encryptions before the 2^32 bound. That
+//!     gap absorbs the crash window (over 5,000 kill -9s of a process doing
+//!     10,000 encryptions a second, per version), other processes' unflushed
+//!     counts, and the encryptions made while the rotation runs until every
+//!     process encrypts under the new version (its activation delay plus one
+//!     reload cooldown, or one refresh interval without announcements).
+//!     Raise `usage_limit` only together with a shorter refresh interval, and
+//!     prefer XChaCha20-Poly1305 (192-bit nonces, no such bound) for very
+//!     high encryption rates.
 //!
 //! ## 4. Nonces
 //!
@@ -162,6 +239,10 @@
 //!   [`KeyringChange`](crate::KeyringChange) means and of the invariants), then
 //!   write it only if the stored generation is still the expected one, e.g.
 //!   `UPDATE … SET … WHERE id = $1 AND generation = $2` in one transaction.
+//!   Apply the changes to the record as the store holds it inside that
+//!   transaction (lock the row, read, apply, write): an update made only of
+//!   `RecordUsage` changes keeps the generation, so a record computed from an
+//!   earlier read would overwrite usage counts added meanwhile.
 //!   Leases follow [`grant_lease`](crate::grant_lease). Keep
 //!   [`KeyringRecord::seal`](crate::KeyringRecord::seal) exactly as given (it
 //!   changes through [`KeyringChange::Seal`](crate::KeyringChange::Seal) only);

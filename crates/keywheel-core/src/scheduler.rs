@@ -75,7 +75,8 @@ fn age_ratio(now: Timestamp, record: &KeyringRecord, policy: &Policy) -> Option<
 /// * unfinished last job → [`DueReason::Resume`] (nothing else is started);
 /// * emergency requested → [`DueReason::Emergency`];
 /// * no Active version → [`DueReason::NoActiveKey`];
-/// * Active version's stored encryptions ≥ `usage_limit` → [`DueReason::UsageLimit`];
+/// * Active version's encryptions (as in the records: the scheduler passes
+///   stored + its own unflushed counts) ≥ `usage_limit` → [`DueReason::UsageLimit`];
 /// * age ≥ 1.5 × interval → [`DueReason::Overdue`];
 /// * age ≥ interval, inside the maintenance window (or none) → [`DueReason::Scheduled`].
 ///
@@ -309,9 +310,16 @@ impl Scheduler {
         let mut records = Vec::new();
         let mut policies = BTreeMap::new();
         let mut jobs = BTreeMap::new();
+        kw.flush_all_usage().await?;
         for id in kw.list_keyrings().await? {
-            kw.flush_usage(&id).await?;
-            records.push(kw.record(&id).await?);
+            let mut record = kw.record(&id).await?;
+            // Stored + unflushed: encryptions this instance made since the flush
+            // above count too (possibly twice if a reload flushed them in
+            // between: too high, never too low).
+            for v in &mut record.versions {
+                v.encryptions = v.encryptions.saturating_add(kw.unflushed_usage(&id, v.version));
+            }
+            records.push(record);
             policies.insert(id.clone(), kw.policy(&id).await?);
             if let Some(job) = self.rotator.last_job(&id).await? {
                 jobs.insert(id, job);
@@ -461,15 +469,37 @@ impl Scheduler {
     /// Tick every `config.tick` until `shutdown` is cancelled; calls `on_tick`
     /// with each tick's result. A cancelled shutdown also stops rotations in
     /// flight after their current batch (checkpointed; the next start resumes them).
+    ///
+    /// Usage counts ([`Keywheel::flush_all_usage`](crate::Keywheel::flush_all_usage))
+    /// are flushed by every tick, every `config.tick` while a tick runs (a
+    /// long rotation's re-encryptions), and once more before returning.
     pub async fn run(&self, shutdown: CancelToken, mut on_tick: impl FnMut(&Result<TickReport>)) {
+        let kw = self.rotator.keywheel();
         while !shutdown.is_cancelled() {
-            let result = self.tick_with(&shutdown).await;
+            // A tick can run a long rotation; its re-encryptions are flushed
+            // every `config.tick` meanwhile (at most every 10 ms, so a zero
+            // tick does not spin), so a crash loses at most that much.
+            let tick = self.tick_with(&shutdown);
+            tokio::pin!(tick);
+            let every = self.config.tick.max(Duration::from_millis(10));
+            let result = loop {
+                tokio::select! {
+                    result = &mut tick => break result,
+                    () = tokio::time::sleep(every) => {
+                        // Best effort: the counts stay pending for the next flush.
+                        let _ = kw.flush_all_usage().await;
+                    }
+                }
+            };
             on_tick(&result);
             tokio::select! {
                 _ = tokio::time::sleep(self.config.tick) => {}
                 _ = shutdown.cancelled() => {}
             }
         }
+        // Graceful shutdown: leave no counted encryption behind. A failure has
+        // no caller to go to; the counts are lost with the process, as after a kill.
+        let _ = self.rotator.keywheel().flush_all_usage().await;
     }
 
     /// The status report of every keyring (see [`StatusReport`]). Values per
@@ -622,7 +652,8 @@ pub struct KeyringStatus {
     pub overdue_ratio: Option<f64>,
     /// Versions by state.
     pub versions: VersionsByState,
-    /// Encryptions under the Active version (as flushed).
+    /// Encryptions under the Active version: stored, plus those the reporting
+    /// instance counted and has not flushed yet.
     pub active_encryptions: u64,
     /// The policy applied.
     pub policy: Policy,

@@ -54,12 +54,14 @@ pub struct VersionRecord {
 }
 
 /// A keyring as stored: its versions and the generation that every change
-/// compares against and increments.
+/// compares against and (except a usage-only one) increments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyringRecord {
     /// The keyring id.
     pub id: KeyringId,
-    /// Incremented by exactly one on every successful update.
+    /// Incremented by exactly one on every successful update, except an
+    /// update made only of [`KeyringChange::RecordUsage`] changes, which
+    /// leaves it (see [`KeyringRecord::apply`]).
     pub generation: u64,
     /// Algorithm for new versions.
     pub algorithm: Algorithm,
@@ -107,7 +109,8 @@ pub enum KeyringChange {
         version: KeyVersion,
     },
     /// Add encryptions counted by a process since its last flush (additive, so
-    /// several processes' counts sum up).
+    /// several processes' counts sum up). An update made only of these keeps
+    /// the generation.
     RecordUsage {
         /// The version.
         version: KeyVersion,
@@ -228,6 +231,14 @@ impl KeyringRecord {
     /// Apply `changes` in order, then check [`validate`](Self::validate) and
     /// increment the generation. On error `self` is unchanged.
     ///
+    /// An update made only of [`KeyringChange::RecordUsage`] changes keeps the
+    /// generation: usage counts are additive and decide no lifecycle step, so
+    /// the usage flushes every process makes must not make a concurrent
+    /// lifecycle change (read at that generation) fail with
+    /// [`Error::GenerationConflict`]. A store must therefore apply the changes
+    /// to the record it holds inside its compare-and-set, never write a record
+    /// computed from an earlier read, or it would lose counts.
+    ///
     /// This is the single definition of what a change means; stores that keep
     /// whole records (memory, file) call it inside their compare-and-set, and
     /// SQL stores may call it on the loaded record before writing.
@@ -261,7 +272,12 @@ impl KeyringRecord {
                 }
             }
         }
-        next.generation += 1;
+        // Usage counts are bookkeeping, not a lifecycle change: an update made
+        // only of them keeps the generation, so it never makes a lifecycle
+        // update read before it conflict.
+        if !changes.iter().all(|c| matches!(c, KeyringChange::RecordUsage { .. })) {
+            next.generation += 1;
+        }
         *self = next;
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Live refresh: reload a keyring in every process as soon as one changes it.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keywheel_core::{KeyringId, Keywheel, Result};
@@ -17,6 +19,7 @@ use crate::{PgPool, PgSchema};
 #[derive(Debug)]
 pub struct ListenerHandle {
     task: JoinHandle<()>,
+    received: Arc<AtomicU64>,
 }
 
 impl ListenerHandle {
@@ -28,6 +31,12 @@ impl ListenerHandle {
     /// Whether the task has ended (only after [`abort`](Self::abort)).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+
+    /// Notifications received on the channel so far, well-formed or not (a
+    /// metric; tests use it to know that a burst has been consumed).
+    pub fn notifications(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// The task itself.
@@ -45,14 +54,20 @@ async fn listen(pool: &PgPool, channel: &str) -> Result<(Client, mpsc::Unbounded
 
 /// Keep `kw`'s cached keyrings fresh: on a dedicated connection, `LISTEN` on
 /// the schema's channel ([`PgSchema::channel`]), where [`PgKeyStore`](crate::PgKeyStore)
-/// announces every keyring change, and [`Keywheel::invalidate`] the keyring
-/// named by each notification, so the next encrypt or decrypt reloads it: a
-/// version activated by another instance encrypts here at once, instead of
-/// after the refresh interval.
+/// announces every keyring change, and [`Keywheel::mark_stale`] the keyring
+/// named by each notification, so an encrypt or decrypt reloads it: a version
+/// activated by another instance encrypts here within the reload cooldown
+/// (default 1 s), instead of after the refresh interval.
+///
+/// Any database role can `NOTIFY` on the channel, so notifications are
+/// treated as hints, never trusted: what is reloaded is read from the store,
+/// any number of notifications for a keyring within one reload cooldown
+/// cause at most one reload of it, and no notification resets or drops a
+/// usage count (each reload flushes this instance's counts first).
 ///
 /// Returns once the first `LISTEN` is in place (errors: the connection or
 /// `LISTEN` failed). If the connection is lost later, the task reconnects
-/// with back-off and then invalidates every keyring, since notifications may
+/// with back-off and then marks every keyring stale, since notifications may
 /// have been missed meanwhile.
 ///
 /// ```no_run
@@ -67,6 +82,8 @@ pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> R
     let channel = schema.channel();
     let first = listen(pool, &channel).await?;
     let pool = pool.clone();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
     let task = tokio::spawn(async move {
         let mut connection = Some(first);
         let mut backoff = Duration::from_millis(100);
@@ -79,7 +96,7 @@ pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> R
                         // Changes made while we were away were not announced to us.
                         if let Ok(ids) = kw.list_keyrings().await {
                             for id in ids {
-                                kw.invalidate(&id);
+                                kw.mark_stale(&id);
                             }
                         }
                         c
@@ -93,13 +110,14 @@ pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> R
             };
             while let Some(n) = rx.recv().await {
                 if let Ok(id) = KeyringId::from_str(n.payload()) {
-                    kw.invalidate(&id);
+                    kw.mark_stale(&id);
                 }
+                counter.fetch_add(1, Ordering::SeqCst);
             }
             // The connection ended; keep the client alive until here so it is not
             // the cause, then reconnect.
             drop(client);
         }
     });
-    Ok(ListenerHandle { task })
+    Ok(ListenerHandle { task, received })
 }
