@@ -1326,7 +1326,14 @@ impl<'a> Case<'a> {
                 if record.generation < last.generation {
                     self.flag(format!("generation of {id} went back: {} → {}", last.generation, record.generation))?;
                 }
-                if record.generation == last.generation && record != *last {
+                // Usage counts are bookkeeping: an update made only of them keeps
+                // the generation. Anything else must come with a new one.
+                let without_usage = |r: &KeyringRecord| {
+                    let mut r = r.clone();
+                    r.versions.iter_mut().for_each(|v| v.encryptions = 0);
+                    r
+                };
+                if record.generation == last.generation && without_usage(&record) != without_usage(last) {
                     self.flag(format!("{id} changed without a new generation ({})", record.generation))?;
                 }
                 for old in &last.versions {

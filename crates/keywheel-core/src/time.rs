@@ -66,6 +66,14 @@ impl fmt::Display for Timestamp {
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// Wait `duration` of this clock's time: the engine's waits (activation
+    /// delay, an emergency's settle time) go through it. The default sleeps
+    /// for real; [`ManualClock`] advances itself instead and returns at once,
+    /// so tests and simulations see the time pass without waiting.
+    fn sleep(&self, duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
 
 /// The system's wall clock.
@@ -103,6 +111,12 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0.load(Ordering::SeqCst))
+    }
+
+    /// Advances the clock by `duration` and returns at once.
+    fn sleep(&self, duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        self.advance(duration);
+        Box::pin(std::future::ready(()))
     }
 }
 

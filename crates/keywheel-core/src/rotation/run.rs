@@ -347,17 +347,18 @@ impl Rotator {
         Ok(activated.map(|at| at.plus(opts.emergency_settle.unwrap_or_else(|| self.kw.stale_snapshot_bound()))))
     }
 
-    /// Sleep `duration`, renewing the lease on the way so a long wait (an
-    /// activation delay, an emergency's settle time) never loses it.
+    /// Wait `duration` on the facade's clock ([`Clock::sleep`](crate::Clock::sleep)),
+    /// renewing the lease on the way so a long wait (an activation delay, an
+    /// emergency's settle time) never loses it.
     async fn wait(&self, duration: Duration, opts: &RotateOptions, lease: &mut Lease) -> Result<()> {
         let step = (opts.lease_ttl / 3).max(Duration::from_millis(10));
-        let end = Instant::now() + duration;
+        let end = self.kw.now().plus(duration);
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = self.kw.now();
+            if now >= end {
                 return Ok(());
             }
-            tokio::time::sleep(left.min(step)).await;
+            self.kw.clock().sleep(end.since(now).min(step)).await;
             *lease = self.kw.store().renew_lease(lease, opts.lease_ttl, self.kw.now()).await?;
         }
     }
