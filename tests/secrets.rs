@@ -434,3 +434,18 @@ fn format_errors_do_not_echo_the_value() {
     }
     assert!(kinds.len() >= 7, "expected most FormatError variants to be exercised, got {}", kinds.len());
 }
+
+/// Every RustCrypto dependency that offers `zeroize` support is built with it
+/// (their key schedules and hash states are then wiped on drop). `hkdf` has
+/// no such feature: its state is an HMAC, wiped through `hmac`'s.
+#[test]
+fn crypto_dependencies_are_built_with_zeroize() {
+    let manifest = include_str!("../Cargo.toml");
+    for krate in ["aes-gcm", "chacha20poly1305", "aes-gcm-siv", "sha2", "hmac"] {
+        let line = manifest
+            .lines()
+            .find(|l| l.starts_with(&format!("{krate} = ")))
+            .unwrap_or_else(|| panic!("{krate} is a workspace dependency"));
+        assert!(line.contains("\"zeroize\""), "{krate} must enable its zeroize feature: {line}");
+    }
+}

@@ -210,6 +210,17 @@ pub(crate) struct RunArgs {
     /// Batches re-encrypted concurrently while the next one is read
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(crate) parallel: u32,
+    /// How long the keyring's lease lasts without renewal, e.g. 60s, 5m (renewed
+    /// at every checkpoint; a crashed run blocks others this long) [default:
+    /// `lease_ttl` in keywheel.toml, else 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) lease_ttl: Option<String>,
+    /// Emergency rotations: how long after the activation to wait before the
+    /// final census, so that no application instance still encrypts under the
+    /// compromised version (its refresh interval plus a margin) [default:
+    /// `emergency_settle` in keywheel.toml, else 65s]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) settle: Option<String>,
 }
 
 /// `resume` options.

@@ -17,7 +17,7 @@ use crate::cli::{
     KeyringCommand, KeyringCreateArgs, KeyringFilter, ResumeArgs, RetireArgs, RollbackArgs, RotateArgs, RunArgs,
     SchedulerCommand, SchedulerRunArgs, SealArgs, StatusArgs, TailArgs,
 };
-use crate::config::unknown_algorithm;
+use crate::config::{self, unknown_algorithm};
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
 use crate::output::{Reporter, Table, count, human_duration, print_json};
 use crate::store::{self, AuditVerdict, Location, Opened, Settings};
@@ -77,15 +77,70 @@ fn cancel_on_signal() -> CancelToken {
     token
 }
 
-fn rotate_options(run: &RunArgs, reporter: &Reporter, cancel: CancelToken) -> RotateOptions {
-    RotateOptions {
+/// The CLI's default settle time of emergency rotations: an application's
+/// default refresh interval (60 s) plus 5 s for writes in flight.
+const DEFAULT_EMERGENCY_SETTLE: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// A duration from a flag, else from keywheel.toml, else `default`; a bad
+/// value is a usage error naming where it came from.
+fn duration_setting(
+    flag: Option<&str>,
+    flag_name: &str,
+    file: Option<&str>,
+    file_key: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, CliError> {
+    match (flag, file) {
+        (Some(v), _) => config::parse_duration(v).map_err(|e| CliError::usage(format!("--{flag_name}: {e}"))),
+        (None, Some(v)) => {
+            config::parse_duration(v).map_err(|e| CliError::usage(format!("keywheel.toml: {file_key}: {e}")))
+        }
+        (None, None) => Ok(default),
+    }
+}
+
+fn rotate_options(
+    settings: &Settings,
+    run: &RunArgs,
+    reporter: &Reporter,
+    cancel: CancelToken,
+) -> Result<RotateOptions, CliError> {
+    Ok(RotateOptions {
         batch_size: run.batch_size as usize,
         max_records_per_second: run.rate,
         parallel_batches: run.parallel as usize,
         cancel,
         progress: Some(reporter.callback()),
-        ..RotateOptions::default()
+        ..engine_timing(settings, run.lease_ttl.as_deref(), run.settle.as_deref())?
+    })
+}
+
+/// Default rotate options with the lease time-to-live and emergency settle
+/// time from the flags, else keywheel.toml, else the defaults.
+fn engine_timing(
+    settings: &Settings,
+    lease_flag: Option<&str>,
+    settle_flag: Option<&str>,
+) -> Result<RotateOptions, CliError> {
+    let defaults = RotateOptions::default();
+    let lease_ttl = duration_setting(
+        lease_flag,
+        "lease-ttl",
+        settings.config.lease_ttl.as_deref(),
+        "lease_ttl",
+        defaults.lease_ttl,
+    )?;
+    if lease_ttl < std::time::Duration::from_secs(1) {
+        return Err(CliError::usage("the lease time-to-live (--lease-ttl, lease_ttl) must be at least 1s"));
     }
+    let settle = duration_setting(
+        settle_flag,
+        "settle",
+        settings.config.emergency_settle.as_deref(),
+        "emergency_settle",
+        DEFAULT_EMERGENCY_SETTLE,
+    )?;
+    Ok(RotateOptions { lease_ttl, emergency_settle: Some(settle), ..defaults })
 }
 
 /// `1 key`, `3 keys`.
@@ -576,7 +631,7 @@ async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8
     warn_policy_drift(settings, &opened, &id).await?;
     let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
     let reporter = Reporter::new(label);
-    let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
+    let opts = rotate_options(settings, &args.run, &reporter, cancel_on_signal())?;
     let result = if args.dry_run {
         rotator.dry_run(&id, &opts).await
     } else if args.emergency {
@@ -595,7 +650,7 @@ async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -> Result<u8
     let opened = store::open(settings).await?;
     let rotator = store::rotator(settings, &opened).await?;
     let reporter = Reporter::new(format!("resume {id}"));
-    let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
+    let opts = rotate_options(settings, &args.run, &reporter, cancel_on_signal())?;
     let result = rotator.resume(&id, &opts).await;
     reporter.finish();
     flush_usage(&opened).await;
@@ -619,7 +674,7 @@ async fn rollback(settings: &Settings, args: &RollbackArgs, json: bool) -> Resul
     warn_policy_drift(settings, &opened, &id).await?;
     let policy = opened.kw.policy(&id).await?;
     let reporter = Reporter::new(format!("rollback {id}"));
-    let opts = rotate_options(&args.run, &reporter, cancel_on_signal());
+    let opts = rotate_options(settings, &args.run, &reporter, cancel_on_signal())?;
     let result = rotator.rollback(&id, &policy, args.reason.as_deref(), args.reencrypt, &opts).await;
     reporter.finish();
     flush_usage(&opened).await;
@@ -824,6 +879,7 @@ async fn scheduler_run(settings: &Settings, args: &SchedulerRunArgs, json: bool)
         tick: std::time::Duration::from_secs(args.tick),
         max_concurrent: args.max_concurrent as usize,
         auto_retire: !args.no_retire,
+        rotate: engine_timing(settings, None, None)?,
         ..SchedulerConfig::default()
     };
     let scheduler = Scheduler::new(rotator, config);

@@ -51,6 +51,10 @@ pub(crate) struct Config {
     pub(crate) audit_log: Option<PathBuf>,
     pub(crate) master_key_file: Option<PathBuf>,
     pub(crate) database: Option<String>,
+    /// Lease time-to-live of rotations, retirements and rollbacks (e.g. `"60s"`).
+    pub(crate) lease_ttl: Option<String>,
+    /// Emergency rotations: wait before the final census (e.g. `"65s"`).
+    pub(crate) emergency_settle: Option<String>,
     #[serde(default)]
     pub(crate) keyrings: BTreeMap<String, KeyringConfig>,
     #[serde(default)]

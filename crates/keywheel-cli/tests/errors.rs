@@ -159,7 +159,7 @@ fn retirement_without_record_sources_is_refused_unless_forced() {
     out.assert_stderr_contains("no record sources");
     // Without sources, nothing proves that no value uses v1.
     let out = cli.run(&["retire", "acme/token"]).assert_code(3);
-    out.assert_stderr_contains("retirement refused");
+    out.assert_stderr_contains("no registered record source covers this keyring");
     out.assert_stderr_contains("--force --reason");
     let out = cli.run(&["retire", "acme/token", "--force", "--reason", "no stored values: tokens are cached only"]);
     out.assert_code(0).assert_stdout_contains("Retired acme/token v1");
@@ -294,7 +294,7 @@ fn edit_keyring(cli: &Cli, change: impl FnOnce(&mut serde_json::Value)) {
 #[test]
 fn a_keyring_edited_behind_keywheels_back_is_refused_and_never_resealed() {
     let cli = store_with_keyring();
-    edit_keyring(&cli, |k| k["versions"][0]["compromised"] = true.into());
+    edit_keyring(&cli, |k| k["versions"][0]["origin"] = "imported".into());
     let before = snapshot(&cli.store_dir());
     for args in [&["status"][..], &["rotate", "acme/token"], &["keyring", "list"]] {
         let out = cli.run(args).assert_code(1);

@@ -193,10 +193,14 @@ async fn runbook(postgres_store: bool) {
     assert_eq!(states, ["retired", "retired", "active"]);
 
     // Emergency: v3 compromised; v4 takes over and v3 is retired at once.
-    let emergency = cli.json(&["rotate", "acme/token", "--emergency", "--reason", "key leaked in a log"]);
+    let emergency =
+        cli.json(&["rotate", "acme/token", "--emergency", "--reason", "key leaked in a log", "--settle", "0s"]);
     assert_eq!((emergency["phase"].as_str(), emergency["to"].as_u64()), (Some("completed"), Some(4)));
     let listed = cli.json(&["keyring", "list"]);
     assert_eq!(listed[0]["versions"][2]["state"], "retired", "the compromised version is gone");
+    // Lease time-to-live and settle time are options; bad values are usage errors.
+    cli.run(&["rotate", "acme/token", "--lease-ttl", "0s"]).assert_code(2).assert_stderr_contains("at least 1s");
+    cli.run(&["rotate", "acme/token", "--settle", "5 weeks"]).assert_code(2).assert_stderr_contains("--settle");
 
     // KEK rotation: a new master key; the old one no longer opens the store.
     let new_key = cli.dir().join("new-master.key");

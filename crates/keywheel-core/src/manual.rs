@@ -222,10 +222,22 @@
 //! * **[`random_nonce`](crate::random_nonce)** returns its bytes, so its check
 //!   ends there: use the nonce at once, not across code that might `fork`
 //!   (keywheel's own callers — the local KEK, correlation ids — do).
-//! * **Residual risk**: restoring the same VM memory snapshot twice replays at
-//!   most one block (≤ 85 nonces per thread), as it would replay any in-memory
-//!   RNG state. Prefer XChaCha20-Poly1305 or AES-256-GCM-SIV if you clone VMs
-//!   from memory snapshots.
+//! * **Residual risk — cloned memory**: restoring the same VM memory
+//!   snapshot twice (or a CRIU checkpoint, or any copy of a running process's
+//!   memory) replays at most one block (≤ 85 nonces per thread), as it would
+//!   replay any in-memory RNG state, and the fork check cannot see it: both
+//!   copies have the same process id. **Only AES-256-GCM-SIV resists the
+//!   resulting nonce reuse** (it leaks only whether two plaintexts were equal).
+//!   XChaCha20-Poly1305's longer nonces do not help here: they come from the
+//!   same block, so the copies emit the *same* 24-byte nonces, with the same
+//!   catastrophic result as GCM. Choose AES-256-GCM-SIV for keyrings used by
+//!   processes that may be cloned from memory snapshots.
+//! * **Limit — PID namespaces**: the fork check compares process ids. A child
+//!   created in a *new* PID namespace can have the number its parent had in
+//!   the parent's own namespace (both PID 1, e.g. a container's init forking
+//!   into a nested namespace); the check then does not see the fork. Do not
+//!   fork into a new PID namespace from a process that has encrypted, or use
+//!   AES-256-GCM-SIV there.
 //!
 //! ## 5. Implementing a backend
 //!
@@ -401,3 +413,91 @@
 //!   would close the gap.
 //!   A writer can also delete a keyring or withhold updates; the seal does not
 //!   protect availability.
+//!
+//! ## 8. Lifecycle invariants
+//!
+//! These rules hold whichever public call is made, because each is enforced
+//! at the lowest layer that can enforce it; the CLI only explains refusals. A
+//! model-based test (`keywheel_conformance::model`) runs random sequences of
+//! application writes and reads, rotations, emergencies, rollbacks, forced
+//! and normal retirements, crashes, resumes, scheduler ticks, KEK rotations and
+//! several instances against the memory, file and Postgres backends, and
+//! checks every rule after every step.
+//!
+//! * **I1 — no material destroyed while in use.** A version is retired only
+//!   when a registered [`RecordSource`](crate::RecordSource) *covers* the
+//!   keyring ([`RecordSource::covers`](crate::RecordSource::covers); the
+//!   default is `false`, so an unknown source never vouches) and the census
+//!   of all sources finds no value on it ([`Rotator::retire`](crate::Rotator::retire),
+//!   refused with [`Error::RetirementUnproven`](crate::Error::RetirementUnproven)
+//!   or [`Error::RetirementRefused`](crate::Error::RetirementRefused), audited
+//!   as `RetirementRefused`). The only ways around it are a forced retirement
+//!   with a reason, audited as forced ([`Rotator::retire`](crate::Rotator::retire)
+//!   with `force`, [`Keywheel::retire_forced`](crate::Keywheel::retire_forced)),
+//!   and keyrings whose policy lets old values expire (sessions). The
+//!   scheduler never forces: it audits a refusal once per version and shows
+//!   `NoSourceCovers` / `GraceExpired` in the status.
+//! * **I2 — a compromised version never becomes Active again.**
+//!   [`KeyringRecord::validate`](crate::KeyringRecord::validate) refuses any
+//!   record with an Active version flagged compromised, so every store's
+//!   compare-and-set refuses it ([`Error::CompromisedVersion`](crate::Error::CompromisedVersion));
+//!   an emergency flags the old version in the same update that activates its
+//!   successor.
+//! * **I3 — the emergency bound.** After an emergency activation, an instance
+//!   may still encrypt under the compromised version until its cached
+//!   snapshot expires: at most its refresh interval
+//!   ([`KeywheelBuilder::refresh_interval`](crate::KeywheelBuilder::refresh_interval),
+//!   default 60 s) after the activation, plus one reload cooldown for
+//!   snapshots marked stale by an announcement, plus the time its write takes.
+//!   The engine waits out [`RotateOptions::emergency_settle`](crate::RotateOptions::emergency_settle)
+//!   (default: its own refresh interval + 5 s,
+//!   [`Keywheel::stale_snapshot_bound`](crate::Keywheel::stale_snapshot_bound);
+//!   the CLI's `--settle`, default 65 s) on its clock, sweeps again, and only
+//!   then takes the final census. Set it to cover the largest refresh interval
+//!   of any instance. A [`Keyring`](crate::Keyring) snapshot that an
+//!   application holds beyond one operation is outside the bound: ask
+//!   [`Keywheel::keyring`](crate::Keywheel::keyring) per operation. The
+//!   compromised version is then retired as soon as no *decryptable* value
+//!   uses it: values that fail to decrypt (forgeries under the leaked key,
+//!   damage) are listed in the job's failures and never hold it back. If
+//!   decryptable values remain, or no source covers the keyring, it is kept
+//!   and the scheduler retries every tick (status: `CompromisedNotRetired`).
+//! * **I4 — one live rotator per keyring.** Every lease is granted to a
+//!   holder unique to that acquisition (`{name}#{random}`, the name being the
+//!   actor or [`Rotator::holder`](crate::Rotator::holder)), so processes and
+//!   calls that share a name never share a lease. A live lease is never taken
+//!   over; a refused `rotate`/`resume` writes nothing (no lease taken, no
+//!   expiry moved) and says whether the job is running (`running: true`: wait)
+//!   or waiting for a resume. A failed run releases its lease, so the job is
+//!   resumable at once; a killed one's lease expires after its time-to-live
+//!   ([`RotateOptions::lease_ttl`](crate::RotateOptions::lease_ttl), CLI
+//!   `--lease-ttl` or `lease_ttl` in keywheel.toml), and the status warns
+//!   `StalledJob` meanwhile. Leases are renewed at every checkpoint and
+//!   during every wait.
+//! * **I5 — usage counts never under-counted**: section 3.
+//! * **I6 — keyring ids compare by canonical form**: `Purpose::Custom("token")`
+//!   is [`Purpose::Token`](crate::Purpose::Token) (equality, hashing, ordering
+//!   and presets).
+//! * **I7 — rollback undoes the latest rotation only, once.** Each activation
+//!   records the version it replaced ([`VersionRecord::replaced`](crate::VersionRecord::replaced),
+//!   sealed); a re-activation must return to exactly that version and is
+//!   refused once a newer version than the Active one was ever activated
+//!   ([`KeyringRecord::rollback_target`](crate::KeyringRecord::rollback_target),
+//!   enforced in `apply`). The window counts from that rotation's activation
+//!   ([`Rotator::rollback`](crate::Rotator::rollback));
+//!   [`Keywheel::activate`](crate::Keywheel::activate) never re-activates.
+//! * **I8 — the audit chain is keyed** (section 6); each lifecycle event is
+//!   recorded once: a job is saved as finished with its completion event
+//!   pending, the event recorded, and a resume after a crash in between looks
+//!   it up in the trail before recording it.
+//! * **I9 — lifecycle records are authenticated** (section 7).
+//!
+//! ## 9. Threat model
+//!
+//! | attacker | can | keywheel guarantees |
+//! |---|---|---|
+//! | **Database reader** (SQL injection, a read replica, a leaked dump without the master key) | read every stored value, keyring record, wrapped key and audit entry | no plaintext and no key: values are AEAD ciphertexts, key material is wrapped by the KEK; the version of each value and the lifecycle metadata are visible by design |
+//! | **Database writer** (the application's own role, a compromised admin account) | change, delete or replay stored values; edit keyring records, jobs, leases and policies; append to (or, as table owner, rewrite) the audit log | a changed or moved value fails to decrypt (it is bound to keyring and context); an edited keyring record is refused before use (I9); re-activating a compromised or deprecated version is refused (I2, I7, I9); a rewritten audit log fails verification without the master key (I8) and the application role can be limited to `INSERT`/`SELECT` on it. **Not** guaranteed: replay of an older value of the same field, or of an older, validly sealed keyring record; deletion (availability) |
+//! | **Application host** (code execution in a process that holds a snapshot) | decrypt and encrypt everything the loaded keyrings protect, read the master key or use the KMS as that process can | nothing beyond what the host can do is protected; after an emergency rotation the compromised version stops encrypting within the bound of I3, and its material is destroyed in the store as soon as no decryptable value uses it |
+//! | **Backup thief** (a database backup, a WAL archive, a disk image) | everything a database reader can, for as long as the backup exists | without the master key: nothing. **Retirement destroys material in the store, not in backups or WAL**: a retired version's wrapped key stays in every backup taken before, readable with the master key of that time. It is gone only once the KEK has been rotated (`kek rotate`, then destroy the old master key) *and* the backups and WAL from before have expired |
+//! | **Operator** (holds the master key, runs the CLI) | every lifecycle operation, forced ones included; rewrite the audit log consistently (they hold the key that authenticates it) | every step, forced or refused, is audited with actor and reason before it takes effect (fail closed); anchor the audit head elsewhere (`keywheel audit verify` prints it) so a rewritten log is detectable by someone who does not trust the operator |

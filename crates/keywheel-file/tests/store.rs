@@ -400,8 +400,11 @@ fn hammer(stores: Vec<Arc<FileKeyStore>>, each: u64) -> u64 {
                 let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
                 let mut done = 0;
                 while done < each {
-                    let generation = rt.block_on(store.load_keyring(&acme)).expect("load").expect("keyring").generation;
-                    let change = KeyringChange::MarkCompromised { version: KeyVersion::FIRST };
+                    let record = rt.block_on(store.load_keyring(&acme)).expect("load").expect("keyring");
+                    let generation = record.generation;
+                    // A lifecycle change (a rewrap to the same material) moves the generation.
+                    let wrapped = record.version(KeyVersion::FIRST).and_then(|v| v.wrapped.clone()).expect("live");
+                    let change = KeyringChange::Rewrap { version: KeyVersion::FIRST, wrapped };
                     match rt.block_on(store.update_keyring(&acme, generation, &[change])) {
                         Ok(_) => done += 1,
                         Err(Error::GenerationConflict { .. }) => continue,

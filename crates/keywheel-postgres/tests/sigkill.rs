@@ -133,7 +133,19 @@ async fn rotation_resumes_after_sigkill_at_random_points() {
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap the child");
 
-        let rotator = rotator(&pool, &kw, trial).await;
+        // The killed child's lease is never taken over while live: resume as
+        // another process would once it expired (a clock past its time-to-live).
+        let later = keywheel_core::ManualClock::new(
+            keywheel_core::Clock::now(&keywheel_core::SystemClock).plus(options().lease_ttl + Duration::from_secs(1)),
+        );
+        let resumer = keywheel_core::Keywheel::builder()
+            .store(Arc::new(keywheel_postgres::PgKeyStore::new(pool.clone(), keywheel_postgres::PgSchema::default())))
+            .audit(Arc::new(keywheel_postgres::PgAuditSink::new(pool.clone(), keywheel_postgres::PgSchema::default())))
+            .kek(Arc::new(keywheel_core::LocalKek::from_bytes(&[7; 32])))
+            .clock(Arc::new(later))
+            .build()
+            .expect("keywheel");
+        let rotator = rotator(&pool, &resumer, trial).await;
         let unfinished = rotator.last_job(&id).await.expect("jobs").is_some_and(|j| !j.phase.is_finished());
         if unfinished {
             killed_mid_job += 1;

@@ -71,6 +71,11 @@ impl Rotator {
         let record = self.kw.record(id).await?;
         let v = record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
         v.state.check_transition(version, KeyState::Retired)?;
+        let needs_census = policy.after_rotation == AfterRotation::Reencrypt || v.compromised;
+        if needs_census && !self.covers(id) {
+            refuse(0, "no registered record source covers this keyring".into()).await?;
+            return Err(Error::RetirementUnproven { keyring: id.clone(), version });
+        }
         if let Some(since) = v.deprecated_at.filter(|_| !v.compromised) {
             let until = since.plus(policy.grace_period);
             if self.kw.now() < until {
@@ -78,11 +83,7 @@ impl Rotator {
                 return Err(Error::GracePeriodNotOver { version, until });
             }
         }
-        if policy.after_rotation == AfterRotation::Reencrypt || v.compromised {
-            if !self.covers(id) {
-                refuse(0, "no registered record source covers this keyring".into()).await?;
-                return Err(Error::RetirementUnproven { keyring: id.clone(), version });
-            }
+        if needs_census {
             let remaining = if v.compromised {
                 self.decryptable_on(id, version).await?.unwrap_or(0)
             } else {
