@@ -880,7 +880,6 @@ async fn scheduler_run(settings: &Settings, args: &SchedulerRunArgs, json: bool)
         max_concurrent: args.max_concurrent as usize,
         auto_retire: !args.no_retire,
         rotate: engine_timing(settings, None, None)?,
-        ..SchedulerConfig::default()
     };
     let scheduler = Scheduler::new(rotator, config);
     let mut problems = false;

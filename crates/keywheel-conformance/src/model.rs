@@ -1586,3 +1586,45 @@ pub mod regressions {
         Write { inst: 1, slot: 2, row: 0, val: 1 },
     ];
 }
+
+/// One `#[test]` per case of [`regressions`], in a module `model_regressions`,
+/// each calling `$replay(ops)`: the function of the calling test file that
+/// replays a fixed sequence on its backend (and may skip, as the Postgres one
+/// does without a server).
+///
+/// ```ignore
+/// fn regression(ops: &[keywheel_conformance::model::Op]) {
+///     keywheel_conformance::model::replay(&MyBackend, ops);
+/// }
+/// keywheel_conformance::model_regression_tests!(regression);
+/// ```
+#[macro_export]
+macro_rules! model_regression_tests {
+    ($replay:ident) => {
+        $crate::model_regression_tests!(@cases $replay;
+            custom_token_purpose_is_the_token_keyring: CUSTOM_TOKEN_PURPOSE_IS_THE_TOKEN_KEYRING,
+            lease_holders_are_not_shared_by_name: LEASE_HOLDERS_ARE_NOT_SHARED_BY_NAME,
+            refused_rotation_gives_the_lease_back: REFUSED_ROTATION_GIVES_THE_LEASE_BACK,
+            usage_is_not_under_counted_across_reloads: USAGE_IS_NOT_UNDER_COUNTED_ACROSS_RELOADS,
+            scheduler_without_sources_keeps_keys_in_use: SCHEDULER_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE,
+            emergency_without_sources_keeps_keys_in_use: EMERGENCY_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE,
+            keywheel_retire_keeps_keys_in_use: KEYWHEEL_RETIRE_KEEPS_KEYS_IN_USE,
+            rollback_never_reactivates_a_compromised_version: ROLLBACK_NEVER_REACTIVATES_A_COMPROMISED_VERSION,
+            activate_never_reactivates_a_compromised_version: ACTIVATE_NEVER_REACTIVATES_A_COMPROMISED_VERSION,
+            rollback_only_undoes_the_latest_rotation: ROLLBACK_ONLY_UNDOES_THE_LATEST_ROTATION,
+            second_rollback_does_not_toggle_back: SECOND_ROLLBACK_DOES_NOT_TOGGLE_BACK,
+            emergency_retirement_waits_for_stale_snapshots: EMERGENCY_RETIREMENT_WAITS_FOR_STALE_SNAPSHOTS,
+        );
+    };
+    (@cases $replay:ident; $($name:ident: $case:ident),* $(,)?) => {
+        /// The shrunk sequences the model found, replayed (one test each).
+        mod model_regressions {
+            $(
+                #[test]
+                fn $name() {
+                    super::$replay($crate::model::regressions::$case);
+                }
+            )*
+        }
+    };
+}

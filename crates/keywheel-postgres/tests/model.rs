@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::TestDb;
 use keywheel_conformance::RecordSourceFixture;
-use keywheel_conformance::model::{ModelBackend, ModelConfig, ModelWorld, Op, regressions, replay, row_of, run_model};
+use keywheel_conformance::model::{ModelBackend, ModelConfig, ModelWorld, Op, replay, row_of, run_model};
 use keywheel_core::{AuditSink, Context, Cursor, Form, KeyStore, KeyringId, Purpose, RecordSource, async_trait};
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, TableSpec};
 
@@ -117,63 +117,4 @@ fn regression(ops: &[Op]) {
 
 // One regression case per bug the model found (see
 // `keywheel_conformance::model::regressions` for what each one breaks).
-
-#[test]
-fn regression_custom_token_purpose_is_the_token_keyring() {
-    regression(regressions::CUSTOM_TOKEN_PURPOSE_IS_THE_TOKEN_KEYRING);
-}
-
-#[test]
-fn regression_lease_holders_are_not_shared_by_name() {
-    regression(regressions::LEASE_HOLDERS_ARE_NOT_SHARED_BY_NAME);
-}
-
-#[test]
-fn regression_refused_rotation_gives_the_lease_back() {
-    regression(regressions::REFUSED_ROTATION_GIVES_THE_LEASE_BACK);
-}
-
-#[test]
-fn regression_usage_is_not_under_counted_across_reloads() {
-    regression(regressions::USAGE_IS_NOT_UNDER_COUNTED_ACROSS_RELOADS);
-}
-
-#[test]
-fn regression_scheduler_without_sources_keeps_keys_in_use() {
-    regression(regressions::SCHEDULER_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE);
-}
-
-#[test]
-fn regression_emergency_without_sources_keeps_keys_in_use() {
-    regression(regressions::EMERGENCY_WITHOUT_SOURCES_KEEPS_KEYS_IN_USE);
-}
-
-#[test]
-fn regression_keywheel_retire_keeps_keys_in_use() {
-    regression(regressions::KEYWHEEL_RETIRE_KEEPS_KEYS_IN_USE);
-}
-
-#[test]
-fn regression_rollback_never_reactivates_a_compromised_version() {
-    regression(regressions::ROLLBACK_NEVER_REACTIVATES_A_COMPROMISED_VERSION);
-}
-
-#[test]
-fn regression_activate_never_reactivates_a_compromised_version() {
-    regression(regressions::ACTIVATE_NEVER_REACTIVATES_A_COMPROMISED_VERSION);
-}
-
-#[test]
-fn regression_rollback_only_undoes_the_latest_rotation() {
-    regression(regressions::ROLLBACK_ONLY_UNDOES_THE_LATEST_ROTATION);
-}
-
-#[test]
-fn regression_second_rollback_does_not_toggle_back() {
-    regression(regressions::SECOND_ROLLBACK_DOES_NOT_TOGGLE_BACK);
-}
-
-#[test]
-fn regression_emergency_retirement_waits_for_stale_snapshots() {
-    regression(regressions::EMERGENCY_RETIREMENT_WAITS_FOR_STALE_SNAPSHOTS);
-}
+keywheel_conformance::model_regression_tests!(regression);
