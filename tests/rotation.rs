@@ -229,6 +229,9 @@ async fn crash_at_every_step_then_resume_completes() {
             let record = w.exactly_one_active(&w.id).await;
             assert_eq!(record.versions.len(), 2, "k={k} {mode:?}: exactly one new version");
             assert_eq!(record.active_version(), KeyVersion::new(2).ok());
+            let completions =
+                w.audit.events().iter().filter(|e| matches!(e.kind, AuditKind::RotationCompleted { .. })).count();
+            assert_eq!(completions, 1, "k={k} {mode:?}: the completion is recorded once, even across the crash");
             w.audit.verify().expect("audit chain verifies");
         }
     }
