@@ -12,8 +12,9 @@ use std::time::Duration;
 use common::{Fault, HookedSource, HookedStore, Mode};
 use keywheel::memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
 use keywheel::{
-    Algorithm, AuditKind, Context, Cursor, Error, JobPhase, KekRing, KeyState, KeyStore, KeyVersion, KeyringId,
-    KeyringRecord, Keywheel, LocalKek, ManualClock, Outcome, Policy, Purpose, RotateOptions, Rotator, Timestamp,
+    Algorithm, AuditKind, Context, Cursor, Error, JobPhase, KekRing, KeyOrigin, KeyState, KeyStore, KeyVersion,
+    KeyringId, KeyringRecord, Keywheel, LocalKek, ManualClock, Outcome, Policy, Purpose, RotateOptions, Rotator,
+    Timestamp,
 };
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -232,6 +233,21 @@ async fn crash_at_every_step_then_resume_completes() {
             let completions =
                 w.audit.events().iter().filter(|e| matches!(e.kind, AuditKind::RotationCompleted { .. })).count();
             assert_eq!(completions, 1, "k={k} {mode:?}: the completion is recorded once, even across the crash");
+            let v2 = KeyVersion::new(2).expect("2");
+            for (what, kind) in [
+                (
+                    "created",
+                    AuditKind::KeyCreated {
+                        version: v2,
+                        algorithm: Algorithm::Aes256Gcm,
+                        origin: KeyOrigin::Generated,
+                    },
+                ),
+                ("activated", AuditKind::KeyActivated { version: v2, previous: Some(KeyVersion::FIRST) }),
+            ] {
+                let n = w.audit.events().iter().filter(|e| e.kind == kind && e.outcome == Outcome::Success).count();
+                assert_eq!(n, 1, "k={k} {mode:?}: v2 {what} is recorded once");
+            }
             w.audit.verify().expect("audit chain verifies");
         }
     }

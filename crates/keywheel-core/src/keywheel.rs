@@ -325,6 +325,33 @@ impl Keywheel {
         self.finish_update(&record.id, result, events).await
     }
 
+    /// [`apply_audited`](Self::apply_audited) for a step that may be repeated
+    /// after a crash (`once`): events already in the trail with the same
+    /// correlation id and kind — recorded by the run that crashed between
+    /// auditing and writing — are not recorded again.
+    pub(crate) async fn apply_audited_once(
+        &self,
+        record: &KeyringRecord,
+        changes: &[KeyringChange],
+        events: &[AuditEvent],
+        once: bool,
+    ) -> Result<KeyringRecord> {
+        if !once {
+            return self.apply_audited(record, changes, events).await;
+        }
+        let mut missing = Vec::with_capacity(events.len());
+        for e in events {
+            if !self.recorded(&e.correlation_id, |kind| *kind == e.kind).await? {
+                missing.push(e.clone());
+            }
+        }
+        self.verify_record(record).await?;
+        record.clone().apply(changes)?;
+        self.record_all(&missing).await?;
+        let result = self.inner.sealing.update_from(record, changes).await;
+        self.finish_update(&record.id, result, events).await
+    }
+
     /// Invalidate the cache after a successful update; after a failed one,
     /// record a `Failed` copy of the last event (best effort).
     async fn finish_update(
@@ -485,6 +512,23 @@ impl Keywheel {
     }
 
     async fn add_material(&self, id: &KeyringId, material: KeyMaterial, origin: KeyOrigin) -> Result<KeyVersion> {
+        self.add_material_as(id, material, origin, &correlation_id()?, false).await
+    }
+
+    /// Generate the next version for a rotation job: audited under the job's
+    /// id, once across a crash when `once` (a resumed job).
+    pub(crate) async fn add_version_for(&self, id: &KeyringId, correlation_id: &str, once: bool) -> Result<KeyVersion> {
+        self.add_material_as(id, KeyMaterial::generate()?, KeyOrigin::Generated, correlation_id, once).await
+    }
+
+    async fn add_material_as(
+        &self,
+        id: &KeyringId,
+        material: KeyMaterial,
+        origin: KeyOrigin,
+        cid: &str,
+        once: bool,
+    ) -> Result<KeyVersion> {
         let record = self.record(id).await?;
         // Prove the configured KEK opens this keyring before wrapping anything
         // new with it: a wrong master key fails here (`WrongMasterKey`), before
@@ -497,9 +541,8 @@ impl Keywheel {
         let version = record.next_version()?;
         let algorithm = record.algorithm;
         let v = self.new_version_record(id, version, algorithm, material, origin).await?;
-        let cid = correlation_id()?;
-        let event = self.event(Some(id), AuditKind::KeyCreated { version, algorithm, origin }, &cid);
-        self.apply_audited(&record, &[KeyringChange::AddVersion(v)], &[event]).await?;
+        let event = self.event(Some(id), AuditKind::KeyCreated { version, algorithm, origin }, cid);
+        self.apply_audited_once(&record, &[KeyringChange::AddVersion(v)], &[event], once).await?;
         Ok(version)
     }
 
@@ -513,18 +556,19 @@ impl Keywheel {
     /// activated ([`Error::CompromisedVersion`]).
     pub async fn activate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
         let cid = correlation_id()?;
-        self.activate_with(id, version, &[], &cid).await
+        self.activate_with(id, version, &[], &cid, false).await
     }
 
     /// [`activate`](Self::activate) plus `extra` changes in the same atomic
     /// update (the emergency path flags the old version compromised there),
-    /// audited under `correlation_id`.
+    /// audited under `correlation_id` (once across a crash when `once`).
     pub(crate) async fn activate_with(
         &self,
         id: &KeyringId,
         version: KeyVersion,
         extra: &[KeyringChange],
         correlation_id: &str,
+        once: bool,
     ) -> Result<KeyringRecord> {
         let record = self.record(id).await?;
         let state =
@@ -545,7 +589,7 @@ impl Keywheel {
         }
         changes.extend_from_slice(extra);
         events.push(self.event(Some(id), AuditKind::KeyActivated { version, previous }, correlation_id));
-        self.apply_audited(&record, &changes, &events).await
+        self.apply_audited_once(&record, &changes, &events, once).await
     }
 
     /// Deprecate the Active `version`. Because a keyring always keeps exactly one

@@ -60,7 +60,7 @@ impl Rotator {
                     )
                 };
                 self.kw.store().save_job(&job, &lease).await?;
-                Some(self.drive(&mut job, policy, opts, &lease).await?)
+                Some(self.drive(&mut job, policy, opts, &lease, false).await?)
             } else {
                 None
             };

@@ -83,7 +83,7 @@ impl Rotator {
             }
             self.kw.record_all(&events).await?;
             self.kw.store().save_job(&job, &lease).await?;
-            self.drive(&mut job, policy, opts, &lease).await
+            self.drive(&mut job, policy, opts, &lease, false).await
         }
         .await;
         self.finish_lease(&lease).await;
@@ -127,7 +127,7 @@ impl Rotator {
             if matches!(job.kind, JobKind::Emergency { .. }) {
                 policy.activation_delay = Duration::ZERO;
             }
-            self.drive(&mut job, &policy, opts, &lease).await.map(Some)
+            self.drive(&mut job, &policy, opts, &lease, true).await.map(Some)
         }
         .await;
         self.finish_lease(&lease).await;
@@ -140,12 +140,16 @@ impl Rotator {
         self.kw.store().save_job(job, lease).await
     }
 
+    /// Run `job` from its stored phase to the end. `resumed`: a run of this
+    /// job may have crashed, so a step's audit events that are already in the
+    /// trail are not recorded again.
     pub(super) async fn drive(
         &self,
         job: &mut RotationJob,
         policy: &Policy,
         opts: &RotateOptions,
         lease: &Lease,
+        resumed: bool,
     ) -> Result<RotationReport> {
         let run = Instant::now();
         let ms_before = job.active_ms;
@@ -172,7 +176,7 @@ impl Rotator {
                                     running: false,
                                 });
                             }
-                            self.kw.add_version(&id).await?;
+                            self.kw.add_version_for(&id, &job.id, resumed).await?;
                         }
                         job.phase = if policy.activation_delay.is_zero() {
                             JobPhase::Activate
@@ -199,7 +203,7 @@ impl Rotator {
                                 }
                                 _ => Vec::new(),
                             };
-                            self.kw.activate_with(&id, to, &flag, &job.id).await?;
+                            self.kw.activate_with(&id, to, &flag, &job.id, resumed).await?;
                         }
                         job.phase = match (policy.after_rotation, &job.kind) {
                             (AfterRotation::Expire, JobKind::Rotation) => JobPhase::Completed,
