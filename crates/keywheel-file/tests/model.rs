@@ -66,7 +66,7 @@ impl ModelBackend for Files {
 
 #[test]
 fn model_file() {
-    run_model(&Files, &ModelConfig::from_env(64));
+    run_model(&Files, &ModelConfig::from_env(200));
 }
 
 fn regression(ops: &[Op]) {

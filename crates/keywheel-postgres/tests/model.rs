@@ -107,7 +107,7 @@ impl ModelBackend for Postgres {
 #[test]
 fn model_postgres() {
     let Some(pg) = Postgres::new() else { return };
-    run_model(&pg, &ModelConfig::from_env(32));
+    run_model(&pg, &ModelConfig::from_env(64));
 }
 
 fn regression(ops: &[Op]) {
