@@ -102,6 +102,27 @@ async fn due_exactly_at_the_interval_not_before() {
 }
 
 #[tokio::test]
+async fn a_finished_job_with_its_completion_event_pending_is_resumed() {
+    let e = env();
+    let id = e.keyring("a", Purpose::Token, 0).await;
+    let records = e.records().await;
+    let mut job = keywheel::RotationJob::new(
+        "crashed-while-completing".into(),
+        id.clone(),
+        keywheel::JobKind::Rotation,
+        None,
+        None,
+        Vec::new(),
+        Timestamp::from_millis(MIDNIGHT),
+    );
+    job.phase = keywheel::JobPhase::Completed;
+    job.completion_pending = true;
+    let jobs = BTreeMap::from([(id.clone(), job)]);
+    let due = evaluate(Timestamp::from_millis(MIDNIGHT), &records, &BTreeMap::new(), &jobs, &BTreeSet::new());
+    assert_eq!((due.len(), due[0].reason), (1, DueReason::Resume));
+}
+
+#[tokio::test]
 async fn maintenance_windows_gate_scheduled_rotations_and_may_cross_midnight() {
     let e = env();
     let id = e.keyring("a", Purpose::Token, 0).await;

@@ -72,7 +72,8 @@ fn age_ratio(now: Timestamp, record: &KeyringRecord, policy: &Policy) -> Option<
 /// A pure function of its inputs: `policies` (missing ones mean the purpose's
 /// preset), the most recent job of each keyring, and the keyrings for which an
 /// emergency was requested. Rules:
-/// * unfinished last job → [`DueReason::Resume`] (nothing else is started);
+/// * unfinished last job (or one whose completion event is pending) →
+///   [`DueReason::Resume`] (nothing else is started);
 /// * emergency requested → [`DueReason::Emergency`];
 /// * no Active version → [`DueReason::NoActiveKey`];
 /// * Active version's encryptions (as in the records: the scheduler passes
@@ -97,7 +98,9 @@ pub fn evaluate(
             let ratio = age_ratio(now, record, &policy);
             let usage = active.and_then(|v| record.version(v)).map_or(0, |v| v.encryptions);
             let in_window = policy.maintenance_window.is_none_or(|w| w.contains(now));
-            let reason = if last_jobs.get(id).is_some_and(|j| !j.phase.is_finished()) {
+            // A finished job whose completion event may be unrecorded (a crash
+            // came in between) is resumed too: the resume records it once.
+            let reason = if last_jobs.get(id).is_some_and(|j| !j.phase.is_finished() || j.completion_pending) {
                 DueReason::Resume
             } else if emergencies.contains(id) {
                 DueReason::Emergency
