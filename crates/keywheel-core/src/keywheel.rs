@@ -318,11 +318,7 @@ impl Keywheel {
         changes: &[KeyringChange],
         events: &[AuditEvent],
     ) -> Result<KeyringRecord> {
-        self.verify_record(record).await?;
-        record.clone().apply(changes)?;
-        self.record_all(events).await?;
-        let result = self.inner.sealing.update_from(record, changes).await;
-        self.finish_update(&record.id, result, events).await
+        self.apply_recording(record, changes, events, events).await
     }
 
     /// [`apply_audited`](Self::apply_audited) for a step that may be repeated
@@ -345,9 +341,21 @@ impl Keywheel {
                 missing.push(e.clone());
             }
         }
+        self.apply_recording(record, changes, &missing, events).await
+    }
+
+    /// The body of [`apply_audited`](Self::apply_audited): verify, validate,
+    /// record `to_record`, write sealed; `events` name a failure.
+    async fn apply_recording(
+        &self,
+        record: &KeyringRecord,
+        changes: &[KeyringChange],
+        to_record: &[AuditEvent],
+        events: &[AuditEvent],
+    ) -> Result<KeyringRecord> {
         self.verify_record(record).await?;
         record.clone().apply(changes)?;
-        self.record_all(&missing).await?;
+        self.record_all(to_record).await?;
         let result = self.inner.sealing.update_from(record, changes).await;
         self.finish_update(&record.id, result, events).await
     }
@@ -944,15 +952,20 @@ impl Keywheel {
 
     async fn load(&self, id: &KeyringId) -> Result<Keyring> {
         self.inner.reloads.fetch_add(1, Ordering::Relaxed);
-        let mut record = self.record(id).await?;
-        if let Some(usage) = self.usage_of(id) {
+        let record = self.record(id).await?;
+        if let Some(usage) = self.usage_of(id)
             // Best effort: a failed flush keeps the counts pending for the next
             // one, and must not make the keyring unusable.
-            if let Ok(updated) = self.flush_from(&usage, record.clone()).await {
-                record = updated;
-            }
+            && let Ok(updated) = self.flush_from(&usage, record.clone()).await
+            // A flush that met a lifecycle change returns a newer record.
+            && updated.generation != record.generation
+        {
+            return self.snapshot(&updated).await;
         }
-        self.snapshot(&record).await
+        // A usage-only update keeps the generation and the lifecycle fields,
+        // so the record verified above is the one to build from (the flush
+        // already raised the counters to what the store holds).
+        self.build_snapshot(&record).await
     }
 
     /// Build a snapshot from a stored record, unwrapping every live version.
@@ -966,6 +979,11 @@ impl Keywheel {
     /// writes to the store.
     pub async fn snapshot(&self, record: &KeyringRecord) -> Result<Keyring> {
         self.verify_record(record).await?;
+        self.build_snapshot(record).await
+    }
+
+    /// [`snapshot`](Self::snapshot) of a record whose seal was just verified.
+    async fn build_snapshot(&self, record: &KeyringRecord) -> Result<Keyring> {
         record.validate()?;
         let mut builder = self.unwrapped(record).await?;
         builder.share_usage(self.usage_for(&record.id));

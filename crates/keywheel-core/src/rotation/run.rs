@@ -156,8 +156,6 @@ impl Rotator {
         let id = job.keyring.clone();
         let mut lease = lease.clone();
         let mut verify_passes = 0;
-        // Whether this run already waited out an emergency's settle time.
-        let mut settled = false;
         let to = job.to.ok_or_else(|| Error::InvalidArgument(format!("job {} has no target version", job.id)))?;
         let outcome: Result<()> = async {
             if job.phase.is_finished() {
@@ -226,15 +224,14 @@ impl Rotator {
                         job.phase = if cancelled { JobPhase::Cancelled } else { JobPhase::Verify };
                     }
                     JobPhase::Verify => {
-                        if !settled
-                            && let Some(until) = self.emergency_settled_at(job, to, opts).await?
+                        if let Some(until) = self.emergency_settled_at(job, to, opts).await?
                             && self.kw.now() < until
                         {
                             // Instances may still encrypt under the compromised version
                             // until their snapshots expire: wait that out, then sweep
                             // again so the final census sees everything they wrote.
+                            // (`wait` returns once the clock has passed `until`.)
                             self.wait(until.since(self.kw.now()), opts, &mut lease).await?;
-                            settled = true;
                             job.sources = self.checkpoints();
                             job.phase = JobPhase::Reencrypt;
                             self.save(job, &lease, &run, ms_before).await?;
