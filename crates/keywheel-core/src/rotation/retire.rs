@@ -34,7 +34,7 @@ impl Rotator {
             return Err(Error::ReasonRequired("retirement"));
         }
         let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, force, true).await;
+        let result = self.retire_leased(id, version, policy, force, true, None).await;
         self.finish_lease(&lease).await;
         result
     }
@@ -49,18 +49,22 @@ impl Rotator {
         audit_refusal: bool,
     ) -> Result<KeyringRecord> {
         let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, None, audit_refusal).await;
+        let result = self.retire_leased(id, version, policy, None, audit_refusal, None).await;
         self.finish_lease(&lease).await;
         result
     }
 
-    async fn retire_leased(
+    /// The checks and the retirement, under a lease the caller holds.
+    /// `emergency`: the reason of the emergency that flagged the version; the
+    /// retirement is then audited as forced with it (the grace period is waived).
+    pub(super) async fn retire_leased(
         &self,
         id: &KeyringId,
         version: KeyVersion,
         policy: &Policy,
         force: Option<&str>,
         audit_refusal: bool,
+        emergency: Option<&str>,
     ) -> Result<KeyringRecord> {
         let refuse = |remaining: u64, reason: String| async move {
             if audit_refusal { self.refuse_retirement(id, version, remaining, &reason).await } else { Ok(()) }
@@ -102,7 +106,10 @@ impl Rotator {
                 return Err(Error::RetirementRefused { version, remaining });
             }
         }
-        self.kw.retire_now(id, version, None, false).await
+        match emergency {
+            Some(reason) => self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true).await,
+            None => self.kw.retire_now(id, version, None, false).await,
+        }
     }
 
     /// Audit a refused retirement (outcome `Refused`, with `reason`).

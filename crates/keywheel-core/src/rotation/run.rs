@@ -369,23 +369,14 @@ impl Rotator {
     /// to decrypt do not hold it back; a keyring that no registered source
     /// covers keeps it (nothing proves it unused) and the refusal is audited.
     pub(super) async fn retire_compromised(&self, id: &KeyringId, compromised: KeyVersion, reason: &str) -> Result<()> {
-        let record = self.kw.record(id).await?;
-        if !record.version(compromised).is_some_and(|v| v.state == KeyState::Deprecated) {
-            return Ok(());
+        let policy = self.kw.policy(id).await?;
+        match self.retire_leased(id, compromised, &policy, None, true, Some(reason)).await {
+            // Refused (audited) or retired already: the scheduler retries what is left.
+            Ok(_)
+            | Err(
+                Error::RetirementUnproven { .. } | Error::RetirementRefused { .. } | Error::IllegalTransition { .. },
+            ) => Ok(()),
+            Err(e) => Err(e),
         }
-        let in_use = match self.decryptable_on(id, compromised).await? {
-            Some(n) => n,
-            None => {
-                self.refuse_retirement(id, compromised, 0, "no registered record source covers this keyring").await?;
-                return Ok(());
-            }
-        };
-        if in_use == 0 {
-            self.kw.retire_now(id, compromised, Some(&format!("emergency: {reason}")), true).await?;
-        } else {
-            self.refuse_retirement(id, compromised, in_use, "decryptable values still use the compromised version")
-                .await?;
-        }
-        Ok(())
     }
 }
