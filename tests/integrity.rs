@@ -9,9 +9,10 @@ use std::time::Duration;
 use keywheel::memory::{MemoryAuditSink, MemoryKeyStore};
 use keywheel::{
     Algorithm, AuditKind, Clock, Context, Error, KekRing, KeyEncryptionKey, KeyState, KeyStore, KeyVersion,
-    KeyringChange, KeyringId, KeyringRecord, Keywheel, LocalKek, ManualClock, Policy, Purpose, RotateOptions, Rotator,
+    KeyringChange, KeyringId, KeyringRecord, Keywheel, LocalKek, ManualClock, Purpose, RotateOptions, Rotator,
     Timestamp,
 };
+use keywheel_conformance::integrity::{assert_tampered, tampered_keyring_is_refused_everywhere};
 
 struct Setup {
     kw: Keywheel,
@@ -64,37 +65,13 @@ async fn setup() -> (Setup, Vec<u8>, Vec<u8>) {
     (Setup { kw, store, audit, clock, id }, on_v1, on_v2)
 }
 
-fn assert_tampered(result: Result<impl std::fmt::Debug, Error>, id: &KeyringId, what: &str) {
-    match result {
-        Err(Error::RecordTampered { keyring, detail }) => {
-            assert_eq!(&keyring, id, "{what}: the error names the keyring");
-            let err = Error::RecordTampered { keyring, detail };
-            assert!(err.to_string().contains(&id.canonical()), "{what}: {err}");
-            assert!(!err.is_retryable(), "{what}: not retryable");
-        }
-        other => panic!("{what}: expected RecordTampered, got {other:?}"),
-    }
-}
-
 /// Every entry point that reads the record refuses it, and nothing is written.
 async fn assert_refused_everywhere(s: &Setup, kw: &Keywheel, on_v1: &[u8]) {
     let before = s.store.load_keyring(&s.id).await.expect("load").expect("present");
     let audited = s.audit.events().len();
     let id = &s.id;
-    assert_tampered(kw.keyring(id).await, id, "keyring");
-    assert_tampered(kw.record(id).await, id, "record");
-    assert_tampered(kw.encrypt(id, b"x", &ctx()).await, id, "encrypt");
-    assert_tampered(kw.decrypt(id, on_v1, &ctx()).await, id, "decrypt");
-    assert_tampered(kw.add_version(id).await, id, "add_version");
-    assert_tampered(kw.activate(id, v(1)).await, id, "activate");
-    assert_tampered(kw.retire_forced(id, v(1), "test").await, id, "retire");
+    tampered_keyring_is_refused_everywhere(kw, id, on_v1, &ctx()).await;
     assert_tampered(kw.apply_audited(&before, &[], &[]).await, id, "apply_audited of the tampered record");
-    let rotator = Rotator::new(kw.clone()).expect("rng");
-    let policy = Policy::for_purpose(id.purpose());
-    assert_tampered(rotator.rotate(id, &policy, &RotateOptions::default()).await, id, "rotate");
-    // (Same holder: a refused rotation keeps its lease until it expires.)
-    assert_tampered(rotator.retire(id, v(1), &policy, Some("forced")).await, id, "engine retire");
-    assert_tampered(kw.store().update_keyring(id, before.generation, &[]).await, id, "sealed store update");
     let after = s.store.load_keyring(&s.id).await.expect("load").expect("present");
     assert_eq!(after, before, "nothing written");
     assert_eq!(s.audit.events().len(), audited, "nothing audited");

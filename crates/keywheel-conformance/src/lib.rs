@@ -49,6 +49,7 @@ use keywheel_core::{Error, KeyVersion};
 
 pub mod audit_sink;
 mod guarded;
+pub mod integrity;
 pub mod key_store;
 pub mod model;
 pub mod record_source;

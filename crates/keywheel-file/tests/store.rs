@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keywheel_conformance::integrity::tampered_keyring_is_refused_everywhere;
 use keywheel_core::{
     Algorithm, Context, Error, JobPhase, KeyEncryptionKey, KeyMaterial, KeyState, KeyStore, KeyVersion, KeyringChange,
     KeyringId, Keywheel, LocalKek, Policy, Purpose, RotateOptions, RotationJob, Rotator, Timestamp,
@@ -496,26 +497,10 @@ fn edit(path: &Path, change: impl FnOnce(&mut Value)) {
     fs::write(path, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
 }
 
-fn assert_tampered<T: std::fmt::Debug>(result: Result<T, Error>, id: &KeyringId, what: &str) {
-    match result {
-        Err(Error::RecordTampered { keyring, .. }) => assert_eq!(&keyring, id, "{what}: names the keyring"),
-        other => panic!("{what}: expected RecordTampered for {id}, got {other:?}"),
-    }
-}
-
 async fn assert_refused(dirs: &Dirs, id: &KeyringId, value: &[u8]) {
     let file = keyring_file(&dirs.store, id);
     let before = (fs::read(&file).expect("read"), fs::read(&dirs.audit).expect("read"));
-    let kw = dirs.keywheel();
-    assert_tampered(kw.keyring(id).await, id, "keyring");
-    assert_tampered(kw.encrypt(id, b"x", &sealed_ctx()).await, id, "encrypt");
-    assert_tampered(kw.decrypt(id, value, &sealed_ctx()).await, id, "decrypt");
-    assert_tampered(kw.activate(id, v(1)).await, id, "activate");
-    assert_tampered(kw.retire_forced(id, v(1), "test").await, id, "retire");
-    let rotator = Rotator::new(kw.clone()).expect("rng");
-    let policy = Policy::for_purpose(id.purpose());
-    assert_tampered(rotator.rotate(id, &policy, &RotateOptions::default()).await, id, "rotate");
-    assert_tampered(rotator.retire(id, v(1), &policy, Some("forced")).await, id, "engine retire");
+    tampered_keyring_is_refused_everywhere(&dirs.keywheel(), id, value, &sealed_ctx()).await;
     let after = (fs::read(&file).expect("read"), fs::read(&dirs.audit).expect("read"));
     assert!(after == before, "nothing written to the keyring document or the audit log");
 }
