@@ -1,0 +1,170 @@
+//! `keyring create|apply|seal|list`: keyrings and their stored policies.
+
+use keywheel_core::{Algorithm, KeyState, KeyVersion, KeyringId, Policy};
+use serde_json::json;
+
+use crate::cli::{ApplyArgs, KeyringCreateArgs, SealArgs};
+use crate::config::unknown_algorithm;
+use crate::error::{CliError, OK};
+use crate::output::{Table, human_duration, print_json};
+use crate::store::{self, Opened, Settings};
+
+use super::{parse_keyring, version_list};
+
+pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs, json: bool) -> Result<u8, CliError> {
+    let id = parse_keyring(&args.keyring)?;
+    let configured = settings.config.keyring(&id);
+    let algorithm = match &args.algorithm {
+        Some(a) => a.parse::<Algorithm>().map_err(|_| CliError::usage(unknown_algorithm(a)))?,
+        None => configured.map(|c| c.algorithm(&id)).transpose()?.flatten().unwrap_or_default(),
+    };
+    let policy = match configured {
+        Some(c) => c.policy(&id)?,
+        None => Policy::for_purpose(id.purpose()),
+    };
+    let opened = store::open(settings).await?;
+    let ring = opened.kw.create_keyring(&id, algorithm).await?;
+    opened.kw.set_policy(&id, &policy).await?;
+    let version = ring.active_version().map_or(0, KeyVersion::get);
+    if json {
+        print_json(&json!({ "keyring": id, "algorithm": algorithm, "active_version": version, "policy": policy }))?;
+    } else {
+        println!(
+            "Created keyring {id} ({algorithm}), version v{version} active; rotates every {}, grace period {}, \
+             rollback window {}.",
+            human_duration(policy.interval),
+            human_duration(policy.grace_period),
+            human_duration(policy.rollback_window)
+        );
+    }
+    Ok(OK)
+}
+
+pub(super) async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: bool) -> Result<u8, CliError> {
+    if settings.config.keyrings.is_empty() {
+        return Err(CliError::usage("keywheel.toml lists no keyrings, so there is nothing to apply")
+            .with_hint("add [keyrings.\"tenant/purpose\"] tables to keywheel.toml"));
+    }
+    // Everything is checked before anything changes.
+    let mut wanted = Vec::new();
+    for (name, c) in &settings.config.keyrings {
+        let id = parse_keyring(name)?;
+        wanted.push((c.policy(&id)?, c.algorithm(&id)?.unwrap_or_default(), id));
+    }
+    let opened = store::open(settings).await?;
+    let existing = opened.kw.list_keyrings().await?;
+    let mut changes = Vec::new();
+    for (policy, algorithm, id) in wanted {
+        let action = if !existing.contains(&id) {
+            if !args.dry_run {
+                opened.kw.create_keyring(&id, algorithm).await?;
+                opened.kw.set_policy(&id, &policy).await?;
+            }
+            "created"
+        } else if opened.kw.policy(&id).await? != policy {
+            if !args.dry_run {
+                opened.kw.set_policy(&id, &policy).await?;
+            }
+            "policy updated"
+        } else {
+            "unchanged"
+        };
+        if !json {
+            let verb = if args.dry_run && action != "unchanged" { format!("would be {action}") } else { action.into() };
+            println!("{id}: {verb}");
+        }
+        changes.push(json!({ "keyring": id, "action": action, "policy": policy }));
+    }
+    if json {
+        print_json(&json!({ "dry_run": args.dry_run, "keyrings": changes }))?;
+    }
+    Ok(OK)
+}
+
+pub(super) async fn keyring_seal(settings: &Settings, args: &SealArgs, json: bool) -> Result<u8, CliError> {
+    let reason = args.reason.trim();
+    if reason.is_empty() {
+        return Err(CliError::usage("--reason is empty").with_hint("say who reviewed the records (it is audited)"));
+    }
+    // Opened without loading every keyring: unsealed ones would be refused.
+    let opened = store::open_unverified(settings).await?;
+    let ids = match &args.keyring {
+        Some(k) => vec![parse_keyring(k)?],
+        None => opened.kw.list_keyrings().await?,
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let sealed = opened.kw.seal_unsealed(&id, reason).await?;
+        let record = opened.kw.record(&id).await?;
+        let states: Vec<String> = record.versions.iter().map(|v| format!("v{} {}", v.version.get(), v.state)).collect();
+        if !json {
+            let what = if sealed { "sealed" } else { "already sealed, left alone" };
+            println!("{id}: {what} ({})", states.join(", "));
+        }
+        out.push(json!({ "keyring": id, "sealed": sealed, "versions": record.versions.iter()
+            .map(|v| json!({ "version": v.version, "state": v.state, "compromised": v.compromised }))
+            .collect::<Vec<_>>() }));
+    }
+    if json {
+        print_json(&out)?;
+    }
+    Ok(OK)
+}
+
+/// A note on stderr when keywheel.toml gives a keyring another policy than the stored one.
+pub(super) async fn warn_policy_drift(settings: &Settings, opened: &Opened, id: &KeyringId) -> Result<(), CliError> {
+    if let Some(c) = settings.config.keyring(id)
+        && c.policy(id)? != opened.kw.policy(id).await?
+    {
+        eprintln!(
+            "keywheel: note: keywheel.toml gives {id} another policy than the stored one, which applies; \
+             run `keywheel keyring apply` to store it"
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, CliError> {
+    let opened = store::open(settings).await?;
+    let mut table = Table::new(&["KEYRING", "ALGORITHM", "ACTIVE", "PENDING", "DEPRECATED", "RETIRED", "CREATED"]);
+    let mut out = Vec::new();
+    for id in opened.kw.list_keyrings().await? {
+        let record = opened.kw.record(&id).await?;
+        let policy = opened.kw.policy(&id).await?;
+        let by = |state: KeyState| -> Vec<u32> {
+            record.versions.iter().filter(|v| v.state == state).map(|v| v.version.get()).collect()
+        };
+        table.row(vec![
+            id.to_string(),
+            record.algorithm.to_string(),
+            version_list(&by(KeyState::Active)),
+            version_list(&by(KeyState::Pending)),
+            version_list(&by(KeyState::Deprecated)),
+            version_list(&by(KeyState::Retired)),
+            record.created_at.to_string(),
+        ]);
+        let versions: Vec<_> = record
+            .versions
+            .iter()
+            .map(|v| {
+                json!({
+                    "version": v.version, "state": v.state, "algorithm": v.algorithm, "created_at": v.created_at,
+                    "activated_at": v.activated_at, "deprecated_at": v.deprecated_at, "retired_at": v.retired_at,
+                    "encryptions": v.encryptions,
+                })
+            })
+            .collect();
+        out.push(json!({
+            "keyring": id, "algorithm": record.algorithm, "generation": record.generation,
+            "created_at": record.created_at, "versions": versions, "policy": policy,
+        }));
+    }
+    if json {
+        print_json(&out)?;
+    } else if table.is_empty() {
+        println!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
+    } else {
+        print!("{table}");
+    }
+    Ok(OK)
+}
