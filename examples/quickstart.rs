@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             value.len(),
             String::from_utf8_lossy(&plaintext),
         );
-        // The header is exactly DESIGN §3: magic "kw", format 1, algorithm id, version.
+        // The header is the wire format of the manual (keywheel::manual): magic "kw", format 1, algorithm id, version.
         let binary = match info.form {
             Form::Binary => value.clone(),
             Form::Text => {

@@ -1,4 +1,4 @@
-//! Known-answer and interoperability tests for wire format v1 (DESIGN §3): an
+//! Known-answer and interoperability tests for wire format v1 (manual, "Wire format v1"): an
 //! independent implementation written from the spec alone (raw `hkdf`, `sha2`,
 //! `hmac`, the RustCrypto AEADs and `base64`) must read keywheel's values, and
 //! keywheel must read its values, byte for byte.

@@ -1,4 +1,4 @@
-//! The model-based test of keywheel's safety invariants (DESIGN §8) on the
+//! The model-based test of keywheel's safety invariants (manual, "Lifecycle invariants") on the
 //! memory backend: random op sequences checked after every step (see
 //! `keywheel_conformance::model`), then one regression case per bug the model
 //! found, replaying the shrunk sequence.

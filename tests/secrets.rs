@@ -1,4 +1,4 @@
-//! DESIGN §7: no key byte in Debug, Display or errors. Every type that holds or
+//! The security model (manual, "Security model"): no key byte in Debug, Display or errors. Every type that holds or
 //! touches key material, and every error we can provoke, is rendered and
 //! searched for the material, the master key and the derived keys in hex,
 //! decimal and base64.
@@ -29,7 +29,7 @@ fn keyring_id() -> KeyringId {
     KeyringId::new("acme", Purpose::Token).expect("valid id")
 }
 
-/// The per-version key of DESIGN §3 (so a leaked derived key is caught too).
+/// The per-version key of the key derivation (manual, "Wire format v1") (so a leaked derived key is caught too).
 fn derived(material: &[u8; 32], alg: Algorithm, keyring: &str, version: u32) -> [u8; 32] {
     let label: &[u8] = if alg.is_aead() { b"aead" } else { b"mac" };
     let len = u16::try_from(keyring.len()).expect("short id").to_be_bytes();

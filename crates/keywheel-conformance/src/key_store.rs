@@ -249,7 +249,7 @@ pub async fn duplicate_version_refused(store: Arc<dyn KeyStore>) {
     assert_unchanged(&store, &updated, "a refused duplicate version").await;
 }
 
-/// A transition DESIGN §2 does not allow (Pending → Retired, Active → Pending)
+/// A transition the lifecycle does not allow (Pending → Retired, Active → Pending)
 /// fails with [`Error::IllegalTransition`] and writes nothing.
 pub async fn illegal_transition_refused(store: Arc<dyn KeyStore>) {
     let id = keyring_id("illegal-transition");

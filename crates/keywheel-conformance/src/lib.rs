@@ -4,7 +4,7 @@
 //! and Postgres backends (and yours) honour the same contracts of
 //! [`KeyStore`](keywheel_core::KeyStore),
 //! [`RecordSource`](keywheel_core::RecordSource) and
-//! [`AuditSink`](keywheel_core::AuditSink) (DESIGN §4).
+//! [`AuditSink`](keywheel_core::AuditSink) (the [manual](keywheel_core::manual#5-implementing-a-backend)).
 //!
 //! * The checks are public async functions in [`key_store`], [`record_source`]
 //!   and [`audit_sink`]. Each takes a fresh backend (or a fixture around one)
@@ -17,7 +17,7 @@
 //!   backend factory: an `async` expression evaluated afresh for each test.
 //!   Each test runs on a new multi-threaded tokio runtime ([`block_on`]), so
 //!   the concurrency checks really race.
-//! * [`model`] is a model-based test of the safety invariants (DESIGN §8):
+//! * [`model`] is a model-based test of the safety invariants ([manual](keywheel_core::manual#8-lifecycle-invariants)):
 //!   random op sequences against a backend's store, audit sink and two record
 //!   sources, checked after every step and shrunk on failure
 //!   ([`model::run_model`]); [`model::regressions`] holds the sequences of the

@@ -1,5 +1,5 @@
 //! A model-based (stateful property) test of keywheel's safety invariants
-//! (DESIGN §8), backend-agnostic.
+//! (the [manual](keywheel_core::manual#8-lifecycle-invariants)), backend-agnostic.
 //!
 //! [`run_model`] generates random sequences of [`Op`]s — application writes
 //! and reads on several keyrings of two tenants and two purposes (plus a

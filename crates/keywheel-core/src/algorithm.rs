@@ -1,4 +1,4 @@
-//! Algorithm registry: wire ids, nonce and tag sizes (DESIGN §3).
+//! Algorithm registry: wire ids, nonce and tag sizes (the [wire format](crate::manual#2-wire-format-v1)).
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,7 +84,7 @@ impl Algorithm {
         !matches!(self, Algorithm::HmacSha256)
     }
 
-    /// HKDF label of DESIGN §3: `"aead"` or `"mac"`.
+    /// HKDF label of the [key derivation](crate::manual#2-wire-format-v1): `"aead"` or `"mac"`.
     pub const fn kdf_label(self) -> &'static [u8] {
         if self.is_aead() { b"aead" } else { b"mac" }
     }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::{Algorithm, Error, KeyMaterial, KeyVersion, Result};
 
-/// HKDF salt of DESIGN §3.
+/// HKDF salt of the [key derivation](crate::manual#2-wire-format-v1).
 pub const KDF_SALT: &[u8] = b"keywheel/v1";
 
 /// The per-version key: `HKDF-SHA256(salt = "keywheel/v1", ikm = material,

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 /// column and row id. A ciphertext moved to another row, column, keyring or
 /// tenant fails to decrypt because its context (or keyring id) differs.
 ///
-/// The canonical encoding (DESIGN §3) sorts pairs by name bytewise:
+/// The canonical encoding (the [wire format](crate::manual#2-wire-format-v1)) sorts pairs by name bytewise:
 /// `u16-BE count`, then per pair `u16-BE len(name) ‖ name ‖ u32-BE len(value) ‖ value`.
 /// The empty context encodes as `00 00`. A `Context` stores only that encoding,
 /// computed once at construction, so the hot path just borrows it.

@@ -5,7 +5,7 @@ use crate::{KeyState, KeyVersion, KeyringId};
 /// Result alias used throughout keywheel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a stored value is not a well-formed keywheel value (DESIGN §3).
+/// Why a stored value is not a well-formed keywheel value (the [wire format](crate::manual#2-wire-format-v1)).
 ///
 /// Returned by [`parse`](crate::parse) and by every call that reads a value.
 /// None of these variants carry key material; they only describe bytes that the
@@ -104,7 +104,7 @@ pub enum Error {
         /// The keyring.
         keyring: KeyringId,
     },
-    /// A lifecycle transition that DESIGN §2 does not allow.
+    /// A lifecycle transition the [lifecycle](crate::manual#1-concepts) does not allow.
     #[error("illegal transition of key version {version} from {from} to {to}")]
     IllegalTransition {
         /// The version concerned.
@@ -163,7 +163,7 @@ pub enum Error {
         /// The keyring.
         keyring: KeyringId,
     },
-    /// The keyring id is not in canonical form (DESIGN §3).
+    /// The keyring id is not in canonical form (the [wire format](crate::manual#2-wire-format-v1)).
     #[error("invalid keyring id: {0}")]
     InvalidKeyringId(&'static str),
     /// A context is not encodable (duplicate name, over-long name or value).

@@ -181,7 +181,7 @@ pub struct KeyringId {
 }
 
 impl KeyringId {
-    /// A keyring id, validated against the canonical-form rules of DESIGN §3.
+    /// A keyring id, validated against the canonical-form rules of the [wire format](crate::manual#2-wire-format-v1).
     pub fn new(tenant: impl Into<String>, purpose: Purpose) -> Result<Self> {
         let tenant = tenant.into();
         validate_part(&tenant)?;

@@ -1,4 +1,4 @@
-//! Rotation jobs: the persisted, resumable state of a rotation (DESIGN §5).
+//! Rotation jobs: the persisted, resumable state of a rotation (the [manual](crate::manual)).
 
 use std::time::Duration;
 

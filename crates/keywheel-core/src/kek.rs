@@ -1,4 +1,4 @@
-//! Key-encryption keys: how key material is wrapped at rest (DESIGN §4).
+//! Key-encryption keys: how key material is wrapped at rest (the [manual](crate::manual#3-security-model)).
 
 use std::fmt;
 use std::path::Path;

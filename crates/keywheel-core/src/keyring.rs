@@ -36,7 +36,7 @@ struct Slot {
     usage: Arc<UsageCell>,
 }
 
-/// An immutable snapshot of one keyring (DESIGN §2).
+/// An immutable snapshot of one keyring (the [manual](crate::manual#1-concepts)).
 ///
 /// Encrypts with the Active version; decrypts with Pending, Active or
 /// Deprecated versions. Obtain one from [`Keywheel::keyring`](crate::Keywheel::keyring)
@@ -155,7 +155,7 @@ impl Keyring {
     /// Encrypt `plaintext` bound to `context` under the Active version; binary form.
     ///
     /// One call is one fork-checked nonce operation (one `getpid`, see the
-    /// [manual](crate::manual), §4); to encrypt many values at once, re-encrypt
+    /// [manual](crate::manual#4-nonces)); to encrypt many values at once, re-encrypt
     /// them with [`reencrypt_many`](Self::reencrypt_many).
     pub fn encrypt(&self, plaintext: &[u8], context: &Context) -> Result<Vec<u8>> {
         let sealer = self.sealer()?;
@@ -247,7 +247,7 @@ impl Keyring {
     /// Re-encrypt many values under the Active version, each exactly as
     /// [`reencrypt`](Self::reencrypt) would (same form, same errors), with
     /// per-call instead of per-value overhead: one fork check for all the
-    /// nonces (see the [manual](crate::manual), §4), one update of the usage
+    /// nonces (see the [manual](crate::manual#4-nonces)), one update of the usage
     /// counter, one associated-data buffer. The rotation engine re-encrypts
     /// every batch through this.
     ///

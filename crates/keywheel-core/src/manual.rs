@@ -60,8 +60,8 @@
 //! * **Signatures** (HMAC-SHA256, purpose `api-signature`): the value is the
 //!   8-byte header ‖ the 32-byte tag (exactly 40 bytes). The tag is HMAC over
 //!   `header ‖ u16-BE len(keyring id) ‖ keyring id ‖ context encoding ‖ message`;
-//!   the message is not stored in the signature. (DESIGN §3 leaves open what the
-//!   "ciphertext" of an HMAC value is; keywheel stores none.)
+//!   the message is not stored in the signature. (An HMAC value has no ciphertext:
+//!   keywheel stores only the tag.)
 //!
 //! The key version is readable from a stored value without any key
 //! ([`parse`](crate::parse), [`version_of`](crate::version_of)), so a store can

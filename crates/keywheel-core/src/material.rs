@@ -10,7 +10,7 @@ use crate::{Error, Result};
 ///
 /// Lives in a zeroize-on-drop box; `Debug` prints `KeyMaterial([REDACTED])`.
 /// keywheel never uses these bytes as a cipher key directly: per-version keys
-/// are derived from them with HKDF-SHA256 (DESIGN §3).
+/// are derived from them with HKDF-SHA256 (the [key derivation](crate::manual#2-wire-format-v1)).
 pub struct KeyMaterial(SecretBox<[u8; 32]>);
 
 impl KeyMaterial {

@@ -4,7 +4,7 @@
 //! (`getrandom`); there is no userspace expansion to argue about. To amortise
 //! the system call (~0.37 µs here, twice the AES-GCM work on a 256 B field), each
 //! thread keeps a block of OS random bytes and hands out fresh, never-reused
-//! slices of it. Safety arguments, also in the manual (§4):
+//! slices of it. Safety arguments, also in the [manual](crate::manual#4-nonces):
 //!
 //! * **Uniqueness**: each byte of the block is handed out once (and zeroed),
 //!   then the block is refilled from the OS. Two nonces never share bytes.
@@ -179,7 +179,7 @@ mod nesting {
 /// Public so that benchmarks can feed a raw cipher the very same nonce source.
 ///
 /// The bytes are checked against `fork` before they are returned; use them
-/// right away (see the [manual](crate::manual), §4).
+/// right away (see the [manual](crate::manual#4-nonces)).
 pub fn random_nonce<const N: usize>() -> Result<[u8; N]> {
     protected(|nonces| {
         let mut n = [0u8; N];

@@ -1,4 +1,4 @@
-//! Rotation policies (DESIGN §6): how often a keyring rotates and the safety
+//! Rotation policies (the [manual](crate::manual)): how often a keyring rotates and the safety
 //! periods the rotation engine honours.
 
 use std::time::Duration;
@@ -75,7 +75,7 @@ pub struct Policy {
 pub const DEFAULT_USAGE_LIMIT: u64 = 1 << 30;
 
 impl Policy {
-    /// The preset of DESIGN §2 for a purpose; custom purposes get the `database` preset.
+    /// The preset for a purpose (see [`Policy`]); custom purposes get the `database` preset.
     pub fn for_purpose(purpose: &Purpose) -> Self {
         let interval = purpose.default_interval().unwrap_or(Duration::from_secs(180 * DAY));
         let grace_period = purpose.default_grace_period().unwrap_or(Duration::from_secs(90 * DAY));

@@ -1,4 +1,4 @@
-//! The `RecordSource` trait: the application's encrypted values (DESIGN §4).
+//! The `RecordSource` trait: the application's encrypted values (the [manual](crate::manual#5-implementing-a-backend)).
 
 use std::collections::BTreeMap;
 use std::fmt;

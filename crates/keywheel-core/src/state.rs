@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, KeyVersion, Result};
 
-/// Lifecycle state of a key version (DESIGN §2).
+/// Lifecycle state of a key version (the [manual](crate::manual#1-concepts)).
 ///
 /// Legal transitions: `Pending → Active → Deprecated → Retired`, plus the
 /// rollback `Deprecated → Active`. Everything else is an

@@ -1,4 +1,4 @@
-//! The `KeyStore` trait and the records it keeps (DESIGN §4).
+//! The `KeyStore` trait and the records it keeps (the [manual](crate::manual#5-implementing-a-backend)).
 
 use std::fmt;
 use std::time::Duration;

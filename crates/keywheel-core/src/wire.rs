@@ -1,4 +1,4 @@
-//! Wire format v1 (DESIGN §3): header, binary and text forms, the parser.
+//! Wire format v1 (the [manual](crate::manual#2-wire-format-v1)): header, binary and text forms, the parser.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;

@@ -1,4 +1,4 @@
-//! The model-based test of keywheel's safety invariants (DESIGN §8) on the
+//! The model-based test of keywheel's safety invariants (manual, "Lifecycle invariants") on the
 //! file backend: the file key store and audit log in a temporary directory
 //! per case (each instance opens the store directory afresh, as another
 //! process would), the application's values in memory tables.

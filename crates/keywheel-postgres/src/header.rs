@@ -1,5 +1,5 @@
 //! SQL expressions that read the key version of a stored value from its header
-//! bytes, without any key (DESIGN §3), for filtering and census in SQL.
+//! bytes, without any key ([wire format](keywheel_core::manual#2-wire-format-v1)), for filtering and census in SQL.
 //!
 //! Each expression is `NULL` for a value that the core parser
 //! ([`keywheel_core::parse`]) rejects, and the version (as `bigint`) otherwise.

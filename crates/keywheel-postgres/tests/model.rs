@@ -1,4 +1,4 @@
-//! The model-based test of keywheel's safety invariants (DESIGN §8) on
+//! The model-based test of keywheel's safety invariants (manual, "Lifecycle invariants") on
 //! Postgres: key store, audit log and two application tables as record
 //! sources, in one test database, with fresh schemas for every case.
 //!
