@@ -90,6 +90,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod conninfo;
 mod error;
 mod header;
 mod ident;
@@ -98,8 +99,10 @@ mod pool;
 mod schema;
 mod source;
 mod store;
+mod tls;
 
 pub use audit::{AuditHead, PgAuditSink};
+pub use conninfo::redact_url;
 pub use ident::{MAX_IDENTIFIER_LEN, quote_ident};
 pub use listener::{ListenerHandle, spawn_listener};
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
@@ -108,6 +111,7 @@ pub use schema::{
 };
 pub use source::{EncryptedColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
 pub use store::PgKeyStore;
+pub use tls::{ConnectError, SslMode, TlsSettings};
 
 /// The tokio-postgres this crate is built on (for `Config`, TLS and `Client`).
 pub use tokio_postgres;
