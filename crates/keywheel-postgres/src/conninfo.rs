@@ -35,7 +35,7 @@ fn parse_url(s: &str) -> Result<ConnInfo, ConnectError> {
     let mut info = ConnInfo { rest: s.to_owned(), sslmode: None, sslrootcert: None };
     let Some((base, query)) = s.split_once('?') else { return Ok(info) };
     let mut kept = Vec::new();
-    for pair in query.split('&') {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "sslmode" => info.sslmode = Some(percent_decode(value)?),

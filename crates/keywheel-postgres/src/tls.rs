@@ -231,7 +231,7 @@ impl ConnectError {
                     CertificateError::NotValidForNameContext { expected, presented } => {
                         ConnectError::HostNameMismatch {
                             host: server_name_text(expected),
-                            presented: presented.join(", "),
+                            presented: presented_names(presented),
                         }
                     }
                     CertificateError::NotValidForName => {
@@ -263,6 +263,21 @@ impl From<ConnectError> for keywheel_core::Error {
             _ => keywheel_core::Error::backend(crate::error::POOL, e.to_string(), e.is_retryable()),
         }
     }
+}
+
+/// webpki's `DnsName("db")`, `IpAddress(10.0.0.1)` as `db, 10.0.0.1`.
+fn presented_names(presented: &[String]) -> String {
+    if presented.is_empty() {
+        return "no host name".into();
+    }
+    let plain = |s: &String| {
+        s.strip_prefix("DnsName(\"")
+            .and_then(|r| r.strip_suffix("\")"))
+            .or_else(|| s.strip_prefix("IpAddress(").and_then(|r| r.strip_suffix(')')))
+            .unwrap_or(s)
+            .to_owned()
+    };
+    presented.iter().map(plain).collect::<Vec<_>>().join(", ")
 }
 
 fn server_name_text(name: &ServerName<'_>) -> String {
@@ -442,6 +457,14 @@ impl ServerCertVerifier for Unverified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_are_shown_plain() {
+        let names =
+            ["DnsName(\"db.example\")".to_owned(), "IpAddress(10.0.0.1)".to_owned(), "Unsupported(0x80)".into()];
+        assert_eq!(presented_names(&names), "db.example, 10.0.0.1, Unsupported(0x80)");
+        assert_eq!(presented_names(&[]), "no host name");
+    }
 
     #[test]
     fn modes_parse_as_libpq_spells_them() {
