@@ -190,7 +190,7 @@ impl PgPool {
     /// ```
     /// use keywheel_postgres::{ConnectError, PgPool, SslMode, TlsSettings};
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
+    /// # async fn main() -> Result<(), ConnectError> {
     /// // A verifying mode needs the CA that signed the server's certificate:
     /// let e = PgPool::from_url("postgresql://app:secret@db/app?sslmode=verify-full", &TlsSettings::new()).unwrap_err();
     /// assert_eq!(e, ConnectError::RootCertRequired { mode: SslMode::VerifyFull });
@@ -198,7 +198,7 @@ impl PgPool {
     /// // Encrypted, certificate not checked (as libpq's `require`):
     /// let pool = PgPool::from_url("postgresql://app@db/app", &TlsSettings::new().mode(SslMode::Require))?;
     /// # drop(pool);
-    /// # Ok::<(), ConnectError>(())
+    /// # Ok(())
     /// # }
     /// ```
     pub fn from_url(url: &str, tls: &TlsSettings) -> std::result::Result<Self, ConnectError> {

@@ -31,7 +31,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_postgres::config::SslMode as PgSslMode;
 
 /// libpq's `sslmode`: whether the connection is encrypted and what of the
-/// server's certificate is checked (see the [module table](self)).
+/// server's certificate is checked (see the [table](crate#tls)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SslMode {
