@@ -80,7 +80,8 @@
 //! | `verify-ca`   | yes                      | yes (root cert needed)    | no                |
 //! | `verify-full` | yes                      | yes (root cert needed)    | yes               |
 //!
-//! `prefer` is the default, as in libpq. As in libpq, a root certificate
+//! `prefer` is the default, as in libpq; connections over Unix-domain sockets
+//! are never encrypted (as in libpq). As in libpq, a root certificate
 //! given with `require` or `prefer` makes the chain checked. Unlike libpq,
 //! `prefer` falls back to plain text only when the server offers no TLS,
 //! never after a refused certificate, and there is neither a

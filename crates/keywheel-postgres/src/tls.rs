@@ -8,6 +8,8 @@
 //! | `verify-ca`   | yes                         | yes (root cert needed)     | no                |
 //! | `verify-full` | yes                         | yes (root cert needed)     | yes               |
 //!
+//! Connections over Unix-domain sockets are never encrypted (as in libpq).
+//!
 //! As in libpq, a root certificate given with `require` or `prefer` makes the
 //! chain checked too. Unlike libpq, `prefer` falls back to plain text only
 //! when the server does not offer TLS: a TLS handshake that fails (a
@@ -317,7 +319,10 @@ pub(crate) fn resolve(url: &str, settings: &TlsSettings) -> Result<Resolved, Con
         .rest
         .parse()
         .map_err(|e: tokio_postgres::Error| ConnectError::InvalidConnectionString { reason: e.to_string() })?;
+    // As in libpq, TLS is not used over Unix-domain sockets (the server would refuse it).
+    let unix_only = config.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
     config.ssl_mode(match mode {
+        _ if unix_only && !config.get_hosts().is_empty() => PgSslMode::Disable,
         SslMode::Disable => PgSslMode::Disable,
         SslMode::Prefer => PgSslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
@@ -516,5 +521,15 @@ mod tests {
         assert_eq!(r.config.get_ssl_mode(), PgSslMode::Disable);
         let r = resolve("postgresql://db/app", &TlsSettings::new()).expect("resolve");
         assert_eq!(r.config.get_ssl_mode(), PgSslMode::Prefer);
+        let r = resolve("host=db sslmode=verify-ca sslrootcert=x", &TlsSettings::new().mode(SslMode::Require));
+        assert!(matches!(r, Err(ConnectError::RootCertUnreadable { .. })), "the root cert is still read");
+    }
+
+    #[test]
+    fn unix_sockets_are_not_encrypted_as_in_libpq() {
+        let r = resolve("host=/var/run/postgresql sslmode=require", &TlsSettings::new()).expect("resolve");
+        assert_eq!(r.config.get_ssl_mode(), PgSslMode::Disable);
+        let r = resolve("host=/var/run/postgresql,db sslmode=require", &TlsSettings::new()).expect("resolve");
+        assert_eq!(r.config.get_ssl_mode(), PgSslMode::Require, "TCP hosts among them keep TLS");
     }
 }
