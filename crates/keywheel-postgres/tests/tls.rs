@@ -54,6 +54,9 @@ async fn sslmodes_against_a_tls_only_server() {
     let e = refused(&url, &with_ca).await;
     assert_eq!(e, ConnectError::HostNameMismatch { host: OTHER_HOST.into(), presented: CERT_HOST.into() });
     assert!(!e.to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"), "{e}");
+    // A DNS name the certificate does not give (connecting to the same server).
+    let e = refused(&cluster.url("db.wrong.example", "sslmode=verify-full"), &with_ca).await;
+    assert_eq!(e, ConnectError::HostNameMismatch { host: "db.wrong.example".into(), presented: CERT_HOST.into() });
     // The same refusal through a lazily connecting pool, as every backend sees it.
     let lazy = PgPool::from_url(&url, &with_ca).expect("from_url checks no server");
     let e = lazy.get().await.expect_err("wrong host");
@@ -88,4 +91,34 @@ async fn sslmodes_against_a_tls_only_server() {
     assert_eq!(e, ConnectError::UnknownSslMode { value: "verify".into() });
     let e = refused(&cluster.url(CERT_HOST, "sslmode=verify-full"), &TlsSettings::new()).await;
     assert_eq!(e, ConnectError::RootCertRequired { mode: SslMode::VerifyFull });
+}
+
+/// A server that answers every SSLRequest with `N` (no TLS), as one built
+/// without TLS support does: the modes that need TLS refuse to go on.
+#[tokio::test]
+async fn a_server_without_tls_is_refused_by_the_modes_that_need_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok() {
+                // Length 8, then the SSLRequest code 80877103.
+                assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "an SSLRequest");
+                let _ = socket.write_all(b"N").await;
+            }
+        }
+    });
+    let url = format!("postgresql://postgres:hunter2@127.0.0.1:{port}/postgres");
+    let e = refused(&url, &TlsSettings::new().mode(SslMode::Require)).await;
+    assert_eq!(e, ConnectError::ServerWithoutTls { mode: SslMode::Require });
+    // verify-full loads its root certificate (any will do) before it learns the server has no TLS.
+    let ca = std::env::temp_dir().join(format!("keywheel-unused-ca-{}.pem", std::process::id()));
+    let any = rcgen::generate_simple_self_signed(vec![CERT_HOST.to_owned()]).expect("a certificate");
+    std::fs::write(&ca, any.cert.pem()).expect("write");
+    let e = refused(&format!("{url}?sslmode=verify-full"), &TlsSettings::new().root_cert(&ca)).await;
+    let _ = std::fs::remove_file(&ca);
+    assert_eq!(e, ConnectError::ServerWithoutTls { mode: SslMode::VerifyFull });
+    assert!(e.to_string().contains("sslmode=verify-full requires it") && !e.to_string().contains("hunter2"), "{e}");
 }

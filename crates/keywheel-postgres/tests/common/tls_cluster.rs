@@ -92,9 +92,12 @@ impl TlsCluster {
         Ok(guard)
     }
 
-    /// `postgresql://postgres@HOST:PORT/postgres?QUERY`.
+    /// `postgresql://postgres@HOST:PORT/postgres?hostaddr=127.0.0.1&QUERY`:
+    /// the certificate is checked against HOST, the connection goes to
+    /// 127.0.0.1 whatever HOST resolves to (`localhost` may resolve to `::1`
+    /// too, and a failed attempt there would hide the refusal under test).
     pub fn url(&self, host: &str, query: &str) -> String {
-        format!("postgresql://postgres@{host}:{}/postgres?{query}", self.port)
+        format!("postgresql://postgres@{host}:{}/postgres?hostaddr=127.0.0.1&{query}", self.port)
     }
 }
 
