@@ -23,6 +23,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # tests fall back to a throwaway initdb cluster, or skip loudly (they fail
 # instead when KEYWHEEL_REQUIRE_POSTGRES is set, as .ci/run does).
 # ---------------------------------------------------------------------------
+# TLS SETUP: the TLS tests (keywheel-postgres and keywheel-cli `tests/tls.rs`)
+# start a throwaway cluster of their own with ssl=on and a CA they make with
+# rcgen, whatever server the other tests use: they need initdb and pg_ctl
+# (the postgresql package; run as the postgres user through runuser when root).
+has_initdb() {
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -x "$(pg_config --bindir 2>/dev/null)/initdb" ]
+}
+if ! has_initdb && [ "${CI:-}" = true ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing PostgreSQL (CI: the TLS tests need initdb)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 postgres_answers() {
     command -v psql >/dev/null 2>&1 && psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1
 }

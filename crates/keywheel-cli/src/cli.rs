@@ -42,6 +42,11 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
     pub(crate) master_key_file: Option<PathBuf>,
 
+    /// CA certificate (PEM) that Postgres servers' TLS certificates must chain to; overrides the
+    /// URLs' sslrootcert (use with ?sslmode=verify-full in the store and database URLs)
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_CA_FILE", value_name = "PATH")]
+    pub(crate) ca_file: Option<PathBuf>,
+
     /// Configuration file [default: ./keywheel.toml when it exists]
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_CONFIG", value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,

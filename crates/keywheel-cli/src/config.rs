@@ -51,6 +51,9 @@ pub(crate) struct Config {
     pub(crate) audit_log: Option<PathBuf>,
     pub(crate) master_key_file: Option<PathBuf>,
     pub(crate) database: Option<String>,
+    /// PEM file of the CA that signed the Postgres servers' certificates
+    /// (relative to this file); overrides the URLs' `sslrootcert`.
+    pub(crate) ca_file: Option<PathBuf>,
     /// Lease time-to-live of rotations, retirements and rollbacks (e.g. `"60s"`).
     pub(crate) lease_ttl: Option<String>,
     /// Emergency rotations: wait before the final census (e.g. `"65s"`).

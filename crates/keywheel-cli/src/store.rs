@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use keywheel_core::{AuditSink, KeyEncryptionKey, KeyStore, Keywheel, LocalKek, RecordSource, Rotator};
 use keywheel_file::{FileAuditSink, FileKeyStore, LogReport};
-use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, SCHEMA_VERSION};
+use keywheel_postgres::{
+    ConnectError, PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, SCHEMA_VERSION, TlsSettings, redact_url,
+};
 
 use crate::cli::GlobalArgs;
 use crate::config::{Config, is_postgres_url};
@@ -40,25 +42,14 @@ impl Location {
     }
 }
 
-/// A connection URL with its password replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (auth, host) = match rest.split_once('@') {
-        Some((auth, host)) => (auth, host),
-        None => return url.to_owned(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 /// The resolved settings of one invocation.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) config: Config,
     pub(crate) location: Location,
     pub(crate) master_key_file: Option<PathBuf>,
+    /// The CA certificate Postgres servers must chain to (`--ca-file`), over the URLs' `sslrootcert`.
+    pub(crate) ca_file: Option<PathBuf>,
     pub(crate) actor: String,
 }
 
@@ -78,10 +69,11 @@ impl Settings {
         };
         let master_key_file =
             global.master_key_file.clone().or_else(|| config.master_key_file.as_deref().map(|p| config.path(p)));
+        let ca_file = global.ca_file.clone().or_else(|| config.ca_file.as_deref().map(|p| config.path(p)));
         let actor = global.actor.clone().unwrap_or_else(|| {
             format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or("unknown".into()))
         });
-        Ok(Settings { config, location, master_key_file, actor })
+        Ok(Settings { config, location, master_key_file, ca_file, actor })
     }
 
     /// Whether a master key is configured at all.
@@ -143,10 +135,35 @@ pub(crate) struct Opened {
     pub(crate) pool: Option<PgPool>,
 }
 
-/// A Postgres pool on `url`, connection errors in one sentence.
-pub(crate) fn pool(url: &str) -> Result<PgPool, CliError> {
-    PgPool::without_tls(url).map_err(|e| {
-        CliError::usage(format!("{e}")).with_hint("a Postgres store is postgres://user[:password]@host[:port]/database")
+/// A Postgres pool on `url` (TLS as its `sslmode` says, `--ca-file` as root
+/// certificate), its first connection opened: connection errors in one sentence.
+pub(crate) async fn pool(settings: &Settings, url: &str) -> Result<PgPool, CliError> {
+    let mut tls = TlsSettings::new();
+    if let Some(ca_file) = &settings.ca_file {
+        tls = tls.root_cert(ca_file);
+    }
+    PgPool::connect(url, &tls).await.map_err(|e| {
+        let hint = match &e {
+            ConnectError::InvalidConnectionString { .. } | ConnectError::UnknownSslMode { .. } => {
+                "a Postgres URL is postgres://user[:password]@host[:port]/database[?sslmode=verify-full]"
+            }
+            ConnectError::RootCertRequired { .. } => {
+                "pass --ca-file PATH (or KEYWHEEL_CA_FILE, ca_file in keywheel.toml) with the CA of the database's \
+                 certificate, or add sslrootcert=PATH to the URL"
+            }
+            ConnectError::RootCertUnreadable { .. } | ConnectError::RootCertInvalid { .. } => {
+                "--ca-file (or sslrootcert) names a PEM file holding the CA certificate"
+            }
+            ConnectError::HostNameMismatch { .. } => {
+                "connect with a host name the certificate names (sslmode=verify-ca checks the CA only)"
+            }
+            ConnectError::CertificateRejected { .. } => {
+                "check that --ca-file (or sslrootcert) is the CA that signed the database's certificate"
+            }
+            ConnectError::ServerWithoutTls { .. } => "enable ssl on the server, or use sslmode=prefer or disable",
+            _ => "check that the database is up and the URL (user, host, database) is right",
+        };
+        CliError::error(format!("{}: {e}", redact_url(url))).with_hint(hint)
     })
 }
 
@@ -215,7 +232,7 @@ async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Resu
             (Arc::new(store), Audit::File(Arc::new(FileAuditSink::open(audit_log)?)), None)
         }
         Location::Postgres { url, schema } => {
-            let pool = pool(url)?;
+            let pool = pool(settings, url).await?;
             check_schema(&pool, schema).await?;
             let store = PgKeyStore::new(pool.clone(), schema.clone());
             let audit = PgAuditSink::new(pool.clone(), schema.clone());
@@ -243,7 +260,7 @@ pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Resul
             Ok(format!("Created the file store {} (audit log {}).", dir.display(), audit_log.display()))
         }
         Location::Postgres { url, schema } => {
-            let pool = pool(url)?;
+            let pool = pool(settings, url).await?;
             let mut options = keywheel_postgres::MigrateOptions::new();
             if let Some(role) = app_role {
                 options = options.app_role(role);
@@ -280,7 +297,7 @@ pub(crate) async fn sources(settings: &Settings, opened: &Opened) -> Result<Vec<
         })?;
         let pool = match (&opened.location, &opened.pool) {
             (Location::Postgres { url: store_url, .. }, Some(p)) if store_url == url => p.clone(),
-            _ => pool(url)?,
+            _ => pool(settings, url).await?,
         };
         let source = PgRecordSource::open(pool, spec).await.map_err(|e| {
             CliError::from(e).with_hint(format!("check the [[sources]] entry for table {} in keywheel.toml", s.table))
@@ -312,7 +329,7 @@ pub(crate) async fn open_audit(settings: &Settings) -> Result<Audit, CliError> {
             Ok(Audit::File(Arc::new(FileAuditSink::open(audit_log)?)))
         }
         Location::Postgres { url, schema } => {
-            let pool = pool(url)?;
+            let pool = pool(settings, url).await?;
             check_schema(&pool, schema).await?;
             Ok(Audit::Postgres(Arc::new(PgAuditSink::new(pool, schema.clone()))))
         }
@@ -345,7 +362,7 @@ pub(crate) async fn audit_entries(audit: &Audit) -> Result<Vec<keywheel_core::Au
 /// Whether a Postgres store's schema exists and holds keyrings (read without a master key).
 pub(crate) async fn postgres_has_keyrings(settings: &Settings) -> Result<bool, CliError> {
     let Location::Postgres { url, schema } = &settings.location else { return Ok(false) };
-    let pool = pool(url)?;
+    let pool = pool(settings, url).await?;
     if check_schema(&pool, schema).await.is_err() {
         return Ok(false);
     }

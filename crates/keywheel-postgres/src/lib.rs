@@ -17,10 +17,12 @@
 //! * [`spawn_listener`] — live refresh: every [`Keywheel`](keywheel_core::Keywheel)
 //!   instance reloads a keyring as soon as another one changes it.
 //!
-//! Connections come from a [`PgPool`] (TLS through any tokio-postgres
-//! [`MakeTlsConnect`](tokio_postgres::tls::MakeTlsConnect); a deadpool-postgres
-//! pool with the `deadpool` feature). keywheel's tables live in one schema
-//! ([`PgSchema`], default `keywheel`), created and upgraded by [`migrate`].
+//! Connections come from a [`PgPool`]: from a connection string with TLS on
+//! rustls ([`PgPool::connect`], see [TLS](#tls)), through any tokio-postgres
+//! [`MakeTlsConnect`](tokio_postgres::tls::MakeTlsConnect) ([`PgPool::new`]),
+//! or a deadpool-postgres pool with the `deadpool` feature. keywheel's tables
+//! live in one schema ([`PgSchema`], default `keywheel`), created and upgraded
+//! by [`migrate`].
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -28,10 +30,15 @@
 //! use std::sync::Arc;
 //! use keywheel_core::{Algorithm, Form, Keywheel, KeyringId, LocalKek, Purpose, RotateOptions, Rotator};
 //! use keywheel_postgres::{
-//!     KeyType, PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, TableSpec, migrate, spawn_listener,
+//!     KeyType, PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, TableSpec, TlsSettings, migrate,
+//!     spawn_listener,
 //! };
 //!
-//! let pool = PgPool::without_tls("postgresql://app@localhost/app")?;
+//! let pool = PgPool::connect(
+//!     "postgresql://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//!     &TlsSettings::new(),
+//! )
+//! .await?;
 //! let schema = PgSchema::default();
 //! migrate(&pool, &schema).await?;
 //! let kw = Keywheel::builder()
@@ -55,6 +62,46 @@
 //! let report = rotator.rotate(&acme, &rotator.keywheel().policy(&acme).await?, &RotateOptions::default()).await?;
 //! println!("{} values re-encrypted", report.counts.rewritten);
 //! # Ok(())
+//! # }
+//! ```
+//!
+//! ## TLS
+//!
+//! [`PgPool::connect`] and [`PgPool::from_url`] read libpq's `sslmode` and
+//! `sslrootcert` from the connection string (URL or `key=value` form);
+//! [`TlsSettings`] overrides them. TLS is rustls with the ring crypto
+//! provider, passed explicitly: no process-wide provider needs installing.
+//!
+//! | sslmode       | encrypted                | certificate chain checked | host name checked |
+//! |---------------|--------------------------|---------------------------|-------------------|
+//! | `disable`     | no                       | –                         | –                 |
+//! | `prefer`      | when the server offers it| only with a root cert     | no                |
+//! | `require`     | yes                      | only with a root cert     | no                |
+//! | `verify-ca`   | yes                      | yes (root cert needed)    | no                |
+//! | `verify-full` | yes                      | yes (root cert needed)    | yes               |
+//!
+//! `prefer` is the default, as in libpq; connections over Unix-domain sockets
+//! are never encrypted (as in libpq). As in libpq, a root certificate
+//! given with `require` or `prefer` makes the chain checked. Unlike libpq,
+//! `prefer` falls back to plain text only when the server offers no TLS,
+//! never after a refused certificate, and there is neither a
+//! `~/.postgresql/root.crt` default nor a system trust store: the verifying
+//! modes need the CA's PEM file. A refusal is a typed [`ConnectError`]
+//! ([`HostNameMismatch`](ConnectError::HostNameMismatch),
+//! [`CertificateRejected`](ConnectError::CertificateRejected), …) from
+//! [`PgPool::connect`], and a non-retryable
+//! [`Error::Backend`](keywheel_core::Error::Backend) with the same sentence
+//! from a pool's [`get`](PgPool::get). No error shows the connection string's
+//! password; [`redact_url`] makes one fit to log.
+//!
+//! ```
+//! use keywheel_postgres::{ConnectError, PgPool, SslMode, TlsSettings};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let e = PgPool::from_url("postgresql://app:s3cret@db/app?sslmode=verify-ca", &TlsSettings::new()).unwrap_err();
+//! assert_eq!(e, ConnectError::RootCertRequired { mode: SslMode::VerifyCa });
+//! let e = PgPool::from_url("postgresql://app:s3cret@db/app?sslmode=on", &TlsSettings::new()).unwrap_err();
+//! assert_eq!(e.to_string(), "unknown sslmode \"on\": expected disable, prefer, require, verify-ca or verify-full");
 //! # }
 //! ```
 //!
@@ -90,6 +137,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod conninfo;
 mod error;
 mod header;
 mod ident;
@@ -98,8 +146,10 @@ mod pool;
 mod schema;
 mod source;
 mod store;
+mod tls;
 
 pub use audit::{AuditHead, PgAuditSink};
+pub use conninfo::redact_url;
 pub use ident::{MAX_IDENTIFIER_LEN, quote_ident};
 pub use listener::{ListenerHandle, spawn_listener};
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
@@ -108,6 +158,7 @@ pub use schema::{
 };
 pub use source::{EncryptedColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
 pub use store::PgKeyStore;
+pub use tls::{ConnectError, SslMode, TlsSettings};
 
 /// The tokio-postgres this crate is built on (for `Config`, TLS and `Client`).
 pub use tokio_postgres;

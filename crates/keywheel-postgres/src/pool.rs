@@ -11,9 +11,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification, Socket};
 
-use crate::error::{POOL, pg};
+use crate::error::POOL;
+use crate::tls::{ConnectError, SslMode, TlsSettings};
 
-type ConnectFn = dyn Fn() -> BoxFuture<'static, Result<Client>> + Send + Sync;
+type ConnectFn = dyn Fn() -> BoxFuture<'static, std::result::Result<Client, ConnectError>> + Send + Sync;
 type ListenFn = dyn Fn() -> BoxFuture<'static, Result<(Client, mpsc::UnboundedReceiver<Notification>)>> + Send + Sync;
 
 /// The default number of connections of a pool made by [`PgPool::new`].
@@ -42,6 +43,9 @@ struct Inner {
 /// [`PgAuditSink`](crate::PgAuditSink) and [`PgRecordSource`](crate::PgRecordSource).
 /// Cheap to clone (an `Arc`).
 ///
+/// * [`PgPool::connect`] and [`PgPool::from_url`] take a connection string
+///   with libpq's `sslmode` and `sslrootcert` and connect over rustls.
+/// * [`PgPool::without_tls`] takes a connection string and never encrypts.
 /// * [`PgPool::new`] keeps up to `max_size` tokio-postgres connections, opened
 ///   on demand with your `tokio_postgres::Config` and TLS connector (any
 ///   [`MakeTlsConnect`], e.g. `postgres-native-tls` or `tokio-postgres-rustls`;
@@ -75,7 +79,7 @@ impl fmt::Debug for PgPool {
     }
 }
 
-fn connect_fn<T>(config: Config, tls: T) -> Box<ConnectFn>
+fn connect_fn<T>(config: Config, tls: T, mode: Option<SslMode>) -> Box<ConnectFn>
 where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
     T::Stream: Send + 'static,
@@ -85,7 +89,8 @@ where
     Box::new(move || {
         let (config, tls) = (config.clone(), tls.clone());
         Box::pin(async move {
-            let (client, connection) = config.connect(tls).await.map_err(|e| pg(POOL, "connect", &e))?;
+            let (client, connection) =
+                config.connect(tls).await.map_err(|e| ConnectError::from_connect(&e, &config, mode))?;
             tokio::spawn(async move {
                 // The connection ends when its client is dropped or the server goes away;
                 // the pool notices through `Client::is_closed`.
@@ -96,7 +101,7 @@ where
     })
 }
 
-fn listen_fn<T>(config: Config, tls: T) -> Box<ListenFn>
+fn listen_fn<T>(config: Config, tls: T, mode: Option<SslMode>) -> Box<ListenFn>
 where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
     T::Stream: Send + 'static,
@@ -106,7 +111,8 @@ where
     Box::new(move || {
         let (config, tls) = (config.clone(), tls.clone());
         Box::pin(async move {
-            let (client, mut connection) = config.connect(tls).await.map_err(|e| pg(POOL, "connect", &e))?;
+            let (client, mut connection) =
+                config.connect(tls).await.map_err(|e| ConnectError::from_connect(&e, &config, mode))?;
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(async move {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -138,23 +144,91 @@ impl PgPool {
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
+        Self::with_mode(config, tls, max_size, None)
+    }
+
+    fn with_mode<T>(config: Config, tls: T, max_size: usize, mode: Option<SslMode>) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
         let max_size = max_size.max(1);
         let simple = SimplePool {
-            connect: connect_fn(config.clone(), tls.clone()),
+            connect: connect_fn(config.clone(), tls.clone(), mode),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max_size)),
             max_size,
         };
-        PgPool { inner: Arc::new(Inner { kind: Kind::Simple(Arc::new(simple)), listen: Some(listen_fn(config, tls)) }) }
+        let listen = Some(listen_fn(config, tls, mode));
+        PgPool { inner: Arc::new(Inner { kind: Kind::Simple(Arc::new(simple)), listen }) }
     }
 
     /// A pool of [`DEFAULT_POOL_SIZE`] connections without TLS, from a
     /// connection string (`postgresql://user@host/db` or `host=… user=…`).
+    /// For servers on the same host or a trusted network; see
+    /// [`PgPool::connect`] for TLS.
     pub fn without_tls(url: &str) -> Result<Self> {
         let config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
             Error::InvalidArgument(format!("invalid Postgres connection string: {e}"))
         })?;
         Ok(Self::new(config, NoTls, DEFAULT_POOL_SIZE))
+    }
+
+    /// A pool of [`DEFAULT_POOL_SIZE`] connections from a connection string
+    /// (`postgresql://user[:password]@host[:port]/db?sslmode=…&sslrootcert=…`
+    /// or `host=… sslmode=…`), TLS on rustls as libpq's `sslmode` says
+    /// (default `prefer`; the modes are explained in the [`SslMode`] docs and
+    /// the [crate docs](crate#tls)). `tls` overrides the string's `sslmode`
+    /// and `sslrootcert`.
+    ///
+    /// The connection string and root certificate are checked now; the first
+    /// connection is opened on first use (see [`PgPool::connect`] to open it
+    /// now). Errors never show the password.
+    ///
+    /// ```
+    /// use keywheel_postgres::{ConnectError, PgPool, SslMode, TlsSettings};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ConnectError> {
+    /// // A verifying mode needs the CA that signed the server's certificate:
+    /// let e = PgPool::from_url("postgresql://app:secret@db/app?sslmode=verify-full", &TlsSettings::new()).unwrap_err();
+    /// assert_eq!(e, ConnectError::RootCertRequired { mode: SslMode::VerifyFull });
+    /// assert!(!e.to_string().contains("secret"));
+    /// // Encrypted, certificate not checked (as libpq's `require`):
+    /// let pool = PgPool::from_url("postgresql://app@db/app", &TlsSettings::new().mode(SslMode::Require))?;
+    /// # drop(pool);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_url(url: &str, tls: &TlsSettings) -> std::result::Result<Self, ConnectError> {
+        let resolved = crate::tls::resolve(url, tls)?;
+        Ok(Self::with_mode(resolved.config, resolved.tls, DEFAULT_POOL_SIZE, Some(resolved.mode)))
+    }
+
+    /// [`PgPool::from_url`], then one connection opened (and kept in the
+    /// pool) so that an unreachable server, a refused certificate or a host
+    /// name the certificate does not name is reported now, typed.
+    ///
+    /// ```no_run
+    /// use keywheel_postgres::{ConnectError, PgPool, TlsSettings};
+    /// # async fn demo() -> Result<(), ConnectError> {
+    /// let pool = PgPool::connect(
+    ///     "postgresql://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+    ///     &TlsSettings::new(),
+    /// )
+    /// .await?;
+    /// # drop(pool); Ok(()) }
+    /// ```
+    // Without the `deadpool` feature every pool is a simple one.
+    #[cfg_attr(not(feature = "deadpool"), allow(irrefutable_let_patterns))]
+    pub async fn connect(url: &str, tls: &TlsSettings) -> std::result::Result<Self, ConnectError> {
+        let pool = Self::from_url(url, tls)?;
+        if let Kind::Simple(simple) = &pool.inner.kind {
+            let client = (simple.connect)().await?;
+            simple.idle.lock().unwrap_or_else(PoisonError::into_inner).push(client);
+        }
+        Ok(pool)
     }
 
     /// A pool over an existing deadpool-postgres pool. `config` and `tls` are
@@ -169,7 +243,7 @@ impl PgPool {
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        PgPool { inner: Arc::new(Inner { kind: Kind::Deadpool(pool), listen: Some(listen_fn(config, tls)) }) }
+        PgPool { inner: Arc::new(Inner { kind: Kind::Deadpool(pool), listen: Some(listen_fn(config, tls, None)) }) }
     }
 
     /// A connection from the pool (waits while all are in use). It goes back
@@ -188,7 +262,7 @@ impl PgPool {
                 };
                 let client = match idle {
                     Some(client) => client,
-                    None => (pool.connect)().await?,
+                    None => (pool.connect)().await.map_err(Error::from)?,
                 };
                 Ok(PgClient {
                     inner: ClientInner::Simple { client: Some(client), pool: Arc::clone(pool), _permit: permit },

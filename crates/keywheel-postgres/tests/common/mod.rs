@@ -99,11 +99,15 @@ async fn reachable(conn: &str) -> Result<(), String> {
     r
 }
 
-fn is_root() -> bool {
+pub mod tls_cluster;
+
+/// Whether this process runs as root (the server must then run as `postgres`).
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn as_postgres(program: &Path, root: bool) -> Command {
+/// `program` run as the `postgres` OS user when `root`, as this user otherwise.
+pub fn as_postgres(program: &Path, root: bool) -> Command {
     if root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -113,19 +117,28 @@ fn as_postgres(program: &Path, root: bool) -> Command {
     }
 }
 
-fn postgres_bin() -> Option<PathBuf> {
+/// The directory of `initdb` and `pg_ctl`: the newest under
+/// /usr/lib/postgresql/*/bin, else `pg_config --bindir`.
+pub fn postgres_bin() -> Option<PathBuf> {
+    let has_tools = |p: &Path| p.join("initdb").exists() && p.join("pg_ctl").exists();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+        .filter(|p| has_tools(p))
         .collect();
     dirs.sort_by_key(|p| {
         p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
-    dirs.pop()
+    dirs.pop().or_else(|| {
+        let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        has_tools(&dir).then_some(dir)
+    })
 }
 
-fn free_port() -> Option<u16> {
+/// A free TCP port on 127.0.0.1 (free when asked).
+pub fn free_port() -> Option<u16> {
     for _ in 0..50 {
         let port = 20_000 + (random_u64() % 20_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -135,61 +148,132 @@ fn free_port() -> Option<u16> {
     None
 }
 
+/// A throwaway cluster's directory (owned by the server's OS user): its data
+/// directory, log and socket. Not started yet.
+#[derive(Debug)]
+pub struct ClusterDir {
+    pub bin: PathBuf,
+    pub root: bool,
+    pub dir: PathBuf,
+    pub data: PathBuf,
+}
+
+impl ClusterDir {
+    /// `initdb` a new cluster (trust authentication, superuser `postgres`) in a new temporary directory.
+    pub fn init() -> Result<ClusterDir, String> {
+        let bin =
+            postgres_bin().ok_or("initdb/pg_ctl not found under /usr/lib/postgresql/*/bin nor pg_config --bindir")?;
+        let root = is_root();
+        let dir = std::env::temp_dir().join(format!("keywheel-pg-{}-{:x}", std::process::id(), random_u64()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        if root {
+            let ok = Command::new("chown").arg("postgres").arg(&dir).status().is_ok_and(|s| s.success());
+            if !ok {
+                return Err("cannot chown the cluster directory to postgres (no postgres user?)".into());
+            }
+        }
+        let data = dir.join("data");
+        let out = as_postgres(&bin.join("initdb"), root)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(ClusterDir { bin, root, dir, data })
+    }
+
+    /// Make `path` owned by the server's OS user (a key file it must read).
+    pub fn give_to_server(&self, path: &Path) -> Result<(), String> {
+        if self.root {
+            let ok = Command::new("chown").arg("postgres").arg(path).status().is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("cannot chown {} to postgres", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the server on 127.0.0.1:`port` with `settings` (`-c name=value …`), waiting until it is up.
+    pub fn start(&self, port: u16, settings: &str) -> Result<(), String> {
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 {settings}",
+            self.dir.display()
+        );
+        let out = as_postgres(&self.bin.join("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-o", &opts, "-w", "-l"])
+            .arg(self.dir.join("log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl: {e}"))?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            return Err(format!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(())
+    }
+
+    /// A process that stops the server and removes the directory once this
+    /// test process is gone (however it ends).
+    pub fn watchdog(&self) -> Result<(), String> {
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do sleep 1; done; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data.display(),
+            dir = self.dir.display(),
+        );
+        as_postgres(Path::new("/bin/sh"), self.root)
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("watchdog: {e}"))?;
+        Ok(())
+    }
+
+    /// Stop the server now and remove the directory.
+    pub fn stop_and_remove(&self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Start a throwaway cluster; its watchdog stops it when this process exits.
 fn start_cluster() -> Result<String, String> {
-    let bin = postgres_bin().ok_or("initdb/pg_ctl not found under /usr/lib/postgresql/*/bin")?;
-    let root = is_root();
-    let dir = std::env::temp_dir().join(format!("keywheel-pg-{}-{:x}", std::process::id(), random_u64()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    if root {
-        let ok = Command::new("chown").arg("postgres").arg(&dir).status().is_ok_and(|s| s.success());
-        if !ok {
-            return Err("cannot chown the cluster directory to postgres (no postgres user?)".into());
-        }
-    }
-    let data = dir.join("data");
-    let out = as_postgres(&bin.join("initdb"), root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        .stdout(Stdio::null())
-        .output()
-        .map_err(|e| format!("initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
+    let cluster = ClusterDir::init()?;
     let port = free_port().ok_or("no free port")?;
-    let opts =
-        format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
-    let out = as_postgres(&bin.join("pg_ctl"), root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &opts, "-w", "-l"])
-        .arg(dir.join("log"))
-        .arg("start")
-        .stdout(Stdio::null())
-        .output()
-        .map_err(|e| format!("pg_ctl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let script = format!(
-        "while [ -d /proc/{pid} ]; do sleep 1; done; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
-        pid = std::process::id(),
-        pg_ctl = bin.join("pg_ctl").display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    let sh = PathBuf::from("/bin/sh");
-    as_postgres(&sh, root)
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("watchdog: {e}"))?;
-    eprintln!("keywheel-postgres tests: started a throwaway cluster on port {port} in {}", dir.display());
+    cluster.start(port, "")?;
+    cluster.watchdog()?;
+    eprintln!("keywheel-postgres tests: started a throwaway cluster on port {port} in {}", cluster.dir.display());
     Ok(format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"))
+}
+
+/// Fail (when `KEYWHEEL_REQUIRE_POSTGRES` is set) or skip loudly: the test
+/// cannot have the server it needs, for reason `why`.
+pub fn no_server(why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    if std::env::var_os("KEYWHEEL_REQUIRE_POSTGRES").is_some() {
+        panic!("KEYWHEEL_REQUIRE_POSTGRES is set but no PostgreSQL server is available: {why}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED {test}: no PostgreSQL server available ({why}).\n\
+         !!!!! Set KEYWHEEL_TEST_DATABASE_URL, run a server on 127.0.0.1:5432, or install initdb.\n\
+         !!!!! Set KEYWHEEL_REQUIRE_POSTGRES=1 to make this a failure.\n"
+    );
 }
 
 /// The admin connection string of the server the tests use, or why there is none.
@@ -257,15 +341,7 @@ impl TestDb {
         let admin = match server() {
             Ok(c) => c.clone(),
             Err(why) => {
-                let test = std::thread::current().name().unwrap_or("?").to_owned();
-                if std::env::var_os("KEYWHEEL_REQUIRE_POSTGRES").is_some() {
-                    panic!("KEYWHEEL_REQUIRE_POSTGRES is set but no PostgreSQL server is available: {why}");
-                }
-                eprintln!(
-                    "\n!!!!! SKIPPED {test}: no PostgreSQL server available ({why}).\n\
-                     !!!!! Set KEYWHEEL_TEST_DATABASE_URL, run a server on 127.0.0.1:5432, or install initdb.\n\
-                     !!!!! Set KEYWHEEL_REQUIRE_POSTGRES=1 to make this a failure.\n"
-                );
+                no_server(why);
                 return None;
             }
         };
