@@ -23,9 +23,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are successes; everything else is a usage error.
-            let code = if e.use_stderr() { USAGE } else { OK };
             let _ = e.print();
-            return ExitCode::from(code);
+            if !e.use_stderr() {
+                return ExitCode::from(OK);
+            }
+            // The command line did not parse, so `--json` is looked for as
+            // it was typed (before a lone `--`, after which words are values).
+            if std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json") {
+                output::write_stdout(format_args!("{}\n", usage_error(&e).to_json()));
+            }
+            return ExitCode::from(USAGE);
         }
     };
     let json = cli.global.json;
@@ -47,7 +54,18 @@ fn fail(e: &CliError, json: bool) -> ExitCode {
         eprintln!("  hint: {hint}");
     }
     if json {
-        println!("{}", e.to_json());
+        output::write_stdout(format_args!("{}\n", e.to_json()));
     }
     ExitCode::from(if e.code == OK { ERROR } else { e.code })
+}
+
+/// A clap error as a [`CliError`]: its first line as the message, the rest
+/// (usage line, suggestions) as the hint.
+fn usage_error(e: &clap::Error) -> CliError {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let message = lines.next().unwrap_or("bad command line").trim_start_matches("error: ").to_owned();
+    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("For more information")).collect();
+    let error = CliError::usage(message);
+    if rest.is_empty() { error } else { error.with_hint(rest.join(" ")) }
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{ResumeArgs, RetireArgs, RollbackArgs, RotateArgs};
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
-use crate::output::{Reporter, count, human_duration, print_json};
+use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
 use super::{cancel_on_signal, parse_keyring, rotate_options, warn_policy_drift};
@@ -15,17 +15,17 @@ pub(super) fn print_rotation(report: &RotationReport) {
     let to = report.to.map_or("-".into(), |v| v.to_string());
     let c = &report.counts;
     if report.dry_run {
-        println!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
+        outln!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
     } else {
         let phase = serde_json::to_value(report.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
-        println!(
+        outln!(
             "Rotation of {} {from} → {to}: {} (job {}).",
             report.keyring,
             phase.unwrap_or_else(|| format!("{:?}", report.phase)),
             report.job_id.as_deref().unwrap_or("-")
         );
     }
-    println!(
+    outln!(
         "  processed {}, {} {}, skipped {} (changed by the application meanwhile), failed {}, in {}",
         count(c.processed),
         if report.dry_run { "would rewrite" } else { "rewritten" },
@@ -35,14 +35,14 @@ pub(super) fn print_rotation(report: &RotationReport) {
         human_duration(report.duration)
     );
     if report.remaining > 0 {
-        println!("  {} values are still on older versions.", count(report.remaining));
+        outln!("  {} values are still on older versions.", count(report.remaining));
     }
     for f in report.failures.iter().take(20) {
         let version = f.version.map_or("?".into(), |v| v.to_string());
-        println!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
+        outln!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
     }
     if report.failures.len() > 20 {
-        println!("  … and {} more failures (see --json)", report.failures.len() - 20);
+        outln!("  … and {} more failures (see --json)", report.failures.len() - 20);
     }
 }
 
@@ -59,11 +59,11 @@ pub(super) fn rotation_code(report: &RotationReport) -> u8 {
 
 pub(super) fn finish_rotation(report: &RotationReport, json: bool) -> Result<u8, CliError> {
     if json {
-        print_json(report)?;
+        print_json(&RotationJson::from(report))?;
     } else {
         print_rotation(report);
         if report.phase == JobPhase::Cancelled {
-            println!("Interrupted at a checkpoint; continue with `keywheel resume {}`.", report.keyring);
+            outln!("Interrupted at a checkpoint; continue with `keywheel resume {}`.", report.keyring);
         }
     }
     Ok(rotation_code(report))
@@ -123,7 +123,7 @@ pub(super) async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -
             if json {
                 print_json(&json!({ "keyring": id, "resumed": null }))?;
             } else {
-                println!("No unfinished rotation of {id}: nothing to resume.");
+                outln!("No unfinished rotation of {id}: nothing to resume.");
             }
             Ok(OK)
         }
@@ -143,9 +143,9 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
     flush_usage(&opened).await;
     let report = result?;
     if json {
-        print_json(&report)?;
+        print_json(&RollbackJson::from(&report))?;
     } else {
-        println!("Rolled back {id}: {} is active again, {} is deprecated (still readable).", report.to, report.from);
+        outln!("Rolled back {id}: {} is active again, {} is deprecated (still readable).", report.to, report.from);
         if let Some(r) = &report.reencrypt {
             print_rotation(r);
         }
@@ -167,7 +167,7 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
         if json {
             print_json(&json!({ "keyring": id, "retired": [] }))?;
         } else {
-            println!("{id} has no deprecated version to retire.");
+            outln!("{id} has no deprecated version to retire.");
         }
         return Ok(OK);
     }
@@ -178,7 +178,7 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
         match rotator.retire(&id, v, &policy, force).await {
             Ok(_) => {
                 if !json {
-                    println!(
+                    outln!(
                         "Retired {id} {v}: its key material is destroyed{}.",
                         if force.is_some() { " (forced, audited with the reason)" } else { "" }
                     );

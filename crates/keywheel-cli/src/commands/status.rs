@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{KeyringFilter, StatusArgs};
 use crate::error::{CliError, OK, PROBLEMS};
-use crate::output::{Table, count, human_duration, print_json};
+use crate::output::{StatusJson, Table, count, human_duration, out, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
 use super::{parse_keyring, version_list};
@@ -69,9 +69,9 @@ pub(super) fn print_status(report: &StatusReport) {
         ]);
     }
     if table.is_empty() {
-        println!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
+        outln!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
     } else {
-        print!("{table}");
+        out!("{table}");
     }
 }
 
@@ -83,7 +83,7 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
     let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
     let report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
     if json {
-        print_json(&report)?;
+        print_json(&StatusJson::new(&report, |_| true))?;
     } else {
         print_status(&report);
     }
@@ -129,12 +129,12 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
         print_json(&json!({ "counts": rows, "unparseable": census.unparseable }))?;
     } else {
         if table.is_empty() {
-            println!("No encrypted values found.");
+            outln!("No encrypted values found.");
         } else {
-            print!("{table}");
+            out!("{table}");
         }
         if census.unparseable > 0 {
-            println!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
+            outln!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
         }
     }
     Ok(if census.unparseable > 0 { PROBLEMS } else { OK })
@@ -171,9 +171,9 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
                 if r.ok { "ok".into() } else { "VALUES LEFT BEHIND".into() },
             ]);
         }
-        print!("{table}");
+        out!("{table}");
         if !ok {
-            println!("Some values are not on the active version: finish with `keywheel resume` or `keywheel rotate`.");
+            outln!("Some values are not on the active version: finish with `keywheel resume` or `keywheel rotate`.");
         }
     }
     Ok(if ok { OK } else { PROBLEMS })
