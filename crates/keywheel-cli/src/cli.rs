@@ -170,6 +170,11 @@ pub(crate) struct StatusArgs {
     /// Also count values per version in the record sources (a census)
     #[arg(long)]
     pub(crate) census: bool,
+    /// Only the keyrings keywheel.toml names — its exact entries and, for every
+    /// `*/PURPOSE` pattern, each tenant's keyring of that purpose (in the store or
+    /// found in a source's tenant_column) — and those of them not created yet
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 /// An optional keyring filter.
@@ -183,7 +188,13 @@ pub(crate) struct KeyringFilter {
 #[derive(Debug, Args)]
 pub(crate) struct RotateArgs {
     /// Keyring id, `tenant/purpose`
-    pub(crate) keyring: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub(crate) keyring: Option<String>,
+    /// Rotate every keyring keywheel.toml names (exact entries and `*/PURPOSE`
+    /// patterns, tenants found through the sources' tenant_column), one after
+    /// another; a failure does not stop the others, the exit code is the worst
+    #[arg(long, conflicts_with = "emergency")]
+    pub(crate) all: bool,
     /// Read, decrypt and re-encrypt in memory only: write nothing, change no state
     #[arg(long, conflicts_with = "emergency")]
     pub(crate) dry_run: bool,

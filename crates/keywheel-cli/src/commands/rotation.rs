@@ -1,13 +1,14 @@
 //! `rotate`, `resume`, `rollback`, `retire`: the rotation runbook.
 
-use keywheel_core::{JobPhase, KeyState, KeyVersion, RotationReport};
+use keywheel_core::{CancelToken, JobPhase, KeyState, KeyVersion, KeyringId, RotationReport, Rotator};
 use serde_json::json;
 
 use crate::cli::{ResumeArgs, RetireArgs, RollbackArgs, RotateArgs};
-use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
+use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS, worst};
 use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::matched::matched_keyrings;
 use super::{cancel_on_signal, parse_keyring, rotate_options, warn_policy_drift};
 
 pub(super) fn print_rotation(report: &RotationReport) {
@@ -87,25 +88,107 @@ pub(super) async fn flush_usage(opened: &Opened) {
 }
 
 pub(super) async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8, CliError> {
-    let id = parse_keyring(&args.keyring)?;
+    let id = args.keyring.as_deref().map(parse_keyring).transpose()?;
     let opened = store::open(settings).await?;
     let rotator = store::rotator(settings, &opened).await?;
     warn_without_sources(settings);
-    warn_policy_drift(settings, &opened, &id).await?;
-    let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
-    let reporter = Reporter::new(label);
-    let opts = rotate_options(settings, &args.run, &reporter, cancel_on_signal())?;
-    let result = if args.dry_run {
-        rotator.dry_run(&id, &opts).await
-    } else if args.emergency {
-        rotator.emergency(&id, args.reason.as_deref().unwrap_or_default(), &opts).await
-    } else {
-        let policy = opened.kw.policy(&id).await?;
-        rotator.rotate(&id, &policy, &opts).await
+    let cancel = cancel_on_signal();
+    let Some(id) = id else {
+        return rotate_all(settings, &opened, &rotator, args, &cancel, json).await;
     };
-    reporter.finish();
+    let result = rotate_one(settings, &opened, &rotator, &id, args, &cancel).await;
     flush_usage(&opened).await;
     finish_rotation(&result?, json)
+}
+
+/// One rotation (or dry run, or emergency) of `id`, with a progress reporter.
+async fn rotate_one(
+    settings: &Settings,
+    opened: &Opened,
+    rotator: &Rotator,
+    id: &KeyringId,
+    args: &RotateArgs,
+    cancel: &CancelToken,
+) -> Result<RotationReport, CliError> {
+    warn_policy_drift(settings, opened, id).await?;
+    let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
+    let reporter = Reporter::new(label);
+    let opts = rotate_options(settings, &args.run, &reporter, cancel.clone())?;
+    let result = if args.dry_run {
+        rotator.dry_run(id, &opts).await
+    } else if args.emergency {
+        rotator.emergency(id, args.reason.as_deref().unwrap_or_default(), &opts).await
+    } else {
+        let policy = opened.kw.policy(id).await?;
+        rotator.rotate(id, &policy, &opts).await
+    };
+    reporter.finish();
+    Ok(result?)
+}
+
+/// `rotate --all`: every keyring keywheel.toml names, one after another. A
+/// failure is reported and the next keyring rotated; the exit code is the
+/// worst one. An interruption stops after the keyring it interrupted.
+async fn rotate_all(
+    settings: &Settings,
+    opened: &Opened,
+    rotator: &Rotator,
+    args: &RotateArgs,
+    cancel: &CancelToken,
+    json: bool,
+) -> Result<u8, CliError> {
+    let matched = matched_keyrings(settings, opened).await?;
+    if matched.is_empty() {
+        return Err(CliError::usage("keywheel.toml names no keyring, so `rotate --all` has nothing to rotate")
+            .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
+    }
+    let mut code = OK;
+    let mut results = Vec::new();
+    let mut not_started = Vec::new();
+    for m in &matched {
+        if cancel.is_cancelled() {
+            not_started.push(&m.id);
+            continue;
+        }
+        let outcome = if m.exists {
+            rotate_one(settings, opened, rotator, &m.id, args, cancel).await
+        } else {
+            Err(CliError::error(format!("keyring {} does not exist yet", m.id))
+                .with_hint("create the keyrings keywheel.toml names with `keywheel keyring apply`"))
+        };
+        let this = match &outcome {
+            Ok(report) => rotation_code(report),
+            Err(e) => e.code,
+        };
+        code = worst(code, this);
+        match outcome {
+            Ok(report) => {
+                if !json {
+                    print_rotation(&report);
+                }
+                results.push(json!({ "keyring": m.id, "exit_code": this, "report": RotationJson::from(&report) }));
+            }
+            Err(e) => {
+                eprintln!("keywheel: {}: error: {}", m.id, e.message);
+                if let Some(hint) = &e.hint {
+                    eprintln!("  hint: {hint}");
+                }
+                results.push(json!({ "keyring": m.id, "exit_code": this, "error": e.to_json()["error"] }));
+            }
+        }
+    }
+    flush_usage(opened).await;
+    if json {
+        print_json(&json!({ "exit_code": code, "keyrings": results, "not_started": not_started }))?;
+    } else {
+        let failed = results.iter().filter(|r| r["exit_code"] != OK).count();
+        outln!("Rotated {} of {} keyrings; {failed} did not complete.", results.len() - failed, matched.len());
+        if !not_started.is_empty() {
+            let ids: Vec<String> = not_started.iter().map(ToString::to_string).collect();
+            outln!("Interrupted: not started: {}.", ids.join(", "));
+        }
+    }
+    Ok(code)
 }
 
 pub(super) async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -> Result<u8, CliError> {

@@ -8,6 +8,7 @@ use crate::error::{CliError, OK, PROBLEMS};
 use crate::output::{StatusJson, Table, count, human_duration, out, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::matched::matched_keyrings;
 use super::{parse_keyring, version_list};
 
 pub(super) fn warning_text(w: &Warning) -> String {
@@ -81,11 +82,23 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
         require_sources(settings, "count values")?;
     }
     let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
-    let report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
+    let mut report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
+    // `--all`: the keyrings keywheel.toml names, and which of them are missing.
+    let not_created = if args.all {
+        let matched = matched_keyrings(settings, &opened).await?;
+        report.keyrings.retain(|k| matched.iter().any(|m| m.id == k.keyring));
+        Some(matched.into_iter().filter(|m| !m.exists).map(|m| m.id).collect::<Vec<_>>())
+    } else {
+        None
+    };
     if json {
-        print_json(&StatusJson::new(&report, |_| true))?;
+        print_json(&StatusJson::new(&report, not_created.as_deref()))?;
     } else {
         print_status(&report);
+        if let Some(ids) = not_created.filter(|ids| !ids.is_empty()) {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            outln!("Not created yet (run `keywheel keyring apply`): {}", ids.join(", "));
+        }
     }
     Ok(OK)
 }

@@ -140,17 +140,21 @@ pub(crate) struct StatusJson<'a> {
     scheduler_paused: bool,
     keyrings: Vec<KeyringStatusJson<'a>>,
     totals: &'a SchedulerTotals,
+    /// `status --all`: keyrings keywheel.toml names that the store does not hold yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_created: Option<&'a [KeyringId]>,
 }
 
 impl<'a> StatusJson<'a> {
-    /// Only the keyrings `keep` accepts.
-    pub(crate) fn new(r: &'a StatusReport, keep: impl Fn(&KeyringId) -> bool) -> Self {
+    /// The report, and with `status --all` the named keyrings not created yet.
+    pub(crate) fn new(r: &'a StatusReport, not_created: Option<&'a [KeyringId]>) -> Self {
         let StatusReport { generated_at, scheduler_paused, keyrings, totals } = r;
         StatusJson {
             generated_at: Time(*generated_at),
             scheduler_paused: *scheduler_paused,
-            keyrings: keyrings.iter().filter(|k| keep(&k.keyring)).map(KeyringStatusJson::from).collect(),
+            keyrings: keyrings.iter().map(KeyringStatusJson::from).collect(),
             totals,
+            not_created,
         }
     }
 }
