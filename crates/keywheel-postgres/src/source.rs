@@ -376,7 +376,7 @@ impl PgRecordSource {
     /// The keyrings this table's values belong to: the fixed keyring, or one
     /// per distinct value of the tenant column (`SELECT DISTINCT`; NULL
     /// tenants are skipped), sorted. A tenant that is not a valid keyring
-    /// tenant is an [`Error::InvalidArgument`] naming it.
+    /// tenant is a (permanent) [`Error::Backend`] naming it, as when a scan meets it.
     pub async fn keyrings(&self) -> Result<Vec<KeyringId>> {
         let purpose = match &self.spec.keyring {
             Some(KeyringFrom::Fixed(k)) => return Ok(vec![k.clone()]),
