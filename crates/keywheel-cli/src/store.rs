@@ -278,7 +278,7 @@ pub(crate) async fn pg_sources(settings: &Settings, opened: &Opened) -> Result<V
     for s in &settings.config.sources {
         let spec = s.spec.clone();
         let url = settings.source_database(s.database.as_deref()).ok_or_else(|| {
-            CliError::usage(format!("keywheel.toml: source {} names no database", s.table))
+            CliError::error(format!("keywheel.toml: source {} names no database", s.table))
                 .with_hint("set database = \"postgres://…\" at the top of keywheel.toml or in the source")
         })?;
         let pool = match (&opened.location, &opened.pool) {

@@ -64,6 +64,11 @@ fn exit_1_store_master_key_and_configuration_errors() {
     let out = cli.json_code(&["status"], 1);
     let message = json_error(&out, 1)["message"].as_str().unwrap().to_owned();
     assert!(message.contains("keywheel.toml:2:") && message.contains("unknown preset"), "{message}");
+    // A file that lacks what the command needs is a configuration error too.
+    cli.write_config("store = \"keywheel\"\n");
+    cli.run(&["census"]).assert_code(1).assert_stderr_contains("no record sources are configured");
+    cli.run(&["keyring", "apply"]).assert_code(1).assert_stderr_contains("lists no keyrings");
+    cli.run(&["rotate", "--all"]).assert_code(1).assert_stderr_contains("names no keyring");
 }
 
 #[test]

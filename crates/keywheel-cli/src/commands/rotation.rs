@@ -139,7 +139,7 @@ async fn rotate_all(
 ) -> Result<u8, CliError> {
     let matched = matched_keyrings(settings, opened).await?;
     if matched.is_empty() {
-        return Err(CliError::usage("keywheel.toml names no keyring, so `rotate --all` has nothing to rotate")
+        return Err(CliError::error("keywheel.toml names no keyring, so `rotate --all` has nothing to rotate")
             .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
     }
     let mut code = OK;

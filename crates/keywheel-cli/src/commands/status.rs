@@ -106,7 +106,7 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
 /// Commands that read records need the `[[sources]]` of keywheel.toml.
 pub(super) fn require_sources(settings: &Settings, what: &str) -> Result<(), CliError> {
     if settings.config.sources.is_empty() {
-        return Err(CliError::usage(format!("no record sources are configured, so keywheel cannot {what}")).with_hint(
+        return Err(CliError::error(format!("no record sources are configured, so keywheel cannot {what}")).with_hint(
             "list the tables holding encrypted values as [[sources]] in keywheel.toml (see the README's operator section)",
         ));
     }
