@@ -59,13 +59,16 @@ fn fail(e: &CliError, json: bool) -> ExitCode {
     ExitCode::from(if e.code == OK { ERROR } else { e.code })
 }
 
-/// A clap error as a [`CliError`]: its first line as the message, the rest
-/// (usage line, suggestions) as the hint.
+/// A clap error as a [`CliError`]: its first paragraph as the message, the
+/// others (suggestions, the usage line) as the hint.
 fn usage_error(e: &clap::Error) -> CliError {
     let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let message = lines.next().unwrap_or("bad command line").trim_start_matches("error: ").to_owned();
-    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("For more information")).collect();
-    let error = CliError::usage(message);
-    if rest.is_empty() { error } else { error.with_hint(rest.join(" ")) }
+    let mut paragraphs = text
+        .split("\n\n")
+        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty() && !p.starts_with("For more information"));
+    let message = paragraphs.next().unwrap_or_else(|| "bad command line".into());
+    let error = CliError::usage(message.strip_prefix("error: ").unwrap_or(&message));
+    let hint: Vec<String> = paragraphs.collect();
+    if hint.is_empty() { error } else { error.with_hint(hint.join("; ")) }
 }

@@ -78,12 +78,20 @@ fn exit_2_usage_errors_with_json_too() {
     out.assert_stderr_contains("unrecognized subcommand");
     let json: Value = serde_json::from_str(&out.stdout).expect("a JSON error object on stdout");
     assert!(json_error(&json, 2)["message"].as_str().unwrap().contains("frobnicate"), "{json}");
-    // --json after the command, a missing argument, a bad value.
-    for args in [&["rotate", "--json"][..], &["rotate", "acme/token", "--batch-size", "0", "--json"]] {
+    // --json after the command, a missing argument, a bad value: the message
+    // says what is wrong, the hint how the command is used.
+    for (args, what) in [
+        (&["rotate", "--json"][..], "required arguments were not provided: <KEYRING>"),
+        (&["rotate", "acme/token", "--batch-size", "0", "--json"], "invalid value '0' for '--batch-size"),
+        (&["rotate", "--all", "acme/token", "--json"], "cannot be used with"),
+    ] {
         let out = cli.run(args).assert_code(2);
         let json: Value = serde_json::from_str(&out.stdout).expect("a JSON error object on stdout");
-        json_error(&json, 2);
+        assert!(json_error(&json, 2)["message"].as_str().unwrap().contains(what), "{args:?}: {json}");
     }
+    let out = cli.run(&["--json", "rotate"]).assert_code(2);
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert!(json["error"]["hint"].as_str().unwrap().contains("Usage: keywheel rotate"), "{json}");
     // Without --json: nothing on stdout.
     let out = cli.run(&["rotate"]).assert_code(2);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
