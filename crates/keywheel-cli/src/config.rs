@@ -71,14 +71,14 @@ pub(crate) struct Config {
     pub(crate) lease_ttl: Option<Duration>,
     /// Emergency rotations: wait before the final census.
     pub(crate) emergency_settle: Option<Duration>,
-    /// `[keyrings."…"]`: exact ids and `*/purpose` patterns, in file order of keys.
+    /// `[keyrings."…"]`: exact ids and `*/purpose` patterns, sorted by their key.
     pub(crate) keyrings: Vec<KeyringEntry>,
     /// `[[sources]]`, in file order.
     pub(crate) sources: Vec<Source>,
 }
 
 /// What a `[keyrings."…"]` table applies to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyringPattern {
     /// One keyring, `tenant/purpose`.
     Exact(KeyringId),
@@ -143,7 +143,7 @@ struct RawConfig {
     schema: Option<Spanned<String>>,
     audit_log: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
-    database: Option<String>,
+    database: Option<Spanned<String>>,
     lease_ttl: Option<Spanned<String>>,
     emergency_settle: Option<Spanned<String>>,
     #[serde(default)]
@@ -180,7 +180,7 @@ struct RawWindow {
 struct RawSource {
     table: Spanned<String>,
     name: Option<String>,
-    database: Option<String>,
+    database: Option<Spanned<String>>,
     primary_key: Option<String>,
     key_type: Option<Spanned<String>>,
     keyring: Option<Spanned<String>>,
@@ -250,6 +250,17 @@ impl Located<'_> {
     fn duration(&self, key: &str, value: &Spanned<String>) -> Result<Duration, CliError> {
         parse_duration(value.get_ref()).map_err(|e| self.error(value.span().start, format!("{key}: {e}")))
     }
+
+    /// A `database` URL: Postgres is the only database of record sources.
+    fn database(&self, value: &Option<Spanned<String>>) -> Result<Option<String>, CliError> {
+        match value {
+            Some(url) if !is_postgres_url(url.get_ref()) => Err(self.error(
+                url.span().start,
+                "database is a postgres:// or postgresql:// URL (the record sources are Postgres tables)",
+            )),
+            _ => Ok(value.as_ref().map(|url| url.get_ref().clone())),
+        }
+    }
 }
 
 impl Config {
@@ -308,7 +319,7 @@ impl Config {
             schema,
             audit_log: raw.audit_log,
             master_key_file: raw.master_key_file,
-            database: raw.database,
+            database: at.database(&raw.database)?,
             lease_ttl,
             emergency_settle,
             keyrings,
@@ -505,7 +516,7 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
         spec = spec.name(n);
     }
     spec.check().map_err(|e| bad(here, e.to_string()))?;
-    Ok(Source { table: table.clone(), database: s.database.clone(), spec })
+    Ok(Source { table: table.clone(), database: at.database(&s.database)?, spec })
 }
 
 /// Whether a store argument names a Postgres database rather than a directory.
@@ -623,6 +634,12 @@ mod tests {
         refused("[keyrings.\"acme\"]\n", 1, "not a keyring id");
         refused("[keyrings.\"acme/*\"]\n", 1, "the only pattern");
         refused("lease_ttl = \"0s\"\n", 1, "at least 1s");
+        refused("store = \"x\"\ndatabase = \"mysql://db/app\"\n", 2, "database is a postgres://");
+        refused(
+            "[[sources]]\ntable = \"users\"\nkeyring = \"a/token\"\ndatabase = \"app\"\ncolumns = [\"a\"]\n",
+            4,
+            "database is a postgres://",
+        );
         refused("emergency_settle = \"soon\"\n", 1, "emergency_settle");
         refused("schema = \"\"\n", 1, "schema");
         refused("[[sources]]\ntable = \"users\"\ncolumns = [\"a\"]\n", 1, "give either keyring");
