@@ -227,7 +227,9 @@ fn the_scheduler_stops_cleanly_on_sigterm() {
 #[test]
 fn keyring_apply_makes_the_store_match_keywheel_toml() {
     let cli = store_with_keyring();
-    cli.run(&["keyring", "apply"]).assert_code(1).assert_stderr_contains("lists no keyrings");
+    cli.run(&["keyring", "apply"])
+        .assert_code(1)
+        .assert_stderr_contains("names no keyring, so there is nothing to apply");
     cli.write_config(
         "[keyrings.\"acme/token\"]\ngrace_period = \"1h\"\n\
          [keyrings.\"beta/session\"]\nalgorithm = \"xchacha20-poly1305\"\n",

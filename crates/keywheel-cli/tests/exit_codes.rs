@@ -67,8 +67,11 @@ fn exit_1_store_master_key_and_configuration_errors() {
     // A file that lacks what the command needs is a configuration error too.
     cli.write_config("store = \"keywheel\"\n");
     cli.run(&["census"]).assert_code(1).assert_stderr_contains("no record sources are configured");
-    cli.run(&["keyring", "apply"]).assert_code(1).assert_stderr_contains("lists no keyrings");
+    cli.run(&["keyring", "apply"])
+        .assert_code(1)
+        .assert_stderr_contains("names no keyring, so there is nothing to apply");
     cli.run(&["rotate", "--all"]).assert_code(1).assert_stderr_contains("names no keyring");
+    cli.run(&["status", "--all"]).assert_code(1).assert_stderr_contains("`status --all` has nothing to show");
 }
 
 #[test]

@@ -41,14 +41,10 @@ pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs
 }
 
 pub(super) async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: bool) -> Result<u8, CliError> {
-    if settings.config.keyrings.is_empty() {
-        return Err(CliError::error("keywheel.toml lists no keyrings, so there is nothing to apply")
-            .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
-    }
     // The file was checked when it was loaded: nothing below can fail on it.
     let opened = store::open(settings).await?;
     let mut changes = Vec::new();
-    for m in matched_keyrings(settings, &opened).await? {
+    for m in matched_keyrings(settings, &opened, "there is nothing to apply").await? {
         let (id, policy) = (&m.id, &m.entry.policy);
         let action = if !m.exists {
             if !args.dry_run {

@@ -20,12 +20,19 @@ pub(super) struct Matched<'a> {
     pub(super) exists: bool,
 }
 
-/// Every keyring the entries of keywheel.toml match, sorted by id.
+/// Every keyring the entries of keywheel.toml match, sorted by id. A file
+/// without `[keyrings]` is a configuration error: `what` (e.g. "`rotate
+/// --all` has nothing to rotate") would do nothing.
 pub(super) async fn matched_keyrings<'a>(
     settings: &'a Settings,
     opened: &Opened,
+    what: &str,
 ) -> Result<Vec<Matched<'a>>, CliError> {
     let config = &settings.config;
+    if config.keyrings.is_empty() {
+        return Err(CliError::error(format!("keywheel.toml names no keyring, so {what}"))
+            .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
+    }
     let existing = opened.kw.list_keyrings().await?;
     let mut ids: Vec<KeyringId> = config
         .keyrings

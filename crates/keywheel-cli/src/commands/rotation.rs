@@ -137,11 +137,7 @@ async fn rotate_all(
     cancel: &CancelToken,
     json: bool,
 ) -> Result<u8, CliError> {
-    let matched = matched_keyrings(settings, opened).await?;
-    if matched.is_empty() {
-        return Err(CliError::error("keywheel.toml names no keyring, so `rotate --all` has nothing to rotate")
-            .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
-    }
+    let matched = matched_keyrings(settings, opened, "`rotate --all` has nothing to rotate").await?;
     let mut code = OK;
     let mut results = Vec::new();
     let mut not_started = Vec::new();

@@ -85,7 +85,7 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
     let mut report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
     // `--all`: the keyrings keywheel.toml names, and which of them are missing.
     let not_created = if args.all {
-        let matched = matched_keyrings(settings, &opened).await?;
+        let matched = matched_keyrings(settings, &opened, "`status --all` has nothing to show").await?;
         report.keyrings.retain(|k| matched.iter().any(|m| m.id == k.keyring));
         Some(matched.into_iter().filter(|m| !m.exists).map(|m| m.id).collect::<Vec<_>>())
     } else {
