@@ -137,7 +137,7 @@ pub(crate) struct Source {
 // need checking keep their position so that errors can name the line.
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the settings of keywheel.toml")]
 struct RawConfig {
     store: Option<String>,
     schema: Option<Spanned<String>>,
@@ -153,7 +153,7 @@ struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of keyring settings (preset, interval, grace_period, …)")]
 struct RawKeyring {
     algorithm: Option<Spanned<String>>,
     preset: Option<Spanned<String>>,
@@ -169,14 +169,14 @@ struct RawKeyring {
 
 /// A maintenance window: `start` as `HH:MM` UTC, `duration` like `2h`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table { start = \"HH:MM\", duration = \"2h\" }")]
 struct RawWindow {
     start: Spanned<String>,
     duration: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [[sources]] table (table, keyring or tenant_column and purpose, columns)")]
 struct RawSource {
     table: Spanned<String>,
     name: Option<String>,
@@ -198,7 +198,10 @@ enum RawColumn {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a column table { name = \"…\", form = \"binary\" | \"text\", context_column = \"…\" }"
+)]
 struct RawColumnTable {
     name: String,
     form: Option<Spanned<String>>,
@@ -244,7 +247,7 @@ impl Located<'_> {
     /// A configuration error (exit code 1) at byte offset `at`.
     fn error(&self, at: usize, what: impl fmt::Display) -> CliError {
         CliError::error(format!("{}:{}: {what}", self.path.display(), self.line(at)))
-            .with_hint("fix keywheel.toml; the README's operator section shows every key")
+            .with_hint("the README's operator section shows every key of keywheel.toml and its values")
     }
 
     fn duration(&self, key: &str, value: &Spanned<String>) -> Result<Duration, CliError> {
@@ -291,7 +294,7 @@ impl Config {
             match e.span() {
                 Some(span) => at.error(span.start, what),
                 None => CliError::error(format!("{}: {what}", path.display()))
-                    .with_hint("fix keywheel.toml; the README's operator section shows every key"),
+                    .with_hint("the README's operator section shows every key of keywheel.toml and its values"),
             }
         })?;
         let schema = raw
@@ -634,6 +637,11 @@ mod tests {
         refused("[keyrings.\"acme\"]\n", 1, "not a keyring id");
         refused("[keyrings.\"acme/*\"]\n", 1, "the only pattern");
         refused("lease_ttl = \"0s\"\n", 1, "at least 1s");
+        refused(
+            "[keyrings.\"acme/token\"]\nmaintenance_window = \"02:00\"\n",
+            2,
+            "expected a table { start = \"HH:MM\", duration = \"2h\" }",
+        );
         refused("store = \"x\"\ndatabase = \"mysql://db/app\"\n", 2, "database is a postgres://");
         refused(
             "[[sources]]\ntable = \"users\"\nkeyring = \"a/token\"\ndatabase = \"app\"\ncolumns = [\"a\"]\n",
