@@ -148,7 +148,15 @@ async fn exit_130_interrupted_and_resumed() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the rotation");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Interrupted once its job exists (the signal handler is installed before).
+    let jobs = cli.store_dir().join("jobs");
+    let started = Instant::now();
+    while std::fs::read_dir(&jobs).map_or(true, |mut d| d.next().is_none()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the rotation never started");
+        assert!(child.try_wait().expect("wait").is_none(), "the rotation ended before its interruption");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(sent.success());
     let started = Instant::now();
