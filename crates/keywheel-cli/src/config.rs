@@ -438,7 +438,9 @@ fn keyring_entry(at: &Located<'_>, key: &Spanned<String>, t: &RawKeyring) -> Res
             .start
             .get_ref()
             .split_once(':')
-            .filter(|(h, m)| h.len() == 2 && m.len() == 2)
+            .filter(|(h, m)| {
+                (1..=2).contains(&h.len()) && m.len() == 2 && h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit())
+            })
             .and_then(|(h, m)| Some((h.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
             .filter(|(h, m)| *h < 24 && *m < 60)
             .ok_or_else(|| {
@@ -603,6 +605,15 @@ mod tests {
         assert_eq!(p.interval, Policy::for_purpose(&Purpose::Database).interval);
         assert_eq!(p.grace_period, Duration::ZERO);
         assert_eq!(p.maintenance_window.map(|w| w.start), Some(Duration::from_secs(23 * 3600 + 1800)));
+        let early = parse("[keyrings.\"acme/token\"]\nmaintenance_window = { start = \"2:00\", duration = \"1h\" }\n")
+            .expect("one-digit hour");
+        let window = early.keyring(&id).and_then(|e| e.policy.maintenance_window).expect("window");
+        assert_eq!((window.start, window.duration), (Duration::from_secs(7200), Duration::from_secs(3600)));
+        for bad in ["2:0", "24:00", "02:60", "0200", "-1:00", "+1:00"] {
+            let text =
+                format!("[keyrings.\"acme/token\"]\nmaintenance_window = {{ start = \"{bad}\", duration = \"1h\" }}\n");
+            refused(&text, 2, "maintenance_window.start is HH:MM");
+        }
     }
 
     #[test]
