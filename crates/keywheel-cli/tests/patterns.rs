@@ -136,3 +136,48 @@ async fn a_tenant_that_is_no_keyring_tenant_is_named() {
     out.assert_stderr_contains("hint: keywheel lists the tenants of public.users");
     assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 0, "nothing created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rotate_all_stops_after_the_keyring_it_interrupted() {
+    let Some(db) = TestDb::create().await else { return };
+    let url = pg::postgres_url(&db);
+    let cli = Cli::new(None);
+    db.execute("CREATE TABLE public.users (id bigint PRIMARY KEY, tenant text, token bytea)").await;
+    cli.run(&["init", "--master-key-out", cli.key_file().to_str().expect("utf-8")]).assert_code(0);
+    cli.write_config(&format!(
+        "database = \"{url}\"\n[keyrings.\"*/token\"]\n\
+         [[sources]]\ntable = \"public.users\"\ntenant_column = \"tenant\"\npurpose = \"token\"\ncolumns = [\"token\"]\n"
+    ));
+    cli.run(&["keyring", "create", "acme/token"]).assert_code(0);
+    cli.run(&["keyring", "create", "beta/token"]).assert_code(0);
+    let app = pg::app_keywheel(&cli, None).await;
+    pg::insert_users(&db, &app, &"acme/token".parse().unwrap(), 1..=200, true).await;
+    pg::insert_users(&db, &app, &"beta/token".parse().unwrap(), 201..=210, true).await;
+
+    // acme's 200 values at 20 per second: interrupted once its job exists.
+    let mut child = cli
+        .command(&["--json", "rotate", "--all", "--rate", "20", "--batch-size", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let jobs = cli.store_dir().join("jobs");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&jobs).map_or(true, |mut d| d.next().is_none()) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the rotation never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let all: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(all["exit_code"], 130);
+    assert_eq!(keyrings(&all["keyrings"]), ["acme/token"]);
+    assert_eq!(all["keyrings"][0]["report"]["phase"], "cancelled");
+    assert_eq!(all["not_started"], serde_json::json!(["beta/token"]));
+    let listed = cli.json(&["keyring", "list"]);
+    assert_eq!(by_keyring(&listed, "beta/token")["versions"].as_array().unwrap().len(), 1, "beta not rotated");
+}
