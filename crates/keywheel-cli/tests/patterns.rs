@@ -155,7 +155,7 @@ async fn an_interrupted_rotate_all_stops_after_the_keyring_it_interrupted() {
     pg::insert_users(&db, &app, &"beta/token".parse().unwrap(), 201..=210, true).await;
 
     // acme's 200 values at 20 per second: interrupted once its job exists.
-    let mut child = cli
+    let child = cli
         .command(&["--json", "rotate", "--all", "--rate", "20", "--batch-size", "10"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
