@@ -17,7 +17,10 @@ Exit codes:
 
 The master key comes from KEYWHEEL_MASTER_KEY (base64) or --master-key-file.
 Settings may also come from ./keywheel.toml: the store, the keyrings with their
-policies and the record sources (Postgres tables) that `rotate` re-encrypts.";
+policies ([keyrings.\"*/PURPOSE\"] for every tenant's keyring of a purpose) and the
+record sources (Postgres tables) that `rotate` re-encrypts. Every command checks
+the whole file first; an error names FILE:LINE (exit code 1).
+With --json, times are RFC 3339 and durations are seconds in fields named *_secs.";
 
 /// keywheel: versioned field-level encryption keys — status, rotation,
 /// rollback, retirement and the audit trail, from one command.
@@ -124,9 +127,11 @@ pub(crate) enum KeyringCommand {
     /// List keyrings with their versions and policies
     List,
     /// Make the store match keywheel.toml: create missing keyrings, update changed policies
-    #[command(long_about = "Make the store match the [keyrings] of keywheel.toml: create the keyrings it lists \
-        that do not exist yet, and store the policy it gives for each (policy changes are audited). Keyrings \
-        the file does not list are left alone. With --dry-run, only show what would change.")]
+    #[command(long_about = "Make the store match the [keyrings] of keywheel.toml: create the keyrings it names \
+        that do not exist yet, and store the policy it gives for each (policy changes are audited). A \
+        [keyrings.\"*/PURPOSE\"] pattern names every keyring of that purpose in the store and one per tenant \
+        found in the tenant_column of the [[sources]]; an exact entry wins over it. Keyrings the file does not \
+        name are left alone. With --dry-run, only show what would change.")]
     Apply(ApplyArgs),
     /// Seal keyrings written before keywheel authenticated its records (audited)
     #[command(long_about = "Seal keyring records that carry no seal yet — stores written by a keywheel from \
@@ -175,6 +180,11 @@ pub(crate) struct StatusArgs {
     /// Also count values per version in the record sources (a census)
     #[arg(long)]
     pub(crate) census: bool,
+    /// Only the keyrings keywheel.toml names — its exact entries and, for every
+    /// `*/PURPOSE` pattern, each tenant's keyring of that purpose (in the store or
+    /// found in a source's tenant_column) — and those of them not created yet
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 /// An optional keyring filter.
@@ -188,7 +198,13 @@ pub(crate) struct KeyringFilter {
 #[derive(Debug, Args)]
 pub(crate) struct RotateArgs {
     /// Keyring id, `tenant/purpose`
-    pub(crate) keyring: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub(crate) keyring: Option<String>,
+    /// Rotate every keyring keywheel.toml names (exact entries and `*/PURPOSE`
+    /// patterns, tenants found through the sources' tenant_column), one after
+    /// another; a failure does not stop the others, the exit code is the worst
+    #[arg(long, conflicts_with = "emergency")]
+    pub(crate) all: bool,
     /// Read, decrypt and re-encrypt in memory only: write nothing, change no state
     #[arg(long, conflicts_with = "emergency")]
     pub(crate) dry_run: bool,

@@ -15,6 +15,21 @@ pub(crate) const PROBLEMS: u8 = 4;
 /// Interrupted by SIGINT/SIGTERM (128 + SIGINT, as shells report it).
 pub(crate) const INTERRUPTED: u8 = 130;
 
+/// The worse of two exit codes, for commands that do several things and go
+/// on after a failure: interrupted, then error, then refused, then problems
+/// found, then success.
+pub(crate) fn worst(a: u8, b: u8) -> u8 {
+    let rank = |code: u8| match code {
+        OK => 0,
+        PROBLEMS => 1,
+        REFUSED => 2,
+        USAGE => 3,
+        INTERRUPTED => 5,
+        _ => 4,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
 /// An error as the operator sees it: one sentence, an optional fix, an exit code.
 #[derive(Debug)]
 pub(crate) struct CliError {

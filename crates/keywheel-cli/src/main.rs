@@ -23,9 +23,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are successes; everything else is a usage error.
-            let code = if e.use_stderr() { USAGE } else { OK };
             let _ = e.print();
-            return ExitCode::from(code);
+            if !e.use_stderr() {
+                return ExitCode::from(OK);
+            }
+            // The command line did not parse, so `--json` is looked for as
+            // it was typed (before a lone `--`, after which words are values).
+            if std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json") {
+                output::write_stdout(format_args!("{}\n", usage_error(&e).to_json()));
+            }
+            return ExitCode::from(USAGE);
         }
     };
     let json = cli.global.json;
@@ -47,7 +54,21 @@ fn fail(e: &CliError, json: bool) -> ExitCode {
         eprintln!("  hint: {hint}");
     }
     if json {
-        println!("{}", e.to_json());
+        output::write_stdout(format_args!("{}\n", e.to_json()));
     }
     ExitCode::from(if e.code == OK { ERROR } else { e.code })
+}
+
+/// A clap error as a [`CliError`]: its first paragraph as the message, the
+/// others (suggestions, the usage line) as the hint.
+fn usage_error(e: &clap::Error) -> CliError {
+    let text = e.render().to_string();
+    let mut paragraphs = text
+        .split("\n\n")
+        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty() && !p.starts_with("For more information"));
+    let message = paragraphs.next().unwrap_or_else(|| "bad command line".into());
+    let error = CliError::usage(message.strip_prefix("error: ").unwrap_or(&message));
+    let hint: Vec<String> = paragraphs.collect();
+    if hint.is_empty() { error } else { error.with_hint(hint.join("; ")) }
 }

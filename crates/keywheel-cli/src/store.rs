@@ -59,9 +59,7 @@ impl Settings {
         let config = Config::load(global.config.as_deref())?;
         let store = global.store.clone().or_else(|| config.store()).unwrap_or_else(|| DEFAULT_STORE.to_owned());
         let location = if is_postgres_url(&store) {
-            let schema = PgSchema::new(config.schema.clone().unwrap_or_else(|| PgSchema::DEFAULT.to_owned()))
-                .map_err(|e| CliError::usage(format!("keywheel.toml: schema: {e}")))?;
-            Location::Postgres { url: store, schema }
+            Location::Postgres { url: store, schema: config.schema.clone().unwrap_or_default() }
         } else {
             let dir = PathBuf::from(&store);
             let audit_log = config.audit_log.as_deref().map_or_else(|| dir.join(AUDIT_FILE), |p| config.path(p));
@@ -288,11 +286,16 @@ pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Resul
 
 /// The configured record sources, opened (each checked against its table).
 pub(crate) async fn sources(settings: &Settings, opened: &Opened) -> Result<Vec<Arc<dyn RecordSource>>, CliError> {
-    let mut out: Vec<Arc<dyn RecordSource>> = Vec::new();
+    Ok(pg_sources(settings, opened).await?.into_iter().map(|s| Arc::new(s) as Arc<dyn RecordSource>).collect())
+}
+
+/// [`sources`] as Postgres sources (which can list their tenants).
+pub(crate) async fn pg_sources(settings: &Settings, opened: &Opened) -> Result<Vec<PgRecordSource>, CliError> {
+    let mut out = Vec::new();
     for s in &settings.config.sources {
-        let spec = s.table_spec()?;
+        let spec = s.spec.clone();
         let url = settings.source_database(s.database.as_deref()).ok_or_else(|| {
-            CliError::usage(format!("keywheel.toml: source {} names no database", s.table))
+            CliError::error(format!("keywheel.toml: source {} names no database", s.table))
                 .with_hint("set database = \"postgres://…\" at the top of keywheel.toml or in the source")
         })?;
         let pool = match (&opened.location, &opened.pool) {
@@ -302,7 +305,7 @@ pub(crate) async fn sources(settings: &Settings, opened: &Opened) -> Result<Vec<
         let source = PgRecordSource::open(pool, spec).await.map_err(|e| {
             CliError::from(e).with_hint(format!("check the [[sources]] entry for table {} in keywheel.toml", s.table))
         })?;
-        out.push(Arc::new(source));
+        out.push(source);
     }
     Ok(out)
 }

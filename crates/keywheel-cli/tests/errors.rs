@@ -146,9 +146,9 @@ fn usage_errors_exit_2_and_help_reads_for_every_command() {
         out.assert_stdout_contains("Usage: keywheel");
         assert!(out.stdout.lines().count() >= 4, "{command:?}: {}", out.stdout);
     }
-    // A bad configuration file is a usage error naming the line.
+    // A bad configuration file is a configuration error (exit 1) naming the file and line.
     cli.write_config("store = \"./keywheel\"\n[keyrings.\"acme/token\"]\ngrace = \"1d\"\n");
-    cli.run(&["status"]).assert_code(2).assert_stderr_contains("line 3");
+    cli.run(&["status"]).assert_code(1).assert_stderr_contains("keywheel.toml:3: unknown field `grace`");
 }
 
 #[test]
@@ -227,7 +227,9 @@ fn the_scheduler_stops_cleanly_on_sigterm() {
 #[test]
 fn keyring_apply_makes_the_store_match_keywheel_toml() {
     let cli = store_with_keyring();
-    cli.run(&["keyring", "apply"]).assert_code(2).assert_stderr_contains("lists no keyrings");
+    cli.run(&["keyring", "apply"])
+        .assert_code(1)
+        .assert_stderr_contains("names no keyring, so there is nothing to apply");
     cli.write_config(
         "[keyrings.\"acme/token\"]\ngrace_period = \"1h\"\n\
          [keyrings.\"beta/session\"]\nalgorithm = \"xchacha20-poly1305\"\n",
@@ -242,7 +244,7 @@ fn keyring_apply_makes_the_store_match_keywheel_toml() {
     assert_eq!(applied["keyrings"][0]["action"], "policy updated");
     assert_eq!(applied["keyrings"][1]["action"], "created");
     let listed = cli.json(&["keyring", "list"]);
-    assert_eq!(listed[0]["policy"]["grace_period"], 3600);
+    assert_eq!(listed[0]["policy"]["grace_period_secs"], 3600);
     assert_eq!(listed[1]["keyring"], "beta/session");
     assert_eq!(
         listed[1]["algorithm"],
@@ -255,8 +257,11 @@ fn keyring_apply_makes_the_store_match_keywheel_toml() {
     assert!(!out.stderr.contains("keyring apply"), "no drift note once applied: {}", out.stderr);
     // A bad policy in the file is refused before anything changes.
     cli.write_config("[keyrings.\"gamma/token\"]\ngrace_period = \"soon\"\n");
-    cli.run(&["keyring", "apply"]).assert_code(2).assert_stderr_contains("grace_period");
-    assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 2);
+    cli.run(&["keyring", "apply"])
+        .assert_code(1)
+        .assert_stderr_contains("keywheel.toml:2: [keyrings.\"gamma/token\"]: grace_period");
+    cli.write_config("");
+    assert_eq!(cli.json(&["keyring", "list"]).as_array().expect("list").len(), 2, "nothing created");
 }
 
 #[test]

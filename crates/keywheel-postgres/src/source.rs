@@ -192,6 +192,23 @@ impl TableSpec {
     pub fn source_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| format!("{}.{}", self.schema, self.table))
     }
+
+    /// Check the description without a database: a keyring and at least one
+    /// encrypted column, valid identifiers, no column used twice. The same
+    /// check [`PgRecordSource::open`] makes before it reads the catalog.
+    ///
+    /// ```
+    /// use keywheel_core::{Form, Purpose};
+    /// use keywheel_postgres::TableSpec;
+    ///
+    /// let spec = TableSpec::new("public", "users").keyring_from_column("tenant", Purpose::Token);
+    /// assert!(spec.clone().column("token", Form::Binary).check().is_ok());
+    /// assert!(spec.clone().check().is_err(), "no encrypted column");
+    /// assert!(spec.column("tenant", Form::Binary).check().is_err(), "the tenant column twice");
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        build(self).map(|_| ())
+    }
 }
 
 /// Quoted identifiers and SQL fragments, built once.
@@ -354,6 +371,41 @@ impl PgRecordSource {
     /// The description it was built from.
     pub fn spec(&self) -> &TableSpec {
         &self.spec
+    }
+
+    /// The keyrings this table's values belong to: the fixed keyring, or one
+    /// per distinct value of the tenant column (`SELECT DISTINCT`; NULL
+    /// tenants are skipped), sorted. A tenant that is not a valid keyring
+    /// tenant is a (permanent) [`Error::Backend`] naming it, as when a scan meets it.
+    pub async fn keyrings(&self) -> Result<Vec<KeyringId>> {
+        let purpose = match &self.spec.keyring {
+            Some(KeyringFrom::Fixed(k)) => return Ok(vec![k.clone()]),
+            Some(KeyringFrom::TenantColumn { purpose, .. }) => purpose,
+            None => return Err(Error::InvalidArgument("TableSpec has no keyring".into())),
+        };
+        let Some(column) = &self.built.tenant else {
+            return Err(Error::InvalidArgument("TableSpec has no tenant column".into()));
+        };
+        let sql = format!(
+            "SELECT DISTINCT t.{column}::text FROM {table} AS t WHERE t.{column} IS NOT NULL ORDER BY 1",
+            table = self.built.table
+        );
+        let rows = self.query("list tenants", &sql, &[]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tenant: String = row.try_get(0).map_err(on(SOURCE, "read tenant"))?;
+            out.push(KeyringId::new(tenant.clone(), purpose.clone()).map_err(|e| {
+                invalid(
+                    SOURCE,
+                    format!(
+                        "{}: tenant {tenant:?} in column {column} is not a valid keyring tenant: {e}",
+                        self.object()
+                    ),
+                )
+            })?);
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The cursor of a value: column `column` (index into the spec's columns)

@@ -409,3 +409,30 @@ async fn replace_falls_back_value_by_value_when_some_values_changed() {
     let b: String = row.get(1);
     assert!(b.starts_with("kw:v1:"), "row 2's b was not in the batch and is untouched: {b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_column_lists_its_keyrings() {
+    let Some(db) = TestDb::create().await else { return };
+    let pool = db.pool(2);
+    db.execute(
+        "CREATE TABLE public.t (id bigint PRIMARY KEY, tenant text, b bytea);
+         INSERT INTO public.t VALUES (1, 'beta', NULL), (2, 'acme', NULL), (3, 'beta', NULL), (4, NULL, NULL);",
+    )
+    .await;
+    let by_tenant =
+        TableSpec::new("public", "t").keyring_from_column("tenant", Purpose::Token).column("b", Form::Binary);
+    let source = PgRecordSource::open(pool.clone(), by_tenant).await.expect("open");
+    let ids: Vec<String> = source.keyrings().await.expect("tenants").iter().map(ToString::to_string).collect();
+    assert_eq!(ids, ["acme/token", "beta/token"], "distinct, sorted, NULL skipped");
+    // A fixed keyring is the only one, whatever the rows hold.
+    let id = KeyringId::new("k", Purpose::Database).expect("id");
+    let fixed =
+        PgRecordSource::open(pool.clone(), TableSpec::new("public", "t").keyring(id.clone()).column("b", Form::Binary))
+            .await
+            .expect("open");
+    assert_eq!(fixed.keyrings().await.expect("fixed"), [id]);
+    // A tenant that cannot be a keyring tenant is named.
+    db.execute("INSERT INTO public.t VALUES (5, 'a/b', NULL)").await;
+    let err = source.keyrings().await.expect_err("a slash in a tenant");
+    assert!(matches!(err, Error::Backend { .. }) && err.to_string().contains("\"a/b\""), "{err}");
+}

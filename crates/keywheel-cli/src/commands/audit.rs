@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{AuditVerifyArgs, TailArgs};
 use crate::error::{CliError, OK, PROBLEMS};
-use crate::output::{Table, print_json};
+use crate::output::{AuditEntryJson, Table, out, outln, print_json};
 use crate::store::{self, AuditVerdict, Settings};
 
 /// What `audit verify` says when no master key was given.
@@ -36,9 +36,9 @@ pub(super) async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, js
                 let head = &report.head;
                 print_json(&json!({ "intact": intact, "macs_checked": macs_checked, "head": head, "report": report }))?;
             } else {
-                println!("{report}");
+                outln!("{report}");
                 if !macs_checked {
-                    println!("{NO_KEY_NOTE}");
+                    outln!("{NO_KEY_NOTE}");
                 }
             }
             Ok(if intact { OK } else { PROBLEMS })
@@ -52,15 +52,15 @@ pub(super) async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, js
                 Ok(n) => {
                     let macs =
                         if macs_checked { "MACs checked" } else { "MACs NOT checked (no key given: structure only)" };
-                    println!("audit log in {place}: {n} entries, intact; {macs}\n  head: {}", head_text(&head));
+                    outln!("audit log in {place}: {n} entries, intact; {macs}\n  head: {}", head_text(&head));
                 }
                 Err(v) if json => {
                     print_json(&json!({ "intact": false, "violation": v, "macs_checked": macs_checked, "head": head }))?
                 }
-                Err(v) => println!("audit log in {place}: DAMAGED: {v}\n  stored head: {}", head_text(&head)),
+                Err(v) => outln!("audit log in {place}: DAMAGED: {v}\n  stored head: {}", head_text(&head)),
             }
             if !json && !macs_checked {
-                println!("{NO_KEY_NOTE}");
+                outln!("{NO_KEY_NOTE}");
             }
             Ok(if result.is_ok() { OK } else { PROBLEMS })
         }
@@ -88,7 +88,7 @@ pub(super) async fn audit_tail(settings: &Settings, args: &TailArgs, json: bool)
     let entries = store::audit_entries(&audit).await?;
     let tail = &entries[entries.len().saturating_sub(args.lines)..];
     if json {
-        print_json(tail)?;
+        print_json(&tail.iter().map(AuditEntryJson::from).collect::<Vec<_>>())?;
         return Ok(OK);
     }
     let mut table = Table::new(&["SEQ", "TIME", "ACTOR", "KEYRING", "EVENT", "OUTCOME", "DETAILS"]);
@@ -109,9 +109,9 @@ pub(super) async fn audit_tail(settings: &Settings, args: &TailArgs, json: bool)
         ]);
     }
     if table.is_empty() {
-        println!("The audit trail is empty.");
+        outln!("The audit trail is empty.");
     } else {
-        print!("{table}");
+        out!("{table}");
     }
     Ok(OK)
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::InitArgs;
 use crate::error::{CliError, OK};
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::store::{self, Location, Settings};
 
 pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, CliError> {
@@ -46,26 +46,24 @@ pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Re
         }))?;
         return Ok(OK);
     }
-    println!("{done}");
+    outln!("{done}");
     match (&generated, &args.master_key_out) {
-        (None, _) => println!("Using the configured master key (key check value {}).", kek.key_check()),
+        (None, _) => outln!("Using the configured master key (key check value {}).", kek.key_check()),
         (Some(_), Some(path)) => {
-            println!("\nA new master key was written to {} (mode 0600).", path.display());
-            println!("Move it into your secret manager; keep it away from the store and from version control.");
-            println!("Every command needs it:  export KEYWHEEL_MASTER_KEY=\"$(cat {})\"", path.display());
-            println!("                    or:  keywheel --master-key-file {} …", path.display());
+            outln!("\nA new master key was written to {} (mode 0600).", path.display());
+            outln!("Move it into your secret manager; keep it away from the store and from version control.");
+            outln!("Every command needs it:  export KEYWHEEL_MASTER_KEY=\"$(cat {})\"", path.display());
+            outln!("                    or:  keywheel --master-key-file {} …", path.display());
         }
         (Some(key), None) => {
-            println!(
-                "\nNew master key (shown once, it cannot be recovered; losing it loses every key in the store):\n"
-            );
-            println!("    {}\n", secrecy::ExposeSecret::expose_secret(key));
-            println!("Keep it in your secret manager, never next to the store or in version control.");
-            println!("Every command needs it:  export KEYWHEEL_MASTER_KEY=<the key above>");
-            println!("                    or:  keywheel --master-key-file PATH …  (a file only you can read)");
+            outln!("\nNew master key (shown once, it cannot be recovered; losing it loses every key in the store):\n");
+            outln!("    {}\n", secrecy::ExposeSecret::expose_secret(key));
+            outln!("Keep it in your secret manager, never next to the store or in version control.");
+            outln!("Every command needs it:  export KEYWHEEL_MASTER_KEY=<the key above>");
+            outln!("                    or:  keywheel --master-key-file PATH …  (a file only you can read)");
         }
     }
-    println!("Key check value: {} (safe to record: it tells which master key opens this store).", kek.key_check());
-    println!("Next: keywheel keyring create TENANT/PURPOSE");
+    outln!("Key check value: {} (safe to record: it tells which master key opens this store).", kek.key_check());
+    outln!("Next: keywheel keyring create TENANT/PURPOSE");
     Ok(OK)
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::cli::InspectArgs;
 use crate::error::{CliError, OK, PROBLEMS};
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 /// The bytes of a value given on the command line: text form, hex or base64.
 pub(super) fn value_bytes(value: &str) -> Result<Vec<u8>, CliError> {
@@ -39,12 +39,12 @@ pub(super) fn inspect(args: &InspectArgs, json: bool) -> Result<u8, CliError> {
                 print_json(&json!({ "valid": true, "info": info }))?;
             } else {
                 let form = serde_json::to_value(info.form).ok().and_then(|v| v.as_str().map(str::to_owned));
-                println!("form            {}", form.unwrap_or_default());
-                println!("format version  {}", info.format_version);
-                println!("algorithm       {}", info.algorithm);
-                println!("key version     {}", info.version);
-                println!("binary length   {} bytes", info.binary_len);
-                println!("payload length  {} bytes", info.payload_len);
+                outln!("form            {}", form.unwrap_or_default());
+                outln!("format version  {}", info.format_version);
+                outln!("algorithm       {}", info.algorithm);
+                outln!("key version     {}", info.version);
+                outln!("binary length   {} bytes", info.binary_len);
+                outln!("payload length  {} bytes", info.payload_len);
             }
             Ok(OK)
         }
@@ -52,7 +52,7 @@ pub(super) fn inspect(args: &InspectArgs, json: bool) -> Result<u8, CliError> {
             if json {
                 print_json(&json!({ "valid": false, "error": e.to_string() }))?;
             } else {
-                println!("not a valid keywheel value: {e}");
+                outln!("not a valid keywheel value: {e}");
             }
             Ok(PROBLEMS)
         }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::KekRotateArgs;
 use crate::error::{CliError, OK};
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::store::{self, Settings};
 
 use super::plural;
@@ -43,17 +43,17 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
     if json {
         print_json(&json!({ "report": report, "key_check": check }))?;
     } else {
-        println!(
+        outln!(
             "Rewrapped {} of {} under the new master key (key check value {check}); {} already were.",
             plural(report.keys, "key"),
             plural(report.keyrings, "keyring"),
             report.already_rewrapped
         );
         if let Some(path) = &args.new_master_key_out {
-            println!("The new master key is in {} (mode 0600); move it into your secret manager.", path.display());
+            outln!("The new master key is in {} (mode 0600); move it into your secret manager.", path.display());
         }
-        println!("From now on only the new master key opens this store. Keep the old one until every backup");
-        println!("of the store taken before now has expired: those backups are still wrapped under it.");
+        outln!("From now on only the new master key opens this store. Keep the old one until every backup");
+        outln!("of the store taken before now has expired: those backups are still wrapped under it.");
     }
     Ok(OK)
 }

@@ -6,9 +6,10 @@ use serde_json::json;
 use crate::cli::{ApplyArgs, KeyringCreateArgs, SealArgs};
 use crate::config::unknown_algorithm;
 use crate::error::{CliError, OK};
-use crate::output::{Table, human_duration, print_json};
+use crate::output::{PolicyJson, Table, Time, human_duration, out, outln, print_json, time};
 use crate::store::{self, Opened, Settings};
 
+use super::matched::matched_keyrings;
 use super::{parse_keyring, version_list};
 
 pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs, json: bool) -> Result<u8, CliError> {
@@ -16,20 +17,19 @@ pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs
     let configured = settings.config.keyring(&id);
     let algorithm = match &args.algorithm {
         Some(a) => a.parse::<Algorithm>().map_err(|_| CliError::usage(unknown_algorithm(a)))?,
-        None => configured.map(|c| c.algorithm(&id)).transpose()?.flatten().unwrap_or_default(),
+        None => configured.and_then(|c| c.algorithm).unwrap_or_default(),
     };
-    let policy = match configured {
-        Some(c) => c.policy(&id)?,
-        None => Policy::for_purpose(id.purpose()),
-    };
+    let policy = configured.map_or_else(|| Policy::for_purpose(id.purpose()), |c| c.policy.clone());
     let opened = store::open(settings).await?;
     let ring = opened.kw.create_keyring(&id, algorithm).await?;
     opened.kw.set_policy(&id, &policy).await?;
     let version = ring.active_version().map_or(0, KeyVersion::get);
     if json {
-        print_json(&json!({ "keyring": id, "algorithm": algorithm, "active_version": version, "policy": policy }))?;
+        print_json(&json!({
+            "keyring": id, "algorithm": algorithm, "active_version": version, "policy": PolicyJson::from(&policy),
+        }))?;
     } else {
-        println!(
+        outln!(
             "Created keyring {id} ({algorithm}), version v{version} active; rotates every {}, grace period {}, \
              rollback window {}.",
             human_duration(policy.interval),
@@ -41,29 +41,20 @@ pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs
 }
 
 pub(super) async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: bool) -> Result<u8, CliError> {
-    if settings.config.keyrings.is_empty() {
-        return Err(CliError::usage("keywheel.toml lists no keyrings, so there is nothing to apply")
-            .with_hint("add [keyrings.\"tenant/purpose\"] tables to keywheel.toml"));
-    }
-    // Everything is checked before anything changes.
-    let mut wanted = Vec::new();
-    for (name, c) in &settings.config.keyrings {
-        let id = parse_keyring(name)?;
-        wanted.push((c.policy(&id)?, c.algorithm(&id)?.unwrap_or_default(), id));
-    }
+    // The file was checked when it was loaded: nothing below can fail on it.
     let opened = store::open(settings).await?;
-    let existing = opened.kw.list_keyrings().await?;
     let mut changes = Vec::new();
-    for (policy, algorithm, id) in wanted {
-        let action = if !existing.contains(&id) {
+    for m in matched_keyrings(settings, &opened, "there is nothing to apply").await? {
+        let (id, policy) = (&m.id, &m.entry.policy);
+        let action = if !m.exists {
             if !args.dry_run {
-                opened.kw.create_keyring(&id, algorithm).await?;
-                opened.kw.set_policy(&id, &policy).await?;
+                opened.kw.create_keyring(id, m.entry.algorithm.unwrap_or_default()).await?;
+                opened.kw.set_policy(id, policy).await?;
             }
             "created"
-        } else if opened.kw.policy(&id).await? != policy {
+        } else if opened.kw.policy(id).await? != *policy {
             if !args.dry_run {
-                opened.kw.set_policy(&id, &policy).await?;
+                opened.kw.set_policy(id, policy).await?;
             }
             "policy updated"
         } else {
@@ -71,9 +62,11 @@ pub(super) async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: b
         };
         if !json {
             let verb = if args.dry_run && action != "unchanged" { format!("would be {action}") } else { action.into() };
-            println!("{id}: {verb}");
+            outln!("{id}: {verb} (from [keyrings.\"{}\"])", m.entry.pattern);
         }
-        changes.push(json!({ "keyring": id, "action": action, "policy": policy }));
+        changes.push(json!({
+            "keyring": id, "action": action, "entry": m.entry.pattern.to_string(), "policy": PolicyJson::from(policy),
+        }));
     }
     if json {
         print_json(&json!({ "dry_run": args.dry_run, "keyrings": changes }))?;
@@ -99,7 +92,7 @@ pub(super) async fn keyring_seal(settings: &Settings, args: &SealArgs, json: boo
         let states: Vec<String> = record.versions.iter().map(|v| format!("v{} {}", v.version.get(), v.state)).collect();
         if !json {
             let what = if sealed { "sealed" } else { "already sealed, left alone" };
-            println!("{id}: {what} ({})", states.join(", "));
+            outln!("{id}: {what} ({})", states.join(", "));
         }
         out.push(json!({ "keyring": id, "sealed": sealed, "versions": record.versions.iter()
             .map(|v| json!({ "version": v.version, "state": v.state, "compromised": v.compromised }))
@@ -114,7 +107,7 @@ pub(super) async fn keyring_seal(settings: &Settings, args: &SealArgs, json: boo
 /// A note on stderr when keywheel.toml gives a keyring another policy than the stored one.
 pub(super) async fn warn_policy_drift(settings: &Settings, opened: &Opened, id: &KeyringId) -> Result<(), CliError> {
     if let Some(c) = settings.config.keyring(id)
-        && c.policy(id)? != opened.kw.policy(id).await?
+        && c.policy != opened.kw.policy(id).await?
     {
         eprintln!(
             "keywheel: note: keywheel.toml gives {id} another policy than the stored one, which applies; \
@@ -148,23 +141,23 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
             .iter()
             .map(|v| {
                 json!({
-                    "version": v.version, "state": v.state, "algorithm": v.algorithm, "created_at": v.created_at,
-                    "activated_at": v.activated_at, "deprecated_at": v.deprecated_at, "retired_at": v.retired_at,
-                    "encryptions": v.encryptions,
+                    "version": v.version, "state": v.state, "algorithm": v.algorithm, "created_at": Time(v.created_at),
+                    "activated_at": time(v.activated_at), "deprecated_at": time(v.deprecated_at),
+                    "retired_at": time(v.retired_at), "encryptions": v.encryptions,
                 })
             })
             .collect();
         out.push(json!({
             "keyring": id, "algorithm": record.algorithm, "generation": record.generation,
-            "created_at": record.created_at, "versions": versions, "policy": policy,
+            "created_at": Time(record.created_at), "versions": versions, "policy": PolicyJson::from(&policy),
         }));
     }
     if json {
         print_json(&out)?;
     } else if table.is_empty() {
-        println!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
+        outln!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
     } else {
-        print!("{table}");
+        out!("{table}");
     }
     Ok(OK)
 }

@@ -6,6 +6,7 @@ mod init;
 mod inspect;
 mod kek;
 mod keyring;
+mod matched;
 mod rotation;
 mod scheduler;
 mod status;
@@ -85,21 +86,17 @@ pub(super) fn cancel_on_signal() -> CancelToken {
 /// default refresh interval (60 s) plus 5 s for writes in flight.
 pub(super) const DEFAULT_EMERGENCY_SETTLE: std::time::Duration = std::time::Duration::from_secs(65);
 
-/// A duration from a flag, else from keywheel.toml, else `default`; a bad
-/// value is a usage error naming where it came from.
+/// A duration from a flag, else from keywheel.toml (checked when it was
+/// loaded), else `default`; a bad flag is a usage error naming the flag.
 pub(super) fn duration_setting(
     flag: Option<&str>,
     flag_name: &str,
-    file: Option<&str>,
-    file_key: &str,
+    file: Option<std::time::Duration>,
     default: std::time::Duration,
 ) -> Result<std::time::Duration, CliError> {
-    match (flag, file) {
-        (Some(v), _) => config::parse_duration(v).map_err(|e| CliError::usage(format!("--{flag_name}: {e}"))),
-        (None, Some(v)) => {
-            config::parse_duration(v).map_err(|e| CliError::usage(format!("keywheel.toml: {file_key}: {e}")))
-        }
-        (None, None) => Ok(default),
+    match flag {
+        Some(v) => config::parse_duration(v).map_err(|e| CliError::usage(format!("--{flag_name}: {e}"))),
+        None => Ok(file.unwrap_or(default)),
     }
 }
 
@@ -127,23 +124,11 @@ pub(super) fn engine_timing(
     settle_flag: Option<&str>,
 ) -> Result<RotateOptions, CliError> {
     let defaults = RotateOptions::default();
-    let lease_ttl = duration_setting(
-        lease_flag,
-        "lease-ttl",
-        settings.config.lease_ttl.as_deref(),
-        "lease_ttl",
-        defaults.lease_ttl,
-    )?;
-    if lease_ttl < std::time::Duration::from_secs(1) {
-        return Err(CliError::usage("the lease time-to-live (--lease-ttl, lease_ttl) must be at least 1s"));
+    let lease_ttl = duration_setting(lease_flag, "lease-ttl", settings.config.lease_ttl, defaults.lease_ttl)?;
+    if lease_ttl < config::MIN_LEASE_TTL {
+        return Err(CliError::usage("the lease time-to-live (--lease-ttl) must be at least 1s"));
     }
-    let settle = duration_setting(
-        settle_flag,
-        "settle",
-        settings.config.emergency_settle.as_deref(),
-        "emergency_settle",
-        DEFAULT_EMERGENCY_SETTLE,
-    )?;
+    let settle = duration_setting(settle_flag, "settle", settings.config.emergency_settle, DEFAULT_EMERGENCY_SETTLE)?;
     Ok(RotateOptions { lease_ttl, emergency_settle: Some(settle), ..defaults })
 }
 

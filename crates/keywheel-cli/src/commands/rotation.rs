@@ -1,13 +1,14 @@
 //! `rotate`, `resume`, `rollback`, `retire`: the rotation runbook.
 
-use keywheel_core::{JobPhase, KeyState, KeyVersion, RotationReport};
+use keywheel_core::{CancelToken, JobPhase, KeyState, KeyVersion, KeyringId, RotationReport, Rotator};
 use serde_json::json;
 
 use crate::cli::{ResumeArgs, RetireArgs, RollbackArgs, RotateArgs};
-use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
-use crate::output::{Reporter, count, human_duration, print_json};
+use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS, worst};
+use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::matched::matched_keyrings;
 use super::{cancel_on_signal, parse_keyring, rotate_options, warn_policy_drift};
 
 pub(super) fn print_rotation(report: &RotationReport) {
@@ -15,17 +16,17 @@ pub(super) fn print_rotation(report: &RotationReport) {
     let to = report.to.map_or("-".into(), |v| v.to_string());
     let c = &report.counts;
     if report.dry_run {
-        println!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
+        outln!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
     } else {
         let phase = serde_json::to_value(report.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
-        println!(
+        outln!(
             "Rotation of {} {from} → {to}: {} (job {}).",
             report.keyring,
             phase.unwrap_or_else(|| format!("{:?}", report.phase)),
             report.job_id.as_deref().unwrap_or("-")
         );
     }
-    println!(
+    outln!(
         "  processed {}, {} {}, skipped {} (changed by the application meanwhile), failed {}, in {}",
         count(c.processed),
         if report.dry_run { "would rewrite" } else { "rewritten" },
@@ -35,14 +36,14 @@ pub(super) fn print_rotation(report: &RotationReport) {
         human_duration(report.duration)
     );
     if report.remaining > 0 {
-        println!("  {} values are still on older versions.", count(report.remaining));
+        outln!("  {} values are still on older versions.", count(report.remaining));
     }
     for f in report.failures.iter().take(20) {
         let version = f.version.map_or("?".into(), |v| v.to_string());
-        println!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
+        outln!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
     }
     if report.failures.len() > 20 {
-        println!("  … and {} more failures (see --json)", report.failures.len() - 20);
+        outln!("  … and {} more failures (see --json)", report.failures.len() - 20);
     }
 }
 
@@ -59,11 +60,11 @@ pub(super) fn rotation_code(report: &RotationReport) -> u8 {
 
 pub(super) fn finish_rotation(report: &RotationReport, json: bool) -> Result<u8, CliError> {
     if json {
-        print_json(report)?;
+        print_json(&RotationJson::from(report))?;
     } else {
         print_rotation(report);
         if report.phase == JobPhase::Cancelled {
-            println!("Interrupted at a checkpoint; continue with `keywheel resume {}`.", report.keyring);
+            outln!("Interrupted at a checkpoint; continue with `keywheel resume {}`.", report.keyring);
         }
     }
     Ok(rotation_code(report))
@@ -87,25 +88,103 @@ pub(super) async fn flush_usage(opened: &Opened) {
 }
 
 pub(super) async fn rotate(settings: &Settings, args: &RotateArgs, json: bool) -> Result<u8, CliError> {
-    let id = parse_keyring(&args.keyring)?;
+    let id = args.keyring.as_deref().map(parse_keyring).transpose()?;
     let opened = store::open(settings).await?;
     let rotator = store::rotator(settings, &opened).await?;
     warn_without_sources(settings);
-    warn_policy_drift(settings, &opened, &id).await?;
-    let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
-    let reporter = Reporter::new(label);
-    let opts = rotate_options(settings, &args.run, &reporter, cancel_on_signal())?;
-    let result = if args.dry_run {
-        rotator.dry_run(&id, &opts).await
-    } else if args.emergency {
-        rotator.emergency(&id, args.reason.as_deref().unwrap_or_default(), &opts).await
-    } else {
-        let policy = opened.kw.policy(&id).await?;
-        rotator.rotate(&id, &policy, &opts).await
+    let cancel = cancel_on_signal();
+    let Some(id) = id else {
+        return rotate_all(settings, &opened, &rotator, args, &cancel, json).await;
     };
-    reporter.finish();
+    let result = rotate_one(settings, &opened, &rotator, &id, args, &cancel).await;
     flush_usage(&opened).await;
     finish_rotation(&result?, json)
+}
+
+/// One rotation (or dry run, or emergency) of `id`, with a progress reporter.
+async fn rotate_one(
+    settings: &Settings,
+    opened: &Opened,
+    rotator: &Rotator,
+    id: &KeyringId,
+    args: &RotateArgs,
+    cancel: &CancelToken,
+) -> Result<RotationReport, CliError> {
+    warn_policy_drift(settings, opened, id).await?;
+    let label = if args.dry_run { format!("dry run {id}") } else { format!("rotate {id}") };
+    let reporter = Reporter::new(label);
+    let opts = rotate_options(settings, &args.run, &reporter, cancel.clone())?;
+    let result = if args.dry_run {
+        rotator.dry_run(id, &opts).await
+    } else if args.emergency {
+        rotator.emergency(id, args.reason.as_deref().unwrap_or_default(), &opts).await
+    } else {
+        let policy = opened.kw.policy(id).await?;
+        rotator.rotate(id, &policy, &opts).await
+    };
+    reporter.finish();
+    Ok(result?)
+}
+
+/// `rotate --all`: every keyring keywheel.toml names, one after another. A
+/// failure is reported and the next keyring rotated; the exit code is the
+/// worst one. An interruption stops after the keyring it interrupted.
+async fn rotate_all(
+    settings: &Settings,
+    opened: &Opened,
+    rotator: &Rotator,
+    args: &RotateArgs,
+    cancel: &CancelToken,
+    json: bool,
+) -> Result<u8, CliError> {
+    let matched = matched_keyrings(settings, opened, "`rotate --all` has nothing to rotate").await?;
+    let mut code = OK;
+    let mut results = Vec::new();
+    let mut not_started = Vec::new();
+    for m in &matched {
+        if cancel.is_cancelled() {
+            not_started.push(&m.id);
+            continue;
+        }
+        let outcome = if m.exists {
+            rotate_one(settings, opened, rotator, &m.id, args, cancel).await
+        } else {
+            Err(CliError::error(format!("keyring {} does not exist yet", m.id))
+                .with_hint("create the keyrings keywheel.toml names with `keywheel keyring apply`"))
+        };
+        let this = match &outcome {
+            Ok(report) => rotation_code(report),
+            Err(e) => e.code,
+        };
+        code = worst(code, this);
+        match outcome {
+            Ok(report) => {
+                if !json {
+                    print_rotation(&report);
+                }
+                results.push(json!({ "keyring": m.id, "exit_code": this, "report": RotationJson::from(&report) }));
+            }
+            Err(e) => {
+                eprintln!("keywheel: {}: error: {}", m.id, e.message);
+                if let Some(hint) = &e.hint {
+                    eprintln!("  hint: {hint}");
+                }
+                results.push(json!({ "keyring": m.id, "exit_code": this, "error": e.to_json()["error"] }));
+            }
+        }
+    }
+    flush_usage(opened).await;
+    if json {
+        print_json(&json!({ "exit_code": code, "keyrings": results, "not_started": not_started }))?;
+    } else {
+        let failed = results.iter().filter(|r| r["exit_code"] != OK).count();
+        outln!("Rotated {} of {} keyrings; {failed} did not complete.", results.len() - failed, matched.len());
+        if !not_started.is_empty() {
+            let ids: Vec<String> = not_started.iter().map(ToString::to_string).collect();
+            outln!("Interrupted: not started: {}.", ids.join(", "));
+        }
+    }
+    Ok(code)
 }
 
 pub(super) async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -> Result<u8, CliError> {
@@ -123,7 +202,7 @@ pub(super) async fn resume(settings: &Settings, args: &ResumeArgs, json: bool) -
             if json {
                 print_json(&json!({ "keyring": id, "resumed": null }))?;
             } else {
-                println!("No unfinished rotation of {id}: nothing to resume.");
+                outln!("No unfinished rotation of {id}: nothing to resume.");
             }
             Ok(OK)
         }
@@ -143,9 +222,9 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
     flush_usage(&opened).await;
     let report = result?;
     if json {
-        print_json(&report)?;
+        print_json(&RollbackJson::from(&report))?;
     } else {
-        println!("Rolled back {id}: {} is active again, {} is deprecated (still readable).", report.to, report.from);
+        outln!("Rolled back {id}: {} is active again, {} is deprecated (still readable).", report.to, report.from);
         if let Some(r) = &report.reencrypt {
             print_rotation(r);
         }
@@ -167,7 +246,7 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
         if json {
             print_json(&json!({ "keyring": id, "retired": [] }))?;
         } else {
-            println!("{id} has no deprecated version to retire.");
+            outln!("{id} has no deprecated version to retire.");
         }
         return Ok(OK);
     }
@@ -178,7 +257,7 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
         match rotator.retire(&id, v, &policy, force).await {
             Ok(_) => {
                 if !json {
-                    println!(
+                    outln!(
                         "Retired {id} {v}: its key material is destroyed{}.",
                         if force.is_some() { " (forced, audited with the reason)" } else { "" }
                     );

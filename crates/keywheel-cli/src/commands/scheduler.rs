@@ -4,13 +4,14 @@ use keywheel_core::{Scheduler, SchedulerConfig, TickReport};
 
 use crate::cli::SchedulerRunArgs;
 use crate::error::{CliError, OK, PROBLEMS};
+use crate::output::{TickJson, outln};
 use crate::store::{self, Settings};
 
 use super::{cancel_on_signal, engine_timing, print_rotation, rotation_code, warn_without_sources};
 
 pub(super) fn print_tick(tick: &TickReport) {
     let due: Vec<String> = tick.due.iter().map(|d| format!("{} ({:?})", d.keyring, d.reason)).collect();
-    println!(
+    outln!(
         "{} tick: due [{}], rotated {}, retired {}, failed {}{}",
         tick.at,
         due.join(", "),
@@ -23,10 +24,10 @@ pub(super) fn print_tick(tick: &TickReport) {
         print_rotation(r);
     }
     for (id, v) in &tick.retired {
-        println!("  retired {id} {v}");
+        outln!("  retired {id} {v}");
     }
     for (id, e) in &tick.failed {
-        println!("  FAILED {id}: {e}");
+        outln!("  FAILED {id}: {e}");
     }
 }
 
@@ -47,8 +48,8 @@ pub(super) async fn scheduler_run(settings: &Settings, args: &SchedulerRunArgs, 
             problems |= !tick.failed.is_empty() || tick.rotations.iter().any(|r| rotation_code(r) == PROBLEMS);
             if json {
                 // One JSON document per line, for log shippers.
-                match serde_json::to_string(tick) {
-                    Ok(line) => println!("{line}"),
+                match serde_json::to_string(&TickJson::from(tick)) {
+                    Ok(line) => outln!("{line}"),
                     Err(e) => eprintln!("keywheel: cannot encode tick report: {e}"),
                 }
             } else {

@@ -5,9 +5,10 @@ use serde_json::json;
 
 use crate::cli::{KeyringFilter, StatusArgs};
 use crate::error::{CliError, OK, PROBLEMS};
-use crate::output::{Table, count, human_duration, print_json};
+use crate::output::{StatusJson, Table, count, human_duration, out, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::matched::matched_keyrings;
 use super::{parse_keyring, version_list};
 
 pub(super) fn warning_text(w: &Warning) -> String {
@@ -69,9 +70,9 @@ pub(super) fn print_status(report: &StatusReport) {
         ]);
     }
     if table.is_empty() {
-        println!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
+        outln!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
     } else {
-        print!("{table}");
+        out!("{table}");
     }
 }
 
@@ -81,11 +82,23 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
         require_sources(settings, "count values")?;
     }
     let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
-    let report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
+    let mut report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
+    // `--all`: the keyrings keywheel.toml names, and which of them are missing.
+    let not_created = if args.all {
+        let matched = matched_keyrings(settings, &opened, "`status --all` has nothing to show").await?;
+        report.keyrings.retain(|k| matched.iter().any(|m| m.id == k.keyring));
+        Some(matched.into_iter().filter(|m| !m.exists).map(|m| m.id).collect::<Vec<_>>())
+    } else {
+        None
+    };
     if json {
-        print_json(&report)?;
+        print_json(&StatusJson::new(&report, not_created.as_deref()))?;
     } else {
         print_status(&report);
+        if let Some(ids) = not_created.filter(|ids| !ids.is_empty()) {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            outln!("Not created yet (run `keywheel keyring apply`): {}", ids.join(", "));
+        }
     }
     Ok(OK)
 }
@@ -93,7 +106,7 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
 /// Commands that read records need the `[[sources]]` of keywheel.toml.
 pub(super) fn require_sources(settings: &Settings, what: &str) -> Result<(), CliError> {
     if settings.config.sources.is_empty() {
-        return Err(CliError::usage(format!("no record sources are configured, so keywheel cannot {what}")).with_hint(
+        return Err(CliError::error(format!("no record sources are configured, so keywheel cannot {what}")).with_hint(
             "list the tables holding encrypted values as [[sources]] in keywheel.toml (see the README's operator section)",
         ));
     }
@@ -129,12 +142,12 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
         print_json(&json!({ "counts": rows, "unparseable": census.unparseable }))?;
     } else {
         if table.is_empty() {
-            println!("No encrypted values found.");
+            outln!("No encrypted values found.");
         } else {
-            print!("{table}");
+            out!("{table}");
         }
         if census.unparseable > 0 {
-            println!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
+            outln!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
         }
     }
     Ok(if census.unparseable > 0 { PROBLEMS } else { OK })
@@ -171,9 +184,9 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
                 if r.ok { "ok".into() } else { "VALUES LEFT BEHIND".into() },
             ]);
         }
-        print!("{table}");
+        out!("{table}");
         if !ok {
-            println!("Some values are not on the active version: finish with `keywheel resume` or `keywheel rotate`.");
+            outln!("Some values are not on the active version: finish with `keywheel resume` or `keywheel rotate`.");
         }
     }
     Ok(if ok { OK } else { PROBLEMS })

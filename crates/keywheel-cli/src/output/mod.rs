@@ -1,9 +1,16 @@
 //! Tables and JSON on stdout, progress on stderr (a bar on a terminal, plain
-//! lines otherwise).
+//! lines otherwise). Everything on stdout goes through [`write_stdout`]
+//! ([`outln!`] and [`out!`]): a reader that went away (`keywheel status |
+//! head -1`) ends the output quietly, never the command with a panic.
 
-use std::io::IsTerminal as _;
+mod json;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+pub(crate) use json::{AuditEntryJson, PolicyJson, RollbackJson, RotationJson, StatusJson, TickJson, Time, time};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keywheel_core::{Progress, ProgressFn};
@@ -65,10 +72,48 @@ impl std::fmt::Display for Table {
     }
 }
 
+/// Set once stdout cannot be written any more; later output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Write to stdout. When the reader has gone away (a closed pipe) or stdout
+/// fails otherwise, the output ends there and the command carries on to its
+/// own exit code: what it did is not undone because nobody read about it.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("keywheel: warning: cannot write to stdout ({e}); the rest of the output is dropped");
+        }
+    }
+}
+
+/// `println!` on stdout through [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` on stdout through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {out, outln};
+
 /// Print `value` as pretty JSON on stdout.
 pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::error(format!("cannot encode JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
