@@ -7,7 +7,7 @@
 //! * [`inspect`]: census, verify, dry run;
 //! * [`retire`]: guarded retirement;
 //! * [`rollback`]: undo of the latest rotation;
-//! * [`kek`]: KEK rotation (the [`KekRing`](crate::KekRing) that reads a store during it is in `crate::kek`).
+//! * [`kek`]: KEK rotation (the [`KekRing`](crate::KekRing) that reads a store during it lives with the KEKs).
 
 mod inspect;
 mod kek;
