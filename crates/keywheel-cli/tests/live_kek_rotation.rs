@@ -266,7 +266,7 @@ async fn live_application_process() {
             Err(e) => counts.error(format!("encrypt: {e}")),
         }
         // Values written earlier, by this process and others.
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let lines = std::fs::read_to_string(&values).unwrap_or_default();
             let lines: Vec<&str> = lines.lines().collect();
             for line in lines.iter().rev().take(2).chain(lines.get((i as usize * 7) % lines.len().max(1))) {
@@ -285,7 +285,7 @@ async fn live_application_process() {
             }
         }
         // Re-read the keyring from the store (as after a change announcement).
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             match kw.refresh(&id).await {
                 Ok(_) => counts.reloads += 1,
                 Err(e) => counts.error(format!("reload: {e}")),
