@@ -262,6 +262,18 @@ async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Resu
     Ok(Opened { kw, location: settings.location.clone(), pool })
 }
 
+/// Refuse to create a file store where one exists (checked by `init` before it
+/// writes a new master key file, so a refused `init` leaves no stray key).
+pub(crate) fn refuse_existing_file_store(settings: &Settings) -> Result<(), CliError> {
+    match &settings.location {
+        Location::File { dir, .. } if dir.join("store.json").exists() => {
+            Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
+                .with_hint("use it as it is, or choose another --store directory"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Create the store (file directory or Postgres tables, granting `app_role`
 /// the application's privileges). Returns what was done.
 pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Result<String, CliError> {
@@ -270,10 +282,7 @@ pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Resul
             "--app-role is for Postgres stores (a file store is protected by its file permissions)",
         )),
         Location::File { dir, audit_log } => {
-            if dir.join("store.json").exists() {
-                return Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
-                    .with_hint("use it as it is, or choose another --store directory"));
-            }
+            refuse_existing_file_store(settings)?;
             FileKeyStore::open(dir)?;
             FileAuditSink::open(audit_log)?;
             Ok(format!("Created the file store {} (audit log {}).", dir.display(), audit_log.display()))

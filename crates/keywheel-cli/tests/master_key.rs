@@ -62,6 +62,11 @@ fn init_writes_a_new_master_key_only_to_a_new_owner_only_file() {
     assert_eq!(std::fs::read_to_string(other.dir().join("elsewhere.key")).expect("read"), "keep me");
     assert!(!other.store_dir().exists(), "no store without a saved key");
 
+    // On an existing store, `init` without a key writes no key file.
+    std::fs::remove_file(cli.key_file()).expect("move the key away");
+    cli.run(&["init"]).assert_code(3).assert_stderr_contains("already a keywheel store");
+    assert!(!cli.key_file().exists(), "no stray key file");
+
     // JSON names the file, not the key.
     let json_cli = Cli::new(None);
     let out = json_cli.json(&["init", "--master-key-out", "keys.b64"]);
@@ -167,14 +172,16 @@ fn a_staged_next_master_key_opens_the_store_in_every_phase_of_a_kek_rotation() {
     out.assert_stderr_contains("is not the staged next master key");
 
     // 2. `kek rotate` with nothing else rewraps to the staged key.
-    let json = run(&with(&["--json", "kek", "rotate"])).assert_code(0);
-    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
-    assert_eq!(report["key_check"], new_check.as_str());
-    assert_eq!((report["report"]["keyrings"].as_u64(), report["report"]["keys"].as_u64()), (Some(2), Some(2)));
+    let out = run(&with(&["kek", "rotate"])).assert_code(0);
+    out.assert_stdout_contains(&format!(
+        "Rewrapped 2 keys of 2 keyrings under the new master key (key check value {new_check})"
+    ));
+    assert!(!out.stdout.contains("No next master key was staged"), "{}", out.stdout);
     // Still staged (processes not yet promoted): works; run again: nothing left.
     run(&with(&["keyring", "list"])).assert_code(0);
     let again = run(&with(&["--json", "kek", "rotate"])).assert_code(0);
     let again: serde_json::Value = serde_json::from_str(&again.stdout).expect("json");
+    assert_eq!(again["key_check"], new_check.as_str());
     assert_eq!((again["report"]["keys"].as_u64(), again["report"]["already_rewrapped"].as_u64()), (Some(0), Some(2)));
     // The old key alone no longer opens the store, and is told which key does.
     let out = cli.run(&["keyring", "list"]).assert_code(1);
@@ -223,6 +230,7 @@ fn kek_rotate_writes_a_generated_key_to_a_file_and_prints_it_only_when_asked() {
     let key = std::fs::read_to_string(cli.dir().join("new.key")).expect("written");
     assert_eq!(mode(&cli.dir().join("new.key")), 0o600);
     assert!(!out.stdout.contains(key.trim()), "never printed:\n{}", out.stdout);
+    out.assert_stdout_contains("No next master key was staged: processes that do not hold the new one fail");
     // Printed on request (the store now needs the key written above).
     let mut printed = cli.command(&["--json", "kek", "rotate", "--print-master-key"]);
     printed.env("KEYWHEEL_MASTER_KEY_FILE", cli.dir().join("new.key"));

@@ -1,4 +1,6 @@
-//! Key-encryption keys: how key material is wrapped at rest (DESIGN §4).
+//! Key-encryption keys: how key material is wrapped at rest, and the ring of
+//! master keys that serves a KEK rotation (see the [manual](crate::manual),
+//! "Master-key (KEK) rotation").
 
 use std::fmt;
 use std::path::Path;

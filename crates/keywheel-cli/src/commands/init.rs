@@ -32,6 +32,9 @@ pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Re
         return Err(CliError::refused("this Postgres store already holds keyrings, so it has a master key")
             .with_hint("run `keywheel init` with that master key (--master-key-file) to upgrade its tables"));
     }
+    if generated.is_some() {
+        store::refuse_existing_file_store(settings)?;
+    }
     // A generated key goes to a new file (never printed) unless printing is asked for.
     let key_file: Option<PathBuf> = match (&generated, args.print_master_key) {
         (Some(_), false) => Some(args.master_key_out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MASTER_KEY_OUT))),

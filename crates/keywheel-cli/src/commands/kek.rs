@@ -22,6 +22,7 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
     }
     let old = settings.master_key()?;
     let staged = settings.next_master_key()?;
+    let was_staged = staged.is_some();
     let generate = args.new_master_key_out.is_some() || args.print_master_key;
     let generated = if generate { Some(LocalKek::generate_master_key()?) } else { None };
     let new = match (&args.new_master_key_file, &generated, staged) {
@@ -86,6 +87,10 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
     }
     if let Some(key) = printed {
         print_shown_key(key);
+    }
+    if !was_staged {
+        println!("No next master key was staged: processes that do not hold the new one fail from now on");
+        println!("(without downtime: stage it first with KEYWHEEL_MASTER_KEY_NEXT; see `keywheel kek generate`).");
     }
     println!("Next: make it the current master key everywhere (KEYWHEEL_MASTER_KEY / --master-key-file) and");
     println!("remove the staged next key; processes still on the old key keep working if they have the new one");
