@@ -159,7 +159,9 @@ impl LocalKek {
     }
 
     /// A KEK from a base64 master key in the environment variable `var`
-    /// (conventionally `KEYWHEEL_MASTER_KEY`).
+    /// (conventionally `KEYWHEEL_MASTER_KEY`). An application that should
+    /// survive a master-key rotation without downtime uses
+    /// [`KekRing::from_env`] instead, which also reads a staged next key.
     pub fn from_env(var: &str) -> Result<Self> {
         let value = Zeroizing::new(std::env::var(var).map_err(|_| Error::Kek {
             kek_id: Self::DEFAULT_ID.into(),

@@ -14,6 +14,8 @@ impl Rotator {
     /// by a process still on the old key since an earlier run) is resealed.
     /// Idempotent and resumable: keys already wrapped by `new` (same id and key
     /// check value) are skipped. Afterwards the old KEK is no longer needed.
+    /// The whole procedure without downtime is in the [manual](crate::manual),
+    /// "Master-key (KEK) rotation".
     pub async fn rotate_kek(&self, new: Arc<dyn KeyEncryptionKey>) -> Result<KekRotationReport> {
         // The key check value of `new`, from one throwaway wrap.
         let probe = KeyringId::new("keywheel", crate::Purpose::Custom("kek-probe".into()))?;
