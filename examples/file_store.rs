@@ -98,7 +98,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         summary.policies
     );
     match store.check_kek(&LocalKek::from_bytes(&[0; 32])).await {
-        Err(Error::WrongMasterKey { kek_id }) => println!("a wrong master key is refused up front (KEK {kek_id})"),
+        Err(Error::WrongMasterKey { kek_id, expected_key_check, .. }) => {
+            println!(
+                "a wrong master key is refused up front (KEK {kek_id}; the store needs key check value {expected_key_check})"
+            )
+        }
         other => return Err(format!("a wrong master key must be refused, got {other:?}").into()),
     }
     println!("master key checked against {} stored key version(s)", store.check_kek(kek.as_ref()).await?);

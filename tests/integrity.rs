@@ -237,6 +237,47 @@ async fn a_kek_rotation_reseals_every_record_under_the_new_key() {
     assert_eq!(&only_new.decrypt(&s.id, &on_v2, &ctx()).await.expect("decrypt")[..], b"new");
 }
 
+/// The zero-downtime procedure: applications hold the staged ring (old key
+/// current, new key next) and keep writing under the old key while the
+/// rotation runs from an engine built the same way; afterwards the new key
+/// alone opens and verifies everything, and a record an application sealed
+/// under the old key after the rotation is resealed by running it again.
+#[tokio::test]
+async fn a_kek_rotation_from_the_staged_ring_leaves_nothing_under_the_old_key() {
+    let (s, on_v1, on_v2) = setup().await;
+    let old = LocalKek::from_bytes(&MASTER);
+    let new = LocalKek::from_bytes(&[5; 32]);
+    let b64 = |k: [u8; 32]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k);
+    let staged = || Arc::new(KekRing::from_base64(&b64(MASTER), Some(&b64([5; 32]))).expect("ring"));
+    let app = kw_over(&s, staged());
+    let report = Rotator::new(kw_over(&s, staged())).expect("rng").rotate_kek(Arc::new(new)).await.expect("rotate");
+    assert_eq!((report.keyrings, report.keys), (1, 2));
+    let new_seal = LocalKek::from_bytes(&[5; 32]).integrity_key().await.expect("key");
+    let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
+    assert_eq!(record.seal.as_ref().expect("sealed").key_id, new_seal.id(), "sealed under the new key");
+    let kek_events: Vec<_> =
+        s.audit.snapshot().into_iter().filter(|e| matches!(e.event.kind, AuditKind::KekRotated { .. })).collect();
+    assert_eq!(kek_events.len(), 1);
+    assert_eq!(kek_events[0].key_id, new_seal.id(), "audited under the new key");
+
+    // The application, still on the old key, reads the rewrapped keys and writes on.
+    assert_eq!(&app.decrypt(&s.id, &on_v1, &ctx()).await.expect("decrypt")[..], b"old");
+    let v3 = app.add_version(&s.id).await.expect("a lifecycle write under the old key");
+    let only_new = || kw_over(&s, Arc::new(LocalKek::from_bytes(&[5; 32])));
+    let err = only_new().keyring(&s.id).await.expect_err("v3 is wrapped under the old key");
+    assert!(
+        matches!(&err, Error::WrongMasterKey { expected_key_check, .. } if expected_key_check == old.key_check()),
+        "{err}"
+    );
+    // Running the rotation again picks it up.
+    let rotator = Rotator::new(kw_over(&s, staged())).expect("rng");
+    let again = rotator.rotate_kek(Arc::new(LocalKek::from_bytes(&[5; 32]))).await.expect("rotate again");
+    assert_eq!((again.keyrings, again.keys, again.already_rewrapped), (1, 1, 2));
+    let promoted = only_new();
+    assert_eq!(&promoted.decrypt(&s.id, &on_v2, &ctx()).await.expect("decrypt")[..], b"new");
+    assert!(promoted.record(&s.id).await.expect("verifies").versions.iter().any(|v| v.version == v3));
+}
+
 #[tokio::test]
 async fn the_scheduler_and_status_refuse_a_tampered_keyring() {
     let (s, _, _) = setup().await;

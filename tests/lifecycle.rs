@@ -284,7 +284,7 @@ async fn a_wrong_master_key_is_reported_once_by_kek_id() {
     }
     let wrong = instance(Arc::clone(&s.store), Arc::clone(&s.audit), &s.clock, &[8; 32]);
     let err = wrong.keyring(&s.id).await.expect_err("wrong master key");
-    assert!(matches!(&err, Error::WrongMasterKey { kek_id } if kek_id == "local"), "{err}");
+    assert!(matches!(&err, Error::WrongMasterKey { kek_id, .. } if kek_id == "local"), "{err}");
     assert!(err.to_string().contains("wrong master key for KEK local"), "{err}");
     let err = wrong.decrypt(&s.id, b"anything", &ctx("1")).await.expect_err("wrong master key");
     assert!(matches!(err, Error::WrongMasterKey { .. }), "{err}");

@@ -227,7 +227,7 @@ async fn kek_errors_name_the_kek_not_the_key() {
 
     let wrong = LocalKek::from_bytes(&material2());
     let e = wrong.unwrap(&id, v1, &wrapped).await.expect_err("wrong master key");
-    assert!(matches!(e, Error::WrongMasterKey { ref kek_id } if kek_id == "local"), "{e:?}");
+    assert!(matches!(e, Error::WrongMasterKey { ref kek_id, .. } if kek_id == "local"), "{e:?}");
     assert!(e.to_string().contains("local"), "names the KEK: {e}");
     assert_error_clean("WrongMasterKey", &e, &[]);
 

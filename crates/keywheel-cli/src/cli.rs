@@ -15,7 +15,9 @@ Exit codes:
      versions, a damaged audit log)
   130 interrupted (Ctrl-C); an interrupted rotation continues with `keywheel resume`
 
-The master key comes from KEYWHEEL_MASTER_KEY (base64) or --master-key-file.
+The master key comes from KEYWHEEL_MASTER_KEY (base64) or --master-key-file; a
+next master key staged for a KEK rotation from KEYWHEEL_MASTER_KEY_NEXT or
+--next-master-key-file. Key files must be readable by their owner only.
 Settings may also come from ./keywheel.toml: the store, the keyrings with their
 policies ([keyrings.\"*/PURPOSE\"] for every tenant's keyring of a purpose) and the
 record sources (Postgres tables) that `rotate` re-encrypts. Every command checks
@@ -41,7 +43,8 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_STORE", value_name = "PATH|URL")]
     pub(crate) store: Option<String>,
 
-    /// File holding the master key (32 raw bytes or base64) instead of KEYWHEEL_MASTER_KEY
+    /// File holding the master key (32 raw bytes or base64) instead of KEYWHEEL_MASTER_KEY;
+    /// it must be readable by its owner only (chmod 600)
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
     pub(crate) master_key_file: Option<PathBuf>,
 
@@ -49,6 +52,16 @@ pub(crate) struct GlobalArgs {
     /// URLs' sslrootcert (use with ?sslmode=verify-full in the store and database URLs)
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_CA_FILE", value_name = "PATH")]
     pub(crate) ca_file: Option<PathBuf>,
+    /// File holding the next master key, staged for a KEK rotation, instead of
+    /// KEYWHEEL_MASTER_KEY_NEXT: it also opens the store; `kek rotate` rewraps to it
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KEYWHEEL_MASTER_KEY_NEXT_FILE",
+        value_name = "PATH"
+    )]
+    pub(crate) next_master_key_file: Option<PathBuf>,
 
     /// Configuration file [default: ./keywheel.toml when it exists]
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_CONFIG", value_name = "PATH")]
@@ -68,7 +81,8 @@ pub(crate) struct GlobalArgs {
 pub(crate) enum Command {
     /// Create a new store (and a new master key unless one is given)
     #[command(long_about = "Create a new store. With no master key configured, a new one is generated and \
-        printed once (or written to --master-key-out): keep it in a secret manager, never next to the store. \
+        written to --master-key-out (default ./master.key, mode 0600; an existing file is never overwritten), \
+        or printed with --print-master-key: keep it in a secret manager, never next to the store. \
         On Postgres, creates or upgrades keywheel's tables in the configured schema.")]
     Init(InitArgs),
     /// Create and list keyrings
@@ -110,9 +124,12 @@ pub(crate) enum Command {
 /// `init` options.
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
-    /// Write a newly generated master key to this file (mode 0600) instead of printing it
+    /// Write a newly generated master key to this new file (mode 0600) [default: ./master.key]
     #[arg(long, value_name = "PATH")]
     pub(crate) master_key_out: Option<PathBuf>,
+    /// Print a newly generated master key on stdout instead of writing it to a file
+    #[arg(long, conflicts_with = "master_key_out")]
+    pub(crate) print_master_key: bool,
     /// Postgres: run init as the owner role and grant this (existing, non-owner) role what the
     /// application needs — on the audit log only INSERT and SELECT, so it cannot rewrite it
     #[arg(long, value_name = "ROLE")]
@@ -341,29 +358,44 @@ pub(crate) struct SchedulerRunArgs {
 /// `kek` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum KekCommand {
-    /// Rewrap every stored key under a new master key (no record is touched)
-    #[command(long_about = "Rewrap every stored key version under a new master key; no record is touched. \
-        The current master key comes from KEYWHEEL_MASTER_KEY or --master-key-file as usual. The new one comes \
-        from --new-master-key-file, or is generated and written to --new-master-key-out. After an \
-        interruption, run it again with --new-master-key-file naming the key the first run wrote: keys \
-        already rewrapped are skipped. Afterwards only the new master key opens the store.")]
+    /// Rewrap every stored key under a new master key (no value is touched)
+    #[command(long_about = "Rewrap every stored key version under a new master key; no value is touched. \
+        The current master key comes from KEYWHEEL_MASTER_KEY or --master-key-file as usual. The new one is \
+        the staged next key (KEYWHEEL_MASTER_KEY_NEXT or --next-master-key-file) — for a rotation without \
+        downtime, stage it in every application first — or --new-master-key-file, or is generated and written \
+        to --new-master-key-out. Running it again is safe: keys already rewrapped are skipped, and anything \
+        written under the old key since is rewrapped. Afterwards only the new master key is needed.")]
     Rotate(KekRotateArgs),
+    /// Generate a new master key into a file (mode 0600), to stage as the next master key
+    #[command(long_about = "Generate a new random master key and write it to a new file (mode 0600), \
+        printing its key check value; nothing else is changed. Stage it as the next master key \
+        (KEYWHEEL_MASTER_KEY_NEXT or --next-master-key-file) everywhere before `keywheel kek rotate`.")]
+    Generate(KekGenerateArgs),
 }
 
 /// `kek rotate` options.
 #[derive(Debug, Args)]
 pub(crate) struct KekRotateArgs {
-    /// File holding the new master key (32 raw bytes or base64)
-    #[arg(
-        long,
-        value_name = "PATH",
-        conflicts_with = "new_master_key_out",
-        required_unless_present = "new_master_key_out"
-    )]
+    /// File holding the new master key (32 raw bytes or base64) [default: the staged next master key]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["new_master_key_out", "print_master_key"])]
     pub(crate) new_master_key_file: Option<PathBuf>,
     /// Generate the new master key and write it to this new file (mode 0600)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "print_master_key")]
     pub(crate) new_master_key_out: Option<PathBuf>,
+    /// Generate the new master key and print it on stdout instead of writing it to a file
+    #[arg(long)]
+    pub(crate) print_master_key: bool,
+}
+
+/// `kek generate` options.
+#[derive(Debug, Args)]
+pub(crate) struct KekGenerateArgs {
+    /// The new file to write the master key to (mode 0600)
+    #[arg(long, value_name = "PATH", default_value = "./next-master.key", conflicts_with = "print_master_key")]
+    pub(crate) out: PathBuf,
+    /// Print the master key on stdout instead of writing it to a file
+    #[arg(long)]
+    pub(crate) print_master_key: bool,
 }
 
 /// `inspect` options.

@@ -60,6 +60,12 @@ impl CliError {
         self
     }
 
+    /// Add how to fix it, unless a more precise hint is there already.
+    pub(crate) fn or_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint.get_or_insert_with(|| hint.into());
+        self
+    }
+
     /// The JSON printed on stdout with `--json`.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "error": { "message": self.message, "hint": self.hint, "exit_code": self.code } })
@@ -70,9 +76,11 @@ impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match &e {
-            Error::WrongMasterKey { .. } => CliError::error(message).with_hint(
-                "set KEYWHEEL_MASTER_KEY (or --master-key-file) to the master key this store was created with",
-            ),
+            Error::WrongMasterKey { expected_key_check, .. } => CliError::error(message).with_hint(format!(
+                "give the master key whose key check value is {expected_key_check} (printed by `keywheel init` and \
+                 `keywheel kek rotate`/`kek generate`) with --master-key-file or KEYWHEEL_MASTER_KEY; during a KEK \
+                 rotation, stage the other key with --next-master-key-file or KEYWHEEL_MASTER_KEY_NEXT"
+            )),
             Error::KekMismatch { .. } => CliError::error(message).with_hint(
                 "the store's keys are wrapped under another key-encryption key; use the matching master key",
             ),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keywheel_core::{AuditSink, KeyEncryptionKey, KeyStore, Keywheel, LocalKek, RecordSource, Rotator};
+use keywheel_core::{AuditSink, KekRing, KeyEncryptionKey, KeyStore, Keywheel, LocalKek, RecordSource, Rotator};
 use keywheel_file::{FileAuditSink, FileKeyStore, LogReport};
 use keywheel_postgres::{
     ConnectError, PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, SCHEMA_VERSION, TlsSettings, redact_url,
@@ -15,7 +15,9 @@ use crate::config::{Config, is_postgres_url};
 use crate::error::CliError;
 
 /// The environment variable holding the base64 master key.
-pub(crate) const MASTER_KEY_ENV: &str = "KEYWHEEL_MASTER_KEY";
+pub(crate) const MASTER_KEY_ENV: &str = keywheel_core::MASTER_KEY_ENV;
+/// The environment variable holding the base64 next master key, staged for a KEK rotation.
+pub(crate) const NEXT_MASTER_KEY_ENV: &str = keywheel_core::NEXT_MASTER_KEY_ENV;
 /// The file store used when none is named.
 pub(crate) const DEFAULT_STORE: &str = "./keywheel";
 /// The audit log's name inside a file store's directory.
@@ -50,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) master_key_file: Option<PathBuf>,
     /// The CA certificate Postgres servers must chain to (`--ca-file`), over the URLs' `sslrootcert`.
     pub(crate) ca_file: Option<PathBuf>,
+    /// The next master key's file (`--next-master-key-file`), staged for a KEK rotation.
+    pub(crate) next_master_key_file: Option<PathBuf>,
     pub(crate) actor: String,
 }
 
@@ -71,7 +75,8 @@ impl Settings {
         let actor = global.actor.clone().unwrap_or_else(|| {
             format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or("unknown".into()))
         });
-        Ok(Settings { config, location, master_key_file, ca_file, actor })
+        let next_master_key_file = global.next_master_key_file.clone();
+        Ok(Settings { config, location, master_key_file, next_master_key_file, ca_file, actor })
     }
 
     /// Whether a master key is configured at all.
@@ -81,15 +86,48 @@ impl Settings {
 
     /// The configured master key.
     pub(crate) fn master_key(&self) -> Result<LocalKek, CliError> {
-        let hint =
-            format!("export {MASTER_KEY_ENV}=<base64 key printed by `keywheel init`>, or pass --master-key-file PATH");
+        let hint = format!(
+            "pass --master-key-file PATH (the file `keywheel init` wrote), or export {MASTER_KEY_ENV}=<base64 key>"
+        );
         match &self.master_key_file {
-            Some(path) => LocalKek::from_file(path).map_err(|e| CliError::from(e).with_hint(hint)),
+            Some(path) => read_master_key_file(path).map_err(|e| e.or_hint(hint)),
             None if std::env::var_os(MASTER_KEY_ENV).is_some() => {
                 LocalKek::from_env(MASTER_KEY_ENV).map_err(|e| CliError::from(e).with_hint(hint))
             }
             None => Err(CliError::error("no master key: the store's keys cannot be opened without it").with_hint(hint)),
         }
+    }
+
+    /// The next master key, if one is staged for a KEK rotation
+    /// (`--next-master-key-file`, else `KEYWHEEL_MASTER_KEY_NEXT`; empty means none).
+    pub(crate) fn next_master_key(&self) -> Result<Option<LocalKek>, CliError> {
+        let hint = format!("{NEXT_MASTER_KEY_ENV} (or --next-master-key-file) holds the next master key, base64");
+        if let Some(path) = &self.next_master_key_file {
+            return read_master_key_file(path).map(Some);
+        }
+        match std::env::var(NEXT_MASTER_KEY_ENV) {
+            Ok(value) if value.trim().is_empty() => Ok(None),
+            Ok(_) => LocalKek::from_env(NEXT_MASTER_KEY_ENV).map(Some).map_err(|e| {
+                CliError::error(format!("{NEXT_MASTER_KEY_ENV} does not hold a master key: {e}")).with_hint(hint)
+            }),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(CliError::error(format!("{NEXT_MASTER_KEY_ENV} is not UTF-8")).with_hint(hint))
+            }
+        }
+    }
+
+    /// The KEK that opens the store: the master key, which wraps, and the
+    /// staged next master key, if any, which also unwraps and verifies — so
+    /// every command works before, during and after a KEK rotation.
+    pub(crate) fn kek(&self) -> Result<Arc<dyn KeyEncryptionKey>, CliError> {
+        let current = self.master_key()?;
+        Ok(match self.next_master_key()? {
+            Some(next) if next.key_check() != current.key_check() => {
+                Arc::new(KekRing::new(Arc::new(current), vec![Arc::new(next)]))
+            }
+            _ => Arc::new(current),
+        })
     }
 
     /// The database of the record sources: a source's own, the file's, or the store's.
@@ -201,8 +239,7 @@ async fn check_schema(pool: &PgPool, schema: &PgSchema) -> Result<(), CliError> 
 /// Open the store for a command: master key checked against every stored key
 /// before anything is written.
 pub(crate) async fn open(settings: &Settings) -> Result<Opened, CliError> {
-    let kek: Arc<dyn KeyEncryptionKey> = Arc::new(settings.master_key()?);
-    open_with_kek(settings, kek).await
+    open_with_kek(settings, settings.kek()?).await
 }
 
 /// [`open`] with a given key-encryption key (KEK rotation opens with a ring).
@@ -220,7 +257,7 @@ pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptio
 /// records are not sealed yet, and sealing unwraps each one's keys itself
 /// before writing anything.
 pub(crate) async fn open_unverified(settings: &Settings) -> Result<Opened, CliError> {
-    open_store(settings, Arc::new(settings.master_key()?)).await
+    open_store(settings, settings.kek()?).await
 }
 
 async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
@@ -241,6 +278,18 @@ async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Resu
     Ok(Opened { kw, location: settings.location.clone(), pool })
 }
 
+/// Refuse to create a file store where one exists (checked by `init` before it
+/// writes a new master key file, so a refused `init` leaves no stray key).
+pub(crate) fn refuse_existing_file_store(settings: &Settings) -> Result<(), CliError> {
+    match &settings.location {
+        Location::File { dir, .. } if dir.join("store.json").exists() => {
+            Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
+                .with_hint("use it as it is, or choose another --store directory"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Create the store (file directory or Postgres tables, granting `app_role`
 /// the application's privileges). Returns what was done.
 pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Result<String, CliError> {
@@ -249,10 +298,7 @@ pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Resul
             "--app-role is for Postgres stores (a file store is protected by its file permissions)",
         )),
         Location::File { dir, audit_log } => {
-            if dir.join("store.json").exists() {
-                return Err(CliError::refused(format!("{} is already a keywheel store", dir.display()))
-                    .with_hint("use it as it is, or choose another --store directory"));
-            }
+            refuse_existing_file_store(settings)?;
             FileKeyStore::open(dir)?;
             FileAuditSink::open(audit_log)?;
             Ok(format!("Created the file store {} (audit log {}).", dir.display(), audit_log.display()))
@@ -370,6 +416,31 @@ pub(crate) async fn postgres_has_keyrings(settings: &Settings) -> Result<bool, C
         return Ok(false);
     }
     Ok(!PgKeyStore::new(pool, schema.clone()).list_keyrings().await?.is_empty())
+}
+
+/// A master key from a file that only its owner may read or write: one the
+/// group or others can access is refused with the `chmod` that fixes it.
+/// (A symlink is followed: secret mounts link to the real file.)
+pub(crate) fn read_master_key_file(path: &Path) -> Result<LocalKek, CliError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        CliError::error(format!("cannot read master key file {}: {e}", path.display()))
+            .with_hint("check the path given with --master-key-file, --next-master-key-file or --new-master-key-file")
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (true, true) => "its group and all other users",
+            (true, false) => "its group",
+            _ => "all other users",
+        };
+        return Err(CliError::error(format!(
+            "master key file {} has permissions {mode:04o}, which give {who} access; keywheel refuses to use it",
+            path.display()
+        ))
+        .with_hint(format!("chmod 600 {}", path.display())));
+    }
+    LocalKek::from_file(path).map_err(CliError::from)
 }
 
 /// Write a new secret file readable by its owner only; refuses to overwrite.

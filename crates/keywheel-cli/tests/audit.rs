@@ -32,7 +32,7 @@ fn without_key<T>(cli: &Cli, f: impl FnOnce() -> T) -> T {
     let key = std::fs::read(cli.key_file()).expect("key");
     std::fs::remove_file(cli.key_file()).expect("remove key");
     let out = f();
-    std::fs::write(cli.key_file(), key).expect("restore key");
+    support::write_secret(&cli.key_file(), key);
     out
 }
 

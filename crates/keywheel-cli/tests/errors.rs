@@ -41,13 +41,13 @@ fn a_wrong_master_key_is_refused_before_anything_is_written() {
     let cli = store_with_keyring();
     let before = snapshot(&cli.store_dir());
     let wrong = cli.dir().join("wrong.key");
-    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
+    support::write_secret(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     for args in [&["status"][..], &["rotate", "acme/token"], &["keyring", "create", "other/token"]] {
         let mut all = vec!["--master-key-file", wrong.to_str().expect("utf-8")];
         all.extend_from_slice(args);
         let out = cli.run(&all).assert_code(1);
         out.assert_stderr_contains("wrong master key");
-        out.assert_stderr_contains("hint: set KEYWHEEL_MASTER_KEY");
+        out.assert_stderr_contains("hint: give the master key whose key check value is");
     }
     assert_eq!(snapshot(&cli.store_dir()), before, "nothing written under the wrong key");
     // Not a key at all.
@@ -68,7 +68,7 @@ fn no_master_key_says_how_to_give_one() {
 #[test]
 fn a_missing_or_corrupt_store_is_named_with_the_fix() {
     let cli = Cli::new(None);
-    std::fs::write(cli.key_file(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
+    support::write_secret(&cli.key_file(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     let out = cli.run(&["status"]).assert_code(1);
     out.assert_stderr_contains("not a keywheel store");
     out.assert_stderr_contains("keywheel init");
@@ -108,7 +108,7 @@ fn a_damaged_audit_log_is_reported_by_line_with_exit_code_4() {
     out.assert_stderr_contains("line 2");
     out.assert_stderr_contains("keywheel audit verify");
     // Opening the store still works: the log is only appended to.
-    std::fs::write(cli.key_file(), key).expect("restore key");
+    support::write_secret(&cli.key_file(), key);
     cli.run(&["status"]).assert_code(0);
 }
 

@@ -213,7 +213,7 @@ async fn a_postgres_store_needs_init_first() {
     let Some(db) = TestDb::create().await else { return };
     let cli = Cli::new(Some(postgres_url(&db)));
     let key = LocalKek::generate_master_key().expect("key");
-    std::fs::write(cli.key_file(), secrecy::ExposeSecret::expose_secret(&key)).expect("write key");
+    support::write_secret(&cli.key_file(), secrecy::ExposeSecret::expose_secret(&key));
     cli.run(&["status"]).assert_code(1).assert_stderr_contains("keywheel init");
     cli.run(&["init"]).assert_code(0).assert_stdout_contains("Created keywheel's tables");
     cli.run(&["init"]).assert_code(0).assert_stdout_contains("already at version");

@@ -182,11 +182,22 @@ pub enum Error {
     },
     /// The configured master key is not the one the keys were wrapped with
     /// (the key check value does not match). Reported once per load, before any
-    /// key is unwrapped.
-    #[error("wrong master key for KEK {kek_id}: the key check value does not match")]
+    /// key is unwrapped. Names both key check values (one-way fingerprints,
+    /// safe to show), so an operator can tell which master key opens the store.
+    #[error(
+        "wrong master key for KEK {kek_id}: the stored keys need the master key with key check value \
+         {expected_key_check}, the given master key has {}",
+        given_key_checks.join(", ")
+    )]
+    #[non_exhaustive]
     WrongMasterKey {
         /// Id of the KEK whose master key is wrong.
         kek_id: String,
+        /// Key check value recorded with the wrapped key: that of the master key that opens it.
+        expected_key_check: String,
+        /// Key check values of the master keys that were tried (several for a
+        /// [`KekRing`](crate::KekRing)), none of them the expected one.
+        given_key_checks: Vec<String>,
     },
     /// A KEK could not be used (configuration, KMS failure, unwrap failure).
     #[error("key-encryption key {kek_id}: {message}")]
@@ -341,6 +352,23 @@ impl Error {
             Error::GenerationConflict { .. } | Error::LeaseHeld { .. } => true,
             Error::Backend { retryable, .. } | Error::Kek { retryable, .. } => *retryable,
             _ => false,
+        }
+    }
+
+    /// [`Error::WrongMasterKey`]: the master key of KEK `kek_id`, with key check
+    /// value `given`, is not the one (`expected`, as recorded with the wrapped
+    /// key) that opens the key. For [`KeyEncryptionKey`](crate::KeyEncryptionKey)
+    /// implementations in other crates, which cannot build the variant directly.
+    ///
+    /// ```
+    /// let e = keywheel_core::Error::wrong_master_key("local", "aa11", "bb22");
+    /// assert!(e.to_string().contains("key check value aa11, the given master key has bb22"));
+    /// ```
+    pub fn wrong_master_key(kek_id: impl Into<String>, expected: impl Into<String>, given: impl Into<String>) -> Self {
+        Error::WrongMasterKey {
+            kek_id: kek_id.into(),
+            expected_key_check: expected.into(),
+            given_key_checks: vec![given.into()],
         }
     }
 

@@ -1,7 +1,10 @@
-//! Key-encryption keys: how key material is wrapped at rest (the [manual](crate::manual#3-security-model)).
+//! Key-encryption keys: how key material is wrapped at rest, and the ring of
+//! master keys that serves a KEK rotation (see the [manual](crate::manual),
+//! "Master-key (KEK) rotation").
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -156,7 +159,9 @@ impl LocalKek {
     }
 
     /// A KEK from a base64 master key in the environment variable `var`
-    /// (conventionally `KEYWHEEL_MASTER_KEY`).
+    /// (conventionally `KEYWHEEL_MASTER_KEY`). An application that should
+    /// survive a master-key rotation without downtime uses
+    /// [`KekRing::from_env`] instead, which also reads a staged next key.
     pub fn from_env(var: &str) -> Result<Self> {
         let value = Zeroizing::new(std::env::var(var).map_err(|_| Error::Kek {
             kek_id: Self::DEFAULT_ID.into(),
@@ -241,7 +246,7 @@ impl KeyEncryptionKey for LocalKek {
             return Err(Error::KekMismatch { expected: self.id.clone(), found: wrapped.kek_id.clone() });
         }
         if !bool::from(wrapped.key_check.as_bytes().ct_eq(self.key_check.as_bytes())) {
-            return Err(Error::WrongMasterKey { kek_id: self.id.clone() });
+            return Err(Error::wrong_master_key(&self.id, &wrapped.key_check, &self.key_check));
         }
         if wrapped.ciphertext.len() != 12 + KeyMaterial::LEN + 16 {
             return Err(self.unwrap_error(keyring, version));
@@ -255,6 +260,168 @@ impl KeyEncryptionKey for LocalKek {
             .decrypt_inout_detached(&nonce, &Self::aad(keyring, version), buf.as_mut_slice().into(), &tag)
             .map_err(|_| self.unwrap_error(keyring, version))?;
         KeyMaterial::from_slice(&buf)
+    }
+}
+
+/// The environment variable conventionally holding the master key (base64).
+pub const MASTER_KEY_ENV: &str = "KEYWHEEL_MASTER_KEY";
+/// The environment variable conventionally holding the *next* master key
+/// (base64), staged ahead of a KEK rotation: see [`KekRing::from_env`].
+pub const NEXT_MASTER_KEY_ENV: &str = "KEYWHEEL_MASTER_KEY_NEXT";
+
+/// A KEK that wraps with a primary KEK and unwraps with whichever KEK's id a
+/// wrapped key names (and, among KEKs of the same id, whose key check value
+/// matches): lets applications keep reading and writing a store before,
+/// during and after a KEK rotation.
+///
+/// Records and audit entries are sealed with the primary's integrity key and
+/// verified with every KEK's ([`integrity_keys`](KeyEncryptionKey::integrity_keys)),
+/// so everything written under either master key keeps verifying.
+///
+/// For a zero-downtime master-key rotation, give every process the next
+/// master key ahead of time ([`KekRing::from_env`] with
+/// `KEYWHEEL_MASTER_KEY_NEXT`), rewrap ([`Rotator::rotate_kek`](crate::Rotator::rotate_kek),
+/// or `keywheel kek rotate`), then promote the next key to current and drop
+/// the old one: the runbook is in the [manual](crate::manual), "Master-key (KEK) rotation".
+///
+/// ```
+/// use keywheel_core::{KekRing, KeyEncryptionKey, LocalKek};
+/// let current = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// let next = "HxwdHhscGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwI=";
+/// let ring = KekRing::from_base64(current, Some(next))?;
+/// // The current key wraps; both unwrap.
+/// assert_eq!(ring.id(), "local");
+/// assert_eq!(ring.len(), 2);
+/// # Ok::<(), keywheel_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct KekRing {
+    primary: Arc<dyn KeyEncryptionKey>,
+    others: Vec<Arc<dyn KeyEncryptionKey>>,
+}
+
+impl KekRing {
+    /// Wrap with `primary`; unwrap with `primary` or any of `others` by id
+    /// (then by key check value).
+    pub fn new(primary: Arc<dyn KeyEncryptionKey>, others: Vec<Arc<dyn KeyEncryptionKey>>) -> Self {
+        KekRing { primary, others }
+    }
+
+    /// A ring of local master keys: `current` (base64) wraps, `next` (base64),
+    /// if given, also unwraps and verifies. A `next` equal to `current` is
+    /// held once.
+    pub fn from_base64(current: &str, next: Option<&str>) -> Result<Self> {
+        Self::from_lookup(MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV, |var| {
+            let value = if var == MASTER_KEY_ENV { Some(current) } else { next };
+            value.map(|v| Zeroizing::new(v.to_owned()))
+        })
+    }
+
+    /// A ring from the environment: the current master key from `current_var`
+    /// (required; conventionally [`MASTER_KEY_ENV`], `KEYWHEEL_MASTER_KEY`),
+    /// which wraps, and the next one from `next_var` (optional;
+    /// conventionally [`NEXT_MASTER_KEY_ENV`], `KEYWHEEL_MASTER_KEY_NEXT`),
+    /// which also unwraps and verifies. Both base64. `next_var` unset or empty
+    /// means no next key. Errors name the variable, never its value.
+    ///
+    /// ```no_run
+    /// use keywheel_core::{KekRing, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV};
+    /// let kek = KekRing::from_env(MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV)?;
+    /// # Ok::<(), keywheel_core::Error>(())
+    /// ```
+    pub fn from_env(current_var: &str, next_var: &str) -> Result<Self> {
+        Self::from_lookup(current_var, next_var, |var| std::env::var(var).ok().map(Zeroizing::new))
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup of variables (tests pass a map).
+    fn from_lookup(
+        current_var: &str,
+        next_var: &str,
+        lookup: impl Fn(&str) -> Option<Zeroizing<String>>,
+    ) -> Result<Self> {
+        let named = |var: &str, e: Error| Error::Kek {
+            kek_id: LocalKek::DEFAULT_ID.into(),
+            message: format!("{var} does not hold a master key: {e}"),
+            retryable: false,
+        };
+        let current = lookup(current_var).ok_or_else(|| Error::Kek {
+            kek_id: LocalKek::DEFAULT_ID.into(),
+            message: format!("environment variable {current_var} is not set or not UTF-8"),
+            retryable: false,
+        })?;
+        let current = LocalKek::from_base64(&current).map_err(|e| named(current_var, e))?;
+        let next = match lookup(next_var).filter(|v| !v.trim().is_empty()) {
+            Some(value) => Some(LocalKek::from_base64(&value).map_err(|e| named(next_var, e))?),
+            None => None,
+        };
+        let others: Vec<Arc<dyn KeyEncryptionKey>> = match next {
+            Some(next) if next.key_check() != current.key_check() => vec![Arc::new(next)],
+            _ => Vec::new(),
+        };
+        Ok(KekRing::new(Arc::new(current), others))
+    }
+
+    /// Number of KEKs in the ring (the primary included).
+    pub fn len(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Always `false`: a ring holds at least its primary.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+impl KeyEncryptionKey for KekRing {
+    fn id(&self) -> &str {
+        self.primary.id()
+    }
+    async fn wrap(&self, keyring: &KeyringId, version: KeyVersion, material: &KeyMaterial) -> Result<WrappedKey> {
+        self.primary.wrap(keyring, version, material).await
+    }
+    async fn integrity_key(&self) -> Result<IntegrityKey> {
+        self.primary.integrity_key().await
+    }
+    async fn integrity_keys(&self) -> Result<Vec<IntegrityKey>> {
+        let mut keys = Vec::new();
+        for kek in std::iter::once(&self.primary).chain(&self.others) {
+            for key in kek.integrity_keys().await? {
+                if !keys.iter().any(|k: &IntegrityKey| k.id() == key.id()) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+    async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial> {
+        // Several KEKs may share an id (a master key replaced by another under
+        // the same name, as the CLI's `kek rotate` does): the key check value
+        // tells them apart, so a wrong-master-key answer moves on to the next,
+        // and if none fits the error names every key check value tried.
+        let mut wrong: Option<Error> = None;
+        for kek in std::iter::once(&self.primary).chain(&self.others).filter(|k| k.id() == wrapped.kek_id) {
+            match kek.unwrap(keyring, version, wrapped).await {
+                Err(Error::WrongMasterKey { kek_id, expected_key_check, given_key_checks }) => {
+                    wrong = Some(match wrong {
+                        Some(Error::WrongMasterKey { kek_id, expected_key_check, given_key_checks: mut all }) => {
+                            for given in given_key_checks {
+                                if !all.contains(&given) {
+                                    all.push(given);
+                                }
+                            }
+                            Error::WrongMasterKey { kek_id, expected_key_check, given_key_checks: all }
+                        }
+                        _ => Error::WrongMasterKey { kek_id, expected_key_check, given_key_checks },
+                    });
+                }
+                other => return other,
+            }
+        }
+        Err(wrong.unwrap_or_else(|| Error::KekMismatch {
+            expected: self.primary.id().to_owned(),
+            found: wrapped.kek_id.clone(),
+        }))
     }
 }
 
@@ -273,12 +440,98 @@ mod tests {
         assert!(!w.ciphertext.windows(32).any(|win| win == [9u8; 32]));
         assert_eq!(kek.unwrap(&id, v1, &w).await.expect("unwrap").expose_secret(), &[9; 32]);
         let wrong = LocalKek::from_bytes(&[2; 32]);
-        assert!(matches!(wrong.unwrap(&id, v1, &w).await, Err(Error::WrongMasterKey { kek_id }) if kek_id == "local"));
+        let err = wrong.unwrap(&id, v1, &w).await.expect_err("wrong master key");
+        assert!(
+            matches!(&err, Error::WrongMasterKey { kek_id, expected_key_check, given_key_checks, .. }
+                if kek_id == "local" && expected_key_check == kek.key_check() && given_key_checks == &[wrong.key_check()]),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains(kek.key_check()) && message.contains(wrong.key_check()), "{message}");
         let other = KeyringId::new("u", Purpose::Token).expect("id");
         assert!(matches!(kek.unwrap(&other, v1, &w).await, Err(Error::Kek { .. })));
         let renamed = LocalKek::from_bytes(&[1; 32]).with_id("next");
         assert!(matches!(renamed.unwrap(&id, v1, &w).await, Err(Error::KekMismatch { .. })));
         assert!(LocalKek::from_slice(&[0; 31]).is_err());
         assert!(LocalKek::from_base64("not base64!").is_err());
+    }
+
+    fn b64(bytes: [u8; 32]) -> String {
+        STANDARD.encode(bytes)
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<Zeroizing<String>> + use<> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |var| map.get(var).map(|v| Zeroizing::new(v.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_ring_from_current_and_next_wraps_with_current_and_unwraps_with_both() {
+        let id = KeyringId::new("t", Purpose::Token).expect("id");
+        let v1 = KeyVersion::FIRST;
+        let m = KeyMaterial::from_slice(&[9; 32]).expect("32");
+        let (old, new) = (LocalKek::from_bytes(&[1; 32]), LocalKek::from_bytes(&[2; 32]));
+        let under_old = old.wrap(&id, v1, &m).await.expect("wrap");
+        let under_new = new.wrap(&id, v1, &m).await.expect("wrap");
+
+        let lookup = vars(&[("CUR", &b64([1; 32])), ("NEXT", &b64([2; 32]))]);
+        let staged = KekRing::from_lookup("CUR", "NEXT", lookup).expect("ring");
+        assert_eq!(staged.len(), 2);
+        // The current key wraps, both unwrap, both verify.
+        assert_eq!(staged.wrap(&id, v1, &m).await.expect("wrap").key_check, old.key_check());
+        for w in [&under_old, &under_new] {
+            assert_eq!(staged.unwrap(&id, v1, w).await.expect("unwrap").expose_secret(), &[9; 32]);
+        }
+        let ids: Vec<String> = staged.integrity_keys().await.expect("keys").iter().map(|k| k.id().to_owned()).collect();
+        let want: Vec<String> = [&old, &new].iter().map(|k| k.integrity.id().to_owned()).collect();
+        assert_eq!(ids, want);
+        assert_eq!(staged.integrity_key().await.expect("key").id(), old.integrity.id());
+
+        // Promoted: the next key alone; keys still under the old one name both check values.
+        let promoted = KekRing::from_base64(&b64([2; 32]), None).expect("ring");
+        assert_eq!(promoted.len(), 1);
+        assert_eq!(promoted.unwrap(&id, v1, &under_new).await.expect("unwrap").expose_secret(), &[9; 32]);
+        let err = promoted.unwrap(&id, v1, &under_old).await.expect_err("old key dropped");
+        assert!(
+            matches!(&err, Error::WrongMasterKey { expected_key_check, given_key_checks, .. }
+                if expected_key_check == old.key_check() && given_key_checks == &[new.key_check()]),
+            "{err:?}"
+        );
+        // A ring of two wrong keys names both.
+        let wrong = KekRing::from_base64(&b64([3; 32]), Some(&b64([4; 32]))).expect("ring");
+        let err = wrong.unwrap(&id, v1, &under_old).await.expect_err("wrong keys");
+        let given = [LocalKek::from_bytes(&[3; 32]), LocalKek::from_bytes(&[4; 32])].map(|k| k.key_check().to_owned());
+        assert!(
+            matches!(&err, Error::WrongMasterKey { given_key_checks, .. } if given_key_checks == &given),
+            "{err:?}"
+        );
+        assert!(!format!("{err}{err:?}").contains(&b64([3; 32])), "no key bytes in errors");
+    }
+
+    #[test]
+    fn ring_constructors_refuse_missing_or_bad_keys_naming_the_variable() {
+        let message = |r: Result<KekRing>| r.expect_err("refused").to_string();
+        // No current key.
+        let m = message(KekRing::from_lookup("CUR", "NEXT", vars(&[("NEXT", &b64([2; 32]))])));
+        assert!(m.contains("CUR is not set"), "{m}");
+        // A bad current or next key names its variable, not its value.
+        let m = message(KekRing::from_lookup("CUR", "NEXT", vars(&[("CUR", "c2VjcmV0")])));
+        assert!(
+            m.contains("CUR does not hold a master key") && m.contains("32 bytes") && !m.contains("c2VjcmV0"),
+            "{m}"
+        );
+        let lookup = vars(&[("CUR", &b64([1; 32])), ("NEXT", "not base64!")]);
+        let m = message(KekRing::from_lookup("CUR", "NEXT", lookup));
+        assert!(m.contains("NEXT does not hold a master key") && m.contains("base64"), "{m}");
+        // An unset or empty next key is no next key; one equal to the current is held once.
+        for next in [None, Some(""), Some("  "), Some(b64([1; 32]).as_str())] {
+            let mut pairs = vec![("CUR", b64([1; 32]))];
+            if let Some(n) = next {
+                pairs.push(("NEXT", n.to_owned()));
+            }
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(KekRing::from_lookup("CUR", "NEXT", vars(&pairs)).expect("ring").len(), 1, "{next:?}");
+        }
     }
 }

@@ -221,6 +221,21 @@ impl Keywheel {
         &self.inner.store
     }
 
+    /// The same store, audit sink, clock and actor with another KEK: an
+    /// instance that seals and audits under `kek`'s integrity key (KEK
+    /// rotation writes under the new master key, whatever this one's is).
+    pub(crate) fn with_kek(&self, kek: Arc<dyn KeyEncryptionKey>) -> Result<Keywheel> {
+        Keywheel::builder()
+            .store(Arc::clone(self.inner.sealing.inner()))
+            .kek(kek)
+            .audit(Arc::clone(&self.inner.audit))
+            .clock(Arc::clone(&self.inner.clock))
+            .actor(self.inner.actor.clone())
+            .refresh_interval(self.inner.refresh_interval)
+            .reload_cooldown(self.inner.reload_cooldown)
+            .build()
+    }
+
     /// The audit sink.
     pub fn audit_sink(&self) -> &Arc<dyn AuditSink> {
         &self.inner.audit

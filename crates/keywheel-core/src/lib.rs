@@ -50,14 +50,14 @@ pub use integrity::IntegrityKey;
 pub use job::{
     JobCounts, JobFailure, JobKind, JobPhase, MAX_STORED_FAILURES, RotationJob, RotationReport, SourceCheckpoint,
 };
-pub use kek::{KeyEncryptionKey, LocalKek, WrappedKey};
+pub use kek::{KekRing, KeyEncryptionKey, LocalKek, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV, WrappedKey};
 pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
 pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;
 pub use policy::{AfterRotation, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
 pub use rotation::{
-    CancelToken, KekRing, KekRotationReport, Progress, ProgressFn, RollbackReport, RotateOptions, Rotator, VerifyReport,
+    CancelToken, KekRotationReport, Progress, ProgressFn, RollbackReport, RotateOptions, Rotator, VerifyReport,
 };
 pub use scheduler::{
     Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig, SchedulerTotals,

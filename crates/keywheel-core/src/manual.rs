@@ -89,8 +89,9 @@
 //!   [`KeyEncryptionKey`](crate::KeyEncryptionKey) with the keyring id and
 //!   version as associated data. Each wrapped key records the KEK id and a key
 //!   check value (a one-way HKDF fingerprint of the master key), so a wrong
-//!   master key is reported once as `WrongMasterKey { kek_id }` before any
-//!   unwrap is attempted. Tags and key check values are compared in constant time.
+//!   master key is reported once as `WrongMasterKey`, naming the key check
+//!   value the store needs and the one given, before any unwrap is attempted
+//!   (section 10). Tags and key check values are compared in constant time.
 //! * **Errors do not form an oracle**: every authentication failure is the same
 //!   opaque [`Error::Decrypt`](crate::Error::Decrypt). Format errors only
 //!   describe bytes the caller already holds.
@@ -501,3 +502,71 @@
 //! | **Application host** (code execution in a process that holds a snapshot) | decrypt and encrypt everything the loaded keyrings protect, read the master key or use the KMS as that process can | nothing beyond what the host can do is protected; after an emergency rotation the compromised version stops encrypting within the bound of I3, and its material is destroyed in the store as soon as no decryptable value uses it |
 //! | **Backup thief** (a database backup, a WAL archive, a disk image) | everything a database reader can, for as long as the backup exists | without the master key: nothing. **Retirement destroys material in the store, not in backups or WAL**: a retired version's wrapped key stays in every backup taken before, readable with the master key of that time. It is gone only once the KEK has been rotated (`kek rotate`, then destroy the old master key) *and* the backups and WAL from before have expired |
 //! | **Operator** (holds the master key, runs the CLI) | every lifecycle operation, forced ones included; rewrite the audit log consistently (they hold the key that authenticates it) | every step, forced or refused, is audited with actor and reason before it takes effect (fail closed); anchor the audit head elsewhere (`keywheel audit verify` prints it) so a rewritten log is detectable by someone who does not trust the operator |
+//!
+//! ## 10. Master-key (KEK) rotation
+//!
+//! Stored key material is wrapped under the master key (the KEK); values in
+//! the application's tables are not. Replacing the master key therefore
+//! rewraps the few stored key versions and touches no value
+//! ([`Rotator::rotate_kek`](crate::Rotator::rotate_kek), `keywheel kek
+//! rotate`). Each wrapped key records the KEK id and the **key check value**
+//! (KCV: a one-way fingerprint, safe to print and record) of the master key
+//! that wrapped it; a process given another master key gets
+//! [`Error::WrongMasterKey`](crate::Error::WrongMasterKey) naming the KCV the
+//! store needs and the KCV(s) it was given. `keywheel init`, `kek generate`
+//! and `kek rotate` print the KCV of the key they make.
+//!
+//! **Master-key files.** `keywheel init` and `kek rotate`/`kek generate`
+//! write a generated key only to a new file of mode 0600 (`init` defaults to
+//! `./master.key`; an existing file is never overwritten), and print it only
+//! with `--print-master-key`. The CLI refuses a key file (`--master-key-file`,
+//! `--next-master-key-file`, `--new-master-key-file`) or a file-store audit
+//! log that its group or other users can read or write, naming the `chmod
+//! 600 PATH` that fixes it.
+//!
+//! **Without downtime.** A process whose master key no longer opens the store
+//! fails every reload, so the next key is given to every process *before* the
+//! rewrap. A process holding the current and the next key (a
+//! [`KekRing`](crate::KekRing), built by
+//! [`KekRing::from_env`](crate::KekRing::from_env) from
+//! `KEYWHEEL_MASTER_KEY` and `KEYWHEEL_MASTER_KEY_NEXT`) wraps new key
+//! versions and seals records under the current key, and unwraps and
+//! verifies under both; audit entries and record seals made under either key
+//! keep verifying. The CLI takes the next key as `--next-master-key-file PATH`
+//! or `KEYWHEEL_MASTER_KEY_NEXT` in every command. The runbook:
+//!
+//! 1. **Stage the next key everywhere.** `keywheel kek generate --out
+//!    next-master.key` (prints its KCV); put it in the secret manager and set
+//!    `KEYWHEEL_MASTER_KEY_NEXT` (base64, the file's content) in every
+//!    application process — a rolling restart — and for the CLI
+//!    (`--next-master-key-file next-master.key`). Nothing is rewrapped yet:
+//!    processes not yet restarted keep working.
+//! 2. **Rewrap: `keywheel kek rotate`** (with the next key staged; it rewraps
+//!    to the staged key). Every live key version is rewrapped under the next
+//!    key and every record resealed under its integrity key, one atomic update
+//!    per keyring, audited as `KekRotated` under the next key. Staged
+//!    processes read the rewrapped records on their next reload. Running it
+//!    again is safe: rewrapped keys are skipped, and anything a process still
+//!    wrote under the old key since (a new version from an in-application
+//!    rotation, a resealed record) is rewrapped or resealed.
+//! 3. **Promote the next key to current everywhere.** Set
+//!    `KEYWHEEL_MASTER_KEY` to the next key and remove
+//!    `KEYWHEEL_MASTER_KEY_NEXT` (CLI: `--master-key-file next-master.key`), a
+//!    rolling restart again: processes not yet promoted still hold the next
+//!    key, promoted ones need only it. Avoid lifecycle operations in
+//!    not-yet-promoted processes during this step (they would wrap under the
+//!    old key); if one ran, repeat step 2 before step 4.
+//! 4. **Drop the old key.** Check that the new key alone opens everything:
+//!    `keywheel --master-key-file next-master.key keyring list` unwraps every
+//!    key and checks every seal (a `WrongMasterKey` naming the old KCV means
+//!    step 2 must run again), and `keywheel audit verify` authenticates the
+//!    trail with it. Then remove the old key from every deployment. Keep it
+//!    in the secret manager until every backup of the store taken before
+//!    step 2 has expired: those backups are still wrapped under it (see the
+//!    threat model, section 9).
+//!
+//! Library users follow the same steps with
+//! `KekRing::from_env(MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV)` in the
+//! application and `Rotator::rotate_kek(next)` (from an engine holding both
+//! keys) as step 2: `rotate_kek` seals and audits under the new key whichever
+//! key the engine wraps with.

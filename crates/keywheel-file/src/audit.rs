@@ -195,13 +195,14 @@ pub struct FileAuditOptions {
 }
 
 impl FileAuditOptions {
-    /// The defaults: refuse a log that the group or other users can write.
+    /// The defaults: refuse a log that the group or other users can read or write.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Accept a log file that the group or other users can write (default
-    /// `false`: refused, since anyone who can write it can rewrite history).
+    /// Accept a log file that the group or other users can read or write
+    /// (default `false`: refused, since anyone who can write it can rewrite
+    /// history, and its entries name every keyring, actor and reason).
     pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
         self.allow_insecure_permissions = allow;
         self
@@ -256,7 +257,9 @@ impl FileAuditOptions {
 ///   key, so it does not extend a chain whose end was forged.
 ///
 /// The file is created with mode 0600; a log that the group or other users
-/// can write is refused ([`FileAuditOptions::allow_insecure_permissions`] opts out).
+/// can read or write is refused, with the `chmod` that fixes it
+/// ([`FileAuditOptions::allow_insecure_permissions`] opts out): whoever can
+/// write it can rewrite history, and it names every keyring, actor and reason.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -295,7 +298,7 @@ impl fmt::Debug for FileAuditSink {
 
 impl FileAuditSink {
     /// Open the log at `path`, creating it (mode 0600) if it does not exist;
-    /// its directory must exist. Refuses a group- or world-writable log, and a
+    /// its directory must exist. Refuses a log the group or other users can read or write, and a
     /// log whose last complete line is not an entry (it cannot be continued;
     /// [`verify_log`] locates the damage). An incomplete last line is repaired
     /// by the first append, as described on [`FileAuditSink`].
@@ -323,7 +326,7 @@ impl FileAuditSink {
             return Err(BACKEND.err(&path, "is not a regular file; give the path of an audit log file"));
         }
         if !options.allow_insecure_permissions {
-            fsio::check_mode(BACKEND, &path, &meta, 0o022, FILE_MODE, OPT_OUT)?;
+            fsio::check_mode(BACKEND, &path, &meta, 0o077, FILE_MODE, OPT_OUT)?;
         }
         let sink = FileAuditSink { lock, recoveries: Mutex::new(Vec::new()) };
         let mut guard = sink.lock.lock(BACKEND)?;

@@ -235,7 +235,7 @@ async fn several_writers_on_one_file_form_one_chain() {
 }
 
 #[tokio::test]
-async fn a_log_others_can_write_is_refused() {
+async fn a_log_others_can_read_or_write_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     drop(log_with(&path, 1).await);
@@ -245,8 +245,14 @@ async fn a_log_others_can_write_is_refused() {
     assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
     assert!(message.contains("allow_insecure_permissions"), "{message}");
     FileAuditSink::options().allow_insecure_permissions(true).open(&path).expect("explicit opt-out");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-    FileAuditSink::open(&path).expect("readable by others is allowed: no key material in the log");
+    for readable in [0o640, 0o644, 0o604] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(readable)).expect("chmod");
+        let message = FileAuditSink::open(&path).expect_err("readable by others").to_string();
+        assert!(message.contains(&format!("permissions {readable:04o}")), "{message}");
+        assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    FileAuditSink::open(&path).expect("0600 is accepted");
 }
 
 #[tokio::test]

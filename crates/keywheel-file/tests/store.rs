@@ -335,7 +335,7 @@ async fn a_wrong_master_key_errors_before_anything_is_written() {
     let store = FileKeyStore::options().create(false).open(&dir).expect("open");
     let wrong = LocalKek::from_bytes(&[2; 32]);
     let err = store.check_kek(&wrong).await.expect_err("wrong master key");
-    assert!(matches!(&err, Error::WrongMasterKey { kek_id } if kek_id == "local"), "{err:?}");
+    assert!(matches!(&err, Error::WrongMasterKey { kek_id, .. } if kek_id == "local"), "{err:?}");
     let renamed = LocalKek::from_bytes(&MASTER).with_id("vault");
     assert!(matches!(store.check_kek(&renamed).await, Err(Error::KekMismatch { .. })));
     assert_eq!(snapshot(tmp.path()), before, "checking a KEK writes nothing");

@@ -1,6 +1,6 @@
 //! `audit verify|tail`: the audit trail.
 
-use keywheel_core::{AuditEntry, ChainHead, ChainVerifier, KeyEncryptionKey};
+use keywheel_core::{AuditEntry, ChainHead, ChainVerifier};
 use serde_json::json;
 
 use crate::cli::{AuditVerifyArgs, TailArgs};
@@ -16,7 +16,7 @@ pub(super) async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, js
     let audit = store::open_audit(settings).await?;
     // Auditors without the master key can still check the structure.
     let keys = match settings.has_master_key() {
-        true => Some(settings.master_key()?.integrity_keys().await?),
+        true => Some(settings.kek()?.integrity_keys().await?),
         false => None,
     };
     let mut verifier = ChainVerifier::new();

@@ -21,7 +21,7 @@ use crate::store::Settings;
 use audit::{audit_tail, audit_verify};
 use init::init;
 use inspect::inspect;
-use kek::kek_rotate;
+use kek::{kek_generate, kek_rotate};
 use keyring::{keyring_apply, keyring_create, keyring_list, keyring_seal, warn_policy_drift};
 use rotation::{print_rotation, resume, retire, rollback, rotate, rotation_code, warn_without_sources};
 use scheduler::scheduler_run;
@@ -48,6 +48,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Audit(AuditCommand::Tail(args)) => audit_tail(&settings, &args, json).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => scheduler_run(&settings, &args, json).await,
         Command::Kek(KekCommand::Rotate(args)) => kek_rotate(&settings, &args, json).await,
+        Command::Kek(KekCommand::Generate(args)) => kek_generate(&args, json),
         Command::Inspect(args) => inspect(&args, json),
     }
 }

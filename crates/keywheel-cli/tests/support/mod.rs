@@ -126,3 +126,18 @@ impl Output {
         self
     }
 }
+
+/// Write a key file as an operator would: readable by its owner only (keywheel
+/// refuses key files the group or others can access).
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create key file");
+    file.write_all(contents.as_ref()).expect("write key file");
+}

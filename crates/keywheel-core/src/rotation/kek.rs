@@ -1,81 +1,38 @@
-//! KEK rotation and the [`KekRing`] that reads a store during it.
+//! KEK rotation: rewrapping every stored key under a new master key.
 
 use super::*;
 
-/// A KEK that wraps with a primary KEK and unwraps with whichever KEK's id a
-/// wrapped key names (and, among KEKs of the same id, whose key check value
-/// matches): lets readers open a store during and after a KEK rotation.
-#[derive(Debug)]
-pub struct KekRing {
-    primary: Arc<dyn KeyEncryptionKey>,
-    others: Vec<Arc<dyn KeyEncryptionKey>>,
-}
-
-impl KekRing {
-    /// Wrap with `primary`; unwrap with `primary` or any of `others` by id
-    /// (then by key check value).
-    pub fn new(primary: Arc<dyn KeyEncryptionKey>, others: Vec<Arc<dyn KeyEncryptionKey>>) -> Self {
-        KekRing { primary, others }
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyEncryptionKey for KekRing {
-    fn id(&self) -> &str {
-        self.primary.id()
-    }
-    async fn wrap(&self, keyring: &KeyringId, version: KeyVersion, material: &KeyMaterial) -> Result<WrappedKey> {
-        self.primary.wrap(keyring, version, material).await
-    }
-    async fn integrity_key(&self) -> Result<crate::IntegrityKey> {
-        self.primary.integrity_key().await
-    }
-    async fn integrity_keys(&self) -> Result<Vec<crate::IntegrityKey>> {
-        let mut keys = Vec::new();
-        for kek in std::iter::once(&self.primary).chain(&self.others) {
-            for key in kek.integrity_keys().await? {
-                if !keys.iter().any(|k: &crate::IntegrityKey| k.id() == key.id()) {
-                    keys.push(key);
-                }
-            }
-        }
-        Ok(keys)
-    }
-    async fn unwrap(&self, keyring: &KeyringId, version: KeyVersion, wrapped: &WrappedKey) -> Result<KeyMaterial> {
-        // Several KEKs may share an id (a master key replaced by another under
-        // the same name, as the CLI's `kek rotate` does): the key check value
-        // tells them apart, so a wrong-master-key answer moves on to the next.
-        let mut last = None;
-        for kek in std::iter::once(&self.primary).chain(&self.others).filter(|k| k.id() == wrapped.kek_id) {
-            match kek.unwrap(keyring, version, wrapped).await {
-                Err(e @ Error::WrongMasterKey { .. }) => last = Some(e),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::KekMismatch {
-            expected: self.primary.id().to_owned(),
-            found: wrapped.kek_id.clone(),
-        }))
-    }
-}
-
 impl Rotator {
-    /// Rewrap every live version of every keyring under `new` (no record is
+    /// Rewrap every live version of every keyring under `new` (no value is
     /// touched), one atomic update per keyring, audited. Versions are unwrapped
-    /// with this engine's KEK: build it with a [`KekRing`] holding `new` and the
-    /// old KEK (with distinct ids), so readers keep working during the rotation.
+    /// with this engine's KEK — a [`KekRing`](crate::KekRing) holding the old
+    /// master key and `new` (as applications hold them during the rotation,
+    /// see [`KekRing::from_env`](crate::KekRing::from_env)), or the old KEK
+    /// alone. Every updated record is sealed, and the rotation audited, under
+    /// `new`'s integrity key, whichever KEK this engine wraps with; a record
+    /// whose keys are all under `new` already but whose seal is not (written
+    /// by a process still on the old key since an earlier run) is resealed.
     /// Idempotent and resumable: keys already wrapped by `new` (same id and key
     /// check value) are skipped. Afterwards the old KEK is no longer needed.
+    /// The whole procedure without downtime is in the [manual](crate::manual),
+    /// "Master-key (KEK) rotation".
     pub async fn rotate_kek(&self, new: Arc<dyn KeyEncryptionKey>) -> Result<KekRotationReport> {
         // The key check value of `new`, from one throwaway wrap.
         let probe = KeyringId::new("keywheel", crate::Purpose::Custom("kek-probe".into()))?;
         let new_check = new.wrap(&probe, KeyVersion::FIRST, &KeyMaterial::generate()?).await?.key_check;
+        let new_seal_key = new.integrity_key().await?;
         let is_new = |w: &WrappedKey| w.kek_id == new.id() && w.key_check == new_check;
+        // Writes go through an instance whose primary KEK is `new`: it seals
+        // and audits under the new master key and verifies records sealed
+        // under any of ours. (Keys are unwrapped with our KEK itself: a ring
+        // inside a ring would be skipped by the outer ring's KEK id filter.)
+        let writer =
+            self.kw.with_kek(Arc::new(crate::KekRing::new(Arc::clone(&new), vec![Arc::clone(self.kw.kek())])))?;
         let mut report =
             KekRotationReport { from: Vec::new(), to: new.id().to_owned(), keyrings: 0, keys: 0, already_rewrapped: 0 };
-        for id in self.kw.list_keyrings().await? {
+        for id in writer.list_keyrings().await? {
             loop {
-                let record = self.kw.record(&id).await?;
+                let record = writer.record(&id).await?;
                 let mut changes = Vec::new();
                 let mut from: Vec<String> = Vec::new();
                 let mut already = 0;
@@ -94,16 +51,18 @@ impl Rotator {
                         wrapped: new.wrap(&id, v.version, &material).await?,
                     });
                 }
-                if changes.is_empty() {
+                let sealed_by_new = record.seal.as_ref().is_some_and(|s| s.key_id == new_seal_key.id());
+                if changes.is_empty() && sealed_by_new {
                     report.already_rewrapped += already;
                     break;
                 }
                 let keys = changes.len() as u64;
                 let cid = correlation_id()?;
                 let kind = AuditKind::KekRotated { from: from.join(","), to: new.id().to_owned(), keys };
-                let event = self.kw.event(Some(&id), kind, &cid);
-                match self.kw.apply_audited(&record, &changes, &[event]).await {
+                let event = writer.event(Some(&id), kind, &cid);
+                match writer.apply_audited(&record, &changes, &[event]).await {
                     Ok(_) => {
+                        self.kw.invalidate(&id);
                         report.keyrings += 1;
                         report.keys += keys;
                         report.already_rewrapped += already;

@@ -7,7 +7,7 @@
 //! * [`inspect`]: census, verify, dry run;
 //! * [`retire`]: guarded retirement;
 //! * [`rollback`]: undo of the latest rotation;
-//! * [`kek`]: KEK rotation and the [`KekRing`].
+//! * [`kek`]: KEK rotation (the [`KekRing`](crate::KekRing) that reads a store during it lives with the KEKs).
 
 mod inspect;
 mod kek;
@@ -16,8 +16,6 @@ use reencrypt::reencrypt_values;
 mod retire;
 mod rollback;
 mod run;
-
-pub use kek::KekRing;
 
 use std::collections::BTreeMap;
 use std::fmt;
