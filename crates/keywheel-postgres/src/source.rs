@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use keywheel_core::{
     Census, Context, Cursor, Error, Form, KeyVersion, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement,
-    Result, ScanRequest, StoredValue, async_trait, version_of,
+    Result, ScanRequest, StoredValue, ValueLocation, async_trait, version_of,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
@@ -191,6 +191,26 @@ impl TableSpec {
     /// The name the source will report.
     pub fn source_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| format!("{}.{}", self.schema, self.table))
+    }
+
+    /// Where the value at `cursor` (a cursor of a source built from this
+    /// spec, [`PgRecordSource::cursor`]) lives: `schema.table`, the column's
+    /// name and the primary key. `None` if the cursor is not of this form or
+    /// names a column index the spec does not have. Needs no database, so a
+    /// job's failures can be located from the configuration alone.
+    ///
+    /// ```
+    /// use keywheel_core::Form;
+    /// use keywheel_postgres::{PgRecordSource, TableSpec};
+    /// let spec = TableSpec::new("public", "users").column("email", Form::Binary).column("token", Form::Binary);
+    /// let at = spec.locate(&PgRecordSource::cursor(1, "42")).expect("a cursor of this spec");
+    /// assert_eq!((at.table.as_str(), at.column.as_str(), at.key.as_str()), ("public.users", "token", "42"));
+    /// assert!(spec.locate(&PgRecordSource::cursor(2, "42")).is_none());
+    /// ```
+    pub fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        let (index, key) = cursor.0.split_once(':')?;
+        let column = self.columns.get(index.parse::<usize>().ok()?)?;
+        Some(ValueLocation::new(format!("{}.{}", self.schema, self.table), column.name.clone(), key))
     }
 }
 
@@ -1002,6 +1022,10 @@ fn build(spec: &TableSpec) -> Result<Built> {
 impl RecordSource for PgRecordSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        self.spec.locate(cursor)
     }
 
     async fn scan(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
