@@ -66,6 +66,7 @@ pub use scheduler::{
 pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_LABEL};
 pub use source::{
     Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, ValueLocation, census_by_scan,
+    census_of,
 };
 pub use state::KeyState;
 pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, check_fence, grant_lease};

@@ -207,6 +207,22 @@ pub trait RecordSource: Send + Sync + fmt::Debug {
     }
 }
 
+/// The census of values per keyring and version across `sources` (only
+/// `keyring`'s if given): each source's [`RecordSource::census`], merged.
+/// [`Rotator::census`](crate::Rotator::census) is this over its registered
+/// sources; a reader without a [`Keywheel`](crate::Keywheel) (no master key)
+/// calls it directly: a census needs no key.
+pub async fn census_of(sources: &[std::sync::Arc<dyn RecordSource>], keyring: Option<&KeyringId>) -> Result<Census> {
+    let mut total = Census::default();
+    for s in sources {
+        total.merge(&s.census(keyring).await?);
+    }
+    if let Some(k) = keyring {
+        total.counts.retain(|id, _| id == k);
+    }
+    Ok(total)
+}
+
 /// The scan-based census, the default of [`RecordSource::census`]: reads every
 /// value's header in batches of `batch`.
 pub async fn census_by_scan<S: RecordSource + ?Sized>(

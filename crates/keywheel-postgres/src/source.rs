@@ -193,6 +193,17 @@ impl TableSpec {
         self.name.clone().unwrap_or_else(|| format!("{}.{}", self.schema, self.table))
     }
 
+    /// Whether a source built from this spec holds the values of `keyring`
+    /// in its table ([`RecordSource::covers`]): its fixed keyring, or any
+    /// keyring of its purpose when keyrings come from a tenant column.
+    pub fn covers(&self, keyring: &KeyringId) -> bool {
+        match &self.keyring {
+            Some(KeyringFrom::Fixed(fixed)) => fixed == keyring,
+            Some(KeyringFrom::TenantColumn { purpose, .. }) => keyring.purpose() == purpose,
+            None => false,
+        }
+    }
+
     /// Where the value at `cursor` (a cursor of a source built from this
     /// spec, [`PgRecordSource::cursor`]) lives: `schema.table`, the column's
     /// name and the primary key. `None` if the cursor is not of this form or
@@ -1118,7 +1129,7 @@ impl RecordSource for PgRecordSource {
     }
 
     fn covers(&self, keyring: &KeyringId) -> bool {
-        self.tenant_filter(Some(keyring)).is_some()
+        self.spec.covers(keyring)
     }
 
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {

@@ -1,6 +1,6 @@
 //! `rotate`, `resume`, `rollback`, `retire`: the rotation runbook.
 
-use keywheel_core::{JobPhase, KeyState, KeyVersion, RotationReport};
+use keywheel_core::{JobPhase, KeyState, KeyVersion, KeyringId, RotationReport};
 use serde_json::json;
 
 use crate::cli::{ResumeArgs, RetireArgs, RollbackArgs, RotateArgs};
@@ -8,7 +8,18 @@ use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS};
 use crate::output::{Reporter, count, human_duration, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::failures::FailedValue;
 use super::{cancel_on_signal, parse_keyring, rotate_options, warn_policy_drift};
+
+/// A job phase as the JSON output names it (`reencrypt`, `wait_activation`, …).
+fn phase_text(phase: JobPhase) -> String {
+    let name = serde_json::to_value(phase).ok().and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Object(o) => o.keys().next().cloned(),
+        _ => None,
+    });
+    name.unwrap_or_else(|| format!("{phase:?}"))
+}
 
 pub(super) fn print_rotation(report: &RotationReport) {
     let from = report.from.map_or("-".into(), |v| v.to_string());
@@ -17,11 +28,10 @@ pub(super) fn print_rotation(report: &RotationReport) {
     if report.dry_run {
         println!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
     } else {
-        let phase = serde_json::to_value(report.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
         println!(
             "Rotation of {} {from} → {to}: {} (job {}).",
             report.keyring,
-            phase.unwrap_or_else(|| format!("{:?}", report.phase)),
+            phase_text(report.phase),
             report.job_id.as_deref().unwrap_or("-")
         );
     }
@@ -39,10 +49,13 @@ pub(super) fn print_rotation(report: &RotationReport) {
     }
     for f in report.failures.iter().take(20) {
         let version = f.version.map_or("?".into(), |v| v.to_string());
-        println!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
+        println!("  FAILED {} ({version}): {}", FailedValue::of(f, &[]).place(), f.reason);
     }
     if report.failures.len() > 20 {
         println!("  … and {} more failures (see --json)", report.failures.len() - 20);
+    }
+    if !report.failures.is_empty() && !report.dry_run {
+        println!("  List them again with `keywheel failures {}`.", report.keyring);
     }
 }
 
@@ -141,7 +154,10 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
     let result = rotator.rollback(&id, &policy, args.reason.as_deref(), args.reencrypt, &opts).await;
     reporter.finish();
     flush_usage(&opened).await;
-    let report = result?;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => return Err(with_unfinished_job_hint(&opened, &id, e.into()).await),
+    };
     if json {
         print_json(&report)?;
     } else {
@@ -151,6 +167,32 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
         }
     }
     Ok(report.reencrypt.as_ref().map_or(OK, rotation_code))
+}
+
+/// A failed rollback of a keyring with an unfinished rotation job: the hint
+/// says which job, where it stopped, and what to do first (the job may be
+/// why there is nothing to roll back yet, or why the lease is taken).
+async fn with_unfinished_job_hint(opened: &Opened, id: &KeyringId, err: CliError) -> CliError {
+    let store = opened.kw.store();
+    let Ok(jobs) = store.list_jobs(id).await else { return err };
+    let Some(job) = jobs.iter().rev().find(|j| !j.phase.is_finished() || j.completion_pending) else { return err };
+    let version = |v: Option<KeyVersion>| v.map_or("-".into(), |v| v.to_string());
+    let next = match store.load_lease(id).await.ok().flatten() {
+        Some(lease) if lease.expires_at > opened.kw.now() => format!(
+            "its lease is held by {} until {}: wait for that process to finish it (if the process is gone, \
+             run `keywheel resume {id}` once the lease has expired)",
+            lease.holder, lease.expires_at
+        ),
+        _ => format!("nobody is working on it (its process stopped): run `keywheel resume {id}` first"),
+    };
+    let hint = format!(
+        "rotation job {} of {id} is unfinished (phase {}, {} → {}); {next}, then roll back if it is still needed",
+        job.id,
+        phase_text(job.phase),
+        version(job.from),
+        version(job.to)
+    );
+    err.with_hint(hint)
 }
 
 pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8, CliError> {

@@ -5,14 +5,7 @@ use super::*;
 impl Rotator {
     /// Census of values per keyring and version across all sources (one keyring if given).
     pub async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
-        let mut total = Census::default();
-        for s in &self.sources {
-            total.merge(&s.census(keyring).await?);
-        }
-        if let Some(k) = keyring {
-            total.counts.retain(|id, _| id == k);
-        }
-        Ok(total)
+        crate::census_of(&self.sources, keyring).await
     }
 
     /// Check that every value of a keyring is on its Active version.
