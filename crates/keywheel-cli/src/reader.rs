@@ -42,8 +42,10 @@ pub(crate) struct Damage {
     pub(crate) kind: String,
     /// The damaged file (file store).
     pub(crate) file: Option<PathBuf>,
-    /// What is wrong and how to fix it.
+    /// What is wrong.
     pub(crate) problem: String,
+    /// How to fix it, when the problem does not say.
+    pub(crate) fix: Option<String>,
 }
 
 impl Reader {
@@ -80,6 +82,7 @@ impl Reader {
                 kind: serde_json::to_value(d.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
                 file: Some(d.path),
                 problem: d.problem,
+                fix: None,
             })
             .collect())
     }
@@ -101,7 +104,14 @@ impl Reader {
             _ => return Err(error.into()),
         }
         let listed = known.iter().any(|d| d.file.as_ref().is_some_and(|f| message.contains(&f.display().to_string())));
-        Ok((!listed).then(|| Damage { keyring: Some(id.clone()), kind: what.to_owned(), file: None, problem: message }))
+        let fix = CliError::from(error).hint;
+        Ok((!listed).then(|| Damage {
+            keyring: Some(id.clone()),
+            kind: what.to_owned(),
+            file: None,
+            problem: message,
+            fix,
+        }))
     }
 }
 

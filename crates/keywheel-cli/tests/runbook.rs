@@ -11,6 +11,8 @@
 
 #[path = "../../keywheel-postgres/tests/common/mod.rs"]
 mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
 mod support;
 
 use std::sync::Arc;
@@ -21,42 +23,11 @@ use keywheel_core::{Context, KeyringId, Keywheel, LocalKek};
 use keywheel_file::{FileAuditSink, FileKeyStore};
 use keywheel_postgres::tokio_postgres::error::SqlState;
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgSchema};
+use postgres::{postgres_url, postgres_url_as};
 use serde_json::Value;
 use support::Cli;
 
 const ROWS: i64 = 300;
-
-/// A `postgresql://` URL for the test database (what an operator passes as `--store`).
-fn postgres_url(db: &TestDb) -> String {
-    postgres_url_as(db, None)
-}
-
-/// [`postgres_url`], connecting as `user` instead of the harness's user (no password).
-fn postgres_url_as(db: &TestDb, user: Option<&str>) -> String {
-    use keywheel_postgres::tokio_postgres::config::Host;
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let host = match db.config.get_hosts().first() {
-        Some(Host::Tcp(h)) => encode(h),
-        Some(Host::Unix(p)) => encode(&p.to_string_lossy()),
-        None => "localhost".into(),
-    };
-    let port = db.config.get_ports().first().copied().unwrap_or(5432);
-    let auth = match (user, db.config.get_password()) {
-        (Some(user), _) => encode(user),
-        (None, Some(pw)) => {
-            format!("{}:{}", encode(db.config.get_user().unwrap_or("postgres")), encode(&String::from_utf8_lossy(pw)))
-        }
-        (None, None) => encode(db.config.get_user().unwrap_or("postgres")),
-    };
-    format!("postgresql://{auth}@{host}:{port}/{}", encode(&db.name))
-}
 
 /// The application's `Keywheel` (same store and master key as the CLI).
 async fn app_keywheel(cli: &Cli, pool: Option<&PgPool>) -> Keywheel {

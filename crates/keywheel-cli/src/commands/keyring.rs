@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{ApplyArgs, KeyringCreateArgs, SealArgs};
 use crate::config::unknown_algorithm;
-use crate::error::{CliError, OK};
+use crate::error::{CliError, OK, PROBLEMS};
 use crate::output::{Table, human_duration, print_json};
 use crate::store::{self, Opened, Settings};
 
@@ -166,5 +166,11 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
     } else {
         print!("{table}");
     }
-    Ok(OK)
+    // Damaged keyring documents are left out of the list: say so (`status` details them).
+    let damaged = opened.file.as_ref().map(|f| f.damaged()).transpose()?.unwrap_or_default();
+    let left_out: Vec<_> = damaged.iter().filter(|d| d.kind == keywheel_file::DocumentKind::Keyring).collect();
+    for d in &left_out {
+        eprintln!("keywheel: warning: a damaged keyring document is left out: {}", d.problem);
+    }
+    Ok(if left_out.is_empty() { OK } else { PROBLEMS })
 }

@@ -100,6 +100,9 @@ pub(super) fn print_damage(damage: &[Damage], authenticated: bool) {
                 None => d.problem.clone(),
             };
             println!("  {what}: {problem}");
+            if let Some(fix) = &d.fix {
+                println!("    fix: {fix}");
+            }
         }
     }
     if !authenticated {
@@ -305,6 +308,7 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
                     kind: "keyring".into(),
                     file: None,
                     problem: e.message,
+                    fix: e.hint,
                 });
                 continue;
             }
