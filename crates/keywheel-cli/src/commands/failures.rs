@@ -13,7 +13,7 @@ use crate::output::{Table, count, print_json};
 use crate::reader::{Reader, UNAUTHENTICATED_NOTE};
 use crate::store::Settings;
 
-use super::parse_keyring;
+use super::{parse_keyring, plural};
 use super::status::source_specs;
 
 /// One failed value, located.
@@ -107,9 +107,9 @@ pub(super) async fn failures(settings: &Settings, args: &FailuresArgs, json: boo
     } else {
         let job_id = job.as_ref().map_or("-", |j| j.id.as_str());
         println!(
-            "{} values of {id} could not be decrypted in its last rotation (job {job_id}); they block the \
+            "{} of {id} could not be decrypted in its last rotation (job {job_id}); they block the \
              retirement of the version they are on:",
-            count(outstanding)
+            plural(outstanding, "value")
         );
         let mut table = Table::new(&["TABLE", "COLUMN", "KEY", "VERSION", "REASON"]);
         for f in &listed {
