@@ -873,3 +873,28 @@ impl KeyStore for FileKeyStore {
         self.read_policy(keyring)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keyring_named_in;
+
+    #[test]
+    fn a_damaged_job_names_its_keyring_only_through_its_own_field() {
+        let named = |text: &str| keyring_named_in(text.as_bytes()).map(|k| k.to_string());
+        assert_eq!(
+            named(r#"{"format": 1, "job": {"id": "ab12", "keyring": "acme/token", "ki"#),
+            Some("acme/token".into())
+        );
+        // Cut inside the keyring's value, or before it: nothing trustworthy is left.
+        assert_eq!(named(r#"{"format": 1, "job": {"id": "ab12", "keyring": "acme/to"#), None);
+        assert_eq!(named(r#"{"format": 1, "job": {"id": "ab12", "keyr"#), None);
+        // A "keyring" inside a string (an id with quotes) is not the field.
+        assert_eq!(
+            named(r#"{"format": 1, "job": {"id": "x\"keyring\": \"zeta/token\"", "keyring": "acme/token""#),
+            None
+        );
+        // Not a keyring id.
+        assert_eq!(named(r#"{"job": {"keyring": "no slash"}}"#), None);
+        assert_eq!(named("\u{0}\u{1}garbage"), None);
+    }
+}

@@ -62,7 +62,7 @@ async fn a_truncated_keyring_document_blocks_only_its_keyring() {
 
     // A new process: the store opens, lists the good keyring, reports the bad file.
     let kw = keywheel(&dir, &audit);
-    assert_eq!(kw.list_keyrings().await.expect("list"), [zeta.clone()]);
+    assert_eq!(kw.list_keyrings().await.expect("list"), std::slice::from_ref(&zeta));
     let store = FileKeyStore::options().create(false).open(&dir).expect("open");
     let damaged = store.damaged().expect("damaged");
     assert_eq!(damaged.len(), 1, "{damaged:?}");

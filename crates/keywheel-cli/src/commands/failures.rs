@@ -13,8 +13,8 @@ use crate::output::{Table, count, print_json};
 use crate::reader::{Reader, UNAUTHENTICATED_NOTE};
 use crate::store::Settings;
 
-use super::{parse_keyring, plural};
 use super::status::source_specs;
+use super::{parse_keyring, plural};
 
 /// One failed value, located.
 #[derive(Debug, Serialize)]

@@ -195,7 +195,8 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -
         value["damaged"] = json!(damage);
         print_json(&value)?;
     } else {
-        if !(records.is_empty() && !damage.is_empty()) {
+        // With only damage to show, the "no keyrings yet" line would mislead.
+        if !records.is_empty() || damage.is_empty() {
             print_status(&report);
         }
         print_damage(&damage, reader.authenticated);
