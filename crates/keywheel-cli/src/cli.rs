@@ -105,6 +105,11 @@ pub(crate) enum Command {
     Retire(RetireArgs),
     /// Check that every value of a keyring is on its active version
     Verify(KeyringFilter),
+    /// List the values that failed to decrypt in a keyring's last rotation (they block retirement)
+    #[command(long_about = "List the outstanding failures of a keyring: the values its last rotation could not \
+        decrypt, by table, column and primary key, with the version their header names and why. They block the \
+        retirement of that version. Exits 4 when there are any. Needs no master key.")]
+    Failures(FailuresArgs),
     /// Verify and read the audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -202,6 +207,13 @@ pub(crate) struct StatusArgs {
     /// found in a source's tenant_column) — and those of them not created yet
     #[arg(long)]
     pub(crate) all: bool,
+}
+
+/// `failures` options.
+#[derive(Debug, Args)]
+pub(crate) struct FailuresArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
 }
 
 /// An optional keyring filter.

@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod error;
 mod output;
+mod reader;
 mod store;
 
 use std::process::ExitCode;

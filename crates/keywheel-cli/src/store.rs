@@ -167,7 +167,16 @@ pub(crate) enum AuditVerdict {
 #[derive(Debug, Clone)]
 pub(crate) struct Opened {
     pub(crate) kw: Keywheel,
-    pub(crate) location: Location,
+    pub(crate) pool: Option<PgPool>,
+    /// The file store itself, which can list its damaged documents.
+    pub(crate) file: Option<Arc<FileKeyStore>>,
+}
+
+/// A store as stored: no seal checked, no key needed (see [`crate::reader`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RawStore {
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) file: Option<Arc<FileKeyStore>>,
     pub(crate) pool: Option<PgPool>,
 }
 
@@ -246,9 +255,15 @@ pub(crate) async fn open(settings: &Settings) -> Result<Opened, CliError> {
 pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
     let opened = open_store(settings, kek).await?;
     // Unwrap every stored key once: a wrong master key stops here, before
-    // anything could be wrapped under it. (Each load also checks the record's seal.)
+    // anything could be wrapped under it. (Each load also checks the record's
+    // seal.) A keyring whose record fails its seal stops only the commands
+    // that use it (it is never used: every load checks the seal again), so
+    // one damaged record does not take the other keyrings down.
     for id in opened.kw.list_keyrings().await? {
-        opened.kw.keyring(&id).await?;
+        match opened.kw.keyring(&id).await {
+            Ok(_) | Err(keywheel_core::Error::RecordTampered { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(opened)
 }
@@ -261,21 +276,32 @@ pub(crate) async fn open_unverified(settings: &Settings) -> Result<Opened, CliEr
 }
 
 async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {
-    let (store, audit, pool): (Arc<dyn KeyStore>, Audit, Option<PgPool>) = match &settings.location {
-        Location::File { dir, audit_log } => {
-            let store = FileKeyStore::options().create(false).open(dir)?;
-            (Arc::new(store), Audit::File(Arc::new(FileAuditSink::open(audit_log)?)), None)
+    let raw = open_raw(settings).await?;
+    let audit = match &settings.location {
+        Location::File { audit_log, .. } => Audit::File(Arc::new(FileAuditSink::open(audit_log)?)),
+        Location::Postgres { schema, .. } => {
+            let pool = raw.pool.clone().ok_or_else(|| CliError::error("no Postgres connection pool"))?;
+            Audit::Postgres(Arc::new(PgAuditSink::new(pool, schema.clone())))
+        }
+    };
+    let kw = Keywheel::builder().store(raw.store).audit(audit.sink()).kek(kek).actor(settings.actor.clone()).build()?;
+    Ok(Opened { kw, pool: raw.pool, file: raw.file })
+}
+
+/// Open the store alone, as stored: for the read-only commands, which need
+/// no master key ([`crate::reader`]), and under the `Keywheel` of [`open`].
+pub(crate) async fn open_raw(settings: &Settings) -> Result<RawStore, CliError> {
+    Ok(match &settings.location {
+        Location::File { dir, .. } => {
+            let file = Arc::new(FileKeyStore::options().create(false).open(dir)?);
+            RawStore { store: file.clone(), file: Some(file), pool: None }
         }
         Location::Postgres { url, schema } => {
             let pool = pool(settings, url).await?;
             check_schema(&pool, schema).await?;
-            let store = PgKeyStore::new(pool.clone(), schema.clone());
-            let audit = PgAuditSink::new(pool.clone(), schema.clone());
-            (Arc::new(store), Audit::Postgres(Arc::new(audit)), Some(pool))
+            RawStore { store: Arc::new(PgKeyStore::new(pool.clone(), schema.clone())), file: None, pool: Some(pool) }
         }
-    };
-    let kw = Keywheel::builder().store(store).audit(audit.sink()).kek(kek).actor(settings.actor.clone()).build()?;
-    Ok(Opened { kw, location: settings.location.clone(), pool })
+    })
 }
 
 /// Refuse to create a file store where one exists (checked by `init` before it
@@ -332,11 +358,22 @@ pub(crate) async fn create(settings: &Settings, app_role: Option<&str>) -> Resul
 
 /// The configured record sources, opened (each checked against its table).
 pub(crate) async fn sources(settings: &Settings, opened: &Opened) -> Result<Vec<Arc<dyn RecordSource>>, CliError> {
-    Ok(pg_sources(settings, opened).await?.into_iter().map(|s| Arc::new(s) as Arc<dyn RecordSource>).collect())
+    sources_on(settings, opened.pool.as_ref()).await
 }
 
-/// [`sources`] as Postgres sources (which can list their tenants).
-pub(crate) async fn pg_sources(settings: &Settings, opened: &Opened) -> Result<Vec<PgRecordSource>, CliError> {
+/// [`sources`], reusing `store_pool` (the Postgres store's pool) for sources in the store's database.
+pub(crate) async fn sources_on(
+    settings: &Settings,
+    store_pool: Option<&PgPool>,
+) -> Result<Vec<Arc<dyn RecordSource>>, CliError> {
+    Ok(pg_sources_on(settings, store_pool).await?.into_iter().map(|s| Arc::new(s) as Arc<dyn RecordSource>).collect())
+}
+
+/// [`sources_on`] as Postgres sources (which can list their tenants).
+pub(crate) async fn pg_sources_on(
+    settings: &Settings,
+    store_pool: Option<&PgPool>,
+) -> Result<Vec<PgRecordSource>, CliError> {
     let mut out = Vec::new();
     for s in &settings.config.sources {
         let spec = s.spec.clone();
@@ -344,7 +381,7 @@ pub(crate) async fn pg_sources(settings: &Settings, opened: &Opened) -> Result<V
             CliError::error(format!("keywheel.toml: source {} names no database", s.table))
                 .with_hint("set database = \"postgres://…\" at the top of keywheel.toml or in the source")
         })?;
-        let pool = match (&opened.location, &opened.pool) {
+        let pool = match (&settings.location, store_pool) {
             (Location::Postgres { url: store_url, .. }, Some(p)) if store_url == url => p.clone(),
             _ => pool(settings, url).await?,
         };

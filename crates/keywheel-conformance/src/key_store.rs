@@ -789,6 +789,7 @@ fn job(id: &str, keyring: &KeyringId, started_at: Timestamp) -> RotationJob {
             cursor: Cursor("00000000000000000007".into()),
             version: Some(version(1)),
             reason: "decryption failed".into(),
+            location: Some(keywheel_core::ValueLocation::new("public.users", "email", "7")),
         }],
         failures_truncated: 2,
         total_estimate: Some(1000),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Cursor, KeyVersion, KeyringId, Timestamp};
+use crate::{Cursor, KeyVersion, KeyringId, Timestamp, ValueLocation};
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +91,12 @@ pub struct JobFailure {
     pub version: Option<KeyVersion>,
     /// Why (an error message; never key bytes, never plaintext).
     pub reason: String,
+    /// Where the value is by table, column name and primary key, as the
+    /// source located it ([`RecordSource::locate`](crate::RecordSource::locate));
+    /// `None` in jobs recorded before locations were kept, or from a source
+    /// that cannot say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<ValueLocation>,
 }
 
 /// A persisted rotation job.

@@ -676,8 +676,13 @@ impl Keywheel {
     /// to this acquisition (`{name}#{random}`), so that no other process, and
     /// no other call of this one, ever shares it. A live lease is never taken
     /// over: it is refused with [`Error::RotationInProgress`] naming its holder
-    /// and expiry, before anything is written.
+    /// and expiry, before anything is written; so is a keyring whose record
+    /// is missing ([`Error::KeyringNotFound`]) or fails its seal
+    /// ([`Error::RecordTampered`]).
     pub(crate) async fn take_lease(&self, id: &KeyringId, name: &str, ttl: Duration) -> Result<Lease> {
+        // Nothing is written for a keyring whose record fails its seal (or is
+        // missing), not even a lease: every lifecycle step would refuse it anyway.
+        self.record(id).await?;
         let now = self.now();
         let held = |holder: &str, until: Timestamp| Error::RotationInProgress {
             keyring: id.clone(),

@@ -64,7 +64,10 @@ pub use scheduler::{
     StatusReport, TickReport, VersionsByState, Warning, evaluate, retirement_candidates, status_report,
 };
 pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_LABEL};
-pub use source::{Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, census_by_scan};
+pub use source::{
+    Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, ValueLocation, census_by_scan,
+    census_of,
+};
 pub use state::KeyState;
 pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, check_fence, grant_lease};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

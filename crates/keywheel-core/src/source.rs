@@ -21,6 +21,39 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// Where a value lives, in the terms of the application's schema: for a
+/// table, its name, the column and the row's primary key. Reports (a job's
+/// failures, `keywheel failures`) show it instead of the opaque [`Cursor`].
+///
+/// ```
+/// use keywheel_core::ValueLocation;
+/// let at = ValueLocation::new("public.users", "token", "42");
+/// assert_eq!(at.to_string(), "public.users.token [42]");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ValueLocation {
+    /// The table (or collection), e.g. `public.users`.
+    pub table: String,
+    /// The column (or field) holding the value, by name.
+    pub column: String,
+    /// The row's primary key, as text.
+    pub key: String,
+}
+
+impl ValueLocation {
+    /// The value in column `column` of the row with primary key `key` of `table`.
+    pub fn new(table: impl Into<String>, column: impl Into<String>, key: impl Into<String>) -> Self {
+        ValueLocation { table: table.into(), column: column.into(), key: key.into() }
+    }
+}
+
+impl fmt::Display for ValueLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{} [{}]", self.table, self.column, self.key)
+    }
+}
+
 /// One encrypted value as a source yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredValue {
@@ -159,10 +192,35 @@ pub trait RecordSource: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Where the value at `cursor` lives (table, column name, primary key),
+    /// for reports; `None` (the default) if the source cannot say, or the
+    /// cursor is not one of its cursors. Never fails: reports fall back to
+    /// the cursor itself.
+    fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        let _ = cursor;
+        None
+    }
+
     /// Values per keyring and version (only `keyring` if given).
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         census_by_scan(self, keyring, 1024).await
     }
+}
+
+/// The census of values per keyring and version across `sources` (only
+/// `keyring`'s if given): each source's [`RecordSource::census`], merged.
+/// [`Rotator::census`](crate::Rotator::census) is this over its registered
+/// sources; a reader without a [`Keywheel`](crate::Keywheel) (no master key)
+/// calls it directly: a census needs no key.
+pub async fn census_of(sources: &[std::sync::Arc<dyn RecordSource>], keyring: Option<&KeyringId>) -> Result<Census> {
+    let mut total = Census::default();
+    for s in sources {
+        total.merge(&s.census(keyring).await?);
+    }
+    if let Some(k) = keyring {
+        total.counts.retain(|id, _| id == k);
+    }
+    Ok(total)
 }
 
 /// The scan-based census, the default of [`RecordSource::census`]: reads every

@@ -50,4 +50,4 @@ pub use audit::{
     BadLine, ChainBreak, FileAuditOptions, FileAuditSink, LogHead, LogReport, RECOVERY_ACTOR, Recovery, TornLine,
     verify_log,
 };
-pub use store::{FileKeyStore, FileStoreOptions, StoreSummary};
+pub use store::{DamagedFile, DocumentKind, FileKeyStore, FileStoreOptions, StoreSummary};

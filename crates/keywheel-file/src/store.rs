@@ -140,6 +140,63 @@ pub struct StoreSummary {
     pub jobs: usize,
 }
 
+/// What a store document holds (see [`DamagedFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DocumentKind {
+    /// A keyring record (`keyrings/`).
+    Keyring,
+    /// A keyring's policy (`policies/`).
+    Policy,
+    /// A keyring's lease (`leases/`).
+    Lease,
+    /// A rotation job (`jobs/`).
+    Job,
+}
+
+/// A store document that cannot be used, as [`FileKeyStore::damaged`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DamagedFile {
+    /// What the document holds.
+    pub kind: DocumentKind,
+    /// The file.
+    pub path: PathBuf,
+    /// The keyring it belongs to, when that can still be told (a policy or
+    /// lease of an intact keyring; a job document that still names it).
+    pub keyring: Option<KeyringId>,
+    /// What is wrong and how to fix it: the error every operation on it
+    /// returns (it names the file).
+    pub problem: String,
+}
+
+impl DamagedFile {
+    fn new(kind: DocumentKind, path: PathBuf, keyring: Option<KeyringId>, error: &Error) -> Self {
+        DamagedFile { kind, path, keyring, problem: error.to_string() }
+    }
+}
+
+fn invalid_record(path: &Path, error: &Error) -> Error {
+    BACKEND.err(path, format!("holds an invalid keyring record ({error}); restore it from a backup"))
+}
+
+/// The keyring a (damaged) job document names, read from its text: the
+/// value of its first `"keyring"` field, if that survived. A serialized job
+/// names its keyring right after its id, so a truncated document usually
+/// still shows it; `None` when nothing trustworthy is left.
+fn keyring_named_in(bytes: &[u8]) -> Option<KeyringId> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let at = text.find("\"keyring\"")?;
+    if text[..at].ends_with('\\') {
+        // Inside a string (an escaped quote): not the field.
+        return None;
+    }
+    let value = text[at + "\"keyring\"".len()..].trim_start().strip_prefix(':')?.trim_start();
+    let mut strings = serde_json::Deserializer::from_str(value).into_iter::<String>();
+    strings.next()?.ok()?.parse().ok()
+}
+
 /// A [`KeyStore`] in a local directory, for single hosts and the CLI.
 ///
 /// * **Atomic changes**: every change writes a temporary file, fsyncs it,
@@ -156,7 +213,9 @@ pub struct StoreSummary {
 ///   [`FileStoreOptions::allow_insecure_permissions`]).
 /// * **Bad input**: a corrupt, truncated or unknown-format document is an
 ///   [`Error::Backend`] naming the file; the store never writes over a
-///   document it could not parse. [`open`](Self::open) parses every document.
+///   document it could not parse. One damaged document blocks only what it
+///   holds: the store opens, the other keyrings keep working, and
+///   [`damaged`](Self::damaged) lists every damaged file.
 /// * **Blocking**: the async methods do their (short) file I/O and lock waits
 ///   inline, like the memory store: about a millisecond per change, dominated
 ///   by the two fsyncs; reads take tens of microseconds and no lock.
@@ -215,9 +274,10 @@ fn create_dir(path: &Path) -> Result<bool> {
 
 impl FileKeyStore {
     /// Open the store in `dir`, creating the directory (mode 0700) and an
-    /// empty store if there is none. Refuses insecure permissions, a
-    /// non-empty directory that is not a store, and any document that does not
-    /// parse (the error names the file). Removes temporary files left by a crash.
+    /// empty store if there is none. Refuses insecure permissions and a
+    /// non-empty directory that is not a store. A document that does not
+    /// parse does not stop it: see [`damaged`](Self::damaged). Removes
+    /// temporary files left by a crash.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         FileStoreOptions::new().open(dir)
     }
@@ -303,7 +363,6 @@ impl FileKeyStore {
                 Self::check_permissions(&store.dir)?;
             }
             store.remove_temporary_files()?;
-            store.scan()?;
         }
         Ok(store)
     }
@@ -419,49 +478,140 @@ impl FileKeyStore {
 
     /// Parse every document of the store and check that each is consistent
     /// (valid keyring records, each document under the file name of its id).
-    /// The error names the first bad file. [`open`](Self::open) runs it.
+    /// The error names the first bad file; [`damaged`](Self::damaged) lists
+    /// them all instead.
     pub fn check(&self) -> Result<StoreSummary> {
         self.scan()
     }
 
     fn scan(&self) -> Result<StoreSummary> {
         let mut summary = StoreSummary::default();
-        for id in self.keyring_ids()? {
-            self.read_keyring(&id)?;
+        for (path, name) in self.documents(KEYRINGS)? {
+            self.keyring_document(&path, &name)?;
             summary.keyrings += 1;
         }
         for (path, name) in self.documents(POLICIES)? {
-            let doc: PolicyDoc = self.read_document(&path)?;
-            self.expect_name(&path, &name, &doc.keyring.canonical(), "keyring")?;
+            self.policy_document(&path, &name)?;
             summary.policies += 1;
         }
         for (path, name) in self.documents(LEASES)? {
-            let doc: LeaseDoc = self.read_document(&path)?;
-            self.expect_name(&path, &name, &doc.keyring.canonical(), "keyring")?;
-            if doc.current.as_ref().is_some_and(|l| l.keyring != doc.keyring || l.token > doc.last_token) {
-                return Err(BACKEND.err(&path, "holds a lease inconsistent with its keyring or token counter"));
-            }
+            self.lease_document(&path, &name)?;
             summary.leases += 1;
         }
-        summary.jobs = self.jobs()?.len();
+        for (path, name) in self.documents(JOBS)? {
+            self.job_document(&path, &name)?;
+            summary.jobs += 1;
+        }
         Ok(summary)
+    }
+
+    /// Every document that cannot be used, of every kind, with what is wrong
+    /// (the error each operation on it returns) and, where it can be told,
+    /// the keyring it belongs to. Empty for a healthy store.
+    ///
+    /// A damaged document only blocks what it holds: opening the store,
+    /// [`list_keyrings`](KeyStore::list_keyrings) (which leaves damaged
+    /// keyring documents out) and the other keyrings keep working, while every
+    /// operation on the damaged keyring, policy, lease or job fails with the
+    /// error naming the file, which is never overwritten. A damaged job
+    /// document whose keyring cannot be read from it blocks
+    /// [`list_jobs`](KeyStore::list_jobs) of every keyring (it could be any
+    /// keyring's unfinished rotation). Fix: restore the file from a backup (or
+    /// move it aside if you know it holds nothing needed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> keywheel_core::Result<()> {
+    /// use keywheel_core::KeyStore;
+    /// use keywheel_file::{DocumentKind, FileKeyStore};
+    /// let dir = tempfile::tempdir().expect("tempdir");
+    /// let store = FileKeyStore::open(dir.path())?;
+    /// assert!(store.damaged()?.is_empty());
+    /// std::fs::write(dir.path().join("keyrings/acme.token.00.json"), b"{\"format\":1,").expect("write");
+    /// let damaged = store.damaged()?;
+    /// assert_eq!(damaged[0].kind, DocumentKind::Keyring);
+    /// assert!(damaged[0].problem.contains("truncated"));
+    /// assert!(store.list_keyrings().await?.is_empty(), "left out of the listing");
+    /// # Ok(()) }
+    /// ```
+    pub fn damaged(&self) -> Result<Vec<DamagedFile>> {
+        let mut damaged = Vec::new();
+        let mut names = std::collections::BTreeMap::new();
+        for (path, name) in self.documents(KEYRINGS)? {
+            match self.keyring_document(&path, &name) {
+                Ok(record) => {
+                    names.insert(name, record.id);
+                }
+                Err(e) => damaged.push(DamagedFile::new(DocumentKind::Keyring, path, None, &e)),
+            }
+        }
+        for (sub, kind) in [(POLICIES, DocumentKind::Policy), (LEASES, DocumentKind::Lease)] {
+            for (path, name) in self.documents(sub)? {
+                let result = match kind {
+                    DocumentKind::Policy => self.policy_document(&path, &name).map(drop),
+                    _ => self.lease_document(&path, &name).map(drop),
+                };
+                if let Err(e) = result {
+                    // Named like the keyring's own document: whose it is shows in the name.
+                    damaged.push(DamagedFile::new(kind, path, names.get(&name).cloned(), &e));
+                }
+            }
+        }
+        for (path, name) in self.documents(JOBS)? {
+            if let Err(e) = self.job_document(&path, &name) {
+                let keyring = fs::read(&path).ok().and_then(|bytes| keyring_named_in(&bytes));
+                damaged.push(DamagedFile::new(DocumentKind::Job, path, keyring, &e));
+            }
+        }
+        Ok(damaged)
     }
 
     /// `(path, name)` of every document in a subdirectory, sorted by name.
     fn documents(&self, sub: &str) -> Result<Vec<(PathBuf, String)>> {
         let dir = self.dir.join(sub);
-        let mut docs = Vec::new();
-        for name in Self::entries(&dir)? {
-            if is_document(&name) {
-                let path = dir.join(&name);
-                let meta = fs::symlink_metadata(&path).map_err(|e| BACKEND.io(&path, "inspect", &e))?;
-                if !meta.is_file() {
-                    return Err(BACKEND.err(&path, "is not a regular file; remove it or restore it from a backup"));
-                }
-                docs.push((path, name));
-            }
+        Ok(Self::entries(&dir)?
+            .into_iter()
+            .filter(|name| is_document(name))
+            .map(|name| (dir.join(&name), name))
+            .collect())
+    }
+
+    /// Read a listed document, which must be a regular file (never a symlink).
+    fn listed_document<T: DeserializeOwned>(&self, path: &Path) -> Result<T> {
+        let meta = fs::symlink_metadata(path).map_err(|e| BACKEND.io(path, "inspect", &e))?;
+        if !meta.is_file() {
+            return Err(BACKEND.err(path, "is not a regular file; remove it or restore it from a backup"));
         }
-        Ok(docs)
+        self.read_document(path)
+    }
+
+    /// A listed keyring document, checked as [`read_keyring`](Self::read_keyring) checks it.
+    fn keyring_document(&self, path: &Path, name: &str) -> Result<KeyringRecord> {
+        let doc: KeyringDoc = self.listed_document(path)?;
+        self.expect_name(path, name, &doc.keyring.id.canonical(), "keyring")?;
+        doc.keyring.validate().map_err(|e| invalid_record(path, &e))?;
+        Ok(doc.keyring)
+    }
+
+    fn policy_document(&self, path: &Path, name: &str) -> Result<PolicyDoc> {
+        let doc: PolicyDoc = self.listed_document(path)?;
+        self.expect_name(path, name, &doc.keyring.canonical(), "keyring")?;
+        Ok(doc)
+    }
+
+    fn lease_document(&self, path: &Path, name: &str) -> Result<LeaseDoc> {
+        let doc: LeaseDoc = self.listed_document(path)?;
+        self.expect_name(path, name, &doc.keyring.canonical(), "keyring")?;
+        if doc.current.as_ref().is_some_and(|l| l.keyring != doc.keyring || l.token > doc.last_token) {
+            return Err(BACKEND.err(path, "holds a lease inconsistent with its keyring or token counter"));
+        }
+        Ok(doc)
+    }
+
+    fn job_document(&self, path: &Path, name: &str) -> Result<RotationJob> {
+        let doc: JobDoc = self.listed_document(path)?;
+        self.expect_name(path, name, &doc.job.id, "job")?;
+        Ok(doc.job)
     }
 
     fn read_document<T: DeserializeOwned>(&self, path: &Path) -> Result<T> {
@@ -496,12 +646,14 @@ impl FileKeyStore {
         self.dir.join(sub).join(file_name_for(id))
     }
 
+    /// The keyrings whose documents are intact; damaged ones are left out
+    /// (see [`damaged`](Self::damaged)).
     fn keyring_ids(&self) -> Result<Vec<KeyringId>> {
         let mut ids = Vec::new();
         for (path, name) in self.documents(KEYRINGS)? {
-            let doc: KeyringDoc = self.read_document(&path)?;
-            self.expect_name(&path, &name, &doc.keyring.id.canonical(), "keyring")?;
-            ids.push(doc.keyring.id);
+            if let Ok(record) = self.keyring_document(&path, &name) {
+                ids.push(record.id);
+            }
         }
         ids.sort();
         Ok(ids)
@@ -521,9 +673,7 @@ impl FileKeyStore {
                 ),
             ));
         }
-        doc.keyring.validate().map_err(|e| {
-            BACKEND.err(&path, format!("holds an invalid keyring record ({e}); restore it from a backup"))
-        })?;
+        doc.keyring.validate().map_err(|e| invalid_record(&path, &e))?;
         Ok(Some(doc.keyring))
     }
 
@@ -559,12 +709,20 @@ impl FileKeyStore {
         Ok(doc.map(|d| d.job))
     }
 
-    fn jobs(&self) -> Result<Vec<RotationJob>> {
+    /// The jobs of `keyring`. A damaged job document is skipped only if it
+    /// still shows that it belongs to another keyring; otherwise its error is
+    /// returned: it could be this keyring's unfinished rotation.
+    fn jobs_of(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
         let mut jobs = Vec::new();
         for (path, name) in self.documents(JOBS)? {
-            let doc: JobDoc = self.read_document(&path)?;
-            self.expect_name(&path, &name, &doc.job.id, "job")?;
-            jobs.push(doc.job);
+            match self.job_document(&path, &name) {
+                Ok(job) if &job.keyring == keyring => jobs.push(job),
+                Ok(_) => {}
+                Err(e) => match fs::read(&path).ok().and_then(|bytes| keyring_named_in(&bytes)) {
+                    Some(other) if &other != keyring => {}
+                    _ => return Err(e),
+                },
+            }
         }
         Ok(jobs)
     }
@@ -698,7 +856,7 @@ impl KeyStore for FileKeyStore {
     }
 
     async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
-        let mut jobs: Vec<RotationJob> = self.jobs()?.into_iter().filter(|job| &job.keyring == keyring).collect();
+        let mut jobs = self.jobs_of(keyring)?;
         jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         Ok(jobs)
     }
@@ -713,5 +871,30 @@ impl KeyStore for FileKeyStore {
 
     async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
         self.read_policy(keyring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keyring_named_in;
+
+    #[test]
+    fn a_damaged_job_names_its_keyring_only_through_its_own_field() {
+        let named = |text: &str| keyring_named_in(text.as_bytes()).map(|k| k.to_string());
+        assert_eq!(
+            named(r#"{"format": 1, "job": {"id": "ab12", "keyring": "acme/token", "ki"#),
+            Some("acme/token".into())
+        );
+        // Cut inside the keyring's value, or before it: nothing trustworthy is left.
+        assert_eq!(named(r#"{"format": 1, "job": {"id": "ab12", "keyring": "acme/to"#), None);
+        assert_eq!(named(r#"{"format": 1, "job": {"id": "ab12", "keyr"#), None);
+        // A "keyring" inside a string (an id with quotes, escaped) is not taken for the field.
+        assert_eq!(
+            named(r#"{"format": 1, "job": {"id": "x\"keyring\": \"zeta/token\"", "keyring": "acme/token""#),
+            Some("acme/token".into())
+        );
+        // Not a keyring id.
+        assert_eq!(named(r#"{"job": {"keyring": "no slash"}}"#), None);
+        assert_eq!(named("\u{0}\u{1}garbage"), None);
     }
 }

@@ -235,7 +235,14 @@ async fn damaged_keyring_documents_are_typed_errors_and_never_overwritten() {
             assert!(message.starts_with(&file.display().to_string()), "{what}/{op}: names the file: {message}");
             assert!(message.contains(expected), "{what}/{op}: says {expected:?}: {message}");
         };
-        check(FileKeyStore::open(&dir).expect_err("open refuses"), "open");
+        // The store still opens; the damaged file is listed, never used.
+        let reopened = FileKeyStore::open(&dir).expect("a damaged document does not stop the store");
+        let damaged = reopened.damaged().expect("damaged");
+        assert_eq!(damaged.len(), 1, "{what}: {damaged:?}");
+        assert_eq!((damaged[0].kind, &damaged[0].path), (keywheel_file::DocumentKind::Keyring, &file), "{what}");
+        assert!(damaged[0].problem.contains(expected), "{what}: {damaged:?}");
+        assert!(reopened.list_keyrings().await.expect("list").is_empty(), "{what}: left out of the listing");
+        check(reopened.load_keyring(&acme).await.expect_err("load refuses"), "load after reopen");
         check(open.load_keyring(&acme).await.expect_err("load refuses"), "load");
         check(open.check().expect_err("check refuses"), "check");
         let change = KeyringChange::MarkCompromised { version: KeyVersion::FIRST };
@@ -298,8 +305,22 @@ async fn damaged_policy_lease_and_job_documents_are_never_overwritten() {
     assert!(store.release_lease(&lease).await.is_err());
     assert_eq!(fs::read(&lease_file).expect("read"), b"garbage");
 
-    let message = backend_message(FileKeyStore::open(&dir).expect_err("open names a bad file"));
-    assert!(message.contains("/jobs/") || message.contains("/policies/") || message.contains("/leases/"), "{message}");
+    // The store still opens and lists each damaged file with its keyring
+    // where the file shows it (the job document was cut before its keyring).
+    let reopened = FileKeyStore::open(&dir).expect("open");
+    let damaged: Vec<_> =
+        reopened.damaged().expect("damaged").into_iter().map(|d| (d.kind, d.path, d.keyring)).collect();
+    use keywheel_file::DocumentKind::{Job, Lease, Policy as PolicyDoc};
+    assert_eq!(
+        damaged,
+        [(PolicyDoc, policy_file, Some(acme.clone())), (Lease, lease_file, Some(acme.clone())), (Job, job_file, None)]
+    );
+    assert_eq!(
+        reopened.list_keyrings().await.expect("list"),
+        std::slice::from_ref(&acme),
+        "the keyring itself is intact"
+    );
+    assert!(reopened.check().is_err(), "check still refuses a store with a damaged file");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use keywheel_core::{
     Census, Context, Cursor, Error, Form, KeyVersion, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement,
-    Result, ScanRequest, StoredValue, async_trait, version_of,
+    Result, ScanRequest, StoredValue, ValueLocation, async_trait, version_of,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
@@ -208,6 +208,37 @@ impl TableSpec {
     /// ```
     pub fn check(&self) -> Result<()> {
         build(self).map(|_| ())
+    }
+
+    /// Whether a source built from this spec holds the values of `keyring`
+    /// in its table ([`RecordSource::covers`]): its fixed keyring, or any
+    /// keyring of its purpose when keyrings come from a tenant column.
+    pub fn covers(&self, keyring: &KeyringId) -> bool {
+        match &self.keyring {
+            Some(KeyringFrom::Fixed(fixed)) => fixed == keyring,
+            Some(KeyringFrom::TenantColumn { purpose, .. }) => keyring.purpose() == purpose,
+            None => false,
+        }
+    }
+
+    /// Where the value at `cursor` (a cursor of a source built from this
+    /// spec, [`PgRecordSource::cursor`]) lives: `schema.table`, the column's
+    /// name and the primary key. `None` if the cursor is not of this form or
+    /// names a column index the spec does not have. Needs no database, so a
+    /// job's failures can be located from the configuration alone.
+    ///
+    /// ```
+    /// use keywheel_core::Form;
+    /// use keywheel_postgres::{PgRecordSource, TableSpec};
+    /// let spec = TableSpec::new("public", "users").column("email", Form::Binary).column("token", Form::Binary);
+    /// let at = spec.locate(&PgRecordSource::cursor(1, "42")).expect("a cursor of this spec");
+    /// assert_eq!((at.table.as_str(), at.column.as_str(), at.key.as_str()), ("public.users", "token", "42"));
+    /// assert!(spec.locate(&PgRecordSource::cursor(2, "42")).is_none());
+    /// ```
+    pub fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        let (index, key) = cursor.0.split_once(':')?;
+        let column = self.columns.get(index.parse::<usize>().ok()?)?;
+        Some(ValueLocation::new(format!("{}.{}", self.schema, self.table), column.name.clone(), key))
     }
 }
 
@@ -1056,6 +1087,10 @@ impl RecordSource for PgRecordSource {
         &self.name
     }
 
+    fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        self.spec.locate(cursor)
+    }
+
     async fn scan(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
         if request.limit == 0 {
             return Err(Error::InvalidArgument("scan limit must be at least 1".into()));
@@ -1146,7 +1181,7 @@ impl RecordSource for PgRecordSource {
     }
 
     fn covers(&self, keyring: &KeyringId) -> bool {
-        self.tenant_filter(Some(keyring)).is_some()
+        self.spec.covers(keyring)
     }
 
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{ApplyArgs, KeyringCreateArgs, SealArgs};
 use crate::config::unknown_algorithm;
-use crate::error::{CliError, OK};
+use crate::error::{CliError, OK, PROBLEMS};
 use crate::output::{PolicyJson, Table, Time, human_duration, out, outln, print_json, time};
 use crate::store::{self, Opened, Settings};
 
@@ -44,7 +44,10 @@ pub(super) async fn keyring_apply(settings: &Settings, args: &ApplyArgs, json: b
     // The file was checked when it was loaded: nothing below can fail on it.
     let opened = store::open(settings).await?;
     let mut changes = Vec::new();
-    for m in matched_keyrings(settings, &opened, "there is nothing to apply").await? {
+    for m in
+        matched_keyrings(settings, &opened.kw.list_keyrings().await?, opened.pool.as_ref(), "there is nothing to apply")
+            .await?
+    {
         let (id, policy) = (&m.id, &m.entry.policy);
         let action = if !m.exists {
             if !args.dry_run {
@@ -159,5 +162,11 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
     } else {
         out!("{table}");
     }
-    Ok(OK)
+    // Damaged keyring documents are left out of the list: say so (`status` details them).
+    let damaged = opened.file.as_ref().map(|f| f.damaged()).transpose()?.unwrap_or_default();
+    let left_out: Vec<_> = damaged.iter().filter(|d| d.kind == keywheel_file::DocumentKind::Keyring).collect();
+    for d in &left_out {
+        eprintln!("keywheel: warning: a damaged keyring document is left out: {}", d.problem);
+    }
+    Ok(if left_out.is_empty() { OK } else { PROBLEMS })
 }

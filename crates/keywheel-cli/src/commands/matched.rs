@@ -8,7 +8,9 @@ use keywheel_core::KeyringId;
 
 use crate::config::{KeyringEntry, KeyringPattern};
 use crate::error::CliError;
-use crate::store::{self, Opened, Settings};
+use keywheel_postgres::PgPool;
+
+use crate::store::{self, Settings};
 
 /// One keyring the file names, with the entry that applies to it (an exact
 /// entry wins over a pattern).
@@ -25,7 +27,8 @@ pub(super) struct Matched<'a> {
 /// --all` has nothing to rotate") would do nothing.
 pub(super) async fn matched_keyrings<'a>(
     settings: &'a Settings,
-    opened: &Opened,
+    existing: &[KeyringId],
+    store_pool: Option<&PgPool>,
     what: &str,
 ) -> Result<Vec<Matched<'a>>, CliError> {
     let config = &settings.config;
@@ -33,7 +36,6 @@ pub(super) async fn matched_keyrings<'a>(
         return Err(CliError::error(format!("keywheel.toml names no keyring, so {what}"))
             .with_hint("add [keyrings.\"tenant/purpose\"] or [keyrings.\"*/purpose\"] tables to keywheel.toml"));
     }
-    let existing = opened.kw.list_keyrings().await?;
     let mut ids: Vec<KeyringId> = config
         .keyrings
         .iter()
@@ -44,7 +46,7 @@ pub(super) async fn matched_keyrings<'a>(
         .collect();
     if config.has_patterns() {
         ids.extend(existing.iter().cloned());
-        for source in store::pg_sources(settings, opened).await? {
+        for source in store::pg_sources_on(settings, store_pool).await? {
             let tenants = source.keyrings().await.map_err(|e| {
                 CliError::from(e).with_hint(format!(
                     "keywheel lists the tenants of {} to apply the [keyrings.\"*/…\"] patterns",

@@ -2,6 +2,7 @@
 //! found problems) or a [`CliError`].
 
 mod audit;
+mod failures;
 mod init;
 mod inspect;
 mod kek;
@@ -19,6 +20,7 @@ use crate::error::CliError;
 use crate::output::{Reporter, count};
 use crate::store::Settings;
 use audit::{audit_tail, audit_verify};
+use failures::failures;
 use init::init;
 use inspect::inspect;
 use kek::{kek_generate, kek_rotate};
@@ -44,6 +46,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&settings, &args, json).await,
         Command::Retire(args) => retire(&settings, &args, json).await,
         Command::Verify(args) => verify(&settings, &args, json).await,
+        Command::Failures(args) => failures(&settings, &args, json).await,
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(&settings, &args, json).await,
         Command::Audit(AuditCommand::Tail(args)) => audit_tail(&settings, &args, json).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => scheduler_run(&settings, &args, json).await,

@@ -8,8 +8,19 @@ use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS, worst};
 use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json};
 use crate::store::{self, Opened, Settings};
 
+use super::failures::FailedValue;
 use super::matched::matched_keyrings;
 use super::{cancel_on_signal, parse_keyring, rotate_options, warn_policy_drift};
+
+/// A job phase as the JSON output names it (`reencrypt`, `wait_activation`, …).
+fn phase_text(phase: JobPhase) -> String {
+    let name = serde_json::to_value(phase).ok().and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Object(o) => o.keys().next().cloned(),
+        _ => None,
+    });
+    name.unwrap_or_else(|| format!("{phase:?}"))
+}
 
 pub(super) fn print_rotation(report: &RotationReport) {
     let from = report.from.map_or("-".into(), |v| v.to_string());
@@ -18,11 +29,10 @@ pub(super) fn print_rotation(report: &RotationReport) {
     if report.dry_run {
         outln!("Dry run of {} {from} → {to}: nothing was written.", report.keyring);
     } else {
-        let phase = serde_json::to_value(report.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
         outln!(
             "Rotation of {} {from} → {to}: {} (job {}).",
             report.keyring,
-            phase.unwrap_or_else(|| format!("{:?}", report.phase)),
+            phase_text(report.phase),
             report.job_id.as_deref().unwrap_or("-")
         );
     }
@@ -40,10 +50,13 @@ pub(super) fn print_rotation(report: &RotationReport) {
     }
     for f in report.failures.iter().take(20) {
         let version = f.version.map_or("?".into(), |v| v.to_string());
-        outln!("  FAILED {} {} ({version}): {}", f.source, f.cursor.0, f.reason);
+        outln!("  FAILED {} ({version}): {}", FailedValue::of(f, &[]).place(), f.reason);
     }
     if report.failures.len() > 20 {
         outln!("  … and {} more failures (see --json)", report.failures.len() - 20);
+    }
+    if !report.failures.is_empty() && !report.dry_run {
+        outln!("  List them again with `keywheel failures {}`.", report.keyring);
     }
 }
 
@@ -137,7 +150,13 @@ async fn rotate_all(
     cancel: &CancelToken,
     json: bool,
 ) -> Result<u8, CliError> {
-    let matched = matched_keyrings(settings, opened, "`rotate --all` has nothing to rotate").await?;
+    let matched = matched_keyrings(
+        settings,
+        &opened.kw.list_keyrings().await?,
+        opened.pool.as_ref(),
+        "`rotate --all` has nothing to rotate",
+    )
+    .await?;
     let mut code = OK;
     let mut results = Vec::new();
     let mut not_started = Vec::new();
@@ -220,7 +239,10 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
     let result = rotator.rollback(&id, &policy, args.reason.as_deref(), args.reencrypt, &opts).await;
     reporter.finish();
     flush_usage(&opened).await;
-    let report = result?;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => return Err(with_unfinished_job_hint(&opened, &id, e.into()).await),
+    };
     if json {
         print_json(&RollbackJson::from(&report))?;
     } else {
@@ -230,6 +252,32 @@ pub(super) async fn rollback(settings: &Settings, args: &RollbackArgs, json: boo
         }
     }
     Ok(report.reencrypt.as_ref().map_or(OK, rotation_code))
+}
+
+/// A failed rollback of a keyring with an unfinished rotation job: the hint
+/// says which job, where it stopped, and what to do first (the job may be
+/// why there is nothing to roll back yet, or why the lease is taken).
+async fn with_unfinished_job_hint(opened: &Opened, id: &KeyringId, err: CliError) -> CliError {
+    let store = opened.kw.store();
+    let Ok(jobs) = store.list_jobs(id).await else { return err };
+    let Some(job) = jobs.iter().rev().find(|j| !j.phase.is_finished() || j.completion_pending) else { return err };
+    let version = |v: Option<KeyVersion>| v.map_or("-".into(), |v| v.to_string());
+    let next = match store.load_lease(id).await.ok().flatten() {
+        Some(lease) if lease.expires_at > opened.kw.now() => format!(
+            "its lease is held by {} until {}: wait for that process to finish it (if the process is gone, \
+             run `keywheel resume {id}` once the lease has expired)",
+            lease.holder, lease.expires_at
+        ),
+        _ => format!("nobody is working on it (its process stopped): run `keywheel resume {id}` first"),
+    };
+    let hint = format!(
+        "rotation job {} of {id} is unfinished (phase {}, {} → {}); {next}, then roll back if it is still needed",
+        job.id,
+        phase_text(job.phase),
+        version(job.from),
+        version(job.to)
+    );
+    err.with_hint(hint)
 }
 
 pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -> Result<u8, CliError> {

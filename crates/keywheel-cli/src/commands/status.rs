@@ -1,12 +1,20 @@
 //! `status`, `census`, `verify`: what the store and the record sources hold.
+//! Read-only: they need no master key (see [`crate::reader`]).
 
-use keywheel_core::{Census, KeyringId, Rotator, Scheduler, SchedulerConfig, StatusReport, Warning};
+use std::collections::{BTreeMap, BTreeSet};
+
+use keywheel_core::{
+    Census, Clock as _, KeyState, KeyringId, SchedulerTotals, StatusReport, SystemClock, VerifyReport, Warning,
+    census_of, status_report,
+};
+use keywheel_postgres::TableSpec;
 use serde_json::json;
 
 use crate::cli::{KeyringFilter, StatusArgs};
 use crate::error::{CliError, OK, PROBLEMS};
 use crate::output::{StatusJson, Table, count, human_duration, out, outln, print_json};
-use crate::store::{self, Opened, Settings};
+use crate::reader::{Damage, Reader, UNAUTHENTICATED_NOTE};
+use crate::store::{self, Settings};
 
 use super::matched::matched_keyrings;
 use super::{parse_keyring, version_list};
@@ -76,31 +84,140 @@ pub(super) fn print_status(report: &StatusReport) {
     }
 }
 
-pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -> Result<u8, CliError> {
-    let opened = store::open(settings).await?;
-    if args.census {
-        require_sources(settings, "count values")?;
+/// Print what the store holds that cannot be used, and the note on
+/// unauthenticated reads.
+pub(super) fn print_damage(damage: &[Damage], authenticated: bool) {
+    if !damage.is_empty() {
+        outln!("DAMAGED (only what is listed here is unusable; the other keyrings work):");
+        for d in damage {
+            let what = match (&d.file, &d.keyring) {
+                (Some(file), _) => format!("{} file {}", d.kind, file.display()),
+                (None, Some(k)) => format!("{k} {}", d.kind),
+                (None, None) => d.kind.clone(),
+            };
+            // The problem names the file again; say it once.
+            let problem = match &d.file {
+                Some(file) => d.problem.replacen(&format!("{}: ", file.display()), "", 1),
+                None => d.problem.clone(),
+            };
+            outln!("  {what}: {problem}");
+            if let Some(fix) = &d.fix {
+                outln!("    fix: {fix}");
+            }
+        }
     }
-    let rotator = if args.census { store::rotator(settings, &opened).await? } else { Rotator::new(opened.kw.clone())? };
-    let mut report = Scheduler::new(rotator, SchedulerConfig::default()).status(args.census).await?;
+    if !authenticated {
+        outln!("{UNAUTHENTICATED_NOTE}");
+    }
+}
+
+/// The table descriptions of the configured sources (no database needed).
+pub(super) fn source_specs(settings: &Settings) -> Vec<TableSpec> {
+    settings.config.sources.iter().map(|s| s.spec.clone()).collect()
+}
+
+pub(super) async fn status(settings: &Settings, args: &StatusArgs, json: bool) -> Result<u8, CliError> {
+    let reader = Reader::open(settings).await?;
+    let specs = source_specs(settings);
+    let sources = if args.census {
+        require_sources(settings, "count values")?;
+        store::sources_on(settings, reader.pool.as_ref()).await?
+    } else {
+        Vec::new()
+    };
+    let mut damage = reader.damaged_files()?;
+    let (mut records, mut policies, mut jobs, mut leases) =
+        (Vec::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let listed = reader.store.list_keyrings().await?;
+    for id in listed.clone() {
+        // Each read on its own: a damaged document is reported, the rest still shown.
+        let record = match reader.store.load_keyring(&id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => continue,
+            Err(e) => {
+                let d = Reader::damage_of(&id, "keyring", e, &damage)?;
+                damage.extend(d);
+                continue;
+            }
+        };
+        match reader.store.load_policy(&id).await {
+            Ok(policy) => {
+                policies.insert(id.clone(), policy.unwrap_or_else(|| keywheel_core::Policy::for_purpose(id.purpose())));
+            }
+            Err(e) => {
+                let d = Reader::damage_of(&id, "policy", e, &damage)?;
+                damage.extend(d);
+            }
+        }
+        match reader.store.list_jobs(&id).await {
+            Ok(mut list) => {
+                if let Some(last) = list.pop() {
+                    jobs.insert(id.clone(), last);
+                }
+            }
+            Err(e) => {
+                let d = Reader::damage_of(&id, "job", e, &damage)?;
+                damage.extend(d);
+            }
+        }
+        match reader.store.load_lease(&id).await {
+            Ok(lease) => {
+                leases.extend(lease.map(|l| (id.clone(), l)));
+            }
+            Err(e) => {
+                let d = Reader::damage_of(&id, "lease", e, &damage)?;
+                damage.extend(d);
+            }
+        }
+        records.push(record);
+    }
+    let mut census = BTreeMap::new();
+    if args.census {
+        let counted = census_of(&sources, None).await?;
+        for r in &records {
+            census.insert(r.id.clone(), counted.counts.get(&r.id).cloned().unwrap_or_default());
+        }
+    }
+    let uncovered: BTreeSet<KeyringId> =
+        records.iter().filter(|r| !specs.iter().any(|s| s.covers(&r.id))).map(|r| r.id.clone()).collect();
+    let mut report = status_report(
+        SystemClock.now(),
+        &records,
+        &policies,
+        &jobs,
+        &leases,
+        &uncovered,
+        &census,
+        false,
+        SchedulerTotals::default(),
+    );
     // `--all`: the keyrings keywheel.toml names, and which of them are missing.
     let not_created = if args.all {
-        let matched = matched_keyrings(settings, &opened, "`status --all` has nothing to show").await?;
+        let matched =
+            matched_keyrings(settings, &listed, reader.pool.as_ref(), "`status --all` has nothing to show").await?;
         report.keyrings.retain(|k| matched.iter().any(|m| m.id == k.keyring));
         Some(matched.into_iter().filter(|m| !m.exists).map(|m| m.id).collect::<Vec<_>>())
     } else {
         None
     };
     if json {
-        print_json(&StatusJson::new(&report, not_created.as_deref()))?;
+        let mut value = serde_json::to_value(StatusJson::new(&report, not_created.as_deref()))
+            .map_err(|e| CliError::error(format!("cannot encode: {e}")))?;
+        value["authenticated"] = json!(reader.authenticated);
+        value["damaged"] = json!(damage);
+        print_json(&value)?;
     } else {
-        print_status(&report);
+        // With only damage to show, the "no keyrings yet" line would mislead.
+        if !records.is_empty() || damage.is_empty() {
+            print_status(&report);
+        }
         if let Some(ids) = not_created.filter(|ids| !ids.is_empty()) {
             let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
             outln!("Not created yet (run `keywheel keyring apply`): {}", ids.join(", "));
         }
+        print_damage(&damage, reader.authenticated);
     }
-    Ok(OK)
+    Ok(if damage.is_empty() { OK } else { PROBLEMS })
 }
 
 /// Commands that read records need the `[[sources]]` of keywheel.toml.
@@ -113,24 +230,16 @@ pub(super) fn require_sources(settings: &Settings, what: &str) -> Result<(), Cli
     Ok(())
 }
 
-pub(super) async fn census_of(
-    settings: &Settings,
-    opened: &Opened,
-    filter: Option<&KeyringId>,
-) -> Result<Census, CliError> {
-    require_sources(settings, "count values")?;
-    let rotator = store::rotator(settings, opened).await?;
-    Ok(rotator.census(filter).await?)
-}
-
 pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool) -> Result<u8, CliError> {
     let filter = args.keyring.as_deref().map(parse_keyring).transpose()?;
-    let opened = store::open(settings).await?;
-    let census = census_of(settings, &opened, filter.as_ref()).await?;
+    require_sources(settings, "count values")?;
+    let reader = Reader::open(settings).await?;
+    let sources = store::sources_on(settings, reader.pool.as_ref()).await?;
+    let census: Census = census_of(&sources, filter.as_ref()).await?;
     let mut table = Table::new(&["KEYRING", "VERSION", "STATE", "VALUES"]);
     let mut rows = Vec::new();
     for (id, versions) in &census.counts {
-        let record = opened.kw.record(id).await.ok();
+        let record = reader.store.load_keyring(id).await.ok().flatten();
         for (v, n) in versions {
             let state = record.as_ref().and_then(|r| r.version(*v)).map(|r| r.state);
             let state_text = state.map_or("unknown".into(), |s| s.to_string());
@@ -139,7 +248,9 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
         }
     }
     if json {
-        print_json(&json!({ "counts": rows, "unparseable": census.unparseable }))?;
+        print_json(
+            &json!({ "counts": rows, "unparseable": census.unparseable, "authenticated": reader.authenticated }),
+        )?;
     } else {
         if table.is_empty() {
             outln!("No encrypted values found.");
@@ -149,45 +260,143 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
         if census.unparseable > 0 {
             outln!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
         }
+        if !reader.authenticated {
+            outln!("{UNAUTHENTICATED_NOTE}");
+        }
     }
     Ok(if census.unparseable > 0 { PROBLEMS } else { OK })
+}
+
+/// What is wrong with one keyring's values, in words, and the fix for each.
+fn verify_advice(r: &VerifyReport, retired: &[String]) -> Vec<String> {
+    let k = &r.keyring;
+    let mut advice = Vec::new();
+    if r.on_older > 0 {
+        advice.push(format!(
+            "{}: {} values on older versions: re-encrypt them with `keywheel rotate {k}` \
+             (or finish an interrupted rotation with `keywheel resume {k}`).",
+            k,
+            count(r.on_older)
+        ));
+    }
+    if r.on_unknown > 0 {
+        let versions = r.unknown_versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        advice.push(format!(
+            "{k}: {} values are on versions this keyring never had ({versions}): they were not written with \
+             this keyring (another system, another store, or a store restored from an older backup), and \
+             `keywheel rotate` cannot move them. Check the source's keyring mapping in keywheel.toml \
+             (keyring, tenant_column), import the key they were written with, or restore the store that holds it.",
+            count(r.on_unknown)
+        ));
+    }
+    if r.on_retired > 0 {
+        advice.push(format!(
+            "{k}: {} values are on retired versions ({}): their key is destroyed and they cannot be decrypted \
+             (data loss). Restore the version's key from a backup of the store if you have one; otherwise \
+             write those values again from their source of truth.",
+            count(r.on_retired),
+            retired.join(", ")
+        ));
+    }
+    advice
 }
 
 pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool) -> Result<u8, CliError> {
     let filter = args.keyring.as_deref().map(parse_keyring).transpose()?;
     require_sources(settings, "check values")?;
-    let opened = store::open(settings).await?;
-    let rotator = store::rotator(settings, &opened).await?;
-    let ids = match filter {
-        Some(id) => vec![id],
-        None => opened.kw.list_keyrings().await?,
+    let reader = Reader::open(settings).await?;
+    let sources = store::sources_on(settings, reader.pool.as_ref()).await?;
+    let mut damage = if filter.is_some() { Vec::new() } else { reader.damaged_files()? };
+    let ids = match &filter {
+        Some(id) => vec![id.clone()],
+        None => reader.store.list_keyrings().await?,
     };
     let mut reports = Vec::new();
+    let mut advice = Vec::new();
+    let mut unparseable = 0;
     for id in &ids {
-        reports.push(rotator.verify(id).await?);
+        let record = match (reader.record(id).await, &filter) {
+            (Ok(record), _) => record,
+            (Err(e), Some(_)) => return Err(e),
+            // One damaged keyring does not stop the check of the others.
+            (Err(e), None) => {
+                damage.push(Damage {
+                    keyring: Some(id.clone()),
+                    kind: "keyring".into(),
+                    file: None,
+                    problem: e.message,
+                    fix: e.hint,
+                });
+                continue;
+            }
+        };
+        let census = census_of(&sources, Some(id)).await?;
+        unparseable = unparseable.max(census.unparseable);
+        let report = VerifyReport::new(&record, census.counts.get(id).cloned().unwrap_or_default(), census.unparseable);
+        let retired: Vec<String> = report
+            .census
+            .keys()
+            .filter(|v| record.version(**v).is_some_and(|r| r.state == KeyState::Retired))
+            .map(ToString::to_string)
+            .collect();
+        advice.extend(verify_advice(&report, &retired));
+        reports.push(report);
     }
-    let ok = reports.iter().all(|r| r.ok);
+    let ok = reports.iter().all(|r| r.ok) && damage.is_empty();
     if json {
-        print_json(&json!({ "ok": ok, "keyrings": reports }))?;
+        print_json(&json!({
+            "ok": ok,
+            "keyrings": reports,
+            "damaged": damage,
+            "authenticated": reader.authenticated,
+        }))?;
     } else {
-        let mut table =
-            Table::new(&["KEYRING", "ACTIVE", "ON ACTIVE", "ON OLDER", "ON RETIRED", "UNPARSEABLE", "RESULT"]);
+        let mut table = Table::new(&[
+            "KEYRING",
+            "ACTIVE",
+            "ON ACTIVE",
+            "ON OLDER",
+            "UNKNOWN VERSION",
+            "ON RETIRED",
+            "UNPARSEABLE",
+            "RESULT",
+        ]);
         for r in &reports {
             let on_active = r.active.and_then(|a| r.census.get(&a)).copied().unwrap_or(0);
+            let mut result = Vec::new();
+            if r.on_older > 0 {
+                result.push("VALUES LEFT BEHIND");
+            }
+            if r.on_unknown > 0 {
+                result.push("FOREIGN VALUES");
+            }
+            if r.on_retired > 0 {
+                result.push("UNREADABLE VALUES");
+            }
+            if r.unparseable > 0 {
+                result.push("NOT KEYWHEEL VALUES");
+            }
             table.row(vec![
                 r.keyring.to_string(),
                 r.active.map_or("-".into(), |v| v.to_string()),
                 count(on_active),
-                count(r.not_on_active),
+                count(r.on_older),
+                count(r.on_unknown),
                 count(r.on_retired),
                 count(r.unparseable),
-                if r.ok { "ok".into() } else { "VALUES LEFT BEHIND".into() },
+                if result.is_empty() { "ok".into() } else { result.join(", ") },
             ]);
         }
-        out!("{table}");
-        if !ok {
-            outln!("Some values are not on the active version: finish with `keywheel resume` or `keywheel rotate`.");
+        if !table.is_empty() {
+            out!("{table}");
         }
+        for line in &advice {
+            outln!("{line}");
+        }
+        if unparseable > 0 {
+            outln!("{} values are not keywheel values (see `keywheel inspect`).", count(unparseable));
+        }
+        print_damage(&damage, reader.authenticated);
     }
     Ok(if ok { OK } else { PROBLEMS })
 }

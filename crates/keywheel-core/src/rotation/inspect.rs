@@ -5,14 +5,7 @@ use super::*;
 impl Rotator {
     /// Census of values per keyring and version across all sources (one keyring if given).
     pub async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
-        let mut total = Census::default();
-        for s in &self.sources {
-            total.merge(&s.census(keyring).await?);
-        }
-        if let Some(k) = keyring {
-            total.counts.retain(|id, _| id == k);
-        }
-        Ok(total)
+        crate::census_of(&self.sources, keyring).await
     }
 
     /// Check that every value of a keyring is on its Active version.
@@ -20,22 +13,7 @@ impl Rotator {
         let record = self.kw.record(id).await?;
         let census = self.census(Some(id)).await?;
         let per_version = census.counts.get(id).cloned().unwrap_or_default();
-        let active = record.active_version();
-        let not_on_active = per_version.iter().filter(|(v, _)| Some(**v) != active).map(|(_, n)| n).sum();
-        let on_retired = per_version
-            .iter()
-            .filter(|(v, _)| record.version(**v).is_none_or(|r| r.state == KeyState::Retired))
-            .map(|(_, n)| n)
-            .sum();
-        Ok(VerifyReport {
-            keyring: id.clone(),
-            active,
-            census: per_version,
-            not_on_active,
-            on_retired,
-            unparseable: census.unparseable,
-            ok: not_on_active == 0 && census.unparseable == 0,
-        })
+        Ok(VerifyReport::new(&record, per_version, census.unparseable))
     }
 
     /// Dry run of a rotation: reads every value that a rotation would move,
@@ -71,7 +49,10 @@ impl Rotator {
                 let batch = source.scan(&request).await?;
                 let Some(last) = batch.last() else { break };
                 request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
-                let (counts, failures, _) = reencrypt_values(&ring, id, to, source.name(), batch);
+                let (counts, mut failures, _) = reencrypt_values(&ring, id, to, source.name(), batch);
+                for f in &mut failures {
+                    f.location = source.locate(&f.cursor);
+                }
                 job.counts.processed += counts.processed;
                 job.counts.rewritten += counts.processed - counts.failed;
                 job.counts.failed += counts.failed;

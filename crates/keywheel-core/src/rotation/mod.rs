@@ -162,7 +162,11 @@ pub struct RollbackReport {
     pub reencrypt: Option<RotationReport>,
 }
 
-/// Result of [`Rotator::verify`].
+/// Result of [`Rotator::verify`] (or of [`VerifyReport::new`] for a census
+/// taken elsewhere). Values not on the Active version are split by what fixes
+/// them: `on_older` (a rotation re-encrypts them), `on_unknown` (the keyring
+/// has no such version: not written by this keyring) and `on_retired` (their
+/// key is destroyed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     /// The keyring.
@@ -171,14 +175,72 @@ pub struct VerifyReport {
     pub active: Option<KeyVersion>,
     /// Values per version.
     pub census: BTreeMap<KeyVersion, u64>,
-    /// Values on versions other than the Active one.
+    /// Values on versions other than the Active one (the sum of the three below).
     pub not_on_active: u64,
-    /// Values on retired versions (unreadable).
+    /// Values on other versions the keyring holds and has not retired
+    /// (Deprecated, Pending): `keywheel rotate`/`resume` moves them.
+    pub on_older: u64,
+    /// Values on versions the keyring has never had (e.g. `v99` written by
+    /// another system, or a store restored from an older backup): no key of
+    /// this keyring decrypts them.
+    pub on_unknown: u64,
+    /// The versions behind `on_unknown`.
+    pub unknown_versions: Vec<KeyVersion>,
+    /// Values on retired versions (unreadable: their key is destroyed).
     pub on_retired: u64,
     /// Values whose header does not parse.
     pub unparseable: u64,
     /// Whether every value is on the Active version.
     pub ok: bool,
+}
+
+impl VerifyReport {
+    /// The verdict on `record`'s values from a census of them (`per_version`:
+    /// values per version of this keyring; `unparseable`: values whose header
+    /// does not parse). A pure function: [`Rotator::verify`] uses it with a
+    /// fresh census of its sources.
+    ///
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// # use keywheel_core::*;
+    /// # fn main() -> Result<()> {
+    /// let id = KeyringId::new("acme", Purpose::Token)?;
+    /// // A keyring that never had a v99.
+    /// let record = KeyringRecord::new(id, Algorithm::Aes256Gcm, Timestamp::EPOCH);
+    /// let census = BTreeMap::from([(KeyVersion::new(99)?, 2)]);
+    /// let report = VerifyReport::new(&record, census, 0);
+    /// assert_eq!((report.on_older, report.on_unknown, report.ok), (0, 2, false));
+    /// assert_eq!(report.unknown_versions, [KeyVersion::new(99)?]);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(record: &KeyringRecord, per_version: BTreeMap<KeyVersion, u64>, unparseable: u64) -> Self {
+        let active = record.active_version();
+        let (mut on_older, mut on_unknown, mut on_retired) = (0, 0, 0);
+        let mut unknown_versions = Vec::new();
+        for (v, n) in per_version.iter().filter(|(v, _)| Some(**v) != active) {
+            match record.version(*v).map(|r| r.state) {
+                None => {
+                    on_unknown += n;
+                    unknown_versions.push(*v);
+                }
+                Some(KeyState::Retired) => on_retired += n,
+                Some(_) => on_older += n,
+            }
+        }
+        let not_on_active = on_older + on_unknown + on_retired;
+        VerifyReport {
+            keyring: record.id.clone(),
+            active,
+            census: per_version,
+            not_on_active,
+            on_older,
+            on_unknown,
+            unknown_versions,
+            on_retired,
+            unparseable,
+            ok: not_on_active == 0 && unparseable == 0,
+        }
+    }
 }
 
 /// Result of [`Rotator::rotate_kek`].

@@ -113,7 +113,8 @@ impl Rotator {
                 job.counts.rewritten += result.counts.rewritten;
                 job.counts.skipped += result.counts.skipped;
                 job.counts.failed += result.counts.failed;
-                for f in result.failures {
+                for mut f in result.failures {
+                    f.location = source.locate(&f.cursor);
                     if !listed.insert((f.source.clone(), f.cursor.clone())) {
                         job.counts.failed -= 1;
                         continue;
@@ -211,6 +212,7 @@ pub(super) fn reencrypt_values(
             version: crate::version_of(&v.value).ok(),
             cursor: v.cursor,
             reason: error.to_string(),
+            location: None,
         });
     };
     // This thread's buffer for the new values, kept from batch to batch: a
