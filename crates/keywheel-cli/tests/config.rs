@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::Cli;
+use support::{Cli, snapshot};
 
 /// Every command that loads keywheel.toml (all of them but `--help`).
 const COMMANDS: &[&[&str]] = &[
@@ -52,20 +52,6 @@ const BAD: &[(&str, usize, &str)] = &[
     ("store = \"./keywheel\"\n\n[[sources]]\ntable = \"users\"\ncolumns = [\"token\"]\n", 3, "give either keyring"),
     ("[keyrings.\"acme/*\"]\n", 1, "the only pattern is \"*/PURPOSE\""),
 ];
-
-fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for sub in ["", "keyrings", "policies", "jobs", "leases"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
-        for e in entries.flatten() {
-            if e.path().is_file() {
-                out.push((e.path().display().to_string(), std::fs::read(e.path()).expect("read")));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn every_command_refuses_a_bad_file_naming_the_line() {

@@ -12,7 +12,7 @@ use std::io::Read as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::Cli;
+use support::{Cli, snapshot};
 
 /// A file store with one keyring, its master key in `master.key`.
 fn store_with_keyring() -> Cli {
@@ -20,20 +20,6 @@ fn store_with_keyring() -> Cli {
     cli.run(&["init", "--master-key-out", cli.key_file().to_str().expect("utf-8")]).assert_code(0);
     cli.run(&["keyring", "create", "acme/token"]).assert_code(0);
     cli
-}
-
-fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for sub in ["", "keyrings", "policies", "jobs", "leases"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
-        for e in entries.flatten() {
-            if e.path().is_file() {
-                out.push((e.path().display().to_string(), std::fs::read(e.path()).expect("read")));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

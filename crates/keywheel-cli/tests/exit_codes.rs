@@ -51,14 +51,16 @@ fn exit_0_success() {
 fn exit_1_store_master_key_and_configuration_errors() {
     // No store.
     let cli = Cli::new(None);
-    std::fs::write(cli.key_file(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
+    support::write_secret(&cli.key_file(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     let out = cli.json_code(&["status"], 1);
     assert!(json_error(&out, 1)["message"].as_str().unwrap().contains("not a keywheel store"));
     // A wrong master key.
     let cli = store_with_keyring();
     let wrong = cli.dir().join("wrong.key");
-    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("write");
-    cli.run(&["--master-key-file", wrong.to_str().unwrap(), "status"]).assert_code(1);
+    support::write_secret(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    cli.run(&["--master-key-file", wrong.to_str().unwrap(), "status"])
+        .assert_code(1)
+        .assert_stderr_contains("key check value");
     // A bad configuration file: exit 1, naming the file and the line.
     cli.write_config("[keyrings.\"acme/token\"]\npreset = \"weekly\"\n");
     let out = cli.json_code(&["status"], 1);
@@ -138,7 +140,7 @@ async fn exit_130_interrupted_and_resumed() {
     cli.run(&["init", "--master-key-out", cli.key_file().to_str().expect("utf-8")]).assert_code(0);
     cli.run(&["keyring", "create", "acme/token"]).assert_code(0);
     let id: KeyringId = "acme/token".parse().expect("id");
-    let app = pg::app_keywheel(&cli, None).await;
+    let app = pg::app_keywheel(&cli, None);
     pg::insert_users(&db, &app, &id, 1..=200, false).await;
 
     // 200 values at 20 per second: ten seconds, stopped after one.

@@ -13,6 +13,8 @@
 
 #[path = "../../keywheel-postgres/tests/common/mod.rs"]
 mod common;
+#[path = "support/postgres.rs"]
+mod pg;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use keywheel_core::{AuditSink, Context, KekRing, KeyStore, KeyringId, Keywheel, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV};
 use keywheel_file::{FileAuditSink, FileKeyStore};
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgSchema};
+use pg::postgres_url;
 use serde_json::{Value, json};
 use support::Cli;
 
@@ -185,31 +188,6 @@ async fn a_kek_rotation_under_a_live_application_on_postgres_has_no_errors() {
     let cli = Cli::new(Some(postgres_url(&db)));
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || rotate_under_a_live_application(&cli, &url)).await.expect("runbook");
-}
-
-/// A `postgresql://` URL of the test database, as an operator passes `--store`.
-fn postgres_url(db: &common::TestDb) -> String {
-    use keywheel_postgres::tokio_postgres::config::Host;
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let host = match db.config.get_hosts().first() {
-        Some(Host::Tcp(h)) => encode(h),
-        Some(Host::Unix(p)) => encode(&p.to_string_lossy()),
-        None => "localhost".into(),
-    };
-    let port = db.config.get_ports().first().copied().unwrap_or(5432);
-    let user = encode(db.config.get_user().unwrap_or("postgres"));
-    let auth = match db.config.get_password() {
-        Some(pw) => format!("{user}:{}", encode(&String::from_utf8_lossy(pw))),
-        None => user,
-    };
-    format!("postgresql://{auth}@{host}:{port}/{}", encode(&db.name))
 }
 
 /// The application (a child process of the tests above): opens the store

@@ -72,7 +72,7 @@ async fn patterns_reach_every_tenant_and_all_acts_on_them() {
     assert!(again["keyrings"].as_array().unwrap().iter().all(|k| k["action"] == "unchanged"), "{again}");
 
     // The application encrypts values per tenant; a new tenant appears.
-    let app = pg::app_keywheel(&cli, None).await;
+    let app = pg::app_keywheel(&cli, None);
     let (acme, beta): (KeyringId, KeyringId) = ("acme/token".parse().unwrap(), "beta/token".parse().unwrap());
     pg::insert_users(&db, &app, &acme, 10..=19, true).await;
     pg::insert_users(&db, &app, &beta, 20..=24, true).await;
@@ -150,7 +150,7 @@ async fn an_interrupted_rotate_all_stops_after_the_keyring_it_interrupted() {
     ));
     cli.run(&["keyring", "create", "acme/token"]).assert_code(0);
     cli.run(&["keyring", "create", "beta/token"]).assert_code(0);
-    let app = pg::app_keywheel(&cli, None).await;
+    let app = pg::app_keywheel(&cli, None);
     pg::insert_users(&db, &app, &"acme/token".parse().unwrap(), 1..=200, true).await;
     pg::insert_users(&db, &app, &"beta/token".parse().unwrap(), 201..=210, true).await;
 

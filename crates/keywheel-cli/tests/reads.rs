@@ -20,26 +20,11 @@ use common::TestDb;
 use keywheel_core::{Context, KeyringId, Keywheel, LocalKek};
 use keywheel_file::{FileAuditSink, FileKeyStore};
 use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgSchema};
-use postgres::postgres_url;
+use postgres::{app_keywheel, postgres_url};
 use serde_json::Value;
-use support::Cli;
+use support::{Cli, snapshot};
 
 const ROWS: i64 = 20;
-
-/// The application's `Keywheel` (same store and master key as the CLI).
-fn app_keywheel(cli: &Cli, pool: Option<&PgPool>) -> Keywheel {
-    let kek = Arc::new(LocalKek::from_file(cli.key_file()).expect("master key file"));
-    let builder = Keywheel::builder().kek(kek);
-    let builder = match pool {
-        Some(pool) => builder
-            .store(Arc::new(PgKeyStore::new(pool.clone(), PgSchema::default())))
-            .audit(Arc::new(PgAuditSink::new(pool.clone(), PgSchema::default()))),
-        None => builder
-            .store(Arc::new(FileKeyStore::options().create(false).open(cli.store_dir()).expect("store")))
-            .audit(Arc::new(FileAuditSink::open(cli.store_dir().join("audit.jsonl")).expect("audit"))),
-    };
-    builder.actor("app").build().expect("keywheel")
-}
 
 fn ctx(column: &str, row: i64) -> Context {
     Context::field("users", column, &row.to_string())
@@ -83,23 +68,6 @@ fn without_master_key<T>(cli: &Cli, f: impl FnOnce() -> T) -> T {
     let out = f();
     std::fs::rename(&aside, cli.key_file()).expect("put the key back");
     out
-}
-
-/// Every file under `dir` with its bytes, to show that nothing was written.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(path.clone(), std::fs::read(&path).expect("read"));
-            }
-        }
-    }
-    files
 }
 
 async fn reads_without_the_master_key(postgres_store: bool) {

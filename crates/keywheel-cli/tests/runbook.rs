@@ -78,7 +78,7 @@ async fn runbook(postgres_store: bool) {
 
     // The application writes its values under v1.
     let pool = db.pool(4);
-    let app = app_keywheel(&cli, postgres_store.then_some(&pool)).await;
+    let app = app_keywheel(&cli, postgres_store.then_some(&pool));
     let client = db.client().await;
     for n in 1..=ROWS {
         let value = app.encrypt(&id, &plaintext(n), &ctx(n)).await.expect("encrypt");
@@ -110,7 +110,7 @@ async fn runbook(postgres_store: bool) {
     cli.run(&["rollback", "acme/token", "--reason", "canary errors"])
         .assert_code(0)
         .assert_stdout_contains("v1 is active again");
-    check_rows(&db, &app_keywheel(&cli, postgres_store.then_some(&pool)).await, &id).await;
+    check_rows(&db, &app_keywheel(&cli, postgres_store.then_some(&pool)), &id).await;
     cli.run(&["verify", "acme/token"]).assert_code(4).assert_stdout_contains("VALUES LEFT BEHIND");
     tokio::time::sleep(Duration::from_millis(2100)).await; // v2's grace period
     let refused = cli.run(&["retire", "acme/token", "--version", "2"]).assert_code(3);
@@ -154,7 +154,7 @@ async fn runbook(postgres_store: bool) {
     cli.run(&["status"]).assert_code(1).assert_stderr_contains("wrong master key");
     std::fs::rename(&new_key, cli.key_file()).expect("swap in the new key");
     cli.run(&["status"]).assert_code(0);
-    check_rows(&db, &app_keywheel(&cli, postgres_store.then_some(&pool)).await, &id).await;
+    check_rows(&db, &app_keywheel(&cli, postgres_store.then_some(&pool)), &id).await;
 
     let audit = cli.run(&["audit", "verify"]).assert_code(0);
     audit.assert_stdout_contains("intact");

@@ -141,3 +141,20 @@ pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
         .expect("create key file");
     file.write_all(contents.as_ref()).expect("write key file");
 }
+
+/// Every file under `dir` with its bytes, to show that nothing was written.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    files
+}

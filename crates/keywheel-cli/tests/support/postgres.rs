@@ -46,7 +46,7 @@ pub fn postgres_url_as(db: &TestDb, user: Option<&str>) -> String {
 
 /// The application's `Keywheel` (same store and master key as the CLI):
 /// the Postgres store on `pool`, else the CLI's file store.
-pub async fn app_keywheel(cli: &Cli, pool: Option<&PgPool>) -> Keywheel {
+pub fn app_keywheel(cli: &Cli, pool: Option<&PgPool>) -> Keywheel {
     let kek = Arc::new(LocalKek::from_file(cli.key_file()).expect("master key file"));
     let builder = Keywheel::builder().kek(kek);
     let builder = match pool {
