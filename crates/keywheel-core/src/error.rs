@@ -346,6 +346,16 @@ pub enum Error {
         /// When the quarantine ended.
         ended_at: crate::Timestamp,
     },
+    /// Re-enabling refused: only a Disabled version can be re-enabled.
+    #[error("key version {version} of keyring {keyring} is {state}, not disabled: there is nothing to re-enable")]
+    NotDisabled {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The version.
+        version: KeyVersion,
+        /// Its current state.
+        state: KeyState,
+    },
     /// The keyring was erased (crypto-shredded): every version was retired
     /// at once, so nothing encrypts under it and no version is added or
     /// activated again.

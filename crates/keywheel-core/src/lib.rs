@@ -58,8 +58,8 @@ pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;
 pub use policy::{AfterRotation, DEFAULT_QUARANTINE, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
 pub use rotation::{
-    CancelToken, KekRing, KekRotationReport, Progress, ProgressFn, RetireOptions, RollbackReport, RotateOptions, Rotator,
-    VerifyReport,
+    CancelToken, KekRing, KekRotationReport, Progress, ProgressFn, RetireOptions, RollbackReport, RotateOptions,
+    Rotator, VerifyReport,
 };
 pub use scheduler::{
     DisabledVersion, Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig,

@@ -94,7 +94,11 @@ impl Keywheel {
             destroy |= quarantine.is_zero();
             let destroy_after = now.plus(quarantine);
             changes.push(KeyringChange::Disable { version, at: now, destroy_after });
-            events.push(with_reason(self.event(Some(id), AuditKind::KeyDisabled { version, forced, destroy_after }, &cid)));
+            events.push(with_reason(self.event(
+                Some(id),
+                AuditKind::KeyDisabled { version, forced, destroy_after },
+                &cid,
+            )));
         }
         if destroy {
             changes.push(KeyringChange::SetState { version, state: KeyState::Retired, at: now });
@@ -111,13 +115,17 @@ impl Keywheel {
     /// Refused, before anything is audited or written, with
     /// [`Error::QuarantineOver`] from the end of the quarantine on,
     /// [`Error::CompromisedVersion`] for a version an emergency flagged, and
-    /// [`Error::IllegalTransition`] for a version that is not Disabled. In an
+    /// [`Error::NotDisabled`] for a version that is not Disabled. In an
     /// erased keyring the re-enabled version decrypts again but the keyring
     /// still encrypts nothing.
     pub async fn enable(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
         let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
         let result = async {
             let record = self.record(id).await?;
+            let state = record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?.state;
+            if state != KeyState::Disabled {
+                return Err(Error::NotDisabled { keyring: id.clone(), version, state });
+            }
             let mut event = self.event(Some(id), AuditKind::KeyEnabled { version }, &correlation_id()?);
             event.reason = reason.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
             let change = KeyringChange::SetState { version, state: KeyState::Deprecated, at: self.now() };
@@ -188,9 +196,11 @@ impl Keywheel {
                     changes.push(KeyringChange::Disable { version: v.version, at, destroy_after: at });
                 }
                 changes.push(KeyringChange::SetState { version: v.version, state: KeyState::Retired, at });
-                events.push(with_reason(
-                    self.event(Some(id), AuditKind::KeyRetired { version: v.version, forced: true }, &cid),
-                ));
+                events.push(with_reason(self.event(
+                    Some(id),
+                    AuditKind::KeyRetired { version: v.version, forced: true },
+                    &cid,
+                )));
             }
         }
         if changes.is_empty() {
@@ -209,8 +219,7 @@ impl Keywheel {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("erasure"));
         }
-        let ids: Vec<KeyringId> =
-            self.list_keyrings().await?.into_iter().filter(|id| id.tenant() == tenant).collect();
+        let ids: Vec<KeyringId> = self.list_keyrings().await?.into_iter().filter(|id| id.tenant() == tenant).collect();
         if ids.is_empty() {
             return Err(Error::InvalidArgument(format!("tenant {tenant:?} has no keyring")));
         }

@@ -139,7 +139,9 @@ impl Rotator {
         if v.state == KeyState::Disabled {
             // Checked when it was disabled; nothing encrypts under it since.
             return match emergency {
-                Some(reason) => self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true, true).await,
+                Some(reason) => {
+                    self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true, true).await
+                }
                 None => self.kw.retire_now(id, version, None, false, destroy_now).await,
             };
         }
