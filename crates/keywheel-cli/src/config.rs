@@ -75,6 +75,7 @@ pub(crate) struct KeyringConfig {
     pub(crate) usage_limit: Option<u64>,
     pub(crate) maintenance_window: Option<WindowConfig>,
     pub(crate) priority: Option<i32>,
+    pub(crate) quarantine: Option<String>,
 }
 
 /// A maintenance window: `start` as `HH:MM` UTC, `duration` like `2h`.
@@ -213,6 +214,9 @@ impl KeyringConfig {
         }
         if let Some(d) = duration("activation_delay", &self.activation_delay)? {
             policy.activation_delay = d;
+        }
+        if let Some(d) = duration("quarantine", &self.quarantine)? {
+            policy.quarantine = d;
         }
         if let Some(a) = &self.after_rotation {
             policy.after_rotation = match a.as_str() {

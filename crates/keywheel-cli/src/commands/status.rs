@@ -72,6 +72,7 @@ pub(super) fn print_status(report: &StatusReport) {
         println!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
     } else {
         print!("{table}");
+        super::keyring::print_lifecycle_notes(report);
     }
 }
 
