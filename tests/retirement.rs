@@ -205,7 +205,7 @@ async fn erasing_a_keyring_disables_every_version_and_stops_encryption() {
         &Default::default(),
         &Default::default(),
         &Default::default(),
-        &Default::default(),
+        &std::collections::BTreeSet::from([id.clone()]),
         &Default::default(),
         false,
         Default::default(),

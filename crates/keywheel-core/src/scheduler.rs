@@ -809,7 +809,9 @@ pub fn status_report(
                     warnings.push(Warning::GraceExpired { version: c.version.get(), values });
                 }
             }
-            if policy.after_rotation == AfterRotation::Reencrypt && uncovered.contains(id) {
+            // An erased keyring is never retired by census again: no source is needed.
+            if policy.after_rotation == AfterRotation::Reencrypt && uncovered.contains(id) && record.erased_at.is_none()
+            {
                 warnings.push(Warning::NoSourceCovers);
             }
             for v in record.versions.iter().filter(|v| v.compromised && v.state != KeyState::Retired) {
