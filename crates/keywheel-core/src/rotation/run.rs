@@ -113,11 +113,14 @@ impl Rotator {
     /// Continue the unfinished (or cancelled) job of a keyring from its
     /// checkpoint. `Ok(None)` if there is nothing to resume (nothing is
     /// written then). A job whose lease is live is running somewhere: refused
-    /// with [`Error::RotationInProgress`], its lease untouched.
+    /// with [`Error::RotationInProgress`], its lease untouched; the job of an
+    /// erased keyring is never resumed ([`Error::KeyringErased`]).
     pub async fn resume(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
         if self.unfinished_job(id).await?.is_none() {
             return Ok(None);
         }
+        // An erased keyring encrypts nothing: re-encrypting under it would only fail value by value.
+        self.kw.record(id).await?.check_not_erased()?;
         let lease = self.lease(id, opts).await?;
         let result = async {
             let Some(mut job) = self.unfinished_job(id).await? else {
