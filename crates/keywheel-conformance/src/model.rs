@@ -247,7 +247,9 @@ pub enum Op {
         /// Version number.
         version: u8,
     },
-    /// `Keywheel::enable` of a (Disabled) version.
+    /// `Keywheel::enable`: of a Disabled version when a keyring has one (the
+    /// slot's keyring first, `version` picks which), else of version `version`
+    /// of the slot's keyring.
     Enable {
         /// Instance.
         inst: u8,
@@ -340,7 +342,7 @@ const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 const DAY: u64 = 24 * 60 * 60;
 /// Quarantine of the `token` keyrings (the `database` ones have none: retire
 /// destroys at once there).
-const QUARANTINE: Duration = Duration::from_secs(3 * DAY);
+const QUARANTINE: Duration = Duration::from_secs(30 * DAY);
 
 /// Clock jumps: seconds to months.
 const JUMPS: [u64; 10] = [1, 30, 120, 3600, DAY, 2 * DAY, 6 * DAY, 12 * DAY, 45 * DAY, 120 * DAY];
@@ -1176,9 +1178,32 @@ impl<'a> Case<'a> {
             }
             Op::Enable { inst, slot, version } => {
                 let kw = self.instances[self.inst(inst)].kw.clone();
-                let id = slot_id(slot);
-                let v = Self::version(version);
-                let before = self.checker.record(&id).await.ok().and_then(|r| r.version(v).cloned());
+                // Aim at a Disabled version when a keyring has one, this
+                // slot's first (random picks rarely hit one); otherwise the
+                // refusal is exercised.
+                let mut id = slot_id(slot);
+                for candidate in std::iter::once(slot).chain(0..SLOTS) {
+                    let cid = slot_id(candidate);
+                    let has = self
+                        .checker
+                        .record(&cid)
+                        .await
+                        .is_ok_and(|r| r.versions.iter().any(|x| x.state == KeyState::Disabled));
+                    if has {
+                        id = cid;
+                        break;
+                    }
+                }
+                let record = self.checker.record(&id).await.ok();
+                let disabled: Vec<KeyVersion> = record
+                    .iter()
+                    .flat_map(|r| r.versions.iter().filter(|x| x.state == KeyState::Disabled).map(|x| x.version))
+                    .collect();
+                let v = match disabled.len() {
+                    0 => Self::version(version),
+                    n => disabled[usize::from(version) % n],
+                };
+                let before = record.and_then(|r| r.version(v).cloned());
                 let result = kw.enable(&id, v, Some("model: still needed")).await;
                 tally("enable", result.is_ok());
                 match (&result, before) {
