@@ -127,8 +127,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.to.map_or(0, KeyVersion::get),
         report.counts.rewritten
     );
-    rotator.retire(&id, v2, &policy, None).await?;
-    println!("retired v2: no value uses it and its grace period is over");
+    let record = rotator.retire(&id, v2, &policy, None).await?;
+    let until = record.version(v2).and_then(|v| v.destroy_after).ok_or("a quarantine end")?;
+    println!("retired v2: no value uses it and its grace period is over; disabled, destroyed after {until}");
     // v1 was deprecated just now (by the rotation to v3): its grace period runs.
     match rotator.retire(&id, KeyVersion::FIRST, &policy, None).await {
         Err(e) => println!("retire v1 refused: {e}"),
@@ -136,7 +137,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     clock.advance(policy.grace_period);
     rotator.retire(&id, KeyVersion::FIRST, &policy, None).await?;
-    println!("retired v1 after its grace period (census zero)");
+    println!("retired v1 after its grace period (census zero): disabled for the quarantine");
+    // Still needed after all (an export reads it): re-enabled inside the quarantine.
+    kw.enable(&id, KeyVersion::FIRST, Some("the nightly export still reads v1")).await?;
+    println!("re-enabled v1: it decrypts again until it is retired once more");
 
     // 6. v3 leaked: emergency rotation, no delay, v3 retired as soon as unused.
     let report = rotator.emergency(&id, "v3 found in a debug log", &RotateOptions::default()).await?;

@@ -185,8 +185,11 @@ async fn a_record_with_a_bad_seal_is_never_resealed() {
     let (s, _, _) = setup().await;
     let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
     let now = s.clock.now();
-    let change = KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now };
-    s.store.update_keyring(&s.id, record.generation, &[change]).await.expect("raw write");
+    let changes = [
+        KeyringChange::Disable { version: v(1), at: now, destroy_after: now },
+        KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now },
+    ];
+    s.store.update_keyring(&s.id, record.generation, &changes).await.expect("raw write");
     let audited = s.audit.events().len();
     assert_tampered(s.kw.seal_unsealed(&s.id, "please").await, &s.id, "seal_unsealed");
     assert_eq!(s.audit.events().len(), audited);
@@ -283,8 +286,11 @@ async fn the_scheduler_and_status_refuse_a_tampered_keyring() {
     let (s, _, _) = setup().await;
     let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
     let now = s.clock.now();
-    let change = KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now };
-    s.store.update_keyring(&s.id, record.generation, &[change]).await.expect("raw write");
+    let changes = [
+        KeyringChange::Disable { version: v(1), at: now, destroy_after: now },
+        KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now },
+    ];
+    s.store.update_keyring(&s.id, record.generation, &changes).await.expect("raw write");
     let before = s.store.load_keyring(&s.id).await.expect("load");
     let audited = s.audit.events().len();
     let scheduler = keywheel::Scheduler::new(Rotator::new(s.kw.clone()).expect("rng"), Default::default());

@@ -136,8 +136,10 @@ async fn the_scheduler_never_retires_a_version_no_source_can_vouch_for() {
     assert_eq!(w.state(1).await.0, KeyState::Deprecated);
     rotator.retire(&w.id, KeyVersion::FIRST, &policy, Some("values exported and deleted")).await.expect("forced");
     let last = w.audit.events().pop().expect("event");
-    assert_eq!(last.kind, AuditKind::KeyRetired { version: KeyVersion::FIRST, forced: true });
+    let destroy_after = w.kw.now().plus(policy.quarantine);
+    assert_eq!(last.kind, AuditKind::KeyDisabled { version: KeyVersion::FIRST, forced: true, destroy_after });
     assert_eq!(last.reason.as_deref(), Some("values exported and deleted"));
+    assert_eq!(w.state(1).await, (KeyState::Disabled, false), "disabled first: the material waits out the quarantine");
 }
 
 /// A source that covers other keyrings only does not vouch for this one.

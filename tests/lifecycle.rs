@@ -11,8 +11,8 @@ use common::{Counter, HookedStore};
 
 use keywheel::memory::MemoryAuditSink;
 use keywheel::{
-    Algorithm, AuditKind, Context, Error, KeyMaterial, KeyOrigin, KeyState, KeyVersion, KeyringChange, KeyringId,
-    Keywheel, LocalKek, ManualClock, Outcome, Purpose, Timestamp,
+    Algorithm, AuditKind, Context, DEFAULT_QUARANTINE, Error, KeyMaterial, KeyOrigin, KeyState, KeyVersion,
+    KeyringChange, KeyringId, Keywheel, LocalKek, ManualClock, Outcome, Purpose, Timestamp,
 };
 
 struct Setup {
@@ -90,9 +90,9 @@ async fn illegal_transitions_are_refused_and_nothing_is_written() {
     let s = setup().await;
     let before = s.kw.record(&s.id).await.expect("record");
     let audited = s.audit.events().len();
-    // Retiring the Active version is illegal (Active → Retired).
+    // Retiring the Active version is illegal (Active → Disabled, the first step).
     let err = s.kw.retire_forced(&s.id, KeyVersion::FIRST, "test").await.expect_err("illegal");
-    assert!(matches!(err, Error::IllegalTransition { from: KeyState::Active, to: KeyState::Retired, .. }), "{err}");
+    assert!(matches!(err, Error::IllegalTransition { from: KeyState::Active, to: KeyState::Disabled, .. }), "{err}");
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     // Deprecating a Pending version is illegal.
     assert!(matches!(s.kw.deprecate(&s.id, v2).await, Err(Error::IllegalTransition { .. })));
@@ -135,7 +135,7 @@ async fn retire_destroys_material_and_old_values_report_key_retired() {
     let old = s.kw.encrypt(&s.id, b"secret", &ctx("1")).await.expect("encrypt");
     let v2 = s.kw.add_version(&s.id).await.expect("add");
     s.kw.activate(&s.id, v2).await.expect("activate");
-    let record = s.kw.retire_forced(&s.id, KeyVersion::FIRST, "census was zero").await.expect("retire");
+    let record = s.kw.retire_forced_now(&s.id, KeyVersion::FIRST, "census was zero").await.expect("retire");
     let v1 = record.version(KeyVersion::FIRST).expect("metadata stays");
     assert_eq!(v1.state, KeyState::Retired);
     assert!(v1.wrapped.is_none(), "material destroyed in the store");
@@ -144,9 +144,14 @@ async fn retire_destroys_material_and_old_values_report_key_retired() {
     assert!(matches!(err, Error::KeyRetired { version } if version == KeyVersion::FIRST), "{err}");
     // Retired is final: no rollback to it.
     assert!(matches!(s.kw.activate(&s.id, KeyVersion::FIRST).await, Err(Error::IllegalTransition { .. })));
-    let last = s.audit.events().pop().expect("events");
+    let mut events = s.audit.events();
+    let last = events.pop().expect("events");
     assert_eq!(last.kind, AuditKind::KeyRetired { version: KeyVersion::FIRST, forced: true });
     assert_eq!(last.reason.as_deref(), Some("census was zero"));
+    // Disabled and destroyed in one update: the quarantine was skipped.
+    let disabled = events.pop().expect("events");
+    let at = s.kw.now();
+    assert_eq!(disabled.kind, AuditKind::KeyDisabled { version: KeyVersion::FIRST, forced: true, destroy_after: at });
 }
 
 #[tokio::test]
@@ -198,7 +203,7 @@ async fn every_step_is_audited_in_a_verifying_chain() {
             AuditKind::KeyCreated { version: v2, algorithm: aes, origin: KeyOrigin::Generated },
             AuditKind::KeyDeprecated { version: v1 },
             AuditKind::KeyActivated { version: v2, previous: Some(v1) },
-            AuditKind::KeyRetired { version: v1, forced: true },
+            AuditKind::KeyDisabled { version: v1, forced: true, destroy_after: s.kw.now().plus(DEFAULT_QUARANTINE) },
         ]
     );
     assert!(s.audit.events().iter().all(|e| e.keyring.as_ref() == Some(&s.id) && e.actor == "test"));

@@ -13,8 +13,8 @@ use common::{Fault, HookedSource, HookedStore, Mode};
 use keywheel::memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
 use keywheel::{
     Algorithm, AuditKind, Context, Cursor, Error, JobPhase, KekRing, KeyOrigin, KeyState, KeyStore, KeyVersion,
-    KeyringId, KeyringRecord, Keywheel, LocalKek, ManualClock, Outcome, Policy, Purpose, RotateOptions, Rotator,
-    Timestamp,
+    KeyringId, KeyringRecord, Keywheel, LocalKek, ManualClock, Outcome, Policy, Purpose, RetireOptions, RotateOptions,
+    Rotator, Timestamp,
 };
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -413,8 +413,9 @@ async fn retirement_is_refused_with_values_left_or_inside_grace_unless_forced() 
     w.kw.activate(&w.id, v4).await.expect("activate");
     let v3 = KeyVersion::new(3).expect("v3");
     assert!(matches!(rotator.retire(&w.id, v3, &policy, Some("  ")).await, Err(Error::ReasonRequired(_))));
-    let record = rotator.retire(&w.id, v3, &policy, Some("key leaked in a log file")).await.expect("forced");
-    assert!(record.version(v3).expect("metadata").wrapped.is_none());
+    let forced_now = RetireOptions::forced("key leaked in a log file").now();
+    let record = rotator.retire_with(&w.id, v3, &policy, &forced_now).await.expect("forced");
+    assert!(record.version(v3).expect("metadata").wrapped.is_none(), "destroyed at once: no quarantine");
     let event = w.audit.events().pop().expect("event");
     assert_eq!(event.kind, AuditKind::KeyRetired { version: v3, forced: true });
     assert_eq!(event.reason.as_deref(), Some("key leaked in a log file"));

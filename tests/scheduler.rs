@@ -254,11 +254,31 @@ async fn automatic_retirement_waits_for_grace_and_a_zero_census() {
         .expect("rotate");
     let tick = sched.tick().await.expect("tick");
     assert_eq!(tick.retired, [(id.clone(), KeyVersion::FIRST)]);
+    assert!(tick.destroyed.is_empty(), "retired means disabled first: the quarantine runs");
+    let states = |r: &keywheel::KeyringRecord| r.versions.iter().map(|v| v.state).collect::<Vec<_>>();
     let record = e.kw.record(&id).await.expect("record");
-    assert_eq!(
-        record.versions.iter().map(|v| v.state).collect::<Vec<_>>(),
-        [KeyState::Retired, KeyState::Deprecated, KeyState::Active]
-    );
+    assert_eq!(states(&record), [KeyState::Disabled, KeyState::Deprecated, KeyState::Active]);
+    let destroy_after = record.versions[0].destroy_after.expect("quarantine end");
+    assert_eq!(destroy_after, e.kw.now().plus(policy.quarantine));
+    // Status and evaluation report the disabled version and when it goes.
+    let status = sched.status(false).await.expect("status");
+    assert_eq!(status.keyrings[0].versions.disabled, [1]);
+    assert_eq!(status.keyrings[0].disabled[0].destroy_after, Some(destroy_after));
+    assert!(!status.keyrings[0].disabled[0].due);
+    // One millisecond before the quarantine ends nothing is destroyed; at its end the tick destroys it.
+    e.clock.set(destroy_after.minus(Duration::from_millis(1)));
+    assert!(sched.tick().await.expect("tick").destroyed.is_empty(), "inside the quarantine");
+    let record = e.kw.record(&id).await.expect("record");
+    assert!(keywheel::destruction_candidates(destroy_after, &[record])[0].due, "due at the end of the quarantine");
+    e.clock.set(destroy_after);
+    let tick = sched.tick().await.expect("tick");
+    assert_eq!(tick.destroyed, [(id.clone(), KeyVersion::FIRST)]);
+    let record = e.kw.record(&id).await.expect("record");
+    assert_eq!(states(&record), [KeyState::Retired, KeyState::Deprecated, KeyState::Active]);
+    assert!(record.versions[0].wrapped.is_none(), "material destroyed");
+    let last = e.audit.events().pop().expect("event");
+    assert_eq!(last.kind, AuditKind::KeyRetired { version: KeyVersion::FIRST, forced: false });
+    assert_eq!(sched.totals().destructions, 1);
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ pub(crate) enum Command {
     Resume(ResumeArgs),
     /// Make the previous version active again (inside the policy's rollback window)
     Rollback(RollbackArgs),
-    /// Retire deprecated versions: destroy their key material once nothing uses them
+    /// Retire deprecated versions: disable them once nothing uses them, destroy their material after the quarantine
     Retire(RetireArgs),
     /// Check that every value of a keyring is on its active version
     Verify(KeyringFilter),
@@ -162,6 +162,45 @@ pub(crate) enum KeyringCommand {
         trail says how they got there): a record whose seal is present but wrong is never resealed. \
         Already sealed keyrings are left alone. On Postgres, run `keywheel init` first to upgrade the schema.")]
     Seal(SealArgs),
+    /// Re-enable a disabled key version inside its quarantine (audited)
+    #[command(long_about = "Re-enable a key version that `retire` disabled: it decrypts again (Deprecated, \
+        never encrypts). Only inside its quarantine, before its key material is destroyed; never for a version \
+        flagged compromised. Audited, with --reason when given.")]
+    Enable(EnableArgs),
+    /// Erase a tenant's keyrings (crypto-shredding): retire every version at once, audited
+    #[command(long_about = "Erase keyrings (crypto-shredding, the answer to an erasure request): every version \
+        of the keyring, the active one included, is disabled at once (forced, audited with --reason) and \
+        nothing encrypts under it again. Give TENANT/PURPOSE for one keyring or TENANT for every keyring of \
+        the tenant. The key material is destroyed when the policy's quarantine ends (by the scheduler), or at \
+        once with --now; until then a version can be re-enabled with `keyring enable` to read values back.")]
+    Destroy(DestroyArgs),
+}
+
+/// `keyring enable` options.
+#[derive(Debug, Args)]
+pub(crate) struct EnableArgs {
+    /// Keyring id, `tenant/purpose`
+    pub(crate) keyring: String,
+    /// The disabled version to re-enable
+    #[arg(long, value_name = "N")]
+    pub(crate) version: u32,
+    /// Why (recorded in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// `keyring destroy` options.
+#[derive(Debug, Args)]
+pub(crate) struct DestroyArgs {
+    /// `tenant/purpose` for one keyring, or `tenant` for every keyring of the tenant
+    #[arg(value_name = "TENANT[/PURPOSE]")]
+    pub(crate) target: String,
+    /// Why, e.g. the erasure request (recorded in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: String,
+    /// Destroy the key material at once instead of after the quarantine (irreversible)
+    #[arg(long)]
+    pub(crate) now: bool,
 }
 
 /// `keyring seal` options.
@@ -312,6 +351,10 @@ pub(crate) struct RetireArgs {
     /// Why (recorded in the audit trail); required with --force
     #[arg(long, value_name = "TEXT")]
     pub(crate) reason: Option<String>,
+    /// Destroy the key material at once instead of disabling the version for
+    /// the policy's quarantine (irreversible); also destroys disabled versions
+    #[arg(long)]
+    pub(crate) now: bool,
 }
 
 /// `audit` subcommands.

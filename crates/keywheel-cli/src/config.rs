@@ -18,6 +18,7 @@
 //! preset = "token"                      # token | database | file | session | api-signature
 //! grace_period = "30d"                  # any field of the preset may be overridden
 //! rollback_window = "1h"
+//! quarantine = "7d"                    # retired versions stay disabled (re-enable-able) this long
 //! maintenance_window = { start = "02:00", duration = "2h" }
 //!
 //! [keyrings."*/session"]                # every tenant's session keyring (exact entries win)
@@ -166,6 +167,7 @@ struct RawKeyring {
     grace_period: Option<Spanned<String>>,
     rollback_window: Option<Spanned<String>>,
     activation_delay: Option<Spanned<String>>,
+    quarantine: Option<Spanned<String>>,
     after_rotation: Option<Spanned<String>>,
     usage_limit: Option<u64>,
     maintenance_window: Option<RawWindow>,
@@ -423,6 +425,9 @@ fn keyring_entry(at: &Located<'_>, key: &Spanned<String>, t: &RawKeyring) -> Res
     }
     if let Some(d) = duration("activation_delay", &t.activation_delay)? {
         policy.activation_delay = d;
+    }
+    if let Some(d) = duration("quarantine", &t.quarantine)? {
+        policy.quarantine = d;
     }
     if let Some(a) = &t.after_rotation {
         policy.after_rotation = match a.get_ref().as_str() {

@@ -114,8 +114,17 @@ impl From<Error> for CliError {
                 "add the [[sources]] that hold this keyring's values to keywheel.toml, or pass --force --reason \
                  if you know no value uses the version",
             ),
+            Error::QuarantineOver { .. } => CliError::refused(message)
+                .with_hint("its key material is destroyed or due for destruction; it cannot be brought back"),
+            Error::NotDisabled { keyring, .. } => CliError::refused(message)
+                .with_hint(format!("`keywheel keyring list` shows the state of every version of {keyring}")),
+            Error::KeyringErased { .. } => CliError::refused(message)
+                .with_hint("an erased keyring is never used again; create a new keyring for new data"),
+            Error::KeyDisabled { .. } => CliError::refused(message).with_hint(
+                "re-enable the version inside its quarantine with `keywheel keyring enable KEYRING --version N`",
+            ),
             Error::CompromisedVersion { .. } => CliError::refused(message)
-                .with_hint("roll forward instead: `keywheel rotate` creates a new version"),
+                .with_hint("a compromised version never comes back; roll forward with `keywheel rotate`"),
             Error::RollbackRefused { .. } => CliError::refused(message)
                 .with_hint("roll forward instead: `keywheel rotate` creates a new version"),
             Error::AlreadyRotated { .. } | Error::LeaseHeld { .. } | Error::IllegalTransition { .. } => {

@@ -153,12 +153,12 @@ fn retirement_without_record_sources_is_refused_unless_forced() {
     out.assert_stderr_contains("no registered record source covers this keyring");
     out.assert_stderr_contains("--force --reason");
     let out = cli.run(&["retire", "acme/token", "--force", "--reason", "no stored values: tokens are cached only"]);
-    out.assert_code(0).assert_stdout_contains("Retired acme/token v1");
+    out.assert_code(0).assert_stdout_contains("Disabled acme/token v1 (forced");
     let tail = cli.json(&["audit", "tail", "-n", "1"]);
-    assert_eq!(tail[0]["event"]["kind"]["type"], "key_retired");
+    assert_eq!(tail[0]["event"]["kind"]["type"], "key_disabled");
     assert_eq!(tail[0]["event"]["kind"]["forced"], true);
     assert_eq!(tail[0]["event"]["reason"], "no stored values: tokens are cached only");
-    // Rolling back to a retired version is refused (exit 3).
+    // Rolling back to a disabled version is refused (exit 3).
     cli.run(&["rollback", "acme/token"]).assert_code(3).assert_stderr_contains("no deprecated version");
 }
 

@@ -11,15 +11,11 @@ mod common;
 mod postgres;
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
-use keywheel_core::{Context, KeyringId, Keywheel, LocalKek};
-use keywheel_file::{FileAuditSink, FileKeyStore};
-use keywheel_postgres::{PgAuditSink, PgKeyStore, PgPool, PgSchema};
+use keywheel_core::{Context, KeyringId, Keywheel};
+use keywheel_postgres::PgPool;
 use postgres::{app_keywheel, postgres_url};
 use serde_json::Value;
 use support::{Cli, snapshot};

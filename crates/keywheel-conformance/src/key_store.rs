@@ -47,7 +47,8 @@ fn version_record(number: u32, state: KeyState) -> VersionRecord {
             KeyState::Pending => 0,
             KeyState::Active => 1,
             KeyState::Deprecated => 2,
-            KeyState::Retired => 3,
+            KeyState::Disabled => 3,
+            KeyState::Retired => 4,
         };
         order(state) >= order(s)
     };
@@ -60,7 +61,9 @@ fn version_record(number: u32, state: KeyState) -> VersionRecord {
         created_at: at(secs),
         activated_at: reached(KeyState::Active).then(|| at(secs + 1)),
         deprecated_at: reached(KeyState::Deprecated).then(|| at(secs + 2)),
-        retired_at: reached(KeyState::Retired).then(|| at(secs + 3)),
+        retired_at: reached(KeyState::Retired).then(|| at(secs + 4)),
+        disabled_at: reached(KeyState::Disabled).then(|| at(secs + 3)),
+        destroy_after: reached(KeyState::Disabled).then(|| at(secs + 50)),
         compromised: false,
         // Non-zero so that stores are seen to persist the usage count.
         encryptions: u64::from(number) * 1000,
@@ -80,13 +83,11 @@ fn record(id: &KeyringId, states: &[KeyState]) -> KeyringRecord {
     record
 }
 
-/// A record exercising every field: all four states, an imported and a
+/// A record exercising every field: all five states, an imported and a
 /// compromised version, a non-default algorithm.
 fn rich_record(id: &KeyringId) -> KeyringRecord {
-    let mut record = record(
-        id,
-        &[KeyState::Retired, KeyState::Deprecated, KeyState::Deprecated, KeyState::Active, KeyState::Pending],
-    );
+    let mut record =
+        record(id, &[KeyState::Retired, KeyState::Deprecated, KeyState::Disabled, KeyState::Active, KeyState::Pending]);
     record.algorithm = Algorithm::XChaCha20Poly1305;
     for v in &mut record.versions {
         v.algorithm = Algorithm::XChaCha20Poly1305;
@@ -249,13 +250,19 @@ pub async fn duplicate_version_refused(store: Arc<dyn KeyStore>) {
     assert_unchanged(&store, &updated, "a refused duplicate version").await;
 }
 
-/// A transition the lifecycle does not allow (Pending → Retired, Active → Pending)
-/// fails with [`Error::IllegalTransition`] and writes nothing.
+/// A transition the lifecycle does not allow (Pending → Retired, Active →
+/// Pending, Deprecated → Retired without the Disabled step) fails with
+/// [`Error::IllegalTransition`] and writes nothing.
 pub async fn illegal_transition_refused(store: Arc<dyn KeyStore>) {
     let id = keyring_id("illegal-transition");
-    let rec = record(&id, &[KeyState::Active, KeyState::Pending]);
+    let rec = record(&id, &[KeyState::Deprecated, KeyState::Active, KeyState::Pending]);
     create(&store, &rec).await;
-    let cases = [(2, KeyState::Pending, KeyState::Retired), (1, KeyState::Active, KeyState::Pending)];
+    let cases = [
+        (3, KeyState::Pending, KeyState::Retired),
+        (2, KeyState::Active, KeyState::Pending),
+        (1, KeyState::Deprecated, KeyState::Retired),
+        (3, KeyState::Pending, KeyState::Disabled),
+    ];
     for (number, from, to) in cases {
         let change = KeyringChange::SetState { version: version(number), state: to, at: at(1000) };
         let err = expect_err(store.update_keyring(&id, rec.generation, &[change]).await, "an illegal transition");
@@ -499,15 +506,19 @@ pub async fn seal_round_trips_and_applies_atomically(store: Arc<dyn KeyStore>) {
     assert_eq!(sealed.seal, Some(seal('d')));
 }
 
-/// Retiring a version destroys its wrapped material in the store but keeps its
-/// metadata (number, algorithm, origin, timestamps, flag) for the audit trail.
+/// Retiring a version (Disabled, then Retired, here in one update) destroys
+/// its wrapped material in the store but keeps its metadata (number,
+/// algorithm, origin, timestamps, flag) for the audit trail.
 pub async fn retire_destroys_material_keeps_metadata(store: Arc<dyn KeyStore>) {
     let id = keyring_id("retire");
     let mut rec = record(&id, &[KeyState::Deprecated, KeyState::Active]);
     rec.versions[0].compromised = true;
     rec.versions[0].origin = KeyOrigin::Imported;
     create(&store, &rec).await;
-    let retire = [KeyringChange::SetState { version: version(1), state: KeyState::Retired, at: at(5000) }];
+    let retire = [
+        KeyringChange::Disable { version: version(1), at: at(4000), destroy_after: at(4000) },
+        KeyringChange::SetState { version: version(1), state: KeyState::Retired, at: at(5000) },
+    ];
     let updated = store.update_keyring(&id, rec.generation, &retire).await.expect("retiring a Deprecated version");
     let loaded = load(&store, &id).await;
     assert_eq!(loaded, updated, "the retirement must be persisted as returned");
@@ -516,10 +527,93 @@ pub async fn retire_destroys_material_keeps_metadata(store: Arc<dyn KeyStore>) {
     assert_eq!(after.state, KeyState::Retired, "the version must be Retired");
     assert_eq!(after.wrapped, None, "retiring must destroy the wrapped material");
     assert_eq!(after.retired_at, Some(at(5000)), "retired_at must be recorded");
-    let expected =
-        VersionRecord { state: KeyState::Retired, wrapped: None, retired_at: Some(at(5000)), ..before.clone() };
+    let expected = VersionRecord {
+        state: KeyState::Retired,
+        wrapped: None,
+        retired_at: Some(at(5000)),
+        disabled_at: Some(at(4000)),
+        destroy_after: Some(at(4000)),
+        ..before.clone()
+    };
     assert_eq!(after, &expected, "retiring must keep every other field of the version");
     assert_eq!(loaded.versions[1], rec.versions[1], "retiring v1 must not touch v2");
+}
+
+/// Reversible retirement and erasure as the store keeps them: a Disabled
+/// version keeps its wrapped material and its quarantine's end; re-enabling
+/// is refused after the quarantine and for a compromised version (nothing
+/// written) and allowed inside it; an erasure disables every version, the
+/// Active one included, persists the erasure time and refuses new versions.
+pub async fn disable_enable_and_erase_persist(store: Arc<dyn KeyStore>) {
+    let id = keyring_id("disable-enable");
+    let rec = record(&id, &[KeyState::Deprecated, KeyState::Deprecated, KeyState::Active]);
+    create(&store, &rec).await;
+    let disable = |n: u32| KeyringChange::Disable { version: version(n), at: at(1000), destroy_after: at(2000) };
+    let disabled = store
+        .update_keyring(
+            &id,
+            rec.generation,
+            &[disable(1), disable(2), KeyringChange::MarkCompromised { version: version(2) }],
+        )
+        .await
+        .expect("disabling Deprecated versions");
+    let loaded = load(&store, &id).await;
+    assert_eq!(loaded, disabled, "the disabling must be persisted as returned");
+    let v1 = loaded.version(version(1)).expect("v1");
+    assert_eq!(v1.state, KeyState::Disabled);
+    assert_eq!(v1.wrapped, rec.versions[0].wrapped, "a Disabled version keeps its wrapped material");
+    assert_eq!((v1.disabled_at, v1.destroy_after), (Some(at(1000)), Some(at(2000))));
+
+    let enable =
+        |n: u32, t: u64| KeyringChange::SetState { version: version(n), state: KeyState::Deprecated, at: at(t) };
+    let err = expect_err(
+        store.update_keyring(&id, disabled.generation, &[enable(1, 2000)]).await,
+        "re-enabling after the quarantine",
+    );
+    assert!(matches!(err, Error::QuarantineOver { ended_at, .. } if ended_at == at(2000)), "{err:?}");
+    let err = expect_err(
+        store.update_keyring(&id, disabled.generation, &[enable(2, 1500)]).await,
+        "re-enabling a compromised version",
+    );
+    assert!(matches!(err, Error::CompromisedVersion { .. }), "{err:?}");
+    assert_unchanged(&store, &disabled, "refused re-enablings").await;
+    let enabled = store
+        .update_keyring(&id, disabled.generation, &[enable(1, 1500)])
+        .await
+        .expect("re-enabling inside the quarantine");
+    let v1 = load(&store, &id).await.version(version(1)).cloned().expect("v1");
+    assert_eq!(v1.state, KeyState::Deprecated);
+    assert_eq!((v1.disabled_at, v1.destroy_after), (None, None), "a re-enabled version has no destruction pending");
+    assert_eq!(v1.deprecated_at, rec.versions[0].deprecated_at, "re-enabling keeps when it stopped encrypting");
+
+    let erased = store
+        .update_keyring(&id, enabled.generation, &[KeyringChange::Erase { at: at(3000), destroy_after: at(9000) }])
+        .await
+        .expect("erasing the keyring");
+    let loaded = load(&store, &id).await;
+    assert_eq!(loaded, erased, "the erasure must be persisted as returned");
+    assert_eq!(loaded.erased_at, Some(at(3000)));
+    assert_eq!(loaded.active_version(), None, "an erased keyring has no Active version");
+    for v in &loaded.versions {
+        assert_eq!(v.state, KeyState::Disabled, "{} must be Disabled after the erasure", v.version);
+        assert!(v.wrapped.is_some(), "the erasure keeps the material until the quarantine ends");
+    }
+    assert_eq!(loaded.versions[2].destroy_after, Some(at(9000)));
+    assert_eq!(loaded.versions[1].destroy_after, Some(at(2000)), "an earlier quarantine is kept");
+    let err = expect_err(
+        store
+            .update_keyring(&id, erased.generation, &[KeyringChange::AddVersion(version_record(4, KeyState::Pending))])
+            .await,
+        "a new version in an erased keyring",
+    );
+    assert!(matches!(err, Error::KeyringErased { .. }), "{err:?}");
+    let destroy: Vec<KeyringChange> = (1..=3)
+        .map(|n| KeyringChange::SetState { version: version(n), state: KeyState::Retired, at: at(9000) })
+        .collect();
+    store.update_keyring(&id, erased.generation, &destroy).await.expect("destroying the erased versions");
+    let loaded = load(&store, &id).await;
+    assert!(loaded.versions.iter().all(|v| v.state == KeyState::Retired && v.wrapped.is_none()));
+    assert_eq!(loaded.erased_at, Some(at(3000)), "the erasure time stays");
 }
 
 /// Two updates racing on the same generation (activating two different Pending

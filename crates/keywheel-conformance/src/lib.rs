@@ -186,6 +186,7 @@ macro_rules! key_store_tests {
             lifecycle_rules_hold_in_the_store,
             seal_round_trips_and_applies_atomically,
             retire_destroys_material_keeps_metadata,
+            disable_enable_and_erase_persist,
             racing_activations_have_one_winner,
             concurrent_updates_lose_nothing,
             lease_is_exclusive,

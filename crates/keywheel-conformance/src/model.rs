@@ -4,8 +4,9 @@
 //! [`run_model`] generates random sequences of [`Op`]s — application writes
 //! and reads on several keyrings of two tenants and two purposes (plus a
 //! `Purpose::Custom("token")` alias of a `token` keyring), rotations,
-//! emergencies, rollbacks, retirements (guarded, forced, and the direct
-//! `Keywheel` calls), resumes, crashes in the middle of a re-encryption,
+//! emergencies, rollbacks, retirements (guarded, forced, destroying at once,
+//! and the direct `Keywheel` calls), re-enabling of disabled versions, keyring
+//! erasure, resumes, crashes in the middle of a re-encryption,
 //! scheduler ticks with the clock jumping minutes to months, KEK rotations,
 //! and several `Keywheel` instances sharing one store — runs them against the
 //! real backends a [`ModelBackend`] provides, and checks the invariants after
@@ -18,8 +19,14 @@
 //! What is checked after every step (see `Case::check`):
 //! * every value the application wrote decrypts to its last write, except
 //!   values knowingly sacrificed by a forced retirement;
-//! * I1: no version is Retired while a value of a registered source uses it,
-//!   unless the model forced that retirement;
+//! * I1: no version is Disabled or Retired while a value of a registered
+//!   source uses it, unless the model forced that retirement (or erased the
+//!   keyring);
+//! * a Disabled version never decrypts (the checker's fresh snapshot refuses
+//!   every stored value on it with `KeyDisabled`); a re-enabling succeeds only
+//!   inside the version's quarantine and never for a compromised version;
+//!   nothing is written under an erased keyring once the snapshot bound has
+//!   passed after its erasure;
 //! * I2: a version ever flagged compromised is never Active, and the flag stays;
 //! * I3: once the snapshot bound ([`SNAPSHOT_BOUND`]) has passed after a
 //!   version was flagged compromised, no write by any instance lands on it;
@@ -32,7 +39,7 @@
 //!   (equal ids, one store entry, one census entry);
 //! * I7: a rollback (or a direct activation of a Deprecated version) only undoes
 //!   the most recent rotation, inside the rollback window, and never toggles back;
-//! * exactly one Active version per keyring once activated; generations never
+//! * exactly one Active version per keyring once activated (none once erased); generations never
 //!   go back and grow with every change.
 
 use std::any::Any;
@@ -45,8 +52,8 @@ use std::time::Duration;
 use keywheel_core::{
     AfterRotation, Algorithm, AuditSink, Census, Context, Error, KekRing, KeyEncryptionKey, KeyState, KeyStore,
     KeyVersion, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease, LocalKek, ManualClock, Policy, Purpose,
-    RecordSource, ReplaceOutcome, Replacement, Result, RotateOptions, RotationJob, Rotator, ScanRequest, Scheduler,
-    SchedulerConfig, StoredValue, Timestamp, async_trait, version_of,
+    RecordSource, ReplaceOutcome, Replacement, Result, RetireOptions, RotateOptions, RotationJob, Rotator, ScanRequest,
+    Scheduler, SchedulerConfig, StoredValue, Timestamp, async_trait, version_of,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError, TestRunner};
@@ -231,6 +238,36 @@ pub enum Op {
         /// Version number.
         version: u8,
     },
+    /// `Rotator::retire_with` destroying at once (guarded, no quarantine).
+    RetireNow {
+        /// Instance.
+        inst: u8,
+        /// Keyring slot.
+        slot: u8,
+        /// Version number.
+        version: u8,
+    },
+    /// `Keywheel::enable`: of a Disabled version when a keyring has one (the
+    /// slot's keyring first, `version` picks which), else of version `version`
+    /// of the slot's keyring.
+    Enable {
+        /// Instance.
+        inst: u8,
+        /// Keyring slot.
+        slot: u8,
+        /// Version number.
+        version: u8,
+    },
+    /// `Keywheel::destroy_keyring` (tenant erasure): every value of the
+    /// keyring is knowingly sacrificed.
+    DestroyKeyring {
+        /// Instance.
+        inst: u8,
+        /// Keyring slot.
+        slot: u8,
+        /// Destroy the material at once instead of after the quarantine.
+        now: bool,
+    },
     /// `Keywheel::activate` called directly.
     DirectActivate {
         /// Instance.
@@ -303,6 +340,9 @@ const LEASE_TTL: Duration = Duration::from_secs(60);
 /// The case's start time.
 const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 const DAY: u64 = 24 * 60 * 60;
+/// Quarantine of the `token` keyrings (the `database` ones have none: retire
+/// destroys at once there).
+const QUARANTINE: Duration = Duration::from_secs(30 * DAY);
 
 /// Clock jumps: seconds to months.
 const JUMPS: [u64; 10] = [1, 30, 120, 3600, DAY, 2 * DAY, 6 * DAY, 12 * DAY, 45 * DAY, 120 * DAY];
@@ -328,6 +368,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(inst, slot, version, forced)| Op::Retire { inst, slot, version, forced }),
         1 => (inst.clone(), slot.clone(), version.clone())
             .prop_map(|(inst, slot, version)| Op::DirectRetire { inst, slot, version }),
+        1 => (inst.clone(), slot.clone(), version.clone())
+            .prop_map(|(inst, slot, version)| Op::RetireNow { inst, slot, version }),
+        2 => (inst.clone(), slot.clone(), version.clone())
+            .prop_map(|(inst, slot, version)| Op::Enable { inst, slot, version }),
+        // Tenant t1's keyrings only: an erasure ends a keyring's story, and
+        // t0's keyrings carry the long sequences.
+        1 => (inst.clone(), proptest::sample::select(&[1u8, 3][..]), proptest::sample::select(&[false, false, true][..]))
+            .prop_map(|(inst, slot, now)| Op::DestroyKeyring { inst, slot, now }),
         1 => (inst.clone(), slot.clone(), version).prop_map(|(inst, slot, version)| Op::DirectActivate {
             inst,
             slot,
@@ -533,6 +581,7 @@ fn policy_of(ring: u8) -> Policy {
             usage_limit: Some(6),
             maintenance_window: None,
             priority: 1,
+            quarantine: QUARANTINE,
         }
     } else {
         Policy {
@@ -544,6 +593,7 @@ fn policy_of(ring: u8) -> Policy {
             usage_limit: None,
             maintenance_window: None,
             priority: 0,
+            quarantine: Duration::ZERO,
         }
     }
 }
@@ -732,6 +782,8 @@ struct Ring {
     last_activation: Option<Activation>,
     encryptions: BTreeMap<KeyVersion, u64>,
     forced: BTreeSet<KeyVersion>,
+    /// When the model erased the keyring (every version forced).
+    erased_at: Option<Timestamp>,
 }
 
 struct Case<'a> {
@@ -939,6 +991,7 @@ impl<'a> Case<'a> {
                                 }),
                                 encryptions: BTreeMap::new(),
                                 forced: BTreeSet::new(),
+                                erased_at: None,
                             },
                         );
                     }
@@ -966,8 +1019,10 @@ impl<'a> Case<'a> {
                 let text = plaintext(slot, row, val);
                 let encrypted = kw.encrypt(&id, &text, &context).await;
                 tally("write", encrypted.is_ok());
+                let erased = self.rings.get(&ring).and_then(|r| r.erased_at);
                 let value = match encrypted {
                     Ok(value) => value,
+                    Err(Error::KeyringErased { .. }) if erased.is_some() => return Ok(()),
                     Err(e) if self.rings.contains_key(&ring) => {
                         return Err(format!("a write to the existing keyring {id} failed: {e}"));
                     }
@@ -979,6 +1034,13 @@ impl<'a> Case<'a> {
                 };
                 let version = version_of(&value).map_err(|e| format!("a fresh value does not parse: {e}"))?;
                 *model.encryptions.entry(version).or_default() += 1;
+                if let Some(at) = erased
+                    && now >= at.plus(SNAPSHOT_BOUND)
+                {
+                    return Err(format!(
+                        "erasure: {id}, erased at {at}, encrypted a value after the snapshot bound ({SNAPSHOT_BOUND:?})"
+                    ));
+                }
                 let (forced, created_as) = (model.forced.contains(&version), model.created_as);
                 if let Some(since) = model.compromised.get(&version).copied()
                     && now >= since.plus(SNAPSHOT_BOUND)
@@ -994,7 +1056,7 @@ impl<'a> Case<'a> {
                 // that value is knowingly sacrificed with the version.
                 if forced {
                     let record = self.checker.record(&slot_id(created_as)).await;
-                    if record.is_ok_and(|r| r.version(version).is_some_and(|v| v.state == KeyState::Retired)) {
+                    if record.is_ok_and(|r| r.version(version).is_some_and(|v| !v.state.can_decrypt())) {
                         expected = None;
                     }
                 }
@@ -1095,6 +1157,105 @@ impl<'a> Case<'a> {
                 tally("keywheel.retire_forced", result.is_ok());
                 if result.is_err() {
                     self.unsacrifice(slot, v, saved).await;
+                }
+            }
+            Op::RetireNow { inst, slot, version } => {
+                let i = self.inst(inst);
+                let (rotator, kw, who) =
+                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let id = slot_id(slot);
+                let policy = self.stored_policy(&kw, &id).await;
+                let before = self.leases_before(slot);
+                let result =
+                    rotator.retire_with(&id, Self::version(version), &policy, &RetireOptions::new().now()).await;
+                tally("retire now", result.is_ok());
+                self.refused_changes_nothing(slot, who, before, &result)?;
+                if let Ok(record) = &result
+                    && record.version(Self::version(version)).is_some_and(|v| v.state != KeyState::Retired)
+                {
+                    return Err(format!("retire now: {id} {} was not destroyed", Self::version(version)));
+                }
+            }
+            Op::Enable { inst, slot, version } => {
+                let kw = self.instances[self.inst(inst)].kw.clone();
+                // Aim at a Disabled version when a keyring has one, this
+                // slot's first (random picks rarely hit one); otherwise the
+                // refusal is exercised.
+                let mut id = slot_id(slot);
+                for candidate in std::iter::once(slot).chain(0..SLOTS) {
+                    let cid = slot_id(candidate);
+                    let has = self
+                        .checker
+                        .record(&cid)
+                        .await
+                        .is_ok_and(|r| r.versions.iter().any(|x| x.state == KeyState::Disabled));
+                    if has {
+                        id = cid;
+                        break;
+                    }
+                }
+                let record = self.checker.record(&id).await.ok();
+                let disabled: Vec<KeyVersion> = record
+                    .iter()
+                    .flat_map(|r| r.versions.iter().filter(|x| x.state == KeyState::Disabled).map(|x| x.version))
+                    .collect();
+                let v = match disabled.len() {
+                    0 => Self::version(version),
+                    n => disabled[usize::from(version) % n],
+                };
+                let before = record.and_then(|r| r.version(v).cloned());
+                let result = kw.enable(&id, v, Some("model: still needed")).await;
+                tally("enable", result.is_ok());
+                match (&result, before) {
+                    (Ok(_), Some(b)) => {
+                        if b.state != KeyState::Disabled {
+                            self.flag(format!("enable: {id} {v} was re-enabled from {}", b.state))?;
+                        }
+                        if b.compromised {
+                            self.flag(format!("I2: {id} {v}, flagged compromised, was re-enabled"))?;
+                        }
+                        if b.destroy_after.is_none_or(|end| self.now() >= end) {
+                            self.flag(format!(
+                                "enable: {id} {v} was re-enabled at {} although its quarantine ended at {:?}",
+                                self.now(),
+                                b.destroy_after
+                            ))?;
+                        }
+                    }
+                    (Ok(_), None) => self.flag(format!("enable: {id} {v}, which does not exist, was re-enabled"))?,
+                    (Err(Error::QuarantineOver { .. }), Some(b))
+                        if b.destroy_after.is_some_and(|end| self.now() < end) =>
+                    {
+                        self.flag(format!("enable: {id} {v} refused inside its quarantine ({:?})", b.destroy_after))?;
+                    }
+                    (Err(_), _) => {}
+                }
+            }
+            Op::DestroyKeyring { inst, slot, now } => {
+                let kw = self.instances[self.inst(inst)].kw.clone();
+                let id = slot_id(slot);
+                let ring = canonical_slot(slot);
+                // Every value of the keyring is knowingly sacrificed.
+                let mut saved = Vec::new();
+                for v in 1..=MAX_VERSION {
+                    saved.push((Self::version(v), self.sacrifice(slot, Self::version(v)).await));
+                }
+                let result = kw.destroy_keyring(&id, "model: erasure request", now).await;
+                tally(if now { "destroy keyring now" } else { "destroy keyring" }, result.is_ok());
+                match &result {
+                    Ok(record) => {
+                        if record.active_version().is_some() || record.erased_at.is_none() {
+                            return Err(format!("erasure: {id} still has an Active version after its erasure"));
+                        }
+                        if let Some(model) = self.rings.get_mut(&ring) {
+                            model.erased_at.get_or_insert(record.erased_at.unwrap_or(T0));
+                        }
+                    }
+                    Err(_) => {
+                        for (v, rows) in saved {
+                            self.unsacrifice(slot, v, rows).await;
+                        }
+                    }
                 }
             }
             Op::DirectActivate { inst, slot, version } => {
@@ -1221,12 +1382,12 @@ impl<'a> Case<'a> {
     }
 
     /// The forced retirement did not happen: nothing was sacrificed after all
-    /// (unless the version is Retired anyway).
+    /// (unless the version is Disabled or Retired anyway).
     async fn unsacrifice(&mut self, slot: u8, v: KeyVersion, saved: Vec<((u8, u8), Vec<u8>)>) {
         let ring = canonical_slot(slot);
         let retired = match self.store_id(slot) {
             Some(id) => {
-                self.checker.record(&id).await.is_ok_and(|r| r.version(v).is_some_and(|x| x.state == KeyState::Retired))
+                self.checker.record(&id).await.is_ok_and(|r| r.version(v).is_some_and(|x| !x.state.can_decrypt()))
             }
             None => false,
         };
@@ -1319,7 +1480,10 @@ impl<'a> Case<'a> {
                 Err(e) => return Err(format!("keyring {id} cannot be loaded: {e}")),
             };
             record.validate().map_err(|e| format!("stored keyring {id} is invalid: {e}"))?;
-            if record.versions.iter().any(|v| v.activated_at.is_some()) && record.active_version().is_none() {
+            if record.erased_at.is_none()
+                && record.versions.iter().any(|v| v.activated_at.is_some())
+                && record.active_version().is_none()
+            {
                 self.flag(format!("{id} has no Active version"))?;
             }
             if let Some(last) = &model.last {
@@ -1378,12 +1542,12 @@ impl<'a> Case<'a> {
                     spellings.push(slot_id(s));
                 }
             }
-            for v in record.versions.iter().filter(|v| v.state == KeyState::Retired) {
+            for v in record.versions.iter().filter(|v| !v.state.can_decrypt()) {
                 let n = on(v.version);
-                if n > 0 && !model.forced.contains(&v.version) {
+                if n > 0 && !model.forced.contains(&v.version) && model.erased_at.is_none() {
                     self.flag(format!(
-                        "I1: {id} {} is Retired (material destroyed) while {n} source value(s) use it",
-                        v.version
+                        "I1: {id} {} is {} (decryption refused) while {n} source value(s) use it",
+                        v.version, v.state
                     ))?;
                 }
             }
@@ -1419,8 +1583,34 @@ impl<'a> Case<'a> {
             entry.last_activation = last_activation;
             entry.last = Some(record);
         }
-        // Every value the application wrote decrypts to its last write.
+        // A Disabled version never decrypts: every stored value on one (the
+        // sacrificed ones too) is refused with `KeyDisabled`.
         let mut snapshots: HashMap<u8, Arc<keywheel_core::Keyring>> = HashMap::new();
+        for (&(slot, row), r) in &self.rows {
+            let ring = canonical_slot(slot);
+            let Some(id) = self.store_id(slot) else { continue };
+            let fixture = if table_of(slot) == "tokens" { &self.world.tokens } else { &self.world.fields };
+            let Some(stored) = fixture.get(&r.cursor).await else { continue };
+            let Ok(version) = version_of(&stored) else { continue };
+            let snapshot = match snapshots.get(&ring) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s = self.checker.refresh(&id).await.map_err(|e| format!("loading {id}: {e}"))?;
+                    snapshots.insert(ring, Arc::clone(&s));
+                    s
+                }
+            };
+            if snapshot.state_of(version) == Some(KeyState::Disabled) {
+                match snapshot.decrypt(&stored, &context_of(slot, row)) {
+                    Err(Error::KeyDisabled { version: v }) if v == version => {}
+                    other => self.flag(format!(
+                        "disabled: row {slot}/{row} of {id} is on Disabled {version}, but decrypting it gave {:?}",
+                        other.map(|_| "a plaintext")
+                    ))?,
+                }
+            }
+        }
+        // Every value the application wrote decrypts to its last write.
         for (&(slot, row), r) in &self.rows {
             let Some(expected) = &r.expected else { continue };
             let ring = canonical_slot(slot);

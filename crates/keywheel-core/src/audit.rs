@@ -62,6 +62,31 @@ pub enum AuditKind {
         /// Whether the safety checks were overridden.
         forced: bool,
     },
+    /// A version was disabled (retired reversibly): decryption under it is
+    /// refused, its material kept wrapped until `destroy_after`.
+    KeyDisabled {
+        /// The version.
+        version: KeyVersion,
+        /// Whether the safety checks were overridden.
+        forced: bool,
+        /// End of its quarantine: when its material may be destroyed.
+        destroy_after: Timestamp,
+    },
+    /// A Disabled version was re-enabled (Deprecated again, decrypting) inside
+    /// its quarantine.
+    KeyEnabled {
+        /// The version.
+        version: KeyVersion,
+    },
+    /// A keyring was erased (crypto-shredding): every version not retired yet
+    /// was disabled at once, the Active one included, and nothing encrypts
+    /// under the keyring again. The reason is in the event's `reason`.
+    KeyringErased {
+        /// The versions it disabled.
+        versions: Vec<KeyVersion>,
+        /// End of their quarantine (equal to the event time when destroyed at once).
+        destroy_after: Timestamp,
+    },
     /// A retirement was refused.
     RetirementRefused {
         /// The version.

@@ -79,6 +79,16 @@ pub enum Error {
         /// The retired version named in the value's header.
         version: KeyVersion,
     },
+    /// The value was written under a version that is disabled: retired
+    /// reversibly, its material kept wrapped in the store until its quarantine
+    /// ends, decryption under it refused. Says nothing beyond the version
+    /// named in the value's header. An operator can re-enable the version
+    /// inside the quarantine ([`Keywheel::enable`](crate::Keywheel::enable)).
+    #[error("key version {version} is disabled: decryption under it is refused until it is re-enabled")]
+    KeyDisabled {
+        /// The disabled version named in the value's header.
+        version: KeyVersion,
+    },
     /// The value names a version the keyring does not have (even after a reload).
     #[error("unknown key version {version}")]
     UnknownKeyVersion {
@@ -104,7 +114,7 @@ pub enum Error {
         /// The keyring.
         keyring: KeyringId,
     },
-    /// A lifecycle transition the [lifecycle](crate::manual#1-concepts) does not allow.
+    /// A lifecycle transition that [`KeyState`] does not allow.
     #[error("illegal transition of key version {version} from {from} to {to}")]
     IllegalTransition {
         /// The version concerned.
@@ -335,6 +345,37 @@ pub enum Error {
         keyring: KeyringId,
         /// What did not match (never key bytes).
         detail: String,
+    },
+    /// Re-enabling refused: the version's quarantine has ended, so its
+    /// destruction can no longer be undone (the scheduler destroys it, or did).
+    #[error("key version {version} of keyring {keyring} cannot be re-enabled: its quarantine ended at {ended_at}")]
+    QuarantineOver {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The disabled version.
+        version: KeyVersion,
+        /// When the quarantine ended.
+        ended_at: crate::Timestamp,
+    },
+    /// Re-enabling refused: only a Disabled version can be re-enabled.
+    #[error("key version {version} of keyring {keyring} is {state}, not disabled: there is nothing to re-enable")]
+    NotDisabled {
+        /// The keyring.
+        keyring: KeyringId,
+        /// The version.
+        version: KeyVersion,
+        /// Its current state.
+        state: KeyState,
+    },
+    /// The keyring was erased (crypto-shredded): every version was retired
+    /// at once, so nothing encrypts under it and no version is added or
+    /// activated again.
+    #[error("keyring {keyring} was erased at {erased_at}: nothing encrypts under it any more")]
+    KeyringErased {
+        /// The keyring.
+        keyring: KeyringId,
+        /// When it was erased.
+        erased_at: crate::Timestamp,
     },
     /// No such job.
     #[error("rotation job {0} not found")]

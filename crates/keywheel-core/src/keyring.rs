@@ -27,7 +27,8 @@ pub struct VersionSummary {
 
 struct Slot {
     summary: VersionSummary,
-    /// `None` exactly when the version is retired (material destroyed).
+    /// `None` exactly when the version is retired (material destroyed) or
+    /// disabled (material kept in the store, never unwrapped into a snapshot).
     cipher: Option<VersionCipher>,
     /// Encryptions under this version: stored as last seen plus counted here
     /// and not yet flushed. Shared with the other snapshots of the same
@@ -39,7 +40,8 @@ struct Slot {
 /// An immutable snapshot of one keyring (the [manual](crate::manual#1-concepts)).
 ///
 /// Encrypts with the Active version; decrypts with Pending, Active or
-/// Deprecated versions. Obtain one from [`Keywheel::keyring`](crate::Keywheel::keyring)
+/// Deprecated versions (a Disabled version is refused with
+/// [`Error::KeyDisabled`], a Retired one with [`Error::KeyRetired`]). Obtain one from [`Keywheel::keyring`](crate::Keywheel::keyring)
 /// (cached, refreshed) or build one directly with [`Keyring::builder`] (tests,
 /// tools, known-answer checks).
 ///
@@ -61,6 +63,8 @@ pub struct Keyring {
     id_aad: Vec<u8>,
     generation: u64,
     active: Option<usize>,
+    /// When the keyring was erased: it then encrypts nothing ([`Error::KeyringErased`]).
+    erased_at: Option<crate::Timestamp>,
     /// Indexed by `version - 1`: versions are dense from 1 (never reused).
     slots: Vec<Slot>,
 }
@@ -80,7 +84,15 @@ impl Keyring {
     /// Start building a snapshot by hand. Versions are numbered 1, 2, … in the
     /// order they are added.
     pub fn builder(id: KeyringId) -> KeyringBuilder {
-        KeyringBuilder { id, generation: 0, versions: Vec::new(), usage_from: None, usage: None, stored: Vec::new() }
+        KeyringBuilder {
+            id,
+            generation: 0,
+            versions: Vec::new(),
+            usage_from: None,
+            usage: None,
+            stored: Vec::new(),
+            erased_at: None,
+        }
     }
 
     /// The keyring's id.
@@ -126,13 +138,24 @@ impl Keyring {
     }
 
     fn active_slot(&self) -> Result<&Slot> {
+        if let Some(erased_at) = self.erased_at {
+            return Err(Error::KeyringErased { keyring: self.id.clone(), erased_at });
+        }
         self.active.map(|i| &self.slots[i]).ok_or_else(|| Error::NoActiveVersion { keyring: self.id.clone() })
+    }
+
+    /// When the keyring was erased, if it was: it then encrypts nothing.
+    pub fn erased_at(&self) -> Option<crate::Timestamp> {
+        self.erased_at
     }
 
     /// The cipher for decrypting/verifying a value of `algorithm` under `version`.
     fn reading_cipher(&self, version: KeyVersion, algorithm: Algorithm) -> Result<&VersionCipher> {
         let slot = self.slot(version).ok_or(Error::UnknownKeyVersion { version })?;
-        let cipher = slot.cipher.as_ref().ok_or(Error::KeyRetired { version })?;
+        let cipher = slot.cipher.as_ref().ok_or(match slot.summary.state {
+            KeyState::Disabled => Error::KeyDisabled { version },
+            _ => Error::KeyRetired { version },
+        })?;
         if slot.summary.algorithm != algorithm {
             return Err(Error::AlgorithmMismatch { version, expected: slot.summary.algorithm, found: algorithm });
         }
@@ -186,8 +209,9 @@ impl Keyring {
 
     /// Decrypt a value (binary or text form) bound to `context`.
     ///
-    /// Errors: [`Error::Format`] for malformed input, [`Error::UnknownKeyVersion`]
-    /// and [`Error::KeyRetired`] for versions this snapshot cannot use, and the
+    /// Errors: [`Error::Format`] for malformed input, [`Error::UnknownKeyVersion`],
+    /// [`Error::KeyDisabled`] and [`Error::KeyRetired`] for versions this
+    /// snapshot cannot use, and the
     /// opaque [`Error::Decrypt`] for every authentication failure.
     pub fn decrypt(&self, value: &[u8], context: &Context) -> Result<Plaintext> {
         self.open(&wire::decode(value)?, context)
@@ -422,6 +446,7 @@ pub struct KeyringBuilder {
     usage: Option<Arc<KeyringUsage>>,
     /// Stored counts by `version - 1`, to seed the counters with.
     stored: Vec<u64>,
+    erased_at: Option<crate::Timestamp>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -446,6 +471,20 @@ impl KeyringBuilder {
     /// Add the next version as Retired (no material).
     pub fn retired_version(mut self, algorithm: Algorithm) -> Self {
         self.versions.push((KeyState::Retired, algorithm, None));
+        self
+    }
+
+    /// Add the next version as Disabled (no material in the snapshot: a
+    /// Disabled version decrypts nothing).
+    pub fn disabled_version(mut self, algorithm: Algorithm) -> Self {
+        self.versions.push((KeyState::Disabled, algorithm, None));
+        self
+    }
+
+    /// Mark the keyring erased at `at`: the snapshot encrypts nothing
+    /// ([`Error::KeyringErased`]) and may have no Active version.
+    pub fn erased(mut self, at: crate::Timestamp) -> Self {
+        self.erased_at = Some(at);
         self
     }
 
@@ -489,7 +528,8 @@ impl KeyringBuilder {
             let number = u32::try_from(index + 1).map_err(|_| Error::InvalidArgument("too many versions".into()))?;
             let version = KeyVersion::new(number)?;
             let cipher = match (state, material) {
-                (KeyState::Retired, _) => None,
+                // A Disabled version's material is never turned into a cipher.
+                (KeyState::Retired | KeyState::Disabled, _) => None,
                 (_, Some(material)) => Some(VersionCipher::new(&material, algorithm, &id_aad, version)),
                 (_, None) => {
                     return Err(Error::InvalidArgument(format!("{state} version {version} has no key material")));
@@ -509,7 +549,10 @@ impl KeyringBuilder {
             usage.seed(self.stored.get(index).copied().unwrap_or(0));
             slots.push(Slot { summary: VersionSummary { version, state, algorithm }, cipher, usage });
         }
-        Ok(Keyring { id: self.id, id_aad, generation: self.generation, active, slots })
+        if self.erased_at.is_some() && active.is_some() {
+            return Err(Error::InvalidArgument("an erased keyring has no Active version".into()));
+        }
+        Ok(Keyring { id: self.id, id_aad, generation: self.generation, active, erased_at: self.erased_at, slots })
     }
 }
 
@@ -677,6 +720,8 @@ mod tests {
         for &s in states {
             b = if s == KeyState::Retired {
                 b.retired_version(algorithm)
+            } else if s == KeyState::Disabled {
+                b.disabled_version(algorithm)
             } else {
                 b.version(s, algorithm, KeyMaterial::generate().expect("rng"))
             };
@@ -705,6 +750,46 @@ mod tests {
         let mut other = v;
         other[4..8].copy_from_slice(&2u32.to_be_bytes());
         assert!(matches!(full.decrypt(&other, &ctx), Err(Error::Decrypt)));
+    }
+
+    #[test]
+    fn disabled_versions_refuse_decryption_with_their_own_error_and_erased_keyrings_encrypt_nothing() {
+        use KeyState::*;
+        let id = KeyringId::new("t", Purpose::Token).expect("id");
+        let m = [9u8; 32];
+        let before = Keyring::builder(id.clone())
+            .version(Active, Algorithm::Aes256Gcm, KeyMaterial::from_slice(&m).expect("32"))
+            .build()
+            .expect("valid");
+        let ctx = Context::field("t", "c", "1");
+        let value = before.encrypt(b"x", &ctx).expect("encrypt");
+        let sig_ring = ring(&[Disabled, Active], Algorithm::HmacSha256);
+        let after = Keyring::builder(id.clone())
+            .disabled_version(Algorithm::Aes256Gcm)
+            .version(Active, Algorithm::Aes256Gcm, KeyMaterial::generate().expect("rng"))
+            .build()
+            .expect("valid");
+        assert!(matches!(after.decrypt(&value, &ctx), Err(Error::KeyDisabled { version }) if version.get() == 1));
+        // Same error whatever the context: no oracle beyond the version number.
+        assert!(matches!(after.decrypt(&value, &Context::empty()), Err(Error::KeyDisabled { .. })));
+        assert!(matches!(after.reencrypt(&value, &ctx), Err(Error::KeyDisabled { .. })));
+        let mut sig = sig_ring.sign(b"m", &ctx).expect("sign");
+        sig[4..8].copy_from_slice(&1u32.to_be_bytes());
+        assert!(matches!(sig_ring.verify(b"m", &sig, &ctx), Err(Error::KeyDisabled { .. })));
+
+        let erased = Keyring::builder(id.clone())
+            .disabled_version(Algorithm::Aes256Gcm)
+            .erased(crate::Timestamp::from_millis(5))
+            .build()
+            .expect("valid");
+        assert!(matches!(erased.encrypt(b"x", &ctx), Err(Error::KeyringErased { .. })));
+        assert!(matches!(erased.decrypt(&value, &ctx), Err(Error::KeyDisabled { .. })));
+        assert_eq!(erased.erased_at(), Some(crate::Timestamp::from_millis(5)));
+        let active_and_erased = Keyring::builder(id)
+            .version(Active, Algorithm::Aes256Gcm, KeyMaterial::generate().expect("rng"))
+            .erased(crate::Timestamp::from_millis(5))
+            .build();
+        assert!(active_and_erased.is_err());
     }
 
     #[test]

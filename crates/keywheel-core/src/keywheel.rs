@@ -17,7 +17,7 @@ use crate::{
 
 /// Lease time-to-live of the short lifecycle operations that are not jobs
 /// (a forced retirement): long enough for a few store round trips.
-const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Builds a [`Keywheel`]; store, KEK and audit sink are required.
 #[derive(Default)]
@@ -517,6 +517,8 @@ impl Keywheel {
             activated_at: None,
             deprecated_at: None,
             retired_at: None,
+            disabled_at: None,
+            destroy_after: None,
             compromised: false,
             encryptions: 0,
             replaced: None,
@@ -632,44 +634,6 @@ impl Keywheel {
                 },
             )?;
         self.activate(id, successor).await
-    }
-
-    /// Retire a Deprecated version **without any check**: its material is
-    /// destroyed in the store (metadata stays) and values still on it become
-    /// undecryptable ([`Error::KeyRetired`]) for good.
-    ///
-    /// This facade has no record sources, so it cannot prove the version
-    /// unused: the call is a forced retirement, refused without a non-empty
-    /// `reason` ([`Error::ReasonRequired`]) and audited as forced with it. The
-    /// guarded retirement (census, grace period, sources that cover the
-    /// keyring) is [`Rotator::retire`](crate::Rotator::retire). Runs under the
-    /// keyring's lease ([`Error::RotationInProgress`] while a rotation holds it).
-    pub async fn retire_forced(&self, id: &KeyringId, version: KeyVersion, reason: &str) -> Result<KeyringRecord> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("retirement"));
-        }
-        let lease = self.take_lease(id, &self.inner.actor, DEFAULT_LEASE_TTL).await?;
-        let result = self.retire_now(id, version, Some(reason), true).await;
-        // Nothing here is resumable: the lease goes back whatever happened.
-        let _ = self.inner.store.release_lease(&lease).await;
-        result
-    }
-
-    /// Retire `version` now, audited (`forced` and `reason` as given); the
-    /// caller holds the lease and has made its checks.
-    pub(crate) async fn retire_now(
-        &self,
-        id: &KeyringId,
-        version: KeyVersion,
-        reason: Option<&str>,
-        forced: bool,
-    ) -> Result<KeyringRecord> {
-        let record = self.record(id).await?;
-        let cid = correlation_id()?;
-        let mut event = self.event(Some(id), AuditKind::KeyRetired { version, forced }, &cid);
-        event.reason = reason.map(str::to_owned);
-        let change = KeyringChange::SetState { version, state: KeyState::Retired, at: self.now() };
-        self.apply_audited(&record, &[change], &[event]).await
     }
 
     /// Take the keyring's lease for lifecycle work, under a holder name unique
@@ -1014,9 +978,13 @@ impl Keywheel {
     /// versions unwrapped (the first wrong master key fails here, once).
     pub(crate) async fn unwrapped(&self, record: &KeyringRecord) -> Result<crate::KeyringBuilder> {
         let mut builder = Keyring::builder(record.id.clone()).generation(record.generation);
+        if let Some(at) = record.erased_at {
+            builder = builder.erased(at);
+        }
         for v in &record.versions {
+            // A Disabled version decrypts nothing: its material stays wrapped.
             let material = match &v.wrapped {
-                Some(w) if v.state != KeyState::Retired => Some(self.inner.kek.unwrap(&record.id, v.version, w).await?),
+                Some(w) if v.state.can_decrypt() => Some(self.inner.kek.unwrap(&record.id, v.version, w).await?),
                 _ => None,
             };
             builder.push(v.state, v.algorithm, material);

@@ -27,6 +27,7 @@ pub mod manual;
 mod material;
 mod nonce;
 mod policy;
+mod retirement;
 mod rotation;
 mod scheduler;
 mod seal;
@@ -55,15 +56,17 @@ pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
 pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;
-pub use policy::{AfterRotation, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
+pub use policy::{AfterRotation, DEFAULT_QUARANTINE, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};
 pub use rotation::{
-    CancelToken, KekRotationReport, Progress, ProgressFn, RollbackReport, RotateOptions, Rotator, VerifyReport,
+    CancelToken, KekRotationReport, Progress, ProgressFn, RetireOptions, RollbackReport, RotateOptions, Rotator,
+    VerifyReport,
 };
 pub use scheduler::{
-    Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig, SchedulerTotals,
-    StatusReport, TickReport, VersionsByState, Warning, evaluate, retirement_candidates, status_report,
+    DisabledVersion, Due, DueReason, JobSummary, KeyringStatus, RetirementCandidate, Scheduler, SchedulerConfig,
+    SchedulerTotals, StatusReport, TickReport, VersionsByState, Warning, destruction_candidates, evaluate,
+    retirement_candidates, status_report,
 };
-pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_LABEL};
+pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_ENCODING_V2, SEAL_LABEL};
 pub use source::{
     Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, ValueLocation, census_by_scan,
     census_of,

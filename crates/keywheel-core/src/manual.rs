@@ -11,11 +11,14 @@
 //! * A **key version** ([`KeyVersion`](crate::KeyVersion)) is a `u32` starting
 //!   at 1, +1 per new version, never reused.
 //! * **States** ([`KeyState`](crate::KeyState)): `Pending → Active → Deprecated
-//!   → Retired`, plus the rollback `Deprecated → Active`. Exactly one version is
-//!   Active once the keyring has been activated. Pending versions already
-//!   decrypt, so a process that has not yet refreshed can read values written
-//!   by another process that activated the version. Retired versions have their
-//!   material destroyed; their metadata stays for the audit trail.
+//!   → Disabled → Retired`, plus the rollback `Deprecated → Active` and the
+//!   re-enabling `Disabled → Deprecated`. Exactly one version is Active once
+//!   the keyring has been activated (none once it is erased). Pending versions
+//!   already decrypt, so a process that has not yet refreshed can read values
+//!   written by another process that activated the version. Disabled versions
+//!   refuse decryption but keep their wrapped material; Retired versions have
+//!   their material destroyed; their metadata stays for the audit trail.
+//!   Section 10 describes retirement, the quarantine and erasure.
 //! * A [`Keyring`](crate::Keyring) is an immutable snapshot of one keyring with
 //!   ready ciphers. [`Keywheel`](crate::Keywheel) caches snapshots, refreshes
 //!   them periodically (`refresh_interval`, default 60 s), and reloads once —
@@ -355,7 +358,8 @@
 //! [`SEAL_LABEL`](crate::SEAL_LABEL) `"keyring-seal"`, over this encoding
 //! (v1, [`KeyringRecord::seal_message`](crate::KeyringRecord::seal_message);
 //! "str" is `u32-BE length ‖ UTF-8 bytes`, "time" is `00` for none or `01 ‖
-//! i64-BE milliseconds since the epoch`):
+//! i64-BE milliseconds since the epoch`; the first byte is the encoding
+//! version, see below for v2):
 //!
 //! ```text
 //! 01                                  encoding version
@@ -375,6 +379,19 @@
 //! seal valid and needs no key. A field added to
 //! [`VersionRecord`](crate::VersionRecord) that matters to the lifecycle needs
 //! a new encoding version.
+//!
+//! **Encoding v2** ([`SEAL_ENCODING_V2`](crate::SEAL_ENCODING_V2)) covers the
+//! fields of reversible retirement and erasure. A record whose keyring has an
+//! erasure time ([`KeyringRecord::erased_at`](crate::KeyringRecord::erased_at))
+//! or any of whose versions has a disable time or quarantine end
+//! ([`VersionRecord::disabled_at`](crate::VersionRecord::disabled_at),
+//! [`VersionRecord::destroy_after`](crate::VersionRecord::destroy_after)) is
+//! encoded `02`, then everything v1 encodes after its first byte, then
+//! `time(erased_at)` and per version in order `time(disabled_at)
+//! time(destroy_after)`. Every other record is encoded v1 exactly as before,
+//! so seals made before these fields existed still verify; since the first
+//! byte differs, stripping the fields (to move a quarantine's end, say) breaks
+//! the seal as surely as changing them.
 //!
 //! * **Writes**: [`Keywheel`](crate::Keywheel) applies the changes to its copy
 //!   of the record, seals the result and appends it as a last
@@ -425,7 +442,8 @@
 //! several instances against the memory, file and Postgres backends, and
 //! checks every rule after every step.
 //!
-//! * **I1 — no material destroyed while in use.** A version is retired only
+//! * **I1 — no material destroyed while in use.** A version is retired
+//!   (disabled, then destroyed after its quarantine; section 10) only
 //!   when a registered [`RecordSource`](crate::RecordSource) *covers* the
 //!   keyring ([`RecordSource::covers`](crate::RecordSource::covers); the
 //!   default is `false`, so an unknown source never vouches) and the census
@@ -437,13 +455,19 @@
 //!   with `force`, [`Keywheel::retire_forced`](crate::Keywheel::retire_forced)),
 //!   and keyrings whose policy lets old values expire (sessions). The
 //!   scheduler never forces: it audits a refusal once per version and shows
-//!   `NoSourceCovers` / `GraceExpired` in the status.
+//!   `NoSourceCovers` / `GraceExpired` in the status. The checks are made
+//!   when the version is *disabled*: a Disabled version decrypts nothing
+//!   ([`Error::KeyDisabled`](crate::Error::KeyDisabled)) and nothing encrypts
+//!   under it, so its destruction at the end of the quarantine needs no new
+//!   census. Erasing a keyring (section 10) is a forced retirement of every
+//!   version, audited with its reason.
 //! * **I2 — a compromised version never becomes Active again.**
 //!   [`KeyringRecord::validate`](crate::KeyringRecord::validate) refuses any
 //!   record with an Active version flagged compromised, so every store's
 //!   compare-and-set refuses it ([`Error::CompromisedVersion`](crate::Error::CompromisedVersion));
 //!   an emergency flags the old version in the same update that activates its
-//!   successor.
+//!   successor. A compromised version that is Disabled is never re-enabled
+//!   either ([`KeyringRecord::apply`](crate::KeyringRecord::apply) refuses it).
 //! * **I3 — the emergency bound.** After an emergency activation, an instance
 //!   may still encrypt under the compromised version until its cached
 //!   snapshot expires: at most its refresh interval
@@ -492,6 +516,14 @@
 //!   pending, the event recorded, and a resume after a crash in between looks
 //!   it up in the trail before recording it.
 //! * **I9 — lifecycle records are authenticated** (section 7).
+//! * **Reversible retirement** (section 10): a Disabled version never
+//!   decrypts; it is re-enabled only inside its quarantine
+//!   ([`Error::QuarantineOver`](crate::Error::QuarantineOver) after it, checked in
+//!   `apply` against the quarantine end stored in the sealed record); an
+//!   erased keyring never gets an Active or a new version again
+//!   ([`Error::KeyringErased`](crate::Error::KeyringErased), in `apply`). The
+//!   model test disables, re-enables and erases too, and checks these after
+//!   every step.
 //!
 //! ## 9. Threat model
 //!
@@ -570,3 +602,73 @@
 //! application and `Rotator::rotate_kek(next)` (from an engine holding both
 //! keys) as step 2: `rotate_kek` seals and audits under the new key whichever
 //! key the engine wraps with.
+//!
+//! ## 11. Retirement, quarantine and tenant erasure
+//!
+//! A census sees the values of the registered record sources, not those in
+//! caches, exports, backups or other services. So retiring a version is
+//! reversible for a while, as with Vault's `min_decryption_version`, tinkey's
+//! `disable-key` or a cloud KMS's scheduled destruction:
+//!
+//! 1. **Retire disables.** [`Rotator::retire`](crate::Rotator::retire) (CLI
+//!    `keywheel retire`), the scheduler's automatic retirement and
+//!    [`Keywheel::retire_forced`](crate::Keywheel::retire_forced) make a
+//!    Deprecated version **Disabled**, after every guard rail of retirement
+//!    (grace period, a covering source, a zero census; or force with an
+//!    audited reason). Decryption under it is refused with
+//!    [`Error::KeyDisabled`](crate::Error::KeyDisabled) — which names the
+//!    version and nothing else — but its wrapped material stays in the store.
+//!    Audited as `KeyDisabled`, with the end of its quarantine.
+//! 2. **Quarantine.** The policy's [`quarantine`](crate::Policy::quarantine)
+//!    (default 7 days, [`DEFAULT_QUARANTINE`](crate::DEFAULT_QUARANTINE);
+//!    `quarantine = "…"` in keywheel.toml) fixes, at the moment of disabling,
+//!    when the material may be destroyed ([`VersionRecord::destroy_after`](crate::VersionRecord::destroy_after));
+//!    a later policy change does not move it. A zero quarantine destroys at
+//!    once, as retirement did before. Until it ends,
+//!    [`Keywheel::enable`](crate::Keywheel::enable) (CLI `keywheel keyring
+//!    enable KEYRING --version N [--reason TEXT]`) makes the version
+//!    Deprecated again — it decrypts, never encrypts — audited as
+//!    `KeyEnabled`; it is refused after the quarantine
+//!    ([`Error::QuarantineOver`](crate::Error::QuarantineOver)), for a
+//!    compromised version and for a version that is not Disabled
+//!    ([`Error::NotDisabled`](crate::Error::NotDisabled)). Its grace period
+//!    still counts from when it stopped encrypting.
+//! 3. **Destruction.** The scheduler destroys every Disabled version whose
+//!    quarantine has ended on its next tick
+//!    ([`Keywheel::destroy_quarantined`](crate::Keywheel::destroy_quarantined)),
+//!    audited as `KeyRetired` (not forced: the checks were made at step 1);
+//!    status lists Disabled versions with that time
+//!    ([`KeyringStatus::disabled`](crate::KeyringStatus::disabled),
+//!    [`destruction_candidates`](crate::destruction_candidates)). An operator
+//!    destroys earlier with [`RetireOptions::now`](crate::RetireOptions::now)
+//!    (CLI `retire --now`) or [`Keywheel::retire_forced_now`](crate::Keywheel::retire_forced_now).
+//!
+//! **Emergencies skip the quarantine.** The compromised version of an
+//! emergency rotation is destroyed at once (disabled and retired in one
+//! update) as soon as no decryptable value uses it: a leaked key kept
+//! re-enable-able for days would keep the leak open, and the census already
+//! proved it unused. A compromised version disabled by hand is never
+//! re-enabled.
+//!
+//! **Tenant erasure** (crypto-shredding, the usual answer to an erasure
+//! request): [`Keywheel::destroy_keyring`](crate::Keywheel::destroy_keyring)
+//! and [`Keywheel::destroy_tenant`](crate::Keywheel::destroy_tenant) (CLI
+//! `keywheel keyring destroy TENANT[/PURPOSE] --reason TEXT [--now]`) disable
+//! every version of the keyring at once, the Active one included, in one
+//! atomic update under the keyring's lease, audited as `KeyringErased` with
+//! the reason. From then on nothing encrypts under the keyring
+//! ([`Error::KeyringErased`](crate::Error::KeyringErased); processes holding a
+//! snapshot stop at their next refresh, within
+//! [`Keywheel::stale_snapshot_bound`](crate::Keywheel::stale_snapshot_bound)),
+//! nothing rotates it and the scheduler leaves it alone. The quarantine
+//! applies as above — a version can be re-enabled to read values back (never
+//! to write) until it ends — unless `now` destroys everything in the same
+//! update. Status shows erased keyrings
+//! ([`KeyringStatus::erased_at`](crate::KeyringStatus::erased_at)). As with
+//! any retirement, the material stays in backups taken before (section 9).
+//!
+//! Stores keep the new fields like the others: the file store's documents
+//! gain them only when used (older documents load unchanged, a policy
+//! without a quarantine gets the default); Postgres schema migration 4 adds
+//! the `disabled` state to the state check and the keyring's `erased_at_ms`
+//! column, the quarantine times living in the version's `meta` JSON.

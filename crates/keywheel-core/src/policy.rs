@@ -68,6 +68,20 @@ pub struct Policy {
     pub maintenance_window: Option<MaintenanceWindow>,
     /// Higher runs first when several rotations are due.
     pub priority: i32,
+    /// How long a retired version stays Disabled (decryption refused, material
+    /// kept wrapped, re-enabling possible) before its material is destroyed.
+    /// Zero destroys at once. Policies stored before it existed load with the
+    /// default, [`DEFAULT_QUARANTINE`].
+    #[serde(with = "duration_secs", default = "default_quarantine")]
+    pub quarantine: Duration,
+}
+
+/// Default quarantine of a retired version: 7 days, the middle of what cloud
+/// KMSs give for scheduled key destruction (24 hours to 30 days).
+pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(7 * DAY);
+
+fn default_quarantine() -> Duration {
+    DEFAULT_QUARANTINE
 }
 
 /// Default usage limit: 2^30 encryptions, a quarter of the 2^32 bound for
@@ -92,6 +106,7 @@ impl Policy {
             usage_limit: Some(DEFAULT_USAGE_LIMIT),
             maintenance_window: None,
             priority: 0,
+            quarantine: DEFAULT_QUARANTINE,
         }
     }
 }
@@ -122,6 +137,15 @@ mod tests {
         assert!(w.contains(at(0, 59)));
         assert!(!w.contains(at(1, 0)));
         assert!(!w.contains(at(22, 59)));
+    }
+
+    #[test]
+    fn policies_stored_without_a_quarantine_load_with_the_default() {
+        let mut json = serde_json::to_value(Policy::for_purpose(&Purpose::Token)).expect("encode");
+        assert_eq!(json["quarantine"], 7 * DAY);
+        json.as_object_mut().expect("object").remove("quarantine");
+        let old: Policy = serde_json::from_value(json).expect("decode");
+        assert_eq!(old.quarantine, DEFAULT_QUARANTINE);
     }
 
     #[test]

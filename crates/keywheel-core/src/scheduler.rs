@@ -81,7 +81,9 @@ fn age_ratio(now: Timestamp, record: &KeyringRecord, policy: &Policy) -> Option<
 /// * age ≥ 1.5 × interval → [`DueReason::Overdue`];
 /// * age ≥ interval, inside the maintenance window (or none) → [`DueReason::Scheduled`].
 ///
-/// Only `Scheduled` waits for the window; everything else runs at once.
+/// Only `Scheduled` waits for the window; everything else runs at once. An
+/// erased keyring is never due: it is never rotated again. Disabled versions
+/// waiting for destruction are reported by [`destruction_candidates`].
 pub fn evaluate(
     now: Timestamp,
     keyrings: &[KeyringRecord],
@@ -91,6 +93,7 @@ pub fn evaluate(
 ) -> Vec<Due> {
     let mut due: Vec<Due> = keyrings
         .iter()
+        .filter(|record| record.erased_at.is_none())
         .filter_map(|record| {
             let id = &record.id;
             let policy = policy_for(policies, id);
@@ -171,6 +174,42 @@ pub fn retirement_candidates(
     out
 }
 
+/// A Disabled version: retired reversibly, its material kept until its
+/// quarantine ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DisabledVersion {
+    /// The keyring.
+    pub keyring: KeyringId,
+    /// The version.
+    pub version: KeyVersion,
+    /// When it was disabled.
+    pub disabled_at: Option<Timestamp>,
+    /// When its quarantine ends: it can be re-enabled before, and the
+    /// scheduler destroys its material from then on.
+    pub destroy_after: Option<Timestamp>,
+    /// Whether the quarantine has ended at the time of evaluation (the
+    /// material is due for destruction).
+    pub due: bool,
+}
+
+/// Every Disabled version of `keyrings` with the end of its quarantine, and
+/// whether that end has come at `now` (a pure function; the scheduler
+/// destroys the due ones).
+pub fn destruction_candidates(now: Timestamp, keyrings: &[KeyringRecord]) -> Vec<DisabledVersion> {
+    keyrings
+        .iter()
+        .flat_map(|record| {
+            record.versions.iter().filter(|v| v.state == KeyState::Disabled).map(|v| DisabledVersion {
+                keyring: record.id.clone(),
+                version: v.version,
+                disabled_at: v.disabled_at,
+                destroy_after: v.destroy_after,
+                due: v.destroy_after.is_some_and(|t| t <= now),
+            })
+        })
+        .collect()
+}
+
 /// How the scheduler loop runs.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -206,8 +245,10 @@ pub struct SchedulerTotals {
     pub rotations_failed: u64,
     /// Mean duration of the completed ones, in seconds.
     pub mean_duration_secs: Option<f64>,
-    /// Versions it retired.
+    /// Versions it retired (disabled, or destroyed at once with a zero quarantine).
     pub retirements: u64,
+    /// Disabled versions whose material it destroyed when their quarantine ended.
+    pub destructions: u64,
     #[serde(skip)]
     total_duration_secs: f64,
 }
@@ -227,8 +268,10 @@ pub struct TickReport {
     pub skipped: Vec<KeyringId>,
     /// Rotations that failed, with the error.
     pub failed: Vec<(KeyringId, String)>,
-    /// Versions retired.
+    /// Versions retired (disabled, or destroyed at once with a zero quarantine).
     pub retired: Vec<(KeyringId, KeyVersion)>,
+    /// Disabled versions whose quarantine ended, their material destroyed.
+    pub destroyed: Vec<(KeyringId, KeyVersion)>,
 }
 
 /// The scheduler: evaluates policies on every tick, runs due rotations (at most
@@ -349,6 +392,7 @@ impl Scheduler {
             skipped: Vec::new(),
             failed: Vec::new(),
             retired: Vec::new(),
+            destroyed: Vec::new(),
         };
         if report.paused {
             return Ok(report);
@@ -384,6 +428,7 @@ impl Scheduler {
         }
         if self.config.auto_retire && !shutdown.is_cancelled() {
             report.retired = self.retire_due(now, &policies).await?;
+            report.destroyed = self.destroy_due(now, &records).await?;
         }
         Ok(report)
     }
@@ -412,6 +457,28 @@ impl Scheduler {
                 self.rotator.rotate(id, &policy, &opts).await
             }
         }
+    }
+
+    /// Destroy the material of Disabled versions whose quarantine has ended
+    /// (audited by [`Keywheel::destroy_quarantined`](crate::Keywheel::destroy_quarantined)).
+    async fn destroy_due(&self, now: Timestamp, records: &[KeyringRecord]) -> Result<Vec<(KeyringId, KeyVersion)>> {
+        let mut keyrings: Vec<KeyringId> =
+            destruction_candidates(now, records).into_iter().filter(|d| d.due).map(|d| d.keyring).collect();
+        keyrings.dedup();
+        let mut destroyed = Vec::new();
+        for id in keyrings {
+            match self.rotator.keywheel().destroy_quarantined(&id).await {
+                Ok(versions) => {
+                    locked(&self.totals).destructions += versions.len() as u64;
+                    destroyed.extend(versions.into_iter().map(|v| (id.clone(), v)));
+                }
+                // A rotation or an operator holds the lease, or another
+                // instance got there first: the next tick looks again.
+                Err(Error::RotationInProgress { .. } | Error::GenerationConflict { .. } | Error::LeaseHeld { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(destroyed)
     }
 
     async fn retire_due(
@@ -613,6 +680,8 @@ pub struct VersionsByState {
     pub active: Option<u32>,
     /// Deprecated versions.
     pub deprecated: Vec<u32>,
+    /// Disabled versions (decryption refused, material kept until the quarantine ends).
+    pub disabled: Vec<u32>,
     /// Retired versions.
     pub retired: Vec<u32>,
 }
@@ -664,6 +733,11 @@ pub struct KeyringStatus {
     pub last_job: Option<JobSummary>,
     /// Values per version from the last census, if one was taken.
     pub census: Option<BTreeMap<u32, u64>>,
+    /// When the keyring was erased (crypto-shredded), if it was: it encrypts
+    /// nothing and is never rotated again.
+    pub erased_at: Option<Timestamp>,
+    /// Its Disabled versions, with when each will be destroyed.
+    pub disabled: Vec<DisabledVersion>,
     /// Warnings.
     pub warnings: Vec<Warning>,
 }
@@ -709,12 +783,15 @@ pub fn status_report(
                     KeyState::Pending => versions.pending.push(v.version.get()),
                     KeyState::Active => versions.active = Some(v.version.get()),
                     KeyState::Deprecated => versions.deprecated.push(v.version.get()),
+                    KeyState::Disabled => versions.disabled.push(v.version.get()),
                     KeyState::Retired => versions.retired.push(v.version.get()),
                 }
             }
             let counts = census.get(id);
             let mut warnings = Vec::new();
             match (ratio, next_due) {
+                // An erased keyring has no Active version on purpose.
+                (None, _) if record.erased_at.is_some() => {}
                 (None, _) => warnings.push(Warning::NoActiveKey),
                 (Some(r), _) if r >= 1.0 => warnings.push(Warning::Overdue { ratio: r }),
                 (Some(r), Some(due_at)) if r >= 0.9 => warnings.push(Warning::Approaching { due_at }),
@@ -732,7 +809,9 @@ pub fn status_report(
                     warnings.push(Warning::GraceExpired { version: c.version.get(), values });
                 }
             }
-            if policy.after_rotation == AfterRotation::Reencrypt && uncovered.contains(id) {
+            // An erased keyring is never retired by census again: no source is needed.
+            if policy.after_rotation == AfterRotation::Reencrypt && uncovered.contains(id) && record.erased_at.is_none()
+            {
                 warnings.push(Warning::NoSourceCovers);
             }
             for v in record.versions.iter().filter(|v| v.compromised && v.state != KeyState::Retired) {
@@ -755,6 +834,8 @@ pub fn status_report(
                 warnings.push(Warning::SchedulerPaused);
             }
             KeyringStatus {
+                erased_at: record.erased_at,
+                disabled: destruction_candidates(now, std::slice::from_ref(record)),
                 keyring: id.clone(),
                 current_version: active.map(|v| v.version.get()),
                 current_age_secs: since.map(|s| now.since(s).as_secs()),

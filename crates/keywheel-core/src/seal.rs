@@ -23,6 +23,12 @@ pub const SEAL_LABEL: &str = "keyring-seal";
 /// gets a new number.
 pub const SEAL_ENCODING_V1: u8 = 0x01;
 
+/// Version byte of the encoding of records that use reversible retirement or
+/// erasure (a version's `disabled_at`/`destroy_after`, the keyring's
+/// `erased_at`): encoding v1 followed by those fields. Records without them
+/// keep encoding v1, so seals made before these fields existed still verify.
+pub const SEAL_ENCODING_V2: u8 = 0x02;
+
 /// The authentication tag of a keyring record's lifecycle fields: an
 /// HMAC-SHA256 under an [`IntegrityKey`] derived from the KEK, over
 /// [`KeyringRecord::seal_message`]. Stores keep it with the record and never
@@ -70,9 +76,16 @@ impl KeyringRecord {
     /// replaced (what a rollback returns to). The generation
     /// and the usage counts (`encryptions`) are deliberately left out: usage
     /// is flushed by every process with a plain additive update.
+    ///
+    /// A record with an erasure time or any version with a disable or
+    /// quarantine-end time is encoded v2 ([`SEAL_ENCODING_V2`]): the v1 fields,
+    /// then the erasure time and per version both times. The first byte
+    /// tells the encodings apart, so removing those fields breaks the seal too.
     pub fn seal_message(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.versions.len() * 160);
-        out.push(SEAL_ENCODING_V1);
+        let v2 = self.erased_at.is_some()
+            || self.versions.iter().any(|v| v.disabled_at.is_some() || v.destroy_after.is_some());
+        let mut out = Vec::with_capacity(64 + self.versions.len() * 180);
+        out.push(if v2 { SEAL_ENCODING_V2 } else { SEAL_ENCODING_V1 });
         put_bytes(&mut out, self.id.canonical().as_bytes());
         out.push(self.algorithm.id());
         out.extend_from_slice(&self.created_at.as_millis().to_be_bytes());
@@ -102,6 +115,13 @@ impl KeyringRecord {
                     out.push(1);
                     out.extend_from_slice(&r.get().to_be_bytes());
                 }
+            }
+        }
+        if v2 {
+            put_time(&mut out, self.erased_at);
+            for v in &self.versions {
+                put_time(&mut out, v.disabled_at);
+                put_time(&mut out, v.destroy_after);
             }
         }
         out
@@ -319,6 +339,8 @@ mod tests {
             activated_at: Some(Timestamp::from_millis(1_000)),
             deprecated_at: None,
             retired_at: None,
+            disabled_at: None,
+            destroy_after: None,
             compromised: false,
             replaced: None,
             encryptions: 0,
@@ -347,6 +369,9 @@ mod tests {
             |r| r.versions[0].deprecated_at = Some(Timestamp::from_millis(5)),
             |r| r.versions[0].wrapped = None,
             |r| r.versions[0].replaced = KeyVersion::new(7).ok(),
+            |r| r.versions[0].disabled_at = Some(Timestamp::from_millis(5)),
+            |r| r.versions[0].destroy_after = Some(Timestamp::from_millis(5)),
+            |r| r.erased_at = Some(Timestamp::from_millis(5)),
             |r| r.algorithm = Algorithm::XChaCha20Poly1305,
             |r| r.created_at = Timestamp::from_millis(2),
             |r| r.id = KeyringId::new("other", Purpose::Token).expect("id"),
@@ -373,5 +398,38 @@ mod tests {
         assert_eq!(&m[1..5], &10u32.to_be_bytes());
         assert_eq!(&m[5..15], b"acme/token");
         assert_eq!(m[15], Algorithm::Aes256Gcm.id());
+        // A seal made before reversible retirement existed (same bytes) verifies.
+        assert_eq!(
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&m))[..4],
+            [0xb6, 0x98, 0x72, 0x84][..],
+            "encoding v1 of an unchanged record must not change"
+        );
+    }
+
+    #[test]
+    fn disabled_and_erased_records_use_encoding_v2_and_cover_the_new_fields() {
+        let key = IntegrityKey::derive(&[3; 32], b"local");
+        let mut r = record();
+        r.versions[0].state = KeyState::Disabled;
+        r.versions[0].disabled_at = Some(Timestamp::from_millis(2_000));
+        r.versions[0].destroy_after = Some(Timestamp::from_millis(9_000));
+        let m = r.seal_message();
+        assert_eq!(m[0], SEAL_ENCODING_V2);
+        assert_eq!(&m[1..m.len() - 19], &record_v1_body_with_state(KeyState::Disabled)[1..]);
+        r.seal = Some(r.seal_with(&key));
+        assert!(r.verify_seal(std::slice::from_ref(&key)).is_ok());
+        let mut later = r.clone();
+        later.versions[0].destroy_after = Some(Timestamp::from_millis(99_000));
+        assert!(later.verify_seal(std::slice::from_ref(&key)).is_err(), "moving the quarantine breaks the seal");
+        let mut stripped = r.clone();
+        stripped.versions[0].disabled_at = None;
+        stripped.versions[0].destroy_after = None;
+        assert!(stripped.verify_seal(std::slice::from_ref(&key)).is_err(), "dropping the fields breaks the seal");
+    }
+
+    fn record_v1_body_with_state(state: KeyState) -> Vec<u8> {
+        let mut r = record();
+        r.versions[0].state = state;
+        r.seal_message()
     }
 }

@@ -6,11 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, KeyVersion, Result};
 
-/// Lifecycle state of a key version (the [manual](crate::manual#1-concepts)).
+/// Lifecycle state of a key version (see the [manual](crate::manual), "Lifecycle").
 ///
-/// Legal transitions: `Pending → Active → Deprecated → Retired`, plus the
-/// rollback `Deprecated → Active`. Everything else is an
-/// [`Error::IllegalTransition`] naming both states.
+/// Legal transitions: `Pending → Active → Deprecated → Disabled → Retired`,
+/// plus the rollback `Deprecated → Active` and the re-enabling
+/// `Disabled → Deprecated` (inside the quarantine, never for a compromised
+/// version: [`KeyringRecord::apply`](crate::KeyringRecord::apply) checks both).
+/// Everything else is an [`Error::IllegalTransition`] naming both states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
@@ -20,6 +22,10 @@ pub enum KeyState {
     Active,
     /// Decrypts old values; no longer encrypts.
     Deprecated,
+    /// Retired reversibly: decryption under it is refused
+    /// ([`Error::KeyDisabled`]) but its wrapped material stays in the store
+    /// until its quarantine ends; it can be re-enabled until then.
+    Disabled,
     /// Material destroyed; only metadata remains.
     Retired,
 }
@@ -28,7 +34,15 @@ impl KeyState {
     /// Whether `self → to` is a legal transition.
     pub fn can_transition_to(self, to: KeyState) -> bool {
         use KeyState::*;
-        matches!((self, to), (Pending, Active) | (Active, Deprecated) | (Deprecated, Retired) | (Deprecated, Active))
+        matches!(
+            (self, to),
+            (Pending, Active)
+                | (Active, Deprecated)
+                | (Deprecated, Disabled)
+                | (Disabled, Retired)
+                | (Deprecated, Active)
+                | (Disabled, Deprecated)
+        )
     }
 
     /// `Ok(())` if `self → to` is legal, else the typed error naming both states.
@@ -38,7 +52,13 @@ impl KeyState {
 
     /// Whether a version in this state can decrypt (Pending, Active, Deprecated).
     pub fn can_decrypt(self) -> bool {
-        !matches!(self, KeyState::Retired)
+        !matches!(self, KeyState::Disabled | KeyState::Retired)
+    }
+
+    /// Whether the store still holds the version's wrapped material (every
+    /// state but Retired).
+    pub fn keeps_material(self) -> bool {
+        self != KeyState::Retired
     }
 
     /// Lower-case name.
@@ -47,6 +67,7 @@ impl KeyState {
             KeyState::Pending => "pending",
             KeyState::Active => "active",
             KeyState::Deprecated => "deprecated",
+            KeyState::Disabled => "disabled",
             KeyState::Retired => "retired",
         }
     }
@@ -65,8 +86,15 @@ mod tests {
 
     #[test]
     fn only_design_transitions_are_legal() {
-        let all = [Pending, Active, Deprecated, Retired];
-        let legal = [(Pending, Active), (Active, Deprecated), (Deprecated, Retired), (Deprecated, Active)];
+        let all = [Pending, Active, Deprecated, Disabled, Retired];
+        let legal = [
+            (Pending, Active),
+            (Active, Deprecated),
+            (Deprecated, Disabled),
+            (Disabled, Retired),
+            (Deprecated, Active),
+            (Disabled, Deprecated),
+        ];
         for from in all {
             for to in all {
                 assert_eq!(from.can_transition_to(to), legal.contains(&(from, to)), "{from} -> {to}");
@@ -75,5 +103,9 @@ mod tests {
         let err = Retired.check_transition(KeyVersion::FIRST, Active).expect_err("illegal");
         let text = err.to_string();
         assert!(text.contains("retired") && text.contains("active"), "{text}");
+        // Destruction always passes through the reversible Disabled step.
+        assert!(!Deprecated.can_transition_to(Retired));
+        assert!(!Disabled.can_decrypt() && Disabled.keeps_material());
+        assert!(!Retired.keeps_material() && Deprecated.can_decrypt());
     }
 }

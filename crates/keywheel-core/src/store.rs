@@ -39,8 +39,18 @@ pub struct VersionRecord {
     pub activated_at: Option<Timestamp>,
     /// When it last became Deprecated.
     pub deprecated_at: Option<Timestamp>,
-    /// When it was retired.
+    /// When it was retired (its material destroyed).
     pub retired_at: Option<Timestamp>,
+    /// When it was last disabled (retired reversibly); kept once it is
+    /// destroyed, cleared when it is re-enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<Timestamp>,
+    /// End of its quarantine: while Disabled, it can be re-enabled before
+    /// this time, and the scheduler destroys its material from this time on.
+    /// Fixed when the version is disabled (a later policy change does not
+    /// move it); kept once destroyed, cleared when re-enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_after: Option<Timestamp>,
     /// Flagged as compromised by an emergency rotation.
     pub compromised: bool,
     /// The version that was Active when this one last became Active (the one
@@ -76,6 +86,10 @@ pub struct KeyringRecord {
     /// Stores keep it as they keep the other fields, exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<RecordSeal>,
+    /// When the keyring was erased ([`KeyringChange::Erase`]): every version
+    /// was retired at once and nothing encrypts under the keyring again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
 }
 
 /// One change to a keyring; a [`KeyStore::update_keyring`] call applies a list
@@ -87,7 +101,10 @@ pub enum KeyringChange {
     /// Append a version. It must be the next number and Pending, with material.
     AddVersion(VersionRecord),
     /// Move a version to another state along a legal transition. Moving to
-    /// Retired also destroys the wrapped material.
+    /// Retired also destroys the wrapped material. Moving to Disabled goes
+    /// through [`Disable`](Self::Disable) (it carries the quarantine's end);
+    /// moving a Disabled version back to Deprecated re-enables it, refused
+    /// for a compromised version and once its quarantine has ended.
     SetState {
         /// The version.
         version: KeyVersion,
@@ -95,6 +112,27 @@ pub enum KeyringChange {
         state: KeyState,
         /// When the change happens (recorded in the matching `*_at` field).
         at: Timestamp,
+    },
+    /// Disable a Deprecated version (retire it reversibly): decryption under
+    /// it is refused, its wrapped material is kept until `destroy_after`.
+    Disable {
+        /// The version.
+        version: KeyVersion,
+        /// When the change happens ([`VersionRecord::disabled_at`]).
+        at: Timestamp,
+        /// End of the quarantine ([`VersionRecord::destroy_after`]), not before `at`.
+        destroy_after: Timestamp,
+    },
+    /// Erase the keyring (crypto-shredding): every version that is not
+    /// Disabled or Retired yet, the Active one included, becomes Disabled
+    /// with this quarantine, and the keyring never gets an Active or a new
+    /// version again. Destroying the material at once is a further
+    /// `SetState` to Retired per version in the same update.
+    Erase {
+        /// When the change happens ([`KeyringRecord::erased_at`]).
+        at: Timestamp,
+        /// End of the quarantine of the versions it disables, not before `at`.
+        destroy_after: Timestamp,
     },
     /// Replace the wrapped material of a live version (KEK rotation).
     Rewrap {
@@ -126,7 +164,15 @@ pub enum KeyringChange {
 impl KeyringRecord {
     /// A new keyring record at generation 1, without versions.
     pub fn new(id: KeyringId, algorithm: Algorithm, now: Timestamp) -> Self {
-        KeyringRecord { id, generation: 1, algorithm, created_at: now, versions: Vec::new(), seal: None }
+        KeyringRecord {
+            id,
+            generation: 1,
+            algorithm,
+            created_at: now,
+            versions: Vec::new(),
+            seal: None,
+            erased_at: None,
+        }
     }
 
     /// The Active version, if any.
@@ -185,9 +231,19 @@ impl KeyringRecord {
         KeyVersion::new(n)
     }
 
+    /// [`Error::KeyringErased`] if the keyring was erased.
+    pub fn check_not_erased(&self) -> Result<()> {
+        match self.erased_at {
+            Some(erased_at) => Err(Error::KeyringErased { keyring: self.id.clone(), erased_at }),
+            None => Ok(()),
+        }
+    }
+
     /// Check the invariants every stored keyring satisfies: versions numbered
     /// 1..=n in order; live versions carry material and retired ones do not;
-    /// at most one Active, and exactly one once any version was ever activated;
+    /// a Disabled version has the end of its quarantine; at most one Active,
+    /// and exactly one once any version was ever activated, except in an
+    /// erased keyring, which has neither an Active nor a Pending version;
     /// no Active version is flagged compromised ([`Error::CompromisedVersion`]).
     pub fn validate(&self) -> Result<()> {
         for (i, v) in self.versions.iter().enumerate() {
@@ -203,11 +259,26 @@ impl KeyringRecord {
                     self.id, v.version
                 )));
             }
+            if v.state == KeyState::Disabled && (v.destroy_after.is_none() || v.disabled_at.is_none()) {
+                return Err(Error::InvalidArgument(format!(
+                    "keyring {} {}: a disabled version records when it was disabled and when its quarantine ends",
+                    self.id, v.version
+                )));
+            }
         }
         if let Some(v) = self.versions.iter().find(|v| v.state == KeyState::Active && v.compromised) {
             return Err(Error::CompromisedVersion { keyring: self.id.clone(), version: v.version });
         }
         let active = self.versions.iter().filter(|v| v.state == KeyState::Active).count();
+        if self.erased_at.is_some() {
+            if let Some(v) = self.versions.iter().find(|v| matches!(v.state, KeyState::Active | KeyState::Pending)) {
+                return Err(Error::InvalidArgument(format!(
+                    "keyring {} is erased but {} is {}",
+                    self.id, v.version, v.state
+                )));
+            }
+            return Ok(());
+        }
         let ever_activated = self.versions.iter().any(|v| v.activated_at.is_some());
         if active > 1 || (ever_activated && active == 0) {
             return Err(Error::InvalidArgument(format!(
@@ -245,6 +316,10 @@ impl KeyringRecord {
     ///
     /// A re-activation (`Deprecated → Active`) is a rollback and must undo the
     /// most recent rotation: see [`rollback_target`](Self::rollback_target).
+    /// A re-enabling (`Disabled → Deprecated`) is refused for a compromised
+    /// version ([`Error::CompromisedVersion`]) and from the end of its
+    /// quarantine on ([`Error::QuarantineOver`]). An erased keyring gets no
+    /// new version and no Active one ([`Error::KeyringErased`]).
     pub fn apply(&mut self, changes: &[KeyringChange]) -> Result<()> {
         let mut next = self.clone();
         for change in changes {
@@ -293,6 +368,7 @@ impl KeyringRecord {
     fn apply_one(&mut self, change: &KeyringChange) -> Result<()> {
         match change {
             KeyringChange::AddVersion(record) => {
+                self.check_not_erased()?;
                 if self.version(record.version).is_some() {
                     return Err(Error::DuplicateVersion { keyring: self.id.clone(), version: record.version });
                 }
@@ -310,17 +386,66 @@ impl KeyringRecord {
                 self.versions.push(record.clone());
             }
             KeyringChange::SetState { version, state, at } => {
+                if *state == KeyState::Active {
+                    self.check_not_erased()?;
+                }
+                let id = self.id.clone();
                 let v = self.version_mut(*version)?;
                 v.state.check_transition(*version, *state)?;
-                v.state = *state;
-                match state {
-                    KeyState::Active => v.activated_at = Some(*at),
-                    KeyState::Deprecated => v.deprecated_at = Some(*at),
-                    KeyState::Retired => {
+                match (v.state, state) {
+                    (_, KeyState::Disabled) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "disabling {version} of {id} needs the end of its quarantine (KeyringChange::Disable)"
+                        )));
+                    }
+                    (KeyState::Disabled, KeyState::Deprecated) => {
+                        if v.compromised {
+                            return Err(Error::CompromisedVersion { keyring: id, version: *version });
+                        }
+                        if let Some(ended_at) = v.destroy_after.filter(|end| *at >= *end) {
+                            return Err(Error::QuarantineOver { keyring: id, version: *version, ended_at });
+                        }
+                        // Re-enabled: no destruction pending. `deprecated_at` keeps
+                        // the time the version stopped encrypting (grace period).
+                        v.disabled_at = None;
+                        v.destroy_after = None;
+                    }
+                    (_, KeyState::Active) => v.activated_at = Some(*at),
+                    (_, KeyState::Deprecated) => v.deprecated_at = Some(*at),
+                    (_, KeyState::Retired) => {
                         v.retired_at = Some(*at);
                         v.wrapped = None;
                     }
-                    KeyState::Pending => {}
+                    (_, KeyState::Pending) => {}
+                }
+                v.state = *state;
+            }
+            KeyringChange::Disable { version, at, destroy_after } => {
+                if destroy_after < at {
+                    return Err(Error::InvalidArgument("a quarantine cannot end before it starts".into()));
+                }
+                let v = self.version_mut(*version)?;
+                v.state.check_transition(*version, KeyState::Disabled)?;
+                v.state = KeyState::Disabled;
+                v.disabled_at = Some(*at);
+                v.destroy_after = Some(*destroy_after);
+            }
+            KeyringChange::Erase { at, destroy_after } => {
+                self.check_not_erased()?;
+                if destroy_after < at {
+                    return Err(Error::InvalidArgument("a quarantine cannot end before it starts".into()));
+                }
+                self.erased_at = Some(*at);
+                for v in self.versions.iter_mut() {
+                    if !matches!(v.state, KeyState::Pending | KeyState::Active | KeyState::Deprecated) {
+                        continue;
+                    }
+                    if v.state == KeyState::Active {
+                        v.deprecated_at = Some(*at);
+                    }
+                    v.state = KeyState::Disabled;
+                    v.disabled_at = Some(*at);
+                    v.destroy_after = Some(*destroy_after);
                 }
             }
             KeyringChange::Rewrap { version, wrapped } => {

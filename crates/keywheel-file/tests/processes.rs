@@ -235,6 +235,8 @@ async fn crash_child(dir: &Path, trial: u64) {
         activated_at: None,
         deprecated_at: None,
         retired_at: None,
+        disabled_at: None,
+        destroy_after: None,
         compromised: false,
         encryptions: 0,
         replaced: None,
@@ -268,7 +270,10 @@ async fn crash_child(dir: &Path, trial: u64) {
             Some(KeyringChange::SetState { version: v, state: KeyState::Active, at: at(step) }),
         ));
         if let Some(old) = prev.get().checked_sub(1).and_then(|n| KeyVersion::new(n).ok()) {
-            plan.push((KeyringChange::SetState { version: old, state: KeyState::Retired, at: at(step) }, None));
+            plan.push((
+                KeyringChange::Disable { version: old, at: at(step), destroy_after: at(step) },
+                Some(KeyringChange::SetState { version: old, state: KeyState::Retired, at: at(step) }),
+            ));
         }
         let mut current = record;
         for (first, second) in plan {

@@ -567,3 +567,36 @@ async fn a_document_from_before_record_authentication_is_sealed_explicitly() {
     assert_eq!(last.event.reason.as_deref(), Some("reviewed: states match the audit trail"));
     assert!(fs::read_to_string(keyring_file(&dirs.store, &id)).expect("read").contains("\"seal\""));
 }
+
+/// Stores written before reversible retirement keep loading: a keyring that
+/// uses none of the new fields is written without them (the same document
+/// as before), a policy document without a quarantine loads with the 7-day
+/// default, and a Disabled version with its quarantine survives a reopen.
+#[tokio::test]
+async fn documents_from_before_reversible_retirement_load_and_disabled_versions_persist() {
+    let (tmp, dir) = store_with_keyring().await;
+    let audit = tmp.path().join("audit.jsonl");
+    let text = fs::read_to_string(keyring_file(&dir, &id("acme"))).expect("read");
+    for field in ["disabled_at", "destroy_after", "erased_at"] {
+        assert!(!text.contains(field), "an untouched keyring is written as before, without {field}:\n{text}");
+    }
+    let kw = keywheel(FileKeyStore::open(&dir).expect("open"), &audit, &MASTER);
+    kw.set_policy(&id("acme"), &Policy::for_purpose(&Purpose::Token)).await.expect("policy");
+    let policy_file = fs::read_dir(dir.join("policies")).expect("policies").next().expect("one").expect("entry").path();
+    let mut doc: Value = serde_json::from_str(&fs::read_to_string(&policy_file).expect("read")).expect("json");
+    let policy = doc.as_object_mut().expect("doc").values_mut().find(|v| v.get("quarantine").is_some());
+    policy.expect("the policy holds a quarantine").as_object_mut().expect("policy").remove("quarantine");
+    fs::write(&policy_file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
+    let reopened = keywheel(FileKeyStore::open(&dir).expect("open"), &audit, &MASTER);
+    assert_eq!(reopened.policy(&id("acme")).await.expect("policy").quarantine, keywheel_core::DEFAULT_QUARANTINE);
+
+    let old = reopened.encrypt(&id("acme"), b"v1", &Context::empty()).await.expect("encrypt");
+    let v2 = reopened.add_version(&id("acme")).await.expect("add");
+    reopened.activate(&id("acme"), v2).await.expect("activate");
+    reopened.retire_forced(&id("acme"), KeyVersion::FIRST, "exported").await.expect("disable");
+    let again = keywheel(FileKeyStore::open(&dir).expect("open"), &audit, &MASTER);
+    let v1 = again.record(&id("acme")).await.expect("record").versions[0].clone();
+    assert_eq!(v1.state, KeyState::Disabled);
+    assert!(v1.wrapped.is_some() && v1.destroy_after.is_some());
+    assert!(matches!(again.decrypt(&id("acme"), &old, &Context::empty()).await, Err(Error::KeyDisabled { .. })));
+}

@@ -230,6 +230,8 @@ mod tests {
             activated_at: None,
             deprecated_at: None,
             retired_at: None,
+            disabled_at: None,
+            destroy_after: None,
             compromised: false,
             encryptions: 0,
             replaced: None,

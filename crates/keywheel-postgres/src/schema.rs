@@ -167,10 +167,24 @@ ALTER TABLE {s}."keyrings"
     ADD CONSTRAINT "keyrings_seal_whole" CHECK ((seal_key_id IS NULL) = (seal_mac IS NULL));
 "#,
     },
+    Migration {
+        version: 4,
+        description: "reversible retirement (disabled state) and keyring erasure",
+        // The state check of migration 1 is named by Postgres' default
+        // (`<table>_<column>_check`). Disabled versions keep their material,
+        // so the material check stays as it is. Quarantine times live in
+        // `meta` with the rest of the version record.
+        sql: r#"
+ALTER TABLE {s}."key_versions" DROP CONSTRAINT "key_versions_state_check";
+ALTER TABLE {s}."key_versions" ADD CONSTRAINT "key_versions_state_check"
+    CHECK (state IN ('pending', 'active', 'deprecated', 'disabled', 'retired'));
+ALTER TABLE {s}."keyrings" ADD COLUMN erased_at_ms bigint;
+"#,
+    },
 ];
 
 /// The schema version this build of keywheel-postgres expects (its latest migration).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,8 @@ use crate::{PgPool, PgSchema};
 ///
 /// * **Keyrings** are a row in `keyrings` (with the generation and the
 ///   record's seal, `seal_key_id` and `seal_mac`, NULL until sealed) plus one
-///   row per version in `key_versions`: state, algorithm, origin, the
+///   row per version in `key_versions` (the keyring row also holds the
+///   erasure time, `erased_at_ms`, NULL unless erased): state, algorithm, origin, the
 ///   compromised flag, the KEK-wrapped material (`kek_id`, `key_check`,
 ///   `wrapped`; all NULL once retired) and the whole version record as JSON
 ///   (`meta`), so fields added to [`VersionRecord`] later are kept too. The
@@ -87,10 +88,10 @@ impl Sql {
         Sql {
             insert_keyring: format!(
                 "INSERT INTO {keyrings} (id, tenant, purpose, generation, algorithm, created_at_ms, seal_key_id, \
-                 seal_mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                 seal_mac, erased_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING"
             ),
             lock_keyring: format!(
-                "SELECT generation, algorithm, created_at_ms, seal_key_id, seal_mac FROM {keyrings} \
+                "SELECT generation, algorithm, created_at_ms, seal_key_id, seal_mac, erased_at_ms FROM {keyrings} \
                  WHERE id = $1 FOR UPDATE"
             ),
             load_versions: format!(
@@ -98,7 +99,8 @@ impl Sql {
             ),
             // One statement, so one snapshot: the keyring and its versions of one generation.
             load_keyring: format!(
-                "SELECT k.generation, k.algorithm, k.created_at_ms, k.seal_key_id, k.seal_mac, {VERSION_COLUMNS} \
+                "SELECT k.generation, k.algorithm, k.created_at_ms, k.seal_key_id, k.seal_mac, k.erased_at_ms, \
+                 {VERSION_COLUMNS} \
                  FROM {keyrings} AS k \
                  LEFT JOIN {versions} AS v ON v.keyring_id = k.id WHERE k.id = $1 ORDER BY v.version"
             ),
@@ -112,8 +114,8 @@ impl Sql {
                  meta = EXCLUDED.meta"
             ),
             set_generation: format!(
-                "UPDATE {keyrings} SET generation = $2, seal_key_id = $3, seal_mac = $4, updated_at = now() \
-                 WHERE id = $1"
+                "UPDATE {keyrings} SET generation = $2, seal_key_id = $3, seal_mac = $4, erased_at_ms = $5, \
+                 updated_at = now() WHERE id = $1"
             ),
             ensure_lease_row: format!(
                 "INSERT INTO {leases} (keyring_id, token) VALUES ($1, 0) ON CONFLICT (keyring_id) DO NOTHING"
@@ -304,14 +306,15 @@ impl PgKeyStore {
 }
 
 /// The keyring row's fields, from column 0: generation, algorithm,
-/// created_at_ms, seal_key_id, seal_mac.
+/// created_at_ms, seal_key_id, seal_mac, erased_at_ms.
 fn keyring_header(id: &KeyringId, row: &Row) -> Result<KeyringRecord> {
     let read = on(STORE, "read keyring");
     let generation: i64 = row.try_get(0).map_err(&read)?;
     let algorithm: &str = row.try_get(1).map_err(&read)?;
     let created_at_ms: i64 = row.try_get(2).map_err(&read)?;
     let seal_key_id: Option<String> = row.try_get(3).map_err(&read)?;
-    let seal_mac: Option<String> = row.try_get(4).map_err(read)?;
+    let seal_mac: Option<String> = row.try_get(4).map_err(&read)?;
+    let erased_at_ms: Option<i64> = row.try_get(5).map_err(read)?;
     let algorithm = Algorithm::from_str(algorithm)
         .map_err(|_| invalid(STORE, format!("keyring {id} has unknown algorithm {algorithm:?}")))?;
     let mut record = KeyringRecord::new(id.clone(), algorithm, Timestamp::from_millis(created_at_ms));
@@ -322,6 +325,7 @@ fn keyring_header(id: &KeyringId, row: &Row) -> Result<KeyringRecord> {
         (None, None) => None,
         _ => return Err(invalid(STORE, format!("keyring {id} has a partial seal"))),
     };
+    record.erased_at = erased_at_ms.map(Timestamp::from_millis);
     Ok(record)
 }
 
@@ -344,6 +348,7 @@ impl KeyStore for PgKeyStore {
                     &millis(record.created_at),
                     &record.seal.as_ref().map(|s| s.key_id.as_str()),
                     &record.seal.as_ref().map(|s| s.mac.as_str()),
+                    &record.erased_at.map(millis),
                 ],
             )
             .await
@@ -362,9 +367,9 @@ impl KeyStore for PgKeyStore {
         let Some(first) = rows.first() else { return Ok(None) };
         let mut record = keyring_header(id, first)?;
         for row in &rows {
-            let version: Option<i32> = row.try_get(5).map_err(on(STORE, "read keyring"))?;
+            let version: Option<i32> = row.try_get(6).map_err(on(STORE, "read keyring"))?;
             if version.is_some() {
-                record.versions.push(version_from_row(row, 5)?);
+                record.versions.push(version_from_row(row, 6)?);
             }
         }
         Ok(Some(record))
@@ -415,10 +420,11 @@ impl KeyStore for PgKeyStore {
                 &generation_to_sql(record.generation)?,
                 &record.seal.as_ref().map(|s| s.key_id.as_str()),
                 &record.seal.as_ref().map(|s| s.mac.as_str()),
+                &record.erased_at.map(millis),
             ],
         )
         .await
-        .map_err(on(STORE, "write generation and seal"))?;
+        .map_err(on(STORE, "write generation, seal and erasure"))?;
         if key_changed(&before, &record) {
             self.notify(&tx, &canonical).await?;
         }

@@ -1,9 +1,10 @@
-//! `keyring create|apply|seal|list`: keyrings and their stored policies.
+//! `keyring create|apply|seal|list|enable|destroy`: keyrings, their stored
+//! policies, re-enabling of disabled versions and erasure.
 
-use keywheel_core::{Algorithm, KeyState, KeyVersion, KeyringId, Policy};
+use keywheel_core::{Algorithm, KeyState, KeyVersion, KeyringId, KeyringRecord, Policy, StatusReport};
 use serde_json::json;
 
-use crate::cli::{ApplyArgs, KeyringCreateArgs, SealArgs};
+use crate::cli::{ApplyArgs, DestroyArgs, EnableArgs, KeyringCreateArgs, SealArgs};
 use crate::config::unknown_algorithm;
 use crate::error::{CliError, OK, PROBLEMS};
 use crate::output::{PolicyJson, Table, Time, human_duration, out, outln, print_json, time};
@@ -122,7 +123,8 @@ pub(super) async fn warn_policy_drift(settings: &Settings, opened: &Opened, id: 
 
 pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, CliError> {
     let opened = store::open(settings).await?;
-    let mut table = Table::new(&["KEYRING", "ALGORITHM", "ACTIVE", "PENDING", "DEPRECATED", "RETIRED", "CREATED"]);
+    let mut table =
+        Table::new(&["KEYRING", "ALGORITHM", "ACTIVE", "PENDING", "DEPRECATED", "DISABLED", "RETIRED", "CREATED"]);
     let mut out = Vec::new();
     for id in opened.kw.list_keyrings().await? {
         let record = opened.kw.record(&id).await?;
@@ -136,8 +138,12 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
             version_list(&by(KeyState::Active)),
             version_list(&by(KeyState::Pending)),
             version_list(&by(KeyState::Deprecated)),
+            version_list(&by(KeyState::Disabled)),
             version_list(&by(KeyState::Retired)),
-            record.created_at.to_string(),
+            match record.erased_at {
+                Some(at) => format!("{} (ERASED {at})", record.created_at),
+                None => record.created_at.to_string(),
+            },
         ]);
         let versions: Vec<_> = record
             .versions
@@ -146,13 +152,15 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
                 json!({
                     "version": v.version, "state": v.state, "algorithm": v.algorithm, "created_at": Time(v.created_at),
                     "activated_at": time(v.activated_at), "deprecated_at": time(v.deprecated_at),
-                    "retired_at": time(v.retired_at), "encryptions": v.encryptions,
+                    "retired_at": time(v.retired_at), "disabled_at": time(v.disabled_at),
+                    "destroy_after": time(v.destroy_after), "encryptions": v.encryptions,
                 })
             })
             .collect();
         out.push(json!({
             "keyring": id, "algorithm": record.algorithm, "generation": record.generation,
-            "created_at": Time(record.created_at), "versions": versions, "policy": PolicyJson::from(&policy),
+            "created_at": Time(record.created_at), "erased_at": time(record.erased_at), "versions": versions,
+            "policy": PolicyJson::from(&policy),
         }));
     }
     if json {
@@ -169,4 +177,89 @@ pub(super) async fn keyring_list(settings: &Settings, json: bool) -> Result<u8, 
         eprintln!("keywheel: warning: a damaged keyring document is left out: {}", d.problem);
     }
     Ok(if left_out.is_empty() { OK } else { PROBLEMS })
+}
+
+pub(super) async fn keyring_enable(settings: &Settings, args: &EnableArgs, json: bool) -> Result<u8, CliError> {
+    let id = parse_keyring(&args.keyring)?;
+    let version = KeyVersion::new(args.version).map_err(|e| CliError::usage(e.to_string()))?;
+    let opened = store::open(settings).await?;
+    let record = opened.kw.enable(&id, version, args.reason.as_deref()).await?;
+    if json {
+        print_json(&json!({ "keyring": id, "enabled": version, "state": state_of(&record, version) }))?;
+    } else {
+        outln!("Re-enabled {id} {version}: it decrypts again (deprecated); retire it again when nothing needs it.");
+    }
+    Ok(OK)
+}
+
+pub(super) async fn keyring_destroy(settings: &Settings, args: &DestroyArgs, json: bool) -> Result<u8, CliError> {
+    let reason = args.reason.trim();
+    if reason.is_empty() {
+        return Err(CliError::usage("--reason is empty").with_hint("say why, e.g. the erasure request (it is audited)"));
+    }
+    let opened = store::open(settings).await?;
+    let records = if args.target.contains('/') {
+        let id = parse_keyring(&args.target)?;
+        vec![opened.kw.destroy_keyring(&id, reason, args.now).await?]
+    } else {
+        opened.kw.destroy_tenant(&args.target, reason, args.now).await?
+    };
+    let mut out = Vec::new();
+    for record in &records {
+        let destroyed = record.versions.iter().all(|v| v.state == KeyState::Retired);
+        let destroy_after = record.versions.iter().filter_map(|v| v.destroy_after).filter(|_| !destroyed).max();
+        if !json {
+            match destroy_after {
+                Some(at) => outln!(
+                    "Erased {}: every version disabled, nothing encrypts under it; its key material is destroyed \
+                     after {at} (`keyring enable` can still bring a version back for reading until then).",
+                    record.id
+                ),
+                None => outln!("Erased {}: every version destroyed, nothing encrypts under it.", record.id),
+            }
+        }
+        out.push(json!({
+            "keyring": record.id, "erased_at": record.erased_at, "destroyed": destroyed,
+            "destroy_after": destroy_after,
+            "versions": record.versions.iter().map(|v| json!({ "version": v.version, "state": v.state }))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    if json {
+        print_json(&json!({ "reason": reason, "now": args.now, "keyrings": out }))?;
+    }
+    Ok(OK)
+}
+
+fn state_of(record: &KeyringRecord, version: KeyVersion) -> Option<KeyState> {
+    record.version(version).map(|v| v.state)
+}
+
+/// The lines `status` adds under its table: erased keyrings and disabled
+/// versions with when each is destroyed.
+pub(super) fn print_lifecycle_notes(report: &StatusReport) {
+    for k in &report.keyrings {
+        if let Some(at) = k.erased_at {
+            outln!("{}: ERASED at {at}: nothing encrypts under it.", k.keyring);
+        }
+        for d in &k.disabled {
+            let when = d.destroy_after.map_or("-".into(), |t| t.to_string());
+            if d.due {
+                outln!(
+                    "{} {}: disabled, quarantine over since {when}: destroyed at the next scheduler tick.",
+                    k.keyring,
+                    d.version
+                );
+            } else {
+                outln!(
+                    "{} {}: disabled (decryption refused), destroyed after {when}; undo with \
+                     `keywheel keyring enable {} --version {}`.",
+                    k.keyring,
+                    d.version,
+                    k.keyring,
+                    d.version.get()
+                );
+            }
+        }
+    }
 }

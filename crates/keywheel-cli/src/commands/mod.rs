@@ -24,7 +24,9 @@ use failures::failures;
 use init::init;
 use inspect::inspect;
 use kek::{kek_generate, kek_rotate};
-use keyring::{keyring_apply, keyring_create, keyring_list, keyring_seal, warn_policy_drift};
+use keyring::{
+    keyring_apply, keyring_create, keyring_destroy, keyring_enable, keyring_list, keyring_seal, warn_policy_drift,
+};
 use rotation::{print_rotation, resume, retire, rollback, rotate, rotation_code, warn_without_sources};
 use scheduler::scheduler_run;
 use status::{census, status, verify};
@@ -39,6 +41,8 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Keyring(KeyringCommand::List) => keyring_list(&settings, json).await,
         Command::Keyring(KeyringCommand::Apply(args)) => keyring_apply(&settings, &args, json).await,
         Command::Keyring(KeyringCommand::Seal(args)) => keyring_seal(&settings, &args, json).await,
+        Command::Keyring(KeyringCommand::Enable(args)) => keyring_enable(&settings, &args, json).await,
+        Command::Keyring(KeyringCommand::Destroy(args)) => keyring_destroy(&settings, &args, json).await,
         Command::Status(args) => status(&settings, &args, json).await,
         Command::Census(args) => census(&settings, &args, json).await,
         Command::Rotate(args) => rotate(&settings, &args, json).await,

@@ -1,11 +1,11 @@
 //! `rotate`, `resume`, `rollback`, `retire`: the rotation runbook.
 
-use keywheel_core::{CancelToken, JobPhase, KeyState, KeyVersion, KeyringId, RotationReport, Rotator};
+use keywheel_core::{CancelToken, JobPhase, KeyState, KeyVersion, KeyringId, RetireOptions, RotationReport, Rotator};
 use serde_json::json;
 
 use crate::cli::{ResumeArgs, RetireArgs, RollbackArgs, RotateArgs};
 use crate::error::{CliError, INTERRUPTED, OK, PROBLEMS, worst};
-use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json};
+use crate::output::{Reporter, RollbackJson, RotationJson, count, human_duration, outln, print_json, time};
 use crate::store::{self, Opened, Settings};
 
 use super::failures::FailedValue;
@@ -286,29 +286,51 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
     let record = opened.kw.record(&id).await?;
     warn_policy_drift(settings, &opened, &id).await?;
     let policy = opened.kw.policy(&id).await?;
+    // By default every Deprecated version; with --now the Disabled ones too (destroyed).
+    let eligible = |state: KeyState| state == KeyState::Deprecated || (args.now && state == KeyState::Disabled);
     let versions: Vec<KeyVersion> = match args.version {
         Some(v) => vec![KeyVersion::new(v).map_err(|e| CliError::usage(e.to_string()))?],
-        None => record.versions.iter().filter(|v| v.state == KeyState::Deprecated).map(|v| v.version).collect(),
+        None => record.versions.iter().filter(|v| eligible(v.state)).map(|v| v.version).collect(),
     };
     if versions.is_empty() {
         if json {
-            print_json(&json!({ "keyring": id, "retired": [] }))?;
+            print_json(&json!({ "keyring": id, "retired": [], "disabled": [], "destroyed": [] }))?;
         } else {
             outln!("{id} has no deprecated version to retire.");
         }
         return Ok(OK);
     }
-    let force = if args.force { args.reason.as_deref() } else { None };
+    let options = match args.reason.as_deref().filter(|_| args.force) {
+        Some(reason) => RetireOptions::forced(reason),
+        None => RetireOptions::new(),
+    };
+    let options = if args.now { options.now() } else { options };
+    let forced = if options.force.is_some() { " (forced, audited with the reason)" } else { "" };
     let rotator = store::rotator(settings, &opened).await?;
-    let mut retired = Vec::new();
+    let (mut retired, mut disabled, mut destroyed) = (Vec::new(), Vec::new(), Vec::new());
     for v in versions {
-        match rotator.retire(&id, v, &policy, force).await {
-            Ok(_) => {
-                if !json {
-                    outln!(
-                        "Retired {id} {v}: its key material is destroyed{}.",
-                        if force.is_some() { " (forced, audited with the reason)" } else { "" }
-                    );
+        match rotator.retire_with(&id, v, &policy, &options).await {
+            Ok(after) => {
+                let version = after.version(v);
+                match version.map(|x| (x.state, x.destroy_after)) {
+                    Some((KeyState::Disabled, until)) => {
+                        if !json {
+                            let until = until.map_or("-".into(), |t| t.to_string());
+                            outln!(
+                                "Disabled {id} {v}{forced}: decryption under it is refused, its key material is \
+                                 kept until {until} and then destroyed; undo with `keywheel keyring enable {id} \
+                                 --version {}`.",
+                                v.get()
+                            );
+                        }
+                        disabled.push(json!({ "version": v, "destroy_after": time(until) }));
+                    }
+                    _ => {
+                        if !json {
+                            outln!("Retired {id} {v}{forced}: its key material is destroyed.");
+                        }
+                        destroyed.push(v);
+                    }
                 }
                 retired.push(v);
             }
@@ -322,7 +344,7 @@ pub(super) async fn retire(settings: &Settings, args: &RetireArgs, json: bool) -
         }
     }
     if json {
-        print_json(&json!({ "keyring": id, "retired": retired }))?;
+        print_json(&json!({ "keyring": id, "retired": retired, "disabled": disabled, "destroyed": destroyed }))?;
     }
     Ok(OK)
 }

@@ -81,6 +81,7 @@ pub(super) fn print_status(report: &StatusReport) {
         outln!("No keyrings yet. Create one with `keywheel keyring create TENANT/PURPOSE`.");
     } else {
         out!("{table}");
+        super::keyring::print_lifecycle_notes(report);
     }
 }
 

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keywheel_core::{
-    AfterRotation, AuditEntry, AuditEvent, JobCounts, JobFailure, JobPhase, JobSummary, KeyVersion, KeyringId,
-    KeyringStatus, MaintenanceWindow, Policy, RollbackReport, RotationReport, SchedulerTotals, StatusReport,
+    AfterRotation, AuditEntry, AuditEvent, DisabledVersion, JobCounts, JobFailure, JobPhase, JobSummary, KeyVersion,
+    KeyringId, KeyringStatus, MaintenanceWindow, Policy, RollbackReport, RotationReport, SchedulerTotals, StatusReport,
     TickReport, Timestamp, VersionsByState, Warning,
 };
 use serde::{Serialize, Serializer};
@@ -40,6 +40,7 @@ pub(crate) struct PolicyJson {
     grace_period_secs: u64,
     rollback_window_secs: u64,
     activation_delay_secs: u64,
+    quarantine_secs: u64,
     after_rotation: AfterRotation,
     usage_limit: Option<u64>,
     maintenance_window: Option<WindowJson>,
@@ -60,6 +61,7 @@ impl From<&Policy> for PolicyJson {
             grace_period,
             rollback_window,
             activation_delay,
+            quarantine,
             after_rotation,
             usage_limit,
             maintenance_window,
@@ -70,6 +72,7 @@ impl From<&Policy> for PolicyJson {
             grace_period_secs: grace_period.as_secs(),
             rollback_window_secs: rollback_window.as_secs(),
             activation_delay_secs: activation_delay.as_secs(),
+            quarantine_secs: quarantine.as_secs(),
             after_rotation: *after_rotation,
             usage_limit: *usage_limit,
             maintenance_window: maintenance_window.map(|MaintenanceWindow { start, duration }| WindowJson {
@@ -171,7 +174,32 @@ struct KeyringStatusJson<'a> {
     policy: PolicyJson,
     last_job: Option<JobSummaryJson<'a>>,
     census: &'a Option<BTreeMap<u32, u64>>,
+    erased_at: Option<Time>,
+    disabled: Vec<DisabledVersionJson<'a>>,
     warnings: Vec<WarningJson<'a>>,
+}
+
+/// A Disabled version and when its quarantine ends.
+#[derive(Debug, Serialize)]
+struct DisabledVersionJson<'a> {
+    keyring: &'a KeyringId,
+    version: KeyVersion,
+    disabled_at: Option<Time>,
+    destroy_after: Option<Time>,
+    due: bool,
+}
+
+impl<'a> From<&'a DisabledVersion> for DisabledVersionJson<'a> {
+    fn from(d: &'a DisabledVersion) -> Self {
+        let DisabledVersion { keyring, version, disabled_at, destroy_after, due } = d;
+        DisabledVersionJson {
+            keyring,
+            version: *version,
+            disabled_at: time(*disabled_at),
+            destroy_after: time(*destroy_after),
+            due: *due,
+        }
+    }
 }
 
 impl<'a> From<&'a KeyringStatus> for KeyringStatusJson<'a> {
@@ -187,6 +215,8 @@ impl<'a> From<&'a KeyringStatus> for KeyringStatusJson<'a> {
             policy,
             last_job,
             census,
+            erased_at,
+            disabled,
             warnings,
         } = k;
         KeyringStatusJson {
@@ -200,6 +230,8 @@ impl<'a> From<&'a KeyringStatus> for KeyringStatusJson<'a> {
             policy: PolicyJson::from(policy),
             last_job: last_job.as_ref().map(JobSummaryJson::from),
             census,
+            erased_at: time(*erased_at),
+            disabled: disabled.iter().map(DisabledVersionJson::from).collect(),
             warnings: warnings.iter().map(WarningJson::from).collect(),
         }
     }
@@ -284,11 +316,12 @@ pub(crate) struct TickJson<'a> {
     skipped: &'a [KeyringId],
     failed: &'a [(KeyringId, String)],
     retired: &'a [(KeyringId, KeyVersion)],
+    destroyed: &'a [(KeyringId, KeyVersion)],
 }
 
 impl<'a> From<&'a TickReport> for TickJson<'a> {
     fn from(t: &'a TickReport) -> Self {
-        let TickReport { at, paused, due, rotations, skipped, failed, retired } = t;
+        let TickReport { at, paused, due, rotations, skipped, failed, retired, destroyed } = t;
         TickJson {
             at: Time(*at),
             paused: *paused,
@@ -297,6 +330,7 @@ impl<'a> From<&'a TickReport> for TickJson<'a> {
             skipped,
             failed,
             retired,
+            destroyed,
         }
     }
 }

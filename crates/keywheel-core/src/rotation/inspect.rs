@@ -23,6 +23,7 @@ impl Rotator {
     pub async fn dry_run(&self, id: &KeyringId, opts: &RotateOptions) -> Result<RotationReport> {
         let started = Instant::now();
         let record = self.kw.record(id).await?;
+        record.check_not_erased()?;
         let ring = Arc::new(self.dry_run_keyring(&record).await?);
         let to = record.next_version()?;
         let mut job = RotationJob {

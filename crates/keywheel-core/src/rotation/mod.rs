@@ -14,6 +14,7 @@ mod kek;
 mod reencrypt;
 use reencrypt::reencrypt_values;
 mod retire;
+pub use retire::RetireOptions;
 mod rollback;
 mod run;
 

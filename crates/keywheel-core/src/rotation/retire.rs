@@ -1,9 +1,49 @@
-//! Guarded retirement: a version's material is destroyed only when nothing uses it.
+//! Guarded retirement: a version is disabled, and its material destroyed,
+//! only when nothing uses it.
 
 use super::*;
 
+/// How [`Rotator::retire_with`] retires a version.
+///
+/// ```
+/// let options = keywheel_core::RetireOptions::forced("key leaked in a log").now();
+/// assert!(options.destroy_now);
+/// assert_eq!(options.force.as_deref(), Some("key leaked in a log"));
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetireOptions {
+    /// Skip every check, with this reason (audited as a forced retirement).
+    pub force: Option<String>,
+    /// Destroy the material at once instead of after the policy's quarantine
+    /// (irreversible); for a version already Disabled, destroy it now.
+    pub destroy_now: bool,
+}
+
+impl RetireOptions {
+    /// Guarded, with the quarantine: the default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forced with `reason`.
+    pub fn forced(reason: impl Into<String>) -> Self {
+        RetireOptions { force: Some(reason.into()), destroy_now: false }
+    }
+
+    /// Destroy the material at once (no quarantine).
+    pub fn now(mut self) -> Self {
+        self.destroy_now = true;
+        self
+    }
+}
+
 impl Rotator {
-    /// Retire a Deprecated version, destroying its material. Without `force`
+    /// Retire a Deprecated version: it becomes Disabled (decryption refused,
+    /// material kept wrapped) and its material is destroyed when the
+    /// policy's [`quarantine`](Policy::quarantine) ends — at once with a zero
+    /// quarantine; see [`retire_with`](Self::retire_with) to destroy at once.
+    /// Inside the quarantine [`Keywheel::enable`] undoes it. Without `force`
     /// it is refused, with a `RetirementRefused` audit event, unless every
     /// check passes:
     ///
@@ -21,8 +61,9 @@ impl Rotator {
     /// sources nor census. `force` skips every check with a reason, audited
     /// as a forced retirement.
     ///
-    /// Runs under the keyring's lease, so it never races a rotation
-    /// ([`Error::RotationInProgress`] while one runs).
+    /// The checks are made at this (disabling) step; destroying a Disabled
+    /// version later needs none. Runs under the keyring's lease, so it never
+    /// races a rotation ([`Error::RotationInProgress`] while one runs).
     pub async fn retire(
         &self,
         id: &KeyringId,
@@ -30,11 +71,27 @@ impl Rotator {
         policy: &Policy,
         force: Option<&str>,
     ) -> Result<KeyringRecord> {
+        let options = RetireOptions { force: force.map(str::to_owned), destroy_now: false };
+        self.retire_with(id, version, policy, &options).await
+    }
+
+    /// [`retire`](Self::retire) with options: forced with a reason, and/or
+    /// destroying the material at once ([`RetireOptions::now`]). A version
+    /// already Disabled is destroyed with `destroy_now` (its checks were made
+    /// when it was disabled) and left to its quarantine without.
+    pub async fn retire_with(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        policy: &Policy,
+        options: &RetireOptions,
+    ) -> Result<KeyringRecord> {
+        let force = options.force.as_deref();
         if force.is_some_and(|reason| reason.trim().is_empty()) {
             return Err(Error::ReasonRequired("retirement"));
         }
         let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, force, true, None).await;
+        let result = self.retire_leased(id, version, policy, force, true, None, options.destroy_now).await;
         self.finish_lease(&lease).await;
         result
     }
@@ -49,14 +106,18 @@ impl Rotator {
         audit_refusal: bool,
     ) -> Result<KeyringRecord> {
         let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, None, audit_refusal, None).await;
+        let result = self.retire_leased(id, version, policy, None, audit_refusal, None, false).await;
         self.finish_lease(&lease).await;
         result
     }
 
     /// The checks and the retirement, under a lease the caller holds.
     /// `emergency`: the reason of the emergency that flagged the version; the
-    /// retirement is then audited as forced with it (the grace period is waived).
+    /// retirement is then audited as forced with it (the grace period is
+    /// waived) and skips the quarantine: a compromised key's material is
+    /// destroyed as soon as nothing decryptable uses it. `destroy_now`: no
+    /// quarantine either.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn retire_leased(
         &self,
         id: &KeyringId,
@@ -65,16 +126,26 @@ impl Rotator {
         force: Option<&str>,
         audit_refusal: bool,
         emergency: Option<&str>,
+        destroy_now: bool,
     ) -> Result<KeyringRecord> {
         let refuse = |remaining: u64, reason: String| async move {
             if audit_refusal { self.refuse_retirement(id, version, remaining, &reason).await } else { Ok(()) }
         };
         if let Some(reason) = force {
-            return self.kw.retire_now(id, version, Some(reason), true).await;
+            return self.kw.retire_now(id, version, Some(reason), true, destroy_now).await;
         }
         let record = self.kw.record(id).await?;
         let v = record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
-        v.state.check_transition(version, KeyState::Retired)?;
+        if v.state == KeyState::Disabled {
+            // Checked when it was disabled; nothing encrypts under it since.
+            return match emergency {
+                Some(reason) => {
+                    self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true, true).await
+                }
+                None => self.kw.retire_now(id, version, None, false, destroy_now).await,
+            };
+        }
+        v.state.check_transition(version, KeyState::Disabled)?;
         let needs_census = policy.after_rotation == AfterRotation::Reencrypt || v.compromised;
         if needs_census && !self.covers(id) {
             refuse(0, "no registered record source covers this keyring".into()).await?;
@@ -107,8 +178,8 @@ impl Rotator {
             }
         }
         match emergency {
-            Some(reason) => self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true).await,
-            None => self.kw.retire_now(id, version, None, false).await,
+            Some(reason) => self.kw.retire_now(id, version, Some(&format!("emergency: {reason}")), true, true).await,
+            None => self.kw.retire_now(id, version, None, false, destroy_now).await,
         }
     }
 

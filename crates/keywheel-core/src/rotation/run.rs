@@ -19,7 +19,8 @@ impl Rotator {
     /// re-encryption, then a wait until no instance can still encrypt under
     /// the compromised version ([`RotateOptions::emergency_settle`], the
     /// refresh interval by default) and a final sweep. The compromised version
-    /// is retired (grace period waived, audited as forced with `reason`) as soon
+    /// is retired (grace period waived, audited as forced with `reason`), its
+    /// material destroyed at once without a quarantine, as soon
     /// as no *decryptable* value uses it: values that fail to decrypt (forgeries
     /// under the leaked key, corrupt values) are listed in the job's failures
     /// and never hold it back. If values remain, the scheduler retries.
@@ -28,6 +29,7 @@ impl Rotator {
             return Err(Error::ReasonRequired("emergency rotation"));
         }
         let record = self.kw.record(id).await?;
+        record.check_not_erased()?;
         let compromised = record.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: id.clone() })?;
         let policy = Policy { activation_delay: Duration::ZERO, ..self.kw.policy(id).await? };
         self.start(id, &policy, opts, JobKind::Emergency { compromised, reason: reason.to_owned() }).await
@@ -51,6 +53,7 @@ impl Rotator {
                 return Err(self.unfinished_refusal(id, &job).await?);
             }
             let record = self.kw.record(id).await?;
+            record.check_not_erased()?;
             let expected = match &kind {
                 JobKind::Emergency { compromised, .. } => Some(*compromised),
                 _ => opts.expected_active,
@@ -110,11 +113,14 @@ impl Rotator {
     /// Continue the unfinished (or cancelled) job of a keyring from its
     /// checkpoint. `Ok(None)` if there is nothing to resume (nothing is
     /// written then). A job whose lease is live is running somewhere: refused
-    /// with [`Error::RotationInProgress`], its lease untouched.
+    /// with [`Error::RotationInProgress`], its lease untouched; the job of an
+    /// erased keyring is never resumed ([`Error::KeyringErased`]).
     pub async fn resume(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
         if self.unfinished_job(id).await?.is_none() {
             return Ok(None);
         }
+        // An erased keyring encrypts nothing: re-encrypting under it would only fail value by value.
+        self.kw.record(id).await?.check_not_erased()?;
         let lease = self.lease(id, opts).await?;
         let result = async {
             let Some(mut job) = self.unfinished_job(id).await? else {
@@ -370,7 +376,7 @@ impl Rotator {
     /// covers keeps it (nothing proves it unused) and the refusal is audited.
     pub(super) async fn retire_compromised(&self, id: &KeyringId, compromised: KeyVersion, reason: &str) -> Result<()> {
         let policy = self.kw.policy(id).await?;
-        match self.retire_leased(id, compromised, &policy, None, true, Some(reason)).await {
+        match self.retire_leased(id, compromised, &policy, None, true, Some(reason), true).await {
             // Refused (audited) or retired already: the scheduler retries what is left.
             Ok(_)
             | Err(
