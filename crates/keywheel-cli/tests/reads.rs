@@ -217,8 +217,17 @@ async fn verify_tells_foreign_older_and_retired_versions_apart() {
     let text = cli.run(&["verify"]).assert_code(4);
     text.assert_stdout_contains("VALUES LEFT BEHIND").assert_stdout_contains("`keywheel rotate acme/token`");
 
-    // v2 retired by force: its values are unreadable, and verify says so.
+    // v2 disabled by force: its values are unreadable until it is enabled
+    // again, and verify says how.
     cli.run(&["retire", "acme/token", "--version", "2", "--force", "--reason", "test"]).assert_code(0);
+    let disabled = cli.json_code(&["verify", "acme/token"], 4);
+    let k = &disabled["keyrings"][0];
+    assert_eq!((k["on_disabled"].as_u64(), k["on_older"].as_u64()), (Some(2 * ROWS as u64 - 2), Some(0)));
+    assert_eq!(k["disabled_versions"], serde_json::json!([2]));
+    let text = cli.run(&["verify"]).assert_code(4);
+    text.assert_stdout_contains("VALUES ON DISABLED KEYS").assert_stdout_contains("keywheel keyring enable acme/token");
+    // Destroyed at once: its values are lost, and verify says so.
+    cli.run(&["retire", "acme/token", "--version", "2", "--now", "--force", "--reason", "test"]).assert_code(0);
     let retired = cli.json_code(&["verify", "acme/token"], 4);
     let k = &retired["keyrings"][0];
     assert_eq!((k["on_retired"].as_u64(), k["on_older"].as_u64()), (Some(2 * ROWS as u64 - 2), Some(0)));

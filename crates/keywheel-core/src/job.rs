@@ -1,4 +1,4 @@
-//! Rotation jobs: the persisted, resumable state of a rotation (the [manual](crate::manual)).
+//! Rotation jobs: the persisted, resumable state of a rotation (the [runbook](crate::manual#12-operator-runbook)).
 
 use std::time::Duration;
 

@@ -672,3 +672,95 @@
 //! without a quarantine gets the default); Postgres schema migration 4 adds
 //! the `disabled` state to the state check and the keyring's `erased_at_ms`
 //! column, the quarantine times living in the version's `meta` JSON.
+//!
+//! ## 12. Operator runbook
+//!
+//! What to do in each situation, with the library call and the `keywheel`
+//! command that does it. Every step is audited before it takes effect; every
+//! refusal changes nothing and says why. The CLI's exit codes: `0` done, `1`
+//! error (store, database, master key, configuration), `2` usage error, `3`
+//! refused by a safety rule, `4` problems found, `130` interrupted (resume it).
+//!
+//! **Policies.** Each keyring has a stored [`Policy`](crate::Policy) (presets
+//! per purpose: token 90 d interval / 30 d grace, database 180 d / 90 d, file
+//! 365 d / 180 d, session 30 d / 7 d with old values expiring, api-signature
+//! 90 d / 30 d), set with [`Keywheel::set_policy`](crate::Keywheel::set_policy)
+//! or `keywheel keyring apply` from `keywheel.toml`. The
+//! [`Scheduler`](crate::Scheduler) rotates what is due ([`evaluate`](crate::evaluate)
+//! says why) and retires what is safe to retire; run it in every instance
+//! (`keywheel scheduler run`): leases make each step run once.
+//!
+//! **Scheduled rotation** (what the scheduler does, or by hand):
+//!
+//! 1. Preview: [`Rotator::dry_run`](crate::Rotator::dry_run), `keywheel rotate
+//!    KEYRING --dry-run`. It reads, decrypts and re-encrypts in memory, and
+//!    writes nothing.
+//! 2. Rotate: [`Rotator::rotate`](crate::Rotator::rotate), `keywheel rotate
+//!    KEYRING`. The rotation is a persisted job: take the lease, store the
+//!    next version Pending, wait the activation delay (every instance loads
+//!    it), activate it (the old one becomes Deprecated), re-encrypt every
+//!    covered source in checkpointed batches (a concurrent application write
+//!    always wins), verify by census, complete.
+//! 3. Check: [`Rotator::verify`](crate::Rotator::verify), `keywheel verify
+//!    KEYRING`: every value on the Active version, none unreadable. Values
+//!    that did not decrypt are listed by `keywheel failures KEYRING` (table,
+//!    column, primary key); they hold their version back from retirement.
+//!
+//! **Interrupted** (crash, `kill`, Ctrl-C, exit `130`):
+//! [`Rotator::resume`](crate::Rotator::resume), `keywheel resume KEYRING`
+//! continues from the last checkpoint. A lease left by a killed process
+//! expires after its time-to-live; the status warns `StalledJob` meanwhile.
+//!
+//! **Something broke after a rotation**: [`Rotator::rollback`](crate::Rotator::rollback),
+//! `keywheel rollback KEYRING --reason …` makes the replaced version Active
+//! again, inside the policy's rollback window, once, never to a compromised
+//! version (section 8, I2 and I7). Nothing becomes unreadable; with
+//! re-encryption the values move back too.
+//!
+//! **Retiring an old version** is two steps, so a mistake can be undone
+//! (section 11):
+//!
+//! 1. Disable: [`Rotator::retire`](crate::Rotator::retire), `keywheel retire
+//!    KEYRING`. Refused unless a source covers the keyring and no value (or
+//!    unresolved failure) uses the version, and its grace period is over
+//!    (section 8, I1); `--force --reason …` overrides, audited as forced. A
+//!    disabled version keeps its wrapped material but decrypts nothing
+//!    ([`Error::KeyDisabled`](crate::Error::KeyDisabled)): whatever still
+//!    needed it — a cache, an export, another service — now fails loudly
+//!    instead of losing data for good.
+//! 2. During the quarantine ([`Policy::quarantine`](crate::Policy::quarantine),
+//!    default 7 days) `keywheel keyring enable KEYRING --version N` makes it
+//!    Deprecated again, audited. After the quarantine the scheduler destroys
+//!    the material (Retired); `keywheel retire KEYRING --now` destroys it at
+//!    once.
+//!
+//! **Key leaked**: [`Rotator::emergency`](crate::Rotator::emergency),
+//! `keywheel rotate KEYRING --emergency --reason …`: no activation delay, the
+//! old version is flagged compromised (never Active again), every value is
+//! re-encrypted, and after the settle time (section 8, I3) the compromised
+//! version is destroyed as soon as no decryptable value uses it.
+//!
+//! **Erasure request** (crypto-shredding a tenant): `keywheel keyring destroy
+//! TENANT[/PURPOSE] --reason …` ([`Keywheel::destroy_tenant`](crate::Keywheel::destroy_tenant))
+//! disables every version of the tenant's keyrings at once, the Active one
+//! included (forced, audited with the reason); nothing encrypts under them
+//! again. After the quarantine, or at once with `--now`, every value
+//! encrypted under them is unreadable for good; `keywheel status` shows the
+//! keyrings as erased. Backups keep the wrapped keys until the master key is
+//! rotated and the old one destroyed (section 9, backup thief).
+//!
+//! **New master key** without downtime (section 10): stage the next key in
+//! every process (`KEYWHEEL_MASTER_KEY_NEXT`), `keywheel kek rotate`, promote
+//! it to `KEYWHEEL_MASTER_KEY` everywhere, drop the old one.
+//!
+//! **Damage**: `keywheel status` lists a damaged keyring file or a keyring
+//! record that fails its seal (exit 4) and keeps showing the others; the
+//! damaged file is never overwritten. Restore it from a backup:
+//! `keywheel keyring seal` seals only records from before record
+//! authentication, never an edited one (section 7).
+//!
+//! **Audit**: `keywheel audit verify` checks the whole trail (MACs too, with
+//! the master key) and prints its head; keep the head elsewhere and pass it
+//! back with `--expect-head` to detect a log cut back since. `keywheel audit
+//! tail` shows the latest events. Neither needs the master key to read; nor
+//! do `status`, `census` and `verify`.

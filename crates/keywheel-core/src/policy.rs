@@ -1,4 +1,4 @@
-//! Rotation policies (the [manual](crate::manual)): how often a keyring rotates and the safety
+//! Rotation policies (the [runbook](crate::manual#12-operator-runbook)): how often a keyring rotates and the safety
 //! periods the rotation engine honours.
 
 use std::time::Duration;

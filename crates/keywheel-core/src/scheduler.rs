@@ -1,4 +1,4 @@
-//! Policies at work (the [manual](crate::manual)): a pure evaluation of what is due and why, a
+//! Policies at work (the [runbook](crate::manual#12-operator-runbook)): a pure evaluation of what is due and why, a
 //! scheduler loop that runs it, retires what may be retired, and a status report.
 
 use std::collections::{BTreeMap, BTreeSet};

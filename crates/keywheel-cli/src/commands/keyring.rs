@@ -219,8 +219,8 @@ pub(super) async fn keyring_destroy(settings: &Settings, args: &DestroyArgs, jso
             }
         }
         out.push(json!({
-            "keyring": record.id, "erased_at": record.erased_at, "destroyed": destroyed,
-            "destroy_after": destroy_after,
+            "keyring": record.id, "erased_at": time(record.erased_at), "destroyed": destroyed,
+            "destroy_after": time(destroy_after),
             "versions": record.versions.iter().map(|v| json!({ "version": v.version, "state": v.state }))
                 .collect::<Vec<_>>(),
         }));

@@ -290,6 +290,16 @@ fn verify_advice(r: &VerifyReport, retired: &[String]) -> Vec<String> {
             count(r.on_unknown)
         ));
     }
+    if r.on_disabled > 0 {
+        let versions = r.disabled_versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        advice.push(format!(
+            "{k}: {} values are on disabled versions ({versions}): they cannot be decrypted while the version \
+             is disabled. Inside its quarantine, `keywheel keyring enable {k} --version N` brings it back; then \
+             `keywheel rotate {k}` moves them to the active version (see `keywheel status` for when each \
+             quarantine ends).",
+            count(r.on_disabled)
+        ));
+    }
     if r.on_retired > 0 {
         advice.push(format!(
             "{k}: {} values are on retired versions ({}): their key is destroyed and they cannot be decrypted \
@@ -358,6 +368,7 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
             "ON ACTIVE",
             "ON OLDER",
             "UNKNOWN VERSION",
+            "ON DISABLED",
             "ON RETIRED",
             "UNPARSEABLE",
             "RESULT",
@@ -371,6 +382,9 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
             if r.on_unknown > 0 {
                 result.push("FOREIGN VALUES");
             }
+            if r.on_disabled > 0 {
+                result.push("VALUES ON DISABLED KEYS");
+            }
             if r.on_retired > 0 {
                 result.push("UNREADABLE VALUES");
             }
@@ -383,6 +397,7 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
                 count(on_active),
                 count(r.on_older),
                 count(r.on_unknown),
+                count(r.on_disabled),
                 count(r.on_retired),
                 count(r.unparseable),
                 if result.is_empty() { "ok".into() } else { result.join(", ") },

@@ -166,8 +166,9 @@ pub struct RollbackReport {
 /// Result of [`Rotator::verify`] (or of [`VerifyReport::new`] for a census
 /// taken elsewhere). Values not on the Active version are split by what fixes
 /// them: `on_older` (a rotation re-encrypts them), `on_unknown` (the keyring
-/// has no such version: not written by this keyring) and `on_retired` (their
-/// key is destroyed).
+/// has no such version: not written by this keyring), `on_disabled` (their
+/// version is disabled: re-enable it inside its quarantine, then rotate) and
+/// `on_retired` (their key is destroyed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     /// The keyring.
@@ -176,7 +177,7 @@ pub struct VerifyReport {
     pub active: Option<KeyVersion>,
     /// Values per version.
     pub census: BTreeMap<KeyVersion, u64>,
-    /// Values on versions other than the Active one (the sum of the three below).
+    /// Values on versions other than the Active one (the sum of the four below).
     pub not_on_active: u64,
     /// Values on other versions the keyring holds and has not retired
     /// (Deprecated, Pending): `keywheel rotate`/`resume` moves them.
@@ -187,6 +188,11 @@ pub struct VerifyReport {
     pub on_unknown: u64,
     /// The versions behind `on_unknown`.
     pub unknown_versions: Vec<KeyVersion>,
+    /// Values on Disabled versions (unreadable until the version is
+    /// re-enabled with [`Keywheel::enable`](crate::Keywheel::enable), inside its quarantine).
+    pub on_disabled: u64,
+    /// The versions behind `on_disabled`.
+    pub disabled_versions: Vec<KeyVersion>,
     /// Values on retired versions (unreadable: their key is destroyed).
     pub on_retired: u64,
     /// Values whose header does not parse.
@@ -216,19 +222,23 @@ impl VerifyReport {
     /// ```
     pub fn new(record: &KeyringRecord, per_version: BTreeMap<KeyVersion, u64>, unparseable: u64) -> Self {
         let active = record.active_version();
-        let (mut on_older, mut on_unknown, mut on_retired) = (0, 0, 0);
-        let mut unknown_versions = Vec::new();
+        let (mut on_older, mut on_unknown, mut on_disabled, mut on_retired) = (0, 0, 0, 0);
+        let (mut unknown_versions, mut disabled_versions) = (Vec::new(), Vec::new());
         for (v, n) in per_version.iter().filter(|(v, _)| Some(**v) != active) {
             match record.version(*v).map(|r| r.state) {
                 None => {
                     on_unknown += n;
                     unknown_versions.push(*v);
                 }
+                Some(KeyState::Disabled) => {
+                    on_disabled += n;
+                    disabled_versions.push(*v);
+                }
                 Some(KeyState::Retired) => on_retired += n,
-                Some(_) => on_older += n,
+                Some(KeyState::Pending | KeyState::Active | KeyState::Deprecated) => on_older += n,
             }
         }
-        let not_on_active = on_older + on_unknown + on_retired;
+        let not_on_active = on_older + on_unknown + on_disabled + on_retired;
         VerifyReport {
             keyring: record.id.clone(),
             active,
@@ -237,6 +247,8 @@ impl VerifyReport {
             on_older,
             on_unknown,
             unknown_versions,
+            on_disabled,
+            disabled_versions,
             on_retired,
             unparseable,
             ok: not_on_active == 0 && unparseable == 0,
