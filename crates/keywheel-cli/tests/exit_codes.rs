@@ -181,8 +181,11 @@ async fn exit_130_interrupted_and_resumed() {
     // The interrupted job continues where it stopped.
     let resumed = cli.json(&["resume", "acme/token"]);
     assert_eq!(resumed["phase"], "completed", "{resumed}");
-    // (The batch in flight at the interruption may be counted by both runs.)
-    assert!(resumed["counts"]["rewritten"].as_u64().expect("rewritten") + rewritten >= 200, "{resumed}");
+    // Together the two runs account for every value, give or take the one
+    // batch (of 10) in flight at the interruption: written, but counted by
+    // neither report when the interruption came before its checkpoint.
+    let resumed_rewritten = resumed["counts"]["rewritten"].as_u64().expect("rewritten");
+    assert!(rewritten + resumed_rewritten + 10 >= 200, "{rewritten} + {resumed}");
     let verified = cli.json(&["verify", "acme/token"]);
     assert_eq!(verified["keyrings"][0]["census"]["2"], 200, "every value on v2: {verified}");
 }

@@ -17,7 +17,7 @@ use crate::reader::{Damage, Reader, UNAUTHENTICATED_NOTE};
 use crate::store::{self, Settings};
 
 use super::matched::matched_keyrings;
-use super::{parse_keyring, version_list};
+use super::{parse_keyring, plural, version_list};
 
 pub(super) fn warning_text(w: &Warning) -> String {
     match w {
@@ -27,7 +27,7 @@ pub(super) fn warning_text(w: &Warning) -> String {
             Some(n) => format!("v{version} past grace with {} values", count(*n)),
             None => format!("v{version} past grace (run a census)"),
         },
-        Warning::FailuresPending { failed, .. } => format!("{} values failed to decrypt", count(*failed)),
+        Warning::FailuresPending { failed, .. } => format!("{} failed to decrypt", plural(*failed, "value")),
         Warning::NoActiveKey => "no active key".into(),
         Warning::UsageNearLimit { encryptions, limit } => {
             format!("usage {}/{} encryptions", count(*encryptions), count(*limit))
@@ -269,7 +269,9 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
 }
 
 /// What is wrong with one keyring's values, in words, and the fix for each.
-fn verify_advice(r: &VerifyReport, retired: &[String]) -> Vec<String> {
+/// What to do about each kind of value `r` found off the active version;
+/// `erased`: the keyring was erased (its values are meant to be unreadable).
+fn verify_advice(r: &VerifyReport, retired: &[String], erased: bool) -> Vec<String> {
     let k = &r.keyring;
     let mut advice = Vec::new();
     if r.on_older > 0 {
@@ -290,7 +292,14 @@ fn verify_advice(r: &VerifyReport, retired: &[String]) -> Vec<String> {
             count(r.on_unknown)
         ));
     }
-    if r.on_disabled > 0 {
+    if r.on_disabled > 0 && erased {
+        advice.push(format!(
+            "{k}: {} values are on the disabled versions of this erased keyring: they are meant to be \
+             unreadable. Inside the quarantine `keywheel keyring enable {k} --version N` brings a version \
+             back for reading (the keyring never encrypts again).",
+            count(r.on_disabled)
+        ));
+    } else if r.on_disabled > 0 {
         let versions = r.disabled_versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         advice.push(format!(
             "{k}: {} values are on disabled versions ({versions}): they cannot be decrypted while the version \
@@ -350,7 +359,7 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
             .filter(|v| record.version(**v).is_some_and(|r| r.state == KeyState::Retired))
             .map(ToString::to_string)
             .collect();
-        advice.extend(verify_advice(&report, &retired));
+        advice.extend(verify_advice(&report, &retired, record.erased_at.is_some()));
         reports.push(report);
     }
     let ok = reports.iter().all(|r| r.ok) && damage.is_empty();
