@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{AuditVerifyArgs, TailArgs};
 use crate::error::{CliError, OK, PROBLEMS};
-use crate::output::{AuditEntryJson, Table, out, outln, print_json};
+use crate::output::{AuditEntryJson, Table, audit_kind_json, out, outln, print_json};
 use crate::store::{self, AuditVerdict, Settings};
 
 /// What `audit verify` says when no master key was given.
@@ -68,7 +68,7 @@ pub(super) async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, js
 }
 
 pub(super) fn event_details(entry: &AuditEntry) -> (String, String) {
-    let kind = serde_json::to_value(&entry.event.kind).unwrap_or_default();
+    let kind = audit_kind_json(&entry.event.kind);
     let name = kind.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_owned();
     let details = kind
         .as_object()

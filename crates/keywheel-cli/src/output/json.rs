@@ -352,7 +352,7 @@ struct AuditEventJson<'a> {
     at: Time,
     actor: &'a str,
     keyring: &'a Option<KeyringId>,
-    kind: &'a keywheel_core::AuditKind,
+    kind: serde_json::Value,
     reason: &'a Option<String>,
     correlation_id: &'a str,
     outcome: keywheel_core::Outcome,
@@ -368,9 +368,35 @@ impl<'a> From<&'a AuditEntry> for AuditEntryJson<'a> {
             hash,
             key_id,
             mac,
-            event: AuditEventJson { at: Time(*at), actor, keyring, kind, reason, correlation_id, outcome: *outcome },
+            event: AuditEventJson {
+                at: Time(*at),
+                actor,
+                keyring,
+                kind: audit_kind_json(kind),
+                reason,
+                correlation_id,
+                outcome: *outcome,
+            },
         }
     }
+}
+
+/// An audit event's kind as JSON, its times as RFC 3339 (`destroy_after`)
+/// instead of the stored epoch milliseconds. The stored form, which the
+/// chain's hashes and MACs cover, is unchanged.
+pub(crate) fn audit_kind_json(kind: &keywheel_core::AuditKind) -> serde_json::Value {
+    /// The fields of audit kinds that hold a `Timestamp`.
+    const TIME_FIELDS: [&str; 1] = ["destroy_after"];
+    let mut value = serde_json::to_value(kind).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for name in TIME_FIELDS {
+            if let Some(ms) = fields.get(name).and_then(serde_json::Value::as_i64) {
+                let rfc3339 = Timestamp::from_millis(ms).to_string();
+                fields.insert(name.to_owned(), serde_json::Value::String(rfc3339));
+            }
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -389,5 +415,11 @@ mod tests {
         assert_eq!(p["grace_period_secs"], 30 * 86_400);
         assert_eq!(p["maintenance_window"]["start_secs"], 7200);
         assert!(p.get("interval").is_none());
+        let disabled = keywheel_core::AuditKind::KeyDisabled {
+            version: keywheel_core::KeyVersion::new(3).expect("version"),
+            forced: false,
+            destroy_after: Timestamp::from_millis(1_795_000_000_123),
+        };
+        assert_eq!(audit_kind_json(&disabled)["destroy_after"], "2026-11-18T11:06:40.123Z");
     }
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-pub(crate) use json::{AuditEntryJson, PolicyJson, RollbackJson, RotationJson, StatusJson, TickJson, Time, time};
+pub(crate) use json::{
+    AuditEntryJson, PolicyJson, RollbackJson, RotationJson, StatusJson, TickJson, Time, audit_kind_json, time,
+};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keywheel_core::{Progress, ProgressFn};
