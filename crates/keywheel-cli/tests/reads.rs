@@ -175,6 +175,10 @@ async fn failures_are_listed_by_table_column_name_and_key() {
     );
     cli.run(&["failures", "acme/token"]).assert_code(4).assert_stdout_contains("#1");
     cli.write_config(&config);
+    let warns_failures = |status: &Value| {
+        status["keyrings"][0]["warnings"].as_array().expect("warnings").iter().any(|w| w["kind"] == "failures_pending")
+    };
+    assert!(warns_failures(&cli.json(&["status"])), "the failure is pending");
 
     // The value repaired and rotated again: nothing outstanding.
     let id: KeyringId = "acme/token".parse().expect("id");
@@ -183,6 +187,16 @@ async fn failures_are_listed_by_table_column_name_and_key() {
     db.client().await.execute("UPDATE public.users SET token = $1 WHERE id = 7", &[&fixed]).await.expect("repair");
     cli.json(&["rotate", "acme/token"]);
     cli.run(&["failures", "acme/token"]).assert_code(0).assert_stdout_contains("No outstanding failures");
+    assert!(!warns_failures(&cli.json(&["status"])), "nothing pending after the repair");
+
+    // Damaged again, then the tenant erased: its values are meant to be
+    // unreadable, so the failure holds nothing back and is not a warning.
+    corrupt_token(&db, 7).await;
+    cli.run(&["rotate", "acme/token"]).assert_code(4);
+    assert!(warns_failures(&cli.json(&["status"])), "the new failure is pending");
+    cli.run(&["keyring", "destroy", "acme/token", "--reason", "erasure request"]).assert_code(0);
+    assert!(!warns_failures(&cli.json(&["status"])), "nothing pending in an erased keyring");
+
     cli.run(&["failures", "nobody/token"]).assert_code(1).assert_stderr_contains("keyring create");
 }
 
