@@ -181,3 +181,16 @@ async fn an_interrupted_rotate_all_stops_after_the_keyring_it_interrupted() {
     let listed = cli.json(&["keyring", "list"]);
     assert_eq!(by_keyring(&listed, "beta/token")["versions"].as_array().unwrap().len(), 1, "beta not rotated");
 }
+
+#[test]
+fn a_pattern_is_not_a_keyring_name() {
+    let cli = Cli::new(None);
+    cli.run(&["init", "--master-key-out", cli.key_file().to_str().expect("utf-8")]).assert_code(0);
+    let refused = cli.json_code(&["keyring", "create", "*/token"], 2);
+    assert!(refused["error"]["message"].as_str().expect("message").contains("is a pattern"), "{refused}");
+    let list = cli.json(&["keyring", "list"]);
+    assert!(
+        list.as_array().is_none_or(Vec::is_empty) || list["keyrings"].as_array().is_some_and(Vec::is_empty),
+        "{list}"
+    );
+}

@@ -15,6 +15,12 @@ use super::{parse_keyring, version_list};
 
 pub(super) async fn keyring_create(settings: &Settings, args: &KeyringCreateArgs, json: bool) -> Result<u8, CliError> {
     let id = parse_keyring(&args.keyring)?;
+    // `*/purpose` in keywheel.toml means every tenant: a tenant named `*`
+    // would be mistaken for that pattern.
+    if id.tenant() == "*" {
+        return Err(CliError::usage(format!("{id} is a pattern, not a keyring"))
+            .with_hint("name one tenant (acme/token); `keyring apply` creates the keyrings a pattern matches"));
+    }
     let configured = settings.config.keyring(&id);
     let algorithm = match &args.algorithm {
         Some(a) => a.parse::<Algorithm>().map_err(|_| CliError::usage(unknown_algorithm(a)))?,
