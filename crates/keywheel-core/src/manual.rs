@@ -18,7 +18,7 @@
 //!   written by another process that activated the version. Disabled versions
 //!   refuse decryption but keep their wrapped material; Retired versions have
 //!   their material destroyed; their metadata stays for the audit trail.
-//!   Section 10 describes retirement, the quarantine and erasure.
+//!   Section 11 describes retirement, the quarantine and erasure.
 //! * A [`Keyring`](crate::Keyring) is an immutable snapshot of one keyring with
 //!   ready ciphers. [`Keywheel`](crate::Keywheel) caches snapshots, refreshes
 //!   them periodically (`refresh_interval`, default 60 s), and reloads once —
@@ -443,7 +443,7 @@
 //! checks every rule after every step.
 //!
 //! * **I1 — no material destroyed while in use.** A version is retired
-//!   (disabled, then destroyed after its quarantine; section 10) only
+//!   (disabled, then destroyed after its quarantine; section 11) only
 //!   when a registered [`RecordSource`](crate::RecordSource) *covers* the
 //!   keyring ([`RecordSource::covers`](crate::RecordSource::covers); the
 //!   default is `false`, so an unknown source never vouches) and the census
@@ -459,7 +459,7 @@
 //!   when the version is *disabled*: a Disabled version decrypts nothing
 //!   ([`Error::KeyDisabled`](crate::Error::KeyDisabled)) and nothing encrypts
 //!   under it, so its destruction at the end of the quarantine needs no new
-//!   census. Erasing a keyring (section 10) is a forced retirement of every
+//!   census. Erasing a keyring (section 11) is a forced retirement of every
 //!   version, audited with its reason.
 //! * **I2 — a compromised version never becomes Active again.**
 //!   [`KeyringRecord::validate`](crate::KeyringRecord::validate) refuses any
@@ -516,7 +516,7 @@
 //!   pending, the event recorded, and a resume after a crash in between looks
 //!   it up in the trail before recording it.
 //! * **I9 — lifecycle records are authenticated** (section 7).
-//! * **Reversible retirement** (section 10): a Disabled version never
+//! * **Reversible retirement** (section 11): a Disabled version never
 //!   decrypts; it is re-enabled only inside its quarantine
 //!   ([`Error::QuarantineOver`](crate::Error::QuarantineOver) after it, checked in
 //!   `apply` against the quarantine end stored in the sealed record); an

@@ -3,8 +3,8 @@
 //! its quarantine ends (or at once when asked), re-enabling it inside the
 //! quarantine, and erasing whole keyrings (crypto-shredding). The guarded
 //! retirement, with census and grace period, is
-//! [`Rotator::retire`](crate::Rotator::retire). See the [manual](crate::manual),
-//! "Lifecycle" and "Tenant erasure".
+//! [`Rotator::retire`](crate::Rotator::retire). See the manual,
+//! [section 11](crate::manual#11-retirement-quarantine-and-tenant-erasure).
 
 use std::time::Duration;
 

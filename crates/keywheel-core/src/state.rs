@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, KeyVersion, Result};
 
-/// Lifecycle state of a key version (see the [manual](crate::manual), "Lifecycle").
+/// Lifecycle state of a key version (the [manual](crate::manual#1-concepts); retirement: [section 11](crate::manual#11-retirement-quarantine-and-tenant-erasure)).
 ///
 /// Legal transitions: `Pending → Active → Deprecated → Disabled → Retired`,
 /// plus the rollback `Deprecated → Active` and the re-enabling
