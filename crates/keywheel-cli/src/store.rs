@@ -465,12 +465,7 @@ pub(crate) fn read_master_key_file(path: &Path) -> Result<LocalKek, CliError> {
             .with_hint("check the path given with --master-key-file, --next-master-key-file or --new-master-key-file")
     })?;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-            (true, true) => "its group and all other users",
-            (true, false) => "its group",
-            _ => "all other users",
-        };
+    if let Some(who) = keywheel_file::access_beyond_owner(mode) {
         return Err(CliError::error(format!(
             "master key file {} has permissions {mode:04o}, which give {who} access; keywheel refuses to use it",
             path.display()

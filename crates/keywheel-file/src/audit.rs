@@ -326,7 +326,7 @@ impl FileAuditSink {
             return Err(BACKEND.err(&path, "is not a regular file; give the path of an audit log file"));
         }
         if !options.allow_insecure_permissions {
-            fsio::check_mode(BACKEND, &path, &meta, 0o077, FILE_MODE, OPT_OUT)?;
+            fsio::check_mode(BACKEND, &path, &meta, FILE_MODE, OPT_OUT)?;
         }
         let sink = FileAuditSink { lock, recoveries: Mutex::new(Vec::new()) };
         let mut guard = sink.lock.lock(BACKEND)?;

@@ -172,25 +172,36 @@ pub(crate) fn file_name_for(id: &str) -> String {
     format!("{slug}.{hash}.json")
 }
 
-/// Refuse `path` if its mode has any of the bits in `forbidden`, with an error
+/// Who besides the owner a Unix file mode gives some access to: `None` when
+/// the group and other bits are all clear, else "its group", "all other
+/// users" or both. The one wording of every "readable by others" refusal
+/// (file store, audit log, the CLI's key files).
+///
+/// ```
+/// assert_eq!(keywheel_file::access_beyond_owner(0o600), None);
+/// assert_eq!(keywheel_file::access_beyond_owner(0o640), Some("its group"));
+/// assert_eq!(keywheel_file::access_beyond_owner(0o644), Some("its group and all other users"));
+/// ```
+pub fn access_beyond_owner(mode: u32) -> Option<&'static str> {
+    match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (false, false) => None,
+        (true, true) => Some("its group and all other users"),
+        (true, false) => Some("its group"),
+        (false, true) => Some("all other users"),
+    }
+}
+
+/// Refuse `path` if its mode gives its group or other users any access, with an error
 /// that says how to fix it.
 pub(crate) fn check_mode(
     backend: Backend,
     path: &Path,
     meta: &fs::Metadata,
-    forbidden: u32,
     wanted: u32,
     opt_out: &str,
 ) -> Result<(), Error> {
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & forbidden == 0 {
-        return Ok(());
-    }
-    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (true, true) => "its group and all other users",
-        (true, false) => "its group",
-        _ => "all other users",
-    };
+    let Some(who) = access_beyond_owner(mode) else { return Ok(()) };
     Err(backend.err(
         path,
         format!(

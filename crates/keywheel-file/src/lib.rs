@@ -50,4 +50,5 @@ pub use audit::{
     BadLine, ChainBreak, FileAuditOptions, FileAuditSink, LogHead, LogReport, RECOVERY_ACTOR, Recovery, TornLine,
     verify_log,
 };
+pub use fsio::access_beyond_owner;
 pub use store::{DamagedFile, DocumentKind, FileKeyStore, FileStoreOptions, StoreSummary};

@@ -228,7 +228,7 @@ impl FileKeyStore {
             // Follow a symlinked store directory; never a symlink inside it.
             let meta = if path == dir { fs::metadata(path) } else { fs::symlink_metadata(path) };
             match meta {
-                Ok(meta) => fsio::check_mode(BACKEND, path, &meta, 0o077, wanted, OPT_OUT),
+                Ok(meta) => fsio::check_mode(BACKEND, path, &meta, wanted, OPT_OUT),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(BACKEND.io(path, "inspect", &e)),
             }
