@@ -138,10 +138,12 @@ impl Keyring {
     }
 
     fn active_slot(&self) -> Result<&Slot> {
-        if let Some(erased_at) = self.erased_at {
-            return Err(Error::KeyringErased { keyring: self.id.clone(), erased_at });
-        }
-        self.active.map(|i| &self.slots[i]).ok_or_else(|| Error::NoActiveVersion { keyring: self.id.clone() })
+        // An erased keyring has no Active version (the builder refuses one), so
+        // erasure is only told apart on the way out, not on every encryption.
+        self.active.map(|i| &self.slots[i]).ok_or_else(|| match self.erased_at {
+            Some(erased_at) => Error::KeyringErased { keyring: self.id.clone(), erased_at },
+            None => Error::NoActiveVersion { keyring: self.id.clone() },
+        })
     }
 
     /// When the keyring was erased, if it was: it then encrypts nothing.
