@@ -180,9 +180,9 @@ async fn an_unsealed_record_is_refused_until_sealed_explicitly() {
     assert_eq!(legacy.audit.events().len(), 1);
 }
 
-#[tokio::test]
-async fn a_record_with_a_bad_seal_is_never_resealed() {
-    let (s, _, _) = setup().await;
+/// Retire v1 straight in the store, as someone with write access to it
+/// would: the record no longer matches its seal.
+async fn retire_v1_behind_keywheels_back(s: &Setup) {
     let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
     let now = s.clock.now();
     let changes = [
@@ -190,6 +190,12 @@ async fn a_record_with_a_bad_seal_is_never_resealed() {
         KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now },
     ];
     s.store.update_keyring(&s.id, record.generation, &changes).await.expect("raw write");
+}
+
+#[tokio::test]
+async fn a_record_with_a_bad_seal_is_never_resealed() {
+    let (s, _, _) = setup().await;
+    retire_v1_behind_keywheels_back(&s).await;
     let audited = s.audit.events().len();
     assert_tampered(s.kw.seal_unsealed(&s.id, "please").await, &s.id, "seal_unsealed");
     assert_eq!(s.audit.events().len(), audited);
@@ -284,13 +290,7 @@ async fn a_kek_rotation_from_the_staged_ring_leaves_nothing_under_the_old_key() 
 #[tokio::test]
 async fn the_scheduler_and_status_refuse_a_tampered_keyring() {
     let (s, _, _) = setup().await;
-    let record = s.store.load_keyring(&s.id).await.expect("load").expect("present");
-    let now = s.clock.now();
-    let changes = [
-        KeyringChange::Disable { version: v(1), at: now, destroy_after: now },
-        KeyringChange::SetState { version: v(1), state: KeyState::Retired, at: now },
-    ];
-    s.store.update_keyring(&s.id, record.generation, &changes).await.expect("raw write");
+    retire_v1_behind_keywheels_back(&s).await;
     let before = s.store.load_keyring(&s.id).await.expect("load");
     let audited = s.audit.events().len();
     let scheduler = keywheel::Scheduler::new(Rotator::new(s.kw.clone()).expect("rng"), Default::default());

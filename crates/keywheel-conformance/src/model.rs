@@ -890,6 +890,12 @@ impl<'a> Case<'a> {
         usize::from(i) % self.instances.len()
     }
 
+    /// Instance `i`'s rotator, `Keywheel` and id.
+    fn handles(&self, i: u8) -> (Rotator, Keywheel, u64) {
+        let instance = &self.instances[self.inst(i)];
+        (instance.rotator.clone(), instance.kw.clone(), instance.who)
+    }
+
     fn now(&self) -> Timestamp {
         keywheel_core::Clock::now(&self.clock)
     }
@@ -1091,9 +1097,7 @@ impl<'a> Case<'a> {
                 tally("add_version", kw.add_version(&slot_id(slot)).await.is_ok());
             }
             Op::Rotate { inst, slot } => {
-                let i = self.inst(inst);
-                let (rotator, kw, who) =
-                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let (rotator, kw, who) = self.handles(inst);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot);
@@ -1102,17 +1106,14 @@ impl<'a> Case<'a> {
                 self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Emergency { inst, slot } => {
-                let i = self.inst(inst);
-                let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
+                let (rotator, _, who) = self.handles(inst);
                 let before = self.leases_before(slot);
                 let result = rotator.emergency(&slot_id(slot), "model: key leaked", &rotate_options()).await;
                 tally("emergency", result.is_ok());
                 self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Rollback { inst, slot, reencrypt } => {
-                let i = self.inst(inst);
-                let (rotator, kw, who) =
-                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let (rotator, kw, who) = self.handles(inst);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot);
@@ -1131,9 +1132,7 @@ impl<'a> Case<'a> {
                 }
             }
             Op::Retire { inst, slot, version, forced } => {
-                let i = self.inst(inst);
-                let (rotator, kw, who) =
-                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let (rotator, kw, who) = self.handles(inst);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot);
@@ -1160,9 +1159,7 @@ impl<'a> Case<'a> {
                 }
             }
             Op::RetireNow { inst, slot, version } => {
-                let i = self.inst(inst);
-                let (rotator, kw, who) =
-                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let (rotator, kw, who) = self.handles(inst);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot);
@@ -1279,17 +1276,14 @@ impl<'a> Case<'a> {
                 }
             }
             Op::Resume { inst, slot } => {
-                let i = self.inst(inst);
-                let (rotator, who) = (self.instances[i].rotator.clone(), self.instances[i].who);
+                let (rotator, _, who) = self.handles(inst);
                 let before = self.leases_before(slot);
                 let result = rotator.resume(&slot_id(slot), &rotate_options()).await;
                 tally("resume", result.as_ref().is_ok_and(Option::is_some));
                 self.refused_changes_nothing(slot, who, before, &result)?;
             }
             Op::Crash { inst, slot, emergency, replaces, written } => {
-                let i = self.inst(inst);
-                let (rotator, kw, who) =
-                    (self.instances[i].rotator.clone(), self.instances[i].kw.clone(), self.instances[i].who);
+                let (rotator, kw, who) = self.handles(inst);
                 let id = slot_id(slot);
                 let policy = self.stored_policy(&kw, &id).await;
                 let before = self.leases_before(slot);
@@ -1306,7 +1300,7 @@ impl<'a> Case<'a> {
                 tally("crash", crashed);
                 self.refused_changes_nothing(slot, who, before, &result)?;
                 if crashed {
-                    self.restart(i).await;
+                    self.restart(self.inst(inst)).await;
                 }
             }
             Op::Tick { inst, advance_secs } => {
