@@ -97,6 +97,7 @@ impl RecordSource for SyntheticSource {
                     keyring: self.keyring.clone(),
                     context: context.clone(),
                     value: value.clone(),
+                    index: None,
                 });
             }
             row += 1;

@@ -111,7 +111,7 @@ async fn seed(fixture: Fixture<'_>, n: usize) -> Vec<StoredValue> {
         let context = context(row);
         let value = sample_value(&keyring, version, &context, row % 3 == 2);
         let cursor = fixture.insert(&keyring, &context, value.clone()).await;
-        inserted.push(StoredValue { cursor, keyring, context, value });
+        inserted.push(StoredValue::new(cursor, keyring, context, value));
     }
     sort(fixture, &mut inserted);
     let distinct: HashSet<_> = inserted.iter().map(|v| &v.cursor).collect();
@@ -252,7 +252,7 @@ pub async fn scan_filters_never_hide_values(fixture: impl RecordSourceFixture) {
     for (i, garbage) in [b"not a keywheel value".to_vec(), b"kw:v1:!!".to_vec()].into_iter().enumerate() {
         let context = context(100 + i);
         let cursor = fixture.insert(&a, &context, garbage.clone()).await;
-        inserted.push(StoredValue { cursor, keyring: a.clone(), context, value: garbage });
+        inserted.push(StoredValue::new(cursor, a.clone(), context, garbage));
     }
     sort(fixture, &mut inserted);
     let v1 = version(1);
@@ -293,7 +293,7 @@ pub async fn replace_writes_unchanged_value(fixture: impl RecordSourceFixture) {
     let read = read_all(fixture).await;
     let target = &read[1];
     let new = reencrypted(target);
-    let batch = [Replacement { cursor: target.cursor.clone(), old: target.value.clone(), new: new.clone() }];
+    let batch = [Replacement::new(target.cursor.clone(), target.value.clone(), new.clone())];
     let outcomes = fixture.source().replace(&batch).await.expect("replace");
     assert_eq!(outcomes, vec![ReplaceOutcome::Replaced], "replacing an unchanged value must report Replaced");
     assert_eq!(fixture.get(&target.cursor).await, Some(new.clone()), "the replaced value must be stored");
@@ -312,7 +312,7 @@ pub async fn replace_never_overwrites_application_write(fixture: impl RecordSour
     let target = &read[0];
     let app_value = sample_value(&target.keyring, 2, &target.context, true);
     fixture.app_write(&target.cursor, app_value.clone()).await;
-    let batch = [Replacement { cursor: target.cursor.clone(), old: target.value.clone(), new: reencrypted(target) }];
+    let batch = [Replacement::new(target.cursor.clone(), target.value.clone(), reencrypted(target))];
     let outcomes = fixture.source().replace(&batch).await.expect("replace");
     assert_eq!(
         outcomes,
@@ -330,7 +330,7 @@ pub async fn replace_reports_deleted_value_as_changed(fixture: impl RecordSource
     let read = read_all(fixture).await;
     let target = &read[2];
     fixture.app_delete(&target.cursor).await;
-    let batch = [Replacement { cursor: target.cursor.clone(), old: target.value.clone(), new: reencrypted(target) }];
+    let batch = [Replacement::new(target.cursor.clone(), target.value.clone(), reencrypted(target))];
     let outcomes = fixture.source().replace(&batch).await.expect("replace");
     assert_eq!(outcomes, vec![ReplaceOutcome::Changed], "replacing a deleted value must report Changed");
     assert_eq!(fixture.get(&target.cursor).await, None, "replace must not resurrect a deleted value");
@@ -353,7 +353,7 @@ pub async fn replace_batch_outcomes_in_order(fixture: impl RecordSourceFixture) 
     let news: Vec<Vec<u8>> = read.iter().map(reencrypted).collect();
     let batch: Vec<Replacement> = order
         .iter()
-        .map(|&i| Replacement { cursor: read[i].cursor.clone(), old: read[i].value.clone(), new: news[i].clone() })
+        .map(|&i| Replacement::new(read[i].cursor.clone(), read[i].value.clone(), news[i].clone()))
         .collect();
     let outcomes = fixture.source().replace(&batch).await.expect("replace");
     use ReplaceOutcome::{Changed, Replaced};
@@ -381,10 +381,8 @@ pub async fn replace_again_is_harmless(fixture: impl RecordSourceFixture) {
     let fixture: Fixture<'_> = &fixture;
     seed(fixture, 4).await;
     let read = read_all(fixture).await;
-    let batch: Vec<Replacement> = read
-        .iter()
-        .map(|v| Replacement { cursor: v.cursor.clone(), old: v.value.clone(), new: reencrypted(v) })
-        .collect();
+    let batch: Vec<Replacement> =
+        read.iter().map(|v| Replacement::new(v.cursor.clone(), v.value.clone(), reencrypted(v))).collect();
     let source = fixture.source();
     let first = source.replace(&batch).await.expect("replace");
     assert_eq!(first, vec![ReplaceOutcome::Replaced; 4], "the first replace of unchanged values must write all");
@@ -448,7 +446,7 @@ pub async fn census_counts_per_keyring_and_version(fixture: impl RecordSourceFix
 
     let (cursor, context, old) = on_a_v1.expect("planned a value of a on v1");
     let new = sample_value(&a, 3, &context, false);
-    let outcome = source.replace(&[Replacement { cursor, old, new }]).await.expect("replace");
+    let outcome = source.replace(&[Replacement::new(cursor, old, new)]).await.expect("replace");
     assert_eq!(outcome, vec![ReplaceOutcome::Replaced]);
     let after = within("census after replace", source.census(Some(&a))).await.expect("census after replace");
     let v = |n: u32| -> KeyVersion { version(n) };

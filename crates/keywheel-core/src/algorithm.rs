@@ -23,11 +23,28 @@ pub enum Algorithm {
     Aes256GcmSiv,
     /// HMAC-SHA256 signatures, no nonce, 32-byte tag (id `0x10`).
     HmacSha256,
+    /// Blind index tags (id `0x11`): HMAC-SHA256 truncated to 8–32 bytes, no
+    /// nonce, under an index key derived from an AEAD version's material.
+    /// Not a key algorithm: tags are made by a keyring whose versions encrypt
+    /// (see [`BlindIndex`](crate::BlindIndex)).
+    BlindIndex,
 }
 
 impl Algorithm {
-    /// All algorithms, in id order.
-    pub const ALL: [Algorithm; 5] = [
+    /// Every algorithm id of the wire format, in id order: the key algorithms
+    /// and the blind index tags.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::Aes256Gcm,
+        Algorithm::ChaCha20Poly1305,
+        Algorithm::XChaCha20Poly1305,
+        Algorithm::Aes256GcmSiv,
+        Algorithm::HmacSha256,
+        Algorithm::BlindIndex,
+    ];
+
+    /// The algorithms a key version can have (everything but
+    /// [`BlindIndex`](Algorithm::BlindIndex)), in id order.
+    pub const KEYS: [Algorithm; 5] = [
         Algorithm::Aes256Gcm,
         Algorithm::ChaCha20Poly1305,
         Algorithm::XChaCha20Poly1305,
@@ -47,6 +64,7 @@ impl Algorithm {
             Algorithm::XChaCha20Poly1305 => 0x03,
             Algorithm::Aes256GcmSiv => 0x04,
             Algorithm::HmacSha256 => 0x10,
+            Algorithm::BlindIndex => 0x11,
         }
     }
 
@@ -58,35 +76,60 @@ impl Algorithm {
             0x03 => Algorithm::XChaCha20Poly1305,
             0x04 => Algorithm::Aes256GcmSiv,
             0x10 => Algorithm::HmacSha256,
+            0x11 => Algorithm::BlindIndex,
             other => return Err(FormatError::UnknownAlgorithm(other)),
         })
     }
 
-    /// Nonce length in bytes (0 for HMAC).
+    /// Nonce length in bytes (0 for HMAC and blind index tags).
     pub const fn nonce_len(self) -> usize {
         match self {
             Algorithm::XChaCha20Poly1305 => 24,
-            Algorithm::HmacSha256 => 0,
+            Algorithm::HmacSha256 | Algorithm::BlindIndex => 0,
             _ => 12,
         }
     }
 
-    /// Tag length in bytes.
+    /// Tag length in bytes; for blind index tags, the shortest allowed
+    /// ([`BlindIndex::MIN_LEN`](crate::BlindIndex::MIN_LEN)).
     pub const fn tag_len(self) -> usize {
         match self {
             Algorithm::HmacSha256 => 32,
+            Algorithm::BlindIndex => crate::index::MIN_TAG_LEN,
             _ => 16,
+        }
+    }
+
+    /// The shortest and (if bounded) longest binary form of a value of this
+    /// algorithm: AEAD values have a payload of any length, signatures are
+    /// exactly 40 bytes, blind index tags 16 to 40.
+    pub const fn binary_len_range(self) -> (usize, Option<usize>) {
+        let min = crate::wire::HEADER_LEN + self.nonce_len() + self.tag_len();
+        match self {
+            Algorithm::HmacSha256 => (min, Some(min)),
+            Algorithm::BlindIndex => (min, Some(crate::wire::HEADER_LEN + crate::index::MAX_TAG_LEN)),
+            _ => (min, None),
         }
     }
 
     /// Whether this is an AEAD (encrypting) algorithm.
     pub const fn is_aead(self) -> bool {
-        !matches!(self, Algorithm::HmacSha256)
+        !matches!(self, Algorithm::HmacSha256 | Algorithm::BlindIndex)
     }
 
-    /// HKDF label of the [key derivation](crate::manual#2-wire-format-v1): `"aead"` or `"mac"`.
+    /// Whether a key version can have this algorithm (all but blind index tags).
+    pub const fn is_key_algorithm(self) -> bool {
+        !matches!(self, Algorithm::BlindIndex)
+    }
+
+    /// HKDF label of the [key derivation](crate::manual#2-wire-format-v1):
+    /// `"aead"`, `"mac"` or (for the index key of an AEAD version) `"index"`.
     pub const fn kdf_label(self) -> &'static [u8] {
-        if self.is_aead() { b"aead" } else { b"mac" }
+        match self {
+            Algorithm::HmacSha256 => b"mac",
+            Algorithm::BlindIndex => b"index",
+            _ => b"aead",
+        }
     }
 
     /// Safe number of encryptions per key version with random nonces, if the
@@ -96,7 +139,7 @@ impl Algorithm {
     pub const fn encryption_limit(self) -> Option<u64> {
         match self {
             Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 | Algorithm::Aes256GcmSiv => Some(1 << 32),
-            Algorithm::XChaCha20Poly1305 | Algorithm::HmacSha256 => None,
+            Algorithm::XChaCha20Poly1305 | Algorithm::HmacSha256 | Algorithm::BlindIndex => None,
         }
     }
 
@@ -108,6 +151,7 @@ impl Algorithm {
             Algorithm::XChaCha20Poly1305 => "xchacha20-poly1305",
             Algorithm::Aes256GcmSiv => "aes-256-gcm-siv",
             Algorithm::HmacSha256 => "hmac-sha256",
+            Algorithm::BlindIndex => "blind-index",
         }
     }
 }
@@ -118,10 +162,19 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// Parses the name of a key algorithm ([`Algorithm::KEYS`]); `blind-index`
+/// names tags, not keys, and is refused.
 impl FromStr for Algorithm {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        Algorithm::ALL
+        if s == Algorithm::BlindIndex.name() {
+            return Err(Error::InvalidArgument(
+                "blind-index is the algorithm of index tags, not of keys: index tags are made by a keyring \
+                 whose versions encrypt"
+                    .into(),
+            ));
+        }
+        Algorithm::KEYS
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| Error::InvalidArgument(format!("unknown algorithm name {s:?}")))
@@ -136,8 +189,9 @@ mod tests {
     fn ids_round_trip_and_unknown_ids_are_typed() {
         for a in Algorithm::ALL {
             assert_eq!(Algorithm::from_id(a.id()), Ok(a));
-            assert_eq!(a.name().parse::<Algorithm>().expect("name"), a);
+            assert_eq!(a.name().parse::<Algorithm>().is_ok(), a.is_key_algorithm(), "{a}");
         }
+        assert!(Algorithm::KEYS.iter().all(|a| a.is_key_algorithm()));
         for id in 0..=255u8 {
             if !Algorithm::ALL.iter().any(|a| a.id() == id) {
                 assert_eq!(Algorithm::from_id(id), Err(FormatError::UnknownAlgorithm(id)));

@@ -53,20 +53,27 @@ fn init<C: KeyInit>(key: &[u8; 32]) -> Box<C> {
 }
 
 impl VersionCipher {
+    /// The cipher of a version of a key algorithm; [`Algorithm::BlindIndex`]
+    /// names tags, not keys, and is refused.
     pub(crate) fn new(
         material: &KeyMaterial,
         algorithm: Algorithm,
         keyring_aad_part: &[u8],
         version: KeyVersion,
-    ) -> Self {
+    ) -> Result<Self> {
         let key = derive_key(material, algorithm, keyring_aad_part, version);
-        match algorithm {
+        Ok(match algorithm {
             Algorithm::Aes256Gcm => VersionCipher::Aes256Gcm(init(&key)),
             Algorithm::ChaCha20Poly1305 => VersionCipher::ChaCha20Poly1305(init(&key)),
             Algorithm::XChaCha20Poly1305 => VersionCipher::XChaCha20Poly1305(init(&key)),
             Algorithm::Aes256GcmSiv => VersionCipher::Aes256GcmSiv(init(&key)),
             Algorithm::HmacSha256 => VersionCipher::HmacSha256(key),
-        }
+            Algorithm::BlindIndex => {
+                return Err(Error::InvalidArgument(format!(
+                    "version {version} cannot have the algorithm blind-index: it names index tags, not keys"
+                )));
+            }
+        })
     }
 
     /// Encrypt `buf` in place; return the 16-byte tag.

@@ -40,9 +40,15 @@ impl Context {
     /// invalid, reported as [`Error::InvalidContext`] when it is used.
     pub fn field(table: &str, column: &str, row_id: &str) -> Self {
         // Names are already in bytewise order: column < row < table.
-        let pairs: [(&str, &[u8]); 3] =
-            [("column", column.as_bytes()), ("row", row_id.as_bytes()), ("table", table.as_bytes())];
-        match encode_sorted(&pairs) {
+        Context::sorted(&[("column", column.as_bytes()), ("row", row_id.as_bytes()), ("table", table.as_bytes())])
+    }
+
+    /// A context from pairs already sorted by name, with unique names;
+    /// infallible like [`field`](Self::field): a pair too long to encode makes
+    /// the context invalid, reported when it is used.
+    pub(crate) fn sorted(pairs: &[(&str, &[u8])]) -> Self {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0.as_bytes() < w[1].0.as_bytes()), "sorted, unique names");
+        match encode_sorted(pairs) {
             Ok(encoded) => Context { encoded, invalid: None },
             Err(reason) => Context { encoded: Vec::new(), invalid: Some(reason) },
         }

@@ -39,10 +39,10 @@ pub enum FormatError {
     /// The base64 part of the text form does not decode.
     #[error("malformed text form: base64 payload does not decode")]
     Base64,
-    /// A signature value longer than header and tag.
-    #[error("value has {actual} bytes where exactly {expected} are expected")]
+    /// A signature or blind index tag longer than its algorithm allows.
+    #[error("value has {actual} bytes where at most {expected} are allowed")]
     TrailingBytes {
-        /// Exact length for this kind of value.
+        /// Longest length for this kind of value.
         expected: usize,
         /// Length actually present.
         actual: usize,
@@ -73,6 +73,16 @@ pub enum Error {
     /// tampered value. Deliberately says nothing more.
     #[error("decryption failed: the value is not authentic for this keyring and context")]
     Decrypt,
+    /// A plaintext could not be normalised for a blind index (e.g. bytes that
+    /// are not UTF-8 under a text normalisation). Names the normalisation,
+    /// never the plaintext.
+    #[error("cannot index this plaintext with normalisation {normalization}: {reason}")]
+    NotIndexable {
+        /// The normalisation's name, e.g. `trim-lowercase/1`.
+        normalization: String,
+        /// Why, e.g. "the plaintext is not UTF-8".
+        reason: &'static str,
+    },
     /// The value was written under a version whose material has been destroyed.
     #[error("key version {version} is retired: its key material has been destroyed")]
     KeyRetired {

@@ -18,6 +18,7 @@ mod cipher;
 mod context;
 mod error;
 mod id;
+mod index;
 mod integrity;
 mod job;
 mod kek;
@@ -47,6 +48,7 @@ pub use cipher::KDF_SALT;
 pub use context::Context;
 pub use error::{Error, FormatError, Result};
 pub use id::{KeyVersion, KeyringId, Purpose};
+pub use index::{BlindIndex, IndexTerms, Normalization, NormalizeFn};
 pub use integrity::IntegrityKey;
 pub use job::{
     JobCounts, JobFailure, JobKind, JobPhase, MAX_STORED_FAILURES, RotationJob, RotationReport, SourceCheckpoint,
@@ -68,8 +70,8 @@ pub use scheduler::{
 };
 pub use seal::{RecordSeal, SEAL_ENCODING_V1, SEAL_ENCODING_V2, SEAL_LABEL};
 pub use source::{
-    Census, Cursor, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredValue, ValueLocation, census_by_scan,
-    census_of,
+    Census, Cursor, IndexReplacement, RecordSource, ReplaceOutcome, Replacement, ScanRequest, StoredIndex, StoredValue,
+    ValueLocation, census_by_scan, census_of,
 };
 pub use state::KeyState;
 pub use store::{KeyOrigin, KeyStore, KeyringChange, KeyringRecord, Lease, VersionRecord, check_fence, grant_lease};

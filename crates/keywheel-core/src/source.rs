@@ -6,7 +6,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Context, KeyVersion, KeyringId, Result};
+use crate::{BlindIndex, Context, Form, KeyVersion, KeyringId, Result};
 
 /// A position in a source's scan order. Opaque to keywheel: the source defines
 /// its meaning and order (e.g. a primary key and a column name). Persisted in
@@ -65,6 +65,43 @@ pub struct StoredValue {
     pub context: Context,
     /// The stored bytes (binary form, or the UTF-8 bytes of the text form).
     pub value: Vec<u8>,
+    /// The blind index tag stored beside the value, when the source pairs an
+    /// index column with this value's column; `None` otherwise.
+    pub index: Option<StoredIndex>,
+}
+
+impl StoredValue {
+    /// A value without a blind index beside it.
+    pub fn new(cursor: Cursor, keyring: KeyringId, context: Context, value: Vec<u8>) -> Self {
+        StoredValue { cursor, keyring, context, value, index: None }
+    }
+}
+
+/// A blind index tag stored beside a value (see [`BlindIndex`] and the
+/// [manual](crate::manual#13-searchable-fields-blind-indexes)). The rotation
+/// engine computes the tag under the new version from the plaintext it
+/// decrypts, and writes value and tag in one compare-and-set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredIndex {
+    /// How the tags of this column are made (shared by every row of the column).
+    pub spec: std::sync::Arc<BlindIndex>,
+    /// The form of the tag column (binary for `bytea`, text otherwise).
+    pub form: Form,
+    /// The stored tag, or `None` when the index column is empty (`NULL`), e.g.
+    /// on rows written before the index existed: a rotation fills it.
+    pub tag: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for StoredIndex {
+    /// The tag's version, not its bytes: a tag is deterministic in the
+    /// plaintext, so logs must not be matchable against the column.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredIndex")
+            .field("spec", &self.spec)
+            .field("form", &self.form)
+            .field("tag_version", &self.tag.as_deref().map(|t| crate::wire::version_of(t).map(KeyVersion::get)))
+            .finish()
+    }
 }
 
 /// What to scan.
@@ -89,15 +126,47 @@ impl ScanRequest {
     }
 }
 
-/// Replace `old` by `new` at `cursor`, only if the stored value is still `old`.
+/// Replace `old` by `new` at `cursor`, only if the stored value is still `old`
+/// (and, with an [`index`](Self::index), the stored tag still its `old`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     /// Where.
     pub cursor: Cursor,
     /// The value read by the scan.
     pub old: Vec<u8>,
-    /// The re-encrypted value.
+    /// The re-encrypted value (equal to `old` when only the tag changes).
     pub new: Vec<u8>,
+    /// The blind index tag to write in the same compare-and-set, for a
+    /// source that pairs an index column with the value's column.
+    pub index: Option<IndexReplacement>,
+}
+
+impl Replacement {
+    /// Replace a value that has no blind index beside it.
+    pub fn new(cursor: Cursor, old: Vec<u8>, new: Vec<u8>) -> Self {
+        Replacement { cursor, old, new, index: None }
+    }
+}
+
+/// The tag part of a [`Replacement`]: written together with the value, only
+/// if the stored tag is still `old` (`None`: the column is empty).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IndexReplacement {
+    /// The tag read by the scan, `None` for an empty (`NULL`) column.
+    pub old: Option<Vec<u8>>,
+    /// The tag under the new version, in the column's form.
+    pub new: Vec<u8>,
+}
+
+impl fmt::Debug for IndexReplacement {
+    /// Versions only (see [`StoredIndex`]'s `Debug`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let version = |t: &[u8]| crate::wire::version_of(t).map(KeyVersion::get);
+        f.debug_struct("IndexReplacement")
+            .field("old_version", &self.old.as_deref().map(version))
+            .field("new_version", &version(&self.new))
+            .finish()
+    }
 }
 
 /// What happened to one [`Replacement`].
@@ -112,18 +181,44 @@ pub enum ReplaceOutcome {
 }
 
 /// Values per keyring and key version.
+///
+/// Blind index tags need their version's key as much as encrypted values do
+/// (a lookup under a destroyed version finds nothing), so they are counted
+/// in [`counts`](Self::counts) too, and retirement waits for them; the tags
+/// alone are also counted in [`index_tags`](Self::index_tags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Census {
-    /// Count of values per keyring, then per version.
+    /// Count of values (encrypted values and blind index tags) per keyring,
+    /// then per version.
     pub counts: BTreeMap<KeyringId, BTreeMap<KeyVersion, u64>>,
-    /// Values whose header could not be parsed.
+    /// Of those, the blind index tags, per keyring, then per version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index_tags: BTreeMap<KeyringId, BTreeMap<KeyVersion, u64>>,
+    /// Values (or tags) whose header could not be parsed.
     pub unparseable: u64,
 }
 
 impl Census {
-    /// Count one value.
+    /// Count `n` values.
     pub fn add(&mut self, keyring: &KeyringId, version: KeyVersion, n: u64) {
         *self.counts.entry(keyring.clone()).or_default().entry(version).or_default() += n;
+    }
+
+    /// Count `n` blind index tags (in [`counts`](Self::counts) and in
+    /// [`index_tags`](Self::index_tags)).
+    pub fn add_index_tags(&mut self, keyring: &KeyringId, version: KeyVersion, n: u64) {
+        self.add(keyring, version, n);
+        *self.index_tags.entry(keyring.clone()).or_default().entry(version).or_default() += n;
+    }
+
+    /// Count one stored value or tag from its header: a tag (algorithm
+    /// `0x11`) as a tag, anything else as a value, an unparseable one as such.
+    pub fn count_stored(&mut self, keyring: &KeyringId, stored: &[u8]) {
+        match crate::wire::parse(stored) {
+            Ok(info) if info.algorithm == crate::Algorithm::BlindIndex => self.add_index_tags(keyring, info.version, 1),
+            Ok(info) => self.add(keyring, info.version, 1),
+            Err(_) => self.unparseable += 1,
+        }
     }
 
     /// Add another census into this one.
@@ -133,7 +228,17 @@ impl Census {
                 self.add(keyring, *version, *n);
             }
         }
+        for (keyring, versions) in &other.index_tags {
+            for (version, n) in versions {
+                *self.index_tags.entry(keyring.clone()).or_default().entry(*version).or_default() += n;
+            }
+        }
         self.unparseable += other.unparseable;
+    }
+
+    /// Blind index tags of `keyring` on `version` (included in [`count`](Self::count)).
+    pub fn index_tag_count(&self, keyring: &KeyringId, version: KeyVersion) -> u64 {
+        self.index_tags.get(keyring).and_then(|v| v.get(&version)).copied().unwrap_or(0)
     }
 
     /// Values of `keyring` on `version`.
@@ -160,7 +265,15 @@ impl Census {
 ///   exactly where it stopped, also in another process.
 /// * **Compare-and-set replace**: [`replace`](Self::replace) writes `new` only
 ///   where the stored value still equals `old` byte for byte, and returns one
-///   [`ReplaceOutcome`] per replacement, in order. A concurrent application write
+///   [`ReplaceOutcome`] per replacement, in order.
+/// * **Blind indexes**: a source that pairs an index column with a value
+///   column yields the stored tag with each value ([`StoredValue::index`]),
+///   and writes a [`Replacement::index`] in the same compare-and-set as its
+///   value: both are written only if the stored value still equals `old` and
+///   the stored tag its `index.old` (an empty column equals `None`). With a
+///   `skip_version` filter, a row whose value is on that version but whose
+///   tag is not (or is empty) must still be yielded: its tag needs rewriting.
+///   The census counts the tags too ([`Census::add_index_tags`]). A concurrent application write
 ///   always wins and is never overwritten. Replacing again with the same
 ///   arguments is harmless (the second time it reports `Changed`).
 /// * **Census** counts values per keyring and version from the headers alone.
@@ -239,9 +352,9 @@ pub async fn census_by_scan<S: RecordSource + ?Sized>(
         };
         request.after = Some(advanced(source, &request, last)?);
         for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
-            match crate::wire::version_of(&v.value) {
-                Ok(version) => census.add(&v.keyring, version, 1),
-                Err(_) => census.unparseable += 1,
+            census.count_stored(&v.keyring, &v.value);
+            if let Some(tag) = v.index.as_ref().and_then(|i| i.tag.as_deref()) {
+                census.count_stored(&v.keyring, tag);
             }
         }
     }
@@ -289,7 +402,7 @@ mod tests {
     #[tokio::test]
     async fn a_source_that_does_not_advance_is_an_error_not_a_hang() {
         let keyring = KeyringId::new("t", Purpose::Token).expect("id");
-        let value = StoredValue { cursor: Cursor("1".into()), keyring, context: Context::empty(), value: vec![1] };
+        let value = StoredValue::new(Cursor("1".into()), keyring, Context::empty(), vec![1]);
         let err = Stuck(value).census(None).await.expect_err("must not loop forever");
         assert!(err.to_string().contains("returned cursor 1 again"), "{err}");
     }

@@ -39,7 +39,7 @@ pub struct ValueInfo {
     /// Length of the binary form in bytes.
     pub binary_len: usize,
     /// Length of the encrypted payload (plaintext length), excluding nonce and tag;
-    /// 0 for signatures.
+    /// 0 for signatures and blind index tags.
     pub payload_len: usize,
 }
 
@@ -128,12 +128,12 @@ fn parse_binary(value: &[u8], form: Form) -> Result<ValueInfo, FormatError> {
     let algorithm = Algorithm::from_id(value[3])?;
     let version = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
     let version = KeyVersion::new(version).map_err(|_| FormatError::ZeroVersion)?;
-    let needed = HEADER_LEN + algorithm.nonce_len() + algorithm.tag_len();
+    let (needed, longest) = algorithm.binary_len_range();
     if value.len() < needed {
         return Err(FormatError::Truncated { needed, actual: value.len() });
     }
-    if !algorithm.is_aead() && value.len() != needed {
-        return Err(FormatError::TrailingBytes { expected: needed, actual: value.len() });
+    if let Some(expected) = longest.filter(|longest| value.len() > *longest) {
+        return Err(FormatError::TrailingBytes { expected, actual: value.len() });
     }
     Ok(ValueInfo {
         form,
@@ -141,7 +141,7 @@ fn parse_binary(value: &[u8], form: Form) -> Result<ValueInfo, FormatError> {
         algorithm,
         version,
         binary_len: value.len(),
-        payload_len: value.len() - needed,
+        payload_len: if algorithm.is_aead() { value.len() - needed } else { 0 },
     })
 }
 
@@ -237,5 +237,14 @@ mod tests {
         let mut sig = value(Algorithm::HmacSha256, 1, 0);
         sig.push(0);
         assert!(matches!(parse(&sig), Err(FormatError::TrailingBytes { .. })));
+        // Blind index tags: 8 to 32 tag bytes.
+        let mut tag = value(Algorithm::BlindIndex, 1, 0);
+        assert_eq!(parse(&tag).map(|i| i.binary_len), Ok(16));
+        tag.pop();
+        assert_eq!(parse(&tag), Err(FormatError::Truncated { needed: 16, actual: 15 }));
+        tag.resize(40, 0);
+        assert_eq!(parse(&tag).map(|i| i.binary_len), Ok(40));
+        tag.push(0);
+        assert_eq!(parse(&tag), Err(FormatError::TrailingBytes { expected: 40, actual: 41 }));
     }
 }

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use keywheel_core::{
-    Census, Context, Cursor, Error, KeyringId, RecordSource, ReplaceOutcome, Replacement, Result, ScanRequest,
-    StoredValue, async_trait, version_of,
+    BlindIndex, Census, Context, Cursor, Error, Form, IndexTerms, KeyringId, RecordSource, ReplaceOutcome, Replacement,
+    Result, ScanRequest, StoredIndex, StoredValue, async_trait, version_of,
 };
 
 /// One stored row.
@@ -16,15 +16,25 @@ struct Row {
     keyring: KeyringId,
     context: Context,
     value: Vec<u8>,
+    /// The blind index tag beside the value (only with [`MemoryRecordSource::with_index`]).
+    tag: Option<Vec<u8>>,
+}
+
+/// The blind index column of a source: how its tags are made and stored.
+#[derive(Debug, Clone)]
+struct IndexColumn {
+    spec: Arc<BlindIndex>,
+    form: Form,
 }
 
 impl Row {
-    fn stored(&self, cursor: &Cursor) -> StoredValue {
+    fn stored(&self, cursor: &Cursor, index: Option<&IndexColumn>) -> StoredValue {
         StoredValue {
             cursor: cursor.clone(),
             keyring: self.keyring.clone(),
             context: self.context.clone(),
             value: self.value.clone(),
+            index: index.map(|i| StoredIndex { spec: Arc::clone(&i.spec), form: i.form, tag: self.tag.clone() }),
         }
     }
 }
@@ -54,7 +64,7 @@ impl Row {
 /// assert_eq!(batch.len(), 1);
 /// // The application writes first: the stale replacement is refused.
 /// source.set(&cursor, b"app".to_vec());
-/// let stale = Replacement { cursor: cursor.clone(), old: b"old".to_vec(), new: b"new".to_vec() };
+/// let stale = Replacement::new(cursor.clone(), b"old".to_vec(), b"new".to_vec());
 /// assert_eq!(source.replace(&[stale]).await?, vec![ReplaceOutcome::Changed]);
 /// assert_eq!(source.get(&cursor), Some(b"app".to_vec()));
 /// # Ok(())
@@ -64,12 +74,51 @@ pub struct MemoryRecordSource {
     name: String,
     rows: Mutex<BTreeMap<Cursor, Row>>,
     covers: Option<Vec<KeyringId>>,
+    index: Option<IndexColumn>,
 }
 
 impl MemoryRecordSource {
     /// An empty source called `name` (shown in reports, e.g. `users.email`).
     pub fn new(name: impl Into<String>) -> Self {
-        MemoryRecordSource { name: name.into(), rows: Mutex::new(BTreeMap::new()), covers: None }
+        MemoryRecordSource { name: name.into(), rows: Mutex::new(BTreeMap::new()), covers: None, index: None }
+    }
+
+    /// Pair a blind index column with the values: every row also holds a tag
+    /// of `index` in `form` (set with [`insert_indexed`](Self::insert_indexed)
+    /// and [`set_indexed`](Self::set_indexed), found with
+    /// [`lookup`](Self::lookup)); a rotation rewrites value and tag together.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> keywheel_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use keywheel_core::{Algorithm, BlindIndex, Context, Form, Keywheel, KeyringId, LocalKek, Normalization, Purpose};
+    /// use keywheel_memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
+    ///
+    /// let kw = Keywheel::builder()
+    ///     .store(Arc::new(MemoryKeyStore::new()))
+    ///     .kek(Arc::new(LocalKek::from_bytes(&[7; 32])))
+    ///     .audit(Arc::new(MemoryAuditSink::new()))
+    ///     .build()?;
+    /// let id = KeyringId::new("acme", Purpose::Database)?;
+    /// let ring = kw.create_keyring(&id, Algorithm::Aes256Gcm).await?;
+    /// let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+    /// let users = MemoryRecordSource::new("users.email").with_index(email.clone(), Form::Binary);
+    /// let ctx = Context::field("users", "email", "1");
+    /// let row = users.insert_indexed(
+    ///     MemoryRecordSource::row_cursor(1),
+    ///     id.clone(),
+    ///     ctx.clone(),
+    ///     ring.encrypt(b"Ann@Example.org", &ctx)?,
+    ///     ring.blind_index(b"Ann@Example.org", &email)?,
+    /// );
+    /// assert_eq!(users.lookup(&ring.index_terms(b"ann@example.org", &email)?), vec![row]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_index(mut self, index: BlindIndex, form: Form) -> Self {
+        self.index = Some(IndexColumn { spec: Arc::new(index), form });
+        self
     }
 
     /// Say that this source holds the values of these keyrings only (by
@@ -89,9 +138,51 @@ impl MemoryRecordSource {
     }
 
     /// Store a value at `cursor` (an application insert). An existing row at
-    /// that cursor is overwritten; its previous value is returned.
+    /// that cursor is overwritten; its previous value is returned. With an
+    /// index column, the row's tag is empty (a rotation fills it).
     pub fn insert(&self, cursor: Cursor, keyring: KeyringId, context: Context, value: Vec<u8>) -> Option<Vec<u8>> {
-        self.lock().insert(cursor, Row { keyring, context, value }).map(|row| row.value)
+        self.lock().insert(cursor, Row { keyring, context, value, tag: None }).map(|row| row.value)
+    }
+
+    /// Store a value and its blind index tag at `cursor` (an application
+    /// insert on a source [`with_index`](Self::with_index)); returns `cursor`.
+    pub fn insert_indexed(
+        &self,
+        cursor: Cursor,
+        keyring: KeyringId,
+        context: Context,
+        value: Vec<u8>,
+        tag: Vec<u8>,
+    ) -> Cursor {
+        self.lock().insert(cursor.clone(), Row { keyring, context, value, tag: Some(tag) });
+        cursor
+    }
+
+    /// Overwrite the value and the tag at `cursor` together (an application
+    /// write on a source [`with_index`](Self::with_index)). Returns the
+    /// previous value, or `None` (and writes nothing) if there is no row.
+    pub fn set_indexed(&self, cursor: &Cursor, value: Vec<u8>, tag: Vec<u8>) -> Option<Vec<u8>> {
+        self.lock().get_mut(cursor).map(|row| {
+            row.tag = Some(tag);
+            std::mem::replace(&mut row.value, value)
+        })
+    }
+
+    /// The blind index tag stored at `cursor`, if there is a row and it has one.
+    pub fn index_tag(&self, cursor: &Cursor) -> Option<Vec<u8>> {
+        self.lock().get(cursor).and_then(|row| row.tag.clone())
+    }
+
+    /// The rows whose tag is one of `terms` (in the index column's form), in
+    /// cursor order: `WHERE tag = ANY(terms)`.
+    pub fn lookup(&self, terms: &IndexTerms) -> Vec<Cursor> {
+        let Some(index) = &self.index else { return Vec::new() };
+        let wanted = terms.in_form(index.form);
+        self.lock()
+            .iter()
+            .filter(|(_, row)| row.tag.as_ref().is_some_and(|t| wanted.contains(t)))
+            .map(|(cursor, _)| cursor.clone())
+            .collect()
     }
 
     /// Store a value under a numeric row id (see [`row_cursor`](Self::row_cursor))
@@ -116,7 +207,7 @@ impl MemoryRecordSource {
 
     /// Delete the row at `cursor` (an application delete) and return it.
     pub fn remove(&self, cursor: &Cursor) -> Option<StoredValue> {
-        self.lock().remove_entry(cursor).map(|(cursor, row)| row.stored(&cursor))
+        self.lock().remove_entry(cursor).map(|(cursor, row)| row.stored(&cursor, self.index.as_ref()))
     }
 
     /// Number of rows.
@@ -131,7 +222,7 @@ impl MemoryRecordSource {
 
     /// A snapshot of every row, in scan order.
     pub fn values(&self) -> Vec<StoredValue> {
-        self.lock().iter().map(|(cursor, row)| row.stored(cursor)).collect()
+        self.lock().iter().map(|(cursor, row)| row.stored(cursor, self.index.as_ref())).collect()
     }
 
     /// Rows are only ever replaced whole, so a poisoned lock still guards
@@ -161,7 +252,8 @@ impl RecordSource for MemoryRecordSource {
     /// Values strictly after `request.after` in cursor order, at most
     /// `request.limit` of them. Both filters are applied: only values of
     /// `request.keyring`, and none whose header names `request.skip_version`
-    /// (values that do not parse are always yielded). A `limit` of 0 is an
+    /// (values that do not parse are always yielded) unless its blind index
+    /// tag is not on that version too. A `limit` of 0 is an
     /// [`Error::InvalidArgument`], since an empty batch would mean "the end".
     async fn scan(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
         if request.limit == 0 {
@@ -172,9 +264,14 @@ impl RecordSource for MemoryRecordSource {
         Ok(rows
             .range::<Cursor, _>((start, Bound::Unbounded))
             .filter(|(_, row)| request.keyring.as_ref().is_none_or(|k| &row.keyring == k))
-            .filter(|(_, row)| request.skip_version.is_none_or(|skip| version_of(&row.value) != Ok(skip)))
+            .filter(|(_, row)| {
+                request.skip_version.is_none_or(|skip| {
+                    let on_skip = |b: &[u8]| version_of(b) == Ok(skip);
+                    !on_skip(&row.value) || (self.index.is_some() && !row.tag.as_deref().is_some_and(on_skip))
+                })
+            })
             .take(request.limit)
-            .map(|(cursor, row)| row.stored(cursor))
+            .map(|(cursor, row)| row.stored(cursor, self.index.as_ref()))
             .collect())
     }
 
@@ -183,8 +280,11 @@ impl RecordSource for MemoryRecordSource {
         Ok(batch
             .iter()
             .map(|r| match rows.get_mut(&r.cursor) {
-                Some(row) if row.value == r.old => {
+                Some(row) if row.value == r.old && r.index.as_ref().is_none_or(|i| row.tag == i.old) => {
                     row.value.clone_from(&r.new);
+                    if let Some(i) = &r.index {
+                        row.tag = Some(i.new.clone());
+                    }
                     ReplaceOutcome::Replaced
                 }
                 _ => ReplaceOutcome::Changed,
@@ -197,9 +297,9 @@ impl RecordSource for MemoryRecordSource {
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         let mut census = Census::default();
         for row in self.lock().values().filter(|row| keyring.is_none_or(|k| &row.keyring == k)) {
-            match version_of(&row.value) {
-                Ok(version) => census.add(&row.keyring, version, 1),
-                Err(_) => census.unparseable += 1,
+            census.count_stored(&row.keyring, &row.value);
+            if let Some(tag) = row.tag.as_deref().filter(|_| self.index.is_some()) {
+                census.count_stored(&row.keyring, tag);
             }
         }
         Ok(census)

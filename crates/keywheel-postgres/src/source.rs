@@ -1361,6 +1361,7 @@ impl PgRecordSource {
                 keyring: keyring.clone(),
                 context: Context::field(&self.context_table, &c.context_column, &pk_text),
                 value: value.to_vec(),
+                index: None,
             });
             if out.len() == request.limit {
                 break;

@@ -344,7 +344,7 @@ async fn replace_falls_back_value_by_value_when_some_values_changed() {
         batch.push((
             row.parse::<i64>().expect("row"),
             col == "0",
-            Replacement { cursor: v.cursor.clone(), old: v.value.clone(), new },
+            Replacement::new(v.cursor.clone(), v.value.clone(), new),
         ));
     }
     // Not in scan order: the round is sorted by key before it is written.
@@ -391,6 +391,7 @@ async fn replace_falls_back_value_by_value_when_some_values_changed() {
             cursor: v.cursor.clone(),
             old: v.value.clone(),
             new: v.value.iter().rev().copied().collect(),
+            index: None,
         })
         .collect();
     assert_eq!(pick.len(), 3);

@@ -193,8 +193,10 @@ impl Rotator {
 
 /// Decrypt and re-encrypt the values of one batch that belong to `id` and are
 /// not on `to`, all in one batch call of the keyring (one fork check and one
-/// usage-counter update per batch, see [`Keyring::reencrypt_many`]). Returns
-/// counts (processed, failed), failures and replacements.
+/// usage-counter update per batch, see [`Keyring::reencrypt_many`]), with
+/// their blind index tags recomputed under `to` from the same plaintext (a
+/// value already on `to` whose tag is not, or is empty, gets its tag alone).
+/// Returns counts (processed, failed), failures and replacements.
 pub(super) fn reencrypt_values(
     ring: &Keyring,
     id: &KeyringId,
@@ -219,20 +221,20 @@ pub(super) fn reencrypt_values(
     // fresh 48 KB allocation per batch would make the allocator consolidate its
     // free lists every time, slowing every small allocation after it.
     let buffer = VALUES_BUFFER.take();
-    let done =
-        match ring.reencrypt_batch(&batch, Some(to), buffer, |v| ours(v).then_some((v.value.as_slice(), &v.context))) {
-            Ok(done) => done,
-            Err(error) => {
-                // No result at all (the nonce source failed): every value of ours failed.
-                for v in batch.into_iter().filter(ours) {
-                    counts.processed += 1;
-                    fail(&mut counts, v, &error);
-                }
-                return (counts, failures, Vec::new());
+    let done = match ring.reencrypt_batch(&batch, Some(to), buffer, |v| batch_item(v, id, to)) {
+        Ok(done) => done,
+        Err(error) => {
+            // No result at all (the nonce source failed): every value of ours failed.
+            for v in batch.into_iter().filter(ours) {
+                counts.processed += 1;
+                fail(&mut counts, v, &error);
             }
-        };
+            return (counts, failures, Vec::new());
+        }
+    };
     let mut errors = done.errors.into_iter().peekable();
     let mut skipped = done.skipped.into_iter().peekable();
+    let mut tags = done.tags.into_iter().peekable();
     let mut values = done.values;
     // Collected in place: the batch's buffer becomes the replacements' buffer
     // (no second large allocation per batch), and cursors and values move.
@@ -255,11 +257,33 @@ pub(super) fn reencrypt_values(
                 return None;
             }
             counts.processed += 1;
-            Some(Replacement { cursor: v.cursor, old: v.value, new })
+            let tag = tags.next_if(|(i, _)| *i == index).map(|(_, tag)| tag);
+            let new_tag = v.index.zip(tag).map(|(stored, tag)| crate::IndexReplacement {
+                old: stored.tag,
+                new: match stored.form {
+                    crate::Form::Binary => tag,
+                    crate::Form::Text => crate::wire::to_text(to, &tag).into_bytes(),
+                },
+            });
+            Some(Replacement { cursor: v.cursor, old: v.value, new, index: new_tag })
         })
         .collect();
     VALUES_BUFFER.set(values);
     (counts, failures, replacements)
+}
+
+/// What the keyring re-encrypts of a stored value: nothing for another
+/// keyring's, else the value, its context and its blind index (with whether
+/// the stored tag is on `to` already).
+fn batch_item<'v>(v: &'v StoredValue, id: &KeyringId, to: KeyVersion) -> Option<crate::keyring::BatchItem<'v>> {
+    (&v.keyring == id).then(|| crate::keyring::BatchItem {
+        value: &v.value,
+        context: &v.context,
+        index: v.index.as_ref().map(|i| {
+            let current = i.tag.as_deref().is_some_and(|t| crate::version_of(t) == Ok(to));
+            (i.spec.as_ref(), current)
+        }),
+    })
 }
 
 thread_local! {
@@ -370,6 +394,7 @@ mod tests {
             keyring: keyring.clone(),
             context: ctx(row),
             value,
+            index: None,
         };
         let batch = vec![
             stored(0, &id, old.encrypt(b"zero", &ctx(0)).expect("encrypt")),
