@@ -48,6 +48,7 @@ use std::sync::Arc;
 use keywheel_core::{Error, KeyVersion};
 
 pub mod audit_sink;
+pub mod blind_index;
 mod guarded;
 pub mod integrity;
 pub mod key_store;
@@ -55,6 +56,7 @@ pub mod model;
 pub mod record_source;
 
 pub use audit_sink::{AuditFixture, Tamper, test_key};
+pub use blind_index::IndexedSourceFixture;
 pub use guarded::with_guard;
 pub use record_source::RecordSourceFixture;
 
@@ -274,6 +276,29 @@ macro_rules! record_source_tests {
     };
     ($factory:expr $(,)?) => {
         $crate::record_source_tests!(mod record_source_conformance, $factory);
+    };
+}
+
+/// Generates one `#[test]` per [`blind_index`] check for a fixture factory:
+/// for sources that pair a blind index column with their values.
+///
+/// The factory is an expression of type `impl Future<Output = F>` where
+/// `F: IndexedSourceFixture`, evaluated afresh for every test; each fixture
+/// must wrap an **empty** source. The tests go into a module named
+/// `indexed_source_conformance`, or the name given with `mod name,` first.
+/// `keywheel-memory`'s `tests/conformance.rs` shows a fixture.
+#[macro_export]
+macro_rules! indexed_source_tests {
+    (mod $module:ident, $factory:expr $(,)?) => {
+        $crate::__conformance_tests!(mod $module, $factory, blind_index: [
+            scan_yields_stored_tags,
+            replace_writes_value_and_tag_together,
+            skip_version_yields_stale_tags,
+            census_counts_index_tags,
+        ]);
+    };
+    ($factory:expr $(,)?) => {
+        $crate::indexed_source_tests!(mod indexed_source_conformance, $factory);
     };
 }
 

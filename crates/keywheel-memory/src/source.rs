@@ -110,7 +110,7 @@ impl MemoryRecordSource {
     ///     id.clone(),
     ///     ctx.clone(),
     ///     ring.encrypt(b"Ann@Example.org", &ctx)?,
-    ///     ring.blind_index(b"Ann@Example.org", &email)?,
+    ///     Some(ring.blind_index(b"Ann@Example.org", &email)?),
     /// );
     /// assert_eq!(users.lookup(&ring.index_terms(b"ann@example.org", &email)?), vec![row]);
     /// # Ok(())
@@ -146,24 +146,26 @@ impl MemoryRecordSource {
 
     /// Store a value and its blind index tag at `cursor` (an application
     /// insert on a source [`with_index`](Self::with_index)); returns `cursor`.
+    /// A tag of `None` leaves the index column empty.
     pub fn insert_indexed(
         &self,
         cursor: Cursor,
         keyring: KeyringId,
         context: Context,
         value: Vec<u8>,
-        tag: Vec<u8>,
+        tag: Option<Vec<u8>>,
     ) -> Cursor {
-        self.lock().insert(cursor.clone(), Row { keyring, context, value, tag: Some(tag) });
+        self.lock().insert(cursor.clone(), Row { keyring, context, value, tag });
         cursor
     }
 
     /// Overwrite the value and the tag at `cursor` together (an application
     /// write on a source [`with_index`](Self::with_index)). Returns the
     /// previous value, or `None` (and writes nothing) if there is no row.
-    pub fn set_indexed(&self, cursor: &Cursor, value: Vec<u8>, tag: Vec<u8>) -> Option<Vec<u8>> {
+    /// A tag of `None` empties the index column.
+    pub fn set_indexed(&self, cursor: &Cursor, value: Vec<u8>, tag: Option<Vec<u8>>) -> Option<Vec<u8>> {
         self.lock().get_mut(cursor).map(|row| {
-            row.tag = Some(tag);
+            row.tag = tag;
             std::mem::replace(&mut row.value, value)
         })
     }

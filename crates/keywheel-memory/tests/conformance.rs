@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keywheel_conformance::{AuditFixture, RecordSourceFixture, Tamper};
-use keywheel_core::{AuditSink, Context, Cursor, KeyStore, KeyringId, RecordSource, async_trait};
+use keywheel_conformance::{AuditFixture, IndexedSourceFixture, RecordSourceFixture, Tamper};
+use keywheel_core::{
+    AuditSink, BlindIndex, Context, Cursor, Form, KeyStore, KeyringId, Normalization, RecordSource, async_trait,
+};
 use keywheel_memory::{MemoryAuditSink, MemoryKeyStore, MemoryRecordSource};
 
 keywheel_conformance::key_store_tests!(async { Arc::new(MemoryKeyStore::new()) as Arc<dyn KeyStore> });
@@ -70,3 +72,47 @@ impl AuditFixture for SinkFixture {
 }
 
 keywheel_conformance::audit_sink_tests!(async { SinkFixture(Arc::new(MemoryAuditSink::new())) });
+
+/// A memory source with a blind index column, in binary or text form.
+struct IndexedFixture {
+    source: Arc<MemoryRecordSource>,
+    index: BlindIndex,
+    form: Form,
+    inserted: AtomicU64,
+}
+
+impl IndexedFixture {
+    fn new(form: Form) -> Self {
+        let index = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+        let source = MemoryRecordSource::new("users.email").with_index(index.clone(), form);
+        IndexedFixture { source: Arc::new(source), index, form, inserted: AtomicU64::new(0) }
+    }
+}
+
+#[async_trait]
+impl IndexedSourceFixture for IndexedFixture {
+    fn source(&self) -> Arc<dyn RecordSource> {
+        Arc::clone(&self.source) as Arc<dyn RecordSource>
+    }
+
+    fn index(&self) -> (BlindIndex, Form) {
+        (self.index.clone(), self.form)
+    }
+
+    async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>, tag: Option<Vec<u8>>) -> Cursor {
+        let row = self.inserted.fetch_add(1, Ordering::SeqCst);
+        let cursor = MemoryRecordSource::row_cursor(row);
+        self.source.insert_indexed(cursor, keyring.clone(), context.clone(), value, tag)
+    }
+
+    async fn app_write(&self, cursor: &Cursor, value: Vec<u8>, tag: Option<Vec<u8>>) {
+        self.source.set_indexed(cursor, value, tag).expect("the application writes an existing row");
+    }
+
+    async fn get(&self, cursor: &Cursor) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        self.source.get(cursor).map(|value| (value, self.source.index_tag(cursor)))
+    }
+}
+
+keywheel_conformance::indexed_source_tests!(mod binary_index_conformance, async { IndexedFixture::new(Form::Binary) });
+keywheel_conformance::indexed_source_tests!(mod text_index_conformance, async { IndexedFixture::new(Form::Text) });
