@@ -188,20 +188,19 @@ impl FernetFormat {
         if !bool::from(expected.as_slice().ct_eq(mac)) {
             return None;
         }
-        let iv = &signed[9..HEADER];
-        let ciphertext = &signed[HEADER..];
-        let mut out = Vec::with_capacity(ciphertext.len());
-        let mut previous: [u8; BLOCK] = iv.try_into().ok()?;
-        for chunk in ciphertext.chunks_exact(BLOCK) {
-            let mut block = Array::from(<[u8; BLOCK]>::try_from(chunk).ok()?);
-            key.encryption.decrypt_block(&mut block);
-            out.extend(block.iter().zip(previous.iter()).map(|(b, p)| b ^ p));
-            previous.copy_from_slice(chunk);
+        // CBC decryption in place, in the plaintext's own (wiped on drop) buffer:
+        // P[i] = D(C[i]) ^ C[i-1], with C[-1] the IV.
+        let (iv, ciphertext) = signed[9..].split_at(BLOCK);
+        let mut out = Plaintext::new(ciphertext.to_vec());
+        for (i, block) in out.0.chunks_exact_mut(BLOCK).enumerate() {
+            let previous = if i == 0 { iv } else { &ciphertext[(i - 1) * BLOCK..i * BLOCK] };
+            let Ok(array) = <&mut Array<u8, _>>::try_from(&mut *block) else { return Some(Err(Error::Decrypt)) };
+            key.encryption.decrypt_block(array);
+            block.iter_mut().zip(previous).for_each(|(b, p)| *b ^= p);
         }
-        let mut out = Plaintext::new(out);
         // PKCS7, checked after the MAC (no padding oracle); a bad padding under a
         // valid MAC means the token was made with the key but malformed: opaque too.
-        let pad = usize::from(*out.0.last()?);
+        let pad = usize::from(out.0.last().copied().unwrap_or(0));
         if pad == 0
             || pad > BLOCK
             || pad > out.0.len()
