@@ -31,6 +31,10 @@ const FERNET_UNICODE: &str = "gAAAAABrEB8pOFAAShDvOkG1Jn4EoMlLM7GraQE7buh8omrVkd
 const FERNET_EMPTY: &str =
     "gAAAAABrEB8pG16m5N980TBcfCardr4rlegZEeUohEPF5OaZ4zBFbg3K1Q_ChJadk_bixmHPWndFEWZjk-cyNWl27JTypglsQA==";
 
+/// `Fernet(FERNET_KEY).encrypt(b"standard alphabet")`, picked among tokens
+/// for having no `-` nor `_`: it is standard base64 too, as Lockbox values are.
+const FERNET_STANDARD_ALPHABET: &str = "gAAAAABrECBXNXDUKi2Cn9zxXBHjmTTglFEh9A5zmX0bbSyemms87p6BPAV5GYzXOIAOm9CrdoPlZeUO2hi17V4kDT3nEmsdYnzFLB0jzYgDJXtiDUow0ic=";
+
 /// `Lockbox.generate_key` (lockbox 0.6.4).
 const LOCKBOX_KEY: &str = "a761b9a5cf06112b1113035a52090fcc4f71fad9833ee5a459f422e5181df17c";
 /// `Lockbox.new(key: LOCKBOX_KEY, encode: true).encrypt("Grüße, ☃ 🚀")`
@@ -351,6 +355,22 @@ fn lockbox_failures_are_opaque_or_typed() {
     assert!(matches!(err, Error::InvalidKeyMaterial(_)));
     assert!(!err.to_string().contains("secret-but-not-hex"));
     assert!(!format!("{format:?}").contains(&LOCKBOX_KEY[..8]));
+}
+
+#[test]
+fn fernet_tokens_are_not_lockbox_values_whatever_the_order() {
+    let formats = LegacyFormats::new()
+        .with(LockboxFormat::new(LOCKBOX_KEY).expect("key"))
+        .with(FernetFormat::new([FERNET_KEY]).expect("key"));
+    assert_eq!(formats.names(), ["lockbox", "fernet"]);
+    assert_eq!(formats.recognize(FERNET_STANDARD_ALPHABET.as_bytes()).map(|f| f.name()), Some("fernet"));
+    assert_eq!(formats.recognize(LOCKBOX_UNICODE.as_bytes()).map(|f| f.name()), Some("lockbox"));
+    let read = decrypt_blocking(
+        formats.get("fernet").expect("fernet").as_ref(),
+        FERNET_STANDARD_ALPHABET.as_bytes(),
+        &Context::empty(),
+    );
+    assert_eq!(read.expect("decrypt"), b"standard alphabet");
 }
 
 // ---------------------------------------------------------------------------

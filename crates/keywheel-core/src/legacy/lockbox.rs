@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use sha2::Sha384;
 use zeroize::Zeroizing;
 
-use super::{BlockingLegacyDecrypt, LegacyDecryptor, LegacyFormat, LegacyValue, decode_base64, malformed};
+use super::{BlockingLegacyDecrypt, LegacyDecryptor, LegacyFormat, LegacyValue, decode_base64, fernet, malformed};
 use crate::{Error, Plaintext, Result, Timestamp};
 
 const NONCE: usize = 12;
@@ -27,8 +27,9 @@ const TAG: usize = 16;
 /// ([`from_master_key`](Self::from_master_key)). Older keys (Lockbox's
 /// `previous_versions`) are tried after the first.
 ///
-/// Recognition: strict base64 of at least 28 bytes (nonce and tag), or in
-/// binary mode any value of at least 28 bytes. Lockbox has no signature, so
+/// Recognition: strict base64 of at least 28 bytes (nonce and tag) that
+/// does not start like a Fernet token (`gAAAAA`, one Lockbox value in 2^36),
+/// or in binary mode any value of at least 28 bytes. Lockbox has no signature, so
 /// this is loose: configure Lockbox only for the columns Lockbox wrote.
 /// Lockbox leaves the empty string unencrypted (unless padding is on), so the
 /// empty value is recognised too and reads as empty.
@@ -220,7 +221,11 @@ impl LegacyFormat for LockboxFormat {
 
     fn recognizes(&self, value: &[u8]) -> bool {
         (value.is_empty() && self.padding.is_none())
-            || if self.binary { value.len() >= NONCE + TAG } else { is_strict_base64(value, NONCE + TAG) }
+            || if self.binary {
+                value.len() >= NONCE + TAG
+            } else {
+                is_strict_base64(value, NONCE + TAG) && !fernet::has_signature(value)
+            }
     }
 
     fn decryptor(&self) -> LegacyDecryptor<'_> {

@@ -229,10 +229,7 @@ impl LegacyFormats {
 
     /// The format a stored value belongs to, if any (the rules above). Never panics.
     pub fn recognize(&self, value: &[u8]) -> Option<&dyn LegacyFormat> {
-        if looks_like_keywheel(value) {
-            return None;
-        }
-        self.formats.iter().chain(&self.plaintext).find(|f| f.recognizes(value)).map(|f| f.as_ref())
+        self.recognize_arc(value).map(|f| f.as_ref())
     }
 
     /// [`recognize`](Self::recognize), as the shared handle (to move into a blocking task).
@@ -240,7 +237,7 @@ impl LegacyFormats {
         if looks_like_keywheel(value) {
             return None;
         }
-        self.formats.iter().chain(&self.plaintext).find(|f| f.recognizes(value))
+        self.iter().find(|f| f.recognizes(value))
     }
 
     /// The format with this name.
