@@ -293,14 +293,13 @@ impl LegacyFormats {
         context: &Context,
         at: Timestamp,
     ) -> Result<Plaintext> {
-        match self.recognize(value) {
-            None => keyring.decrypt(value, context),
-            Some(format) => {
-                let batch = [LegacyValue::new(value, context)];
-                let result = format.decrypt_batch(&batch, at).await.into_iter().next();
-                result.unwrap_or(Err(Error::Decrypt))
-            }
+        if let Some(format) = self.recognize(value)
+            && let LegacyDecryptor::Async(d) = format.decryptor()
+        {
+            let batch = [LegacyValue::new(value, context)];
+            return d.decrypt_batch(&batch, at).await.into_iter().next().unwrap_or(Err(Error::Decrypt));
         }
+        self.decrypt_or_legacy_blocking(keyring, value, context, at)
     }
 
     /// [`decrypt_or_legacy`](Self::decrypt_or_legacy) without a runtime, for
