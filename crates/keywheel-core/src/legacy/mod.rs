@@ -66,6 +66,12 @@ impl<'a> LegacyValue<'a> {
 /// [`decrypt_batch`](Self::decrypt_batch) hides the difference for callers
 /// that do not care (it runs a blocking format inline on the calling task).
 ///
+/// A caller that decrypts many values (the rotation engine) groups them by
+/// format with [`LegacyFormats::recognize_arc`], moves each blocking
+/// format's `Arc` and its values to a blocking thread and calls
+/// [`BlockingLegacyDecrypt::decrypt_one`] there, and awaits
+/// [`AsyncLegacyDecrypt::decrypt_batch`] for the async ones.
+///
 /// # Rules for implementors
 ///
 /// - `recognizes` must be cheap and must never panic, whatever the bytes.
@@ -78,6 +84,39 @@ impl<'a> LegacyValue<'a> {
 /// - Authentication failures (wrong key, tampered value) are the opaque
 ///   [`Error::Decrypt`]: no oracle about which check failed.
 /// - Keys never appear in `Debug`, `Display` or errors.
+///
+/// A format of one's own, blocking (a made-up `hex:` prefix format):
+///
+/// ```
+/// use keywheel_core::{BlockingLegacyDecrypt, Context, Error, LegacyDecryptor, LegacyFormat, LegacyFormats};
+/// use keywheel_core::{LegacyValue, Plaintext, Result, Timestamp};
+///
+/// #[derive(Debug)]
+/// struct Hex;
+///
+/// impl LegacyFormat for Hex {
+///     fn name(&self) -> &str { "hex" }
+///     fn recognizes(&self, value: &[u8]) -> bool { value.starts_with(b"hex:") }
+///     fn decryptor(&self) -> LegacyDecryptor<'_> { LegacyDecryptor::Blocking(self) }
+/// }
+///
+/// impl BlockingLegacyDecrypt for Hex {
+///     fn decrypt_one(&self, value: &LegacyValue<'_>, _at: Timestamp) -> Result<Plaintext> {
+///         let malformed = || Error::MalformedLegacy { format: "hex".into(), reason: "not hex" };
+///         let digits = value.bytes.strip_prefix(b"hex:").ok_or_else(malformed)?;
+///         let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+///         let bytes: Option<Vec<u8>> = digits.chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(*p.get(1)?)?)).collect();
+///         let bytes = bytes.ok_or_else(malformed)?;
+///         Ok(Plaintext::from_legacy(bytes))
+///     }
+/// }
+///
+/// let formats = LegacyFormats::new().with(Hex);
+/// let format = formats.recognize(b"hex:6869").expect("recognised");
+/// let ctx = Context::empty();
+/// let out = futures::executor::block_on(format.decrypt_batch(&[LegacyValue::new(b"hex:6869", &ctx)], Timestamp::EPOCH));
+/// assert_eq!(out[0].as_ref().map(|p| p.as_bytes()).ok(), Some(&b"hi"[..]));
+/// ```
 #[async_trait]
 pub trait LegacyFormat: Send + Sync + fmt::Debug {
     /// Stable short name used in reports, audit events and configuration:
@@ -137,6 +176,20 @@ pub trait BlockingLegacyDecrypt: Send + Sync {
 pub trait AsyncLegacyDecrypt: Send + Sync {
     /// One result per value, in order, decided at time `at`.
     async fn decrypt_batch(&self, values: &[LegacyValue<'_>], at: Timestamp) -> Vec<Result<Plaintext>>;
+}
+
+impl Plaintext {
+    /// The plaintext a legacy format decrypted, for [`LegacyFormat`]
+    /// implementations outside keywheel. The bytes move into a buffer of
+    /// exactly their length (wiped on drop like every [`Plaintext`]) and the
+    /// given vector is wiped, spare capacity included.
+    pub fn from_legacy(bytes: Vec<u8>) -> Plaintext {
+        use zeroize::Zeroize as _;
+        let mut bytes = bytes;
+        let plaintext = Plaintext::new(bytes.as_slice().to_vec());
+        bytes.zeroize();
+        plaintext
+    }
 }
 
 /// Whether a value is, or looks like, a keywheel value: it parses, or it

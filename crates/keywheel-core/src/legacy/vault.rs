@@ -161,7 +161,7 @@ impl AsyncLegacyDecrypt for VaultTransitFormat {
             match (self.decrypt)(batch).await {
                 Ok(answers) if answers.len() == asked => {
                     for (slot, answer) in slots.iter().zip(answers) {
-                        results[*slot] = Some(answer.map(Plaintext::new));
+                        results[*slot] = Some(answer.map(Plaintext::from_legacy));
                     }
                 }
                 Ok(answers) => {
