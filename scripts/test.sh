@@ -69,6 +69,45 @@ if [ -z "${KEYWHEEL_TEST_DATABASE_URL:-}" ]; then
     fi
 fi
 
+# ---------------------------------------------------------------------------
+# LEGACY TOOLS SETUP: the legacy-format tests (keywheel-core
+# `tests/legacy_formats.rs`) check keywheel against values made at test time
+# by the real tools: Fernet tokens by Python's `cryptography`, Lockbox values
+# by Ruby's `lockbox` gem (Debian `ruby-lockbox`; it needs `ruby` too, which
+# the package does not pull in). On CI, install what is missing; the tests
+# then fail (CI=true or KEYWHEEL_REQUIRE_LEGACY_TOOLS set) rather than skip
+# when a tool is still missing. Elsewhere they skip loudly.
+# ---------------------------------------------------------------------------
+has_python_cryptography() {
+    python3 -c 'import cryptography' >/dev/null 2>&1
+}
+has_ruby_lockbox() {
+    # Lockbox 0.6 does not load these itself.
+    ruby -e 'require "stringio"; require "openssl"; require "base64"; require "securerandom"; require "lockbox"' >/dev/null 2>&1
+}
+if [ "${CI:-}" = true ]; then
+    if ! has_python_cryptography; then
+        echo "==> installing Python cryptography (CI: the Fernet tests need it)"
+        python3 -m pip install --quiet cryptography 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages cryptography 2>/dev/null \
+            || { command -v apt-get >/dev/null 2>&1 && apt-get update -qq \
+                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-cryptography >/dev/null; } \
+            || true
+    fi
+    if ! has_ruby_lockbox && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing Ruby and ruby-lockbox (CI: the Lockbox tests need them)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ruby ruby-lockbox >/dev/null; } || true
+    fi
+fi
+if ! has_python_cryptography; then
+    echo "!!!!! Python 3 with the cryptography package is missing: the Fernet tests made by it will $(
+        [ "${CI:-}" = true ] && echo FAIL || echo SKIP) (pip install cryptography)" >&2
+fi
+if ! has_ruby_lockbox; then
+    echo "!!!!! Ruby with the lockbox gem is missing: the Lockbox tests made by it will $(
+        [ "${CI:-}" = true ] && echo FAIL || echo SKIP) (apt-get install ruby ruby-lockbox)" >&2
+fi
+
 features=(--workspace --all-features)
 
 if [ "${KEYWHEEL_TEST_RUNNER:-}" != cargo ] && cargo nextest --version >/dev/null 2>&1; then

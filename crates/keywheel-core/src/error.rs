@@ -393,6 +393,25 @@ pub enum Error {
     /// An argument outside its allowed range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A value recognised as a legacy format (the
+    /// [migration of legacy data](crate::manual#13-migrating-legacy-data)) is
+    /// malformed: truncated, bad base64, wrong structure. Describes only the
+    /// bytes the caller holds; an authentication failure is [`Error::Decrypt`].
+    #[error("malformed {format} value: {reason}")]
+    MalformedLegacy {
+        /// The legacy format's name, e.g. `"fernet"`.
+        format: String,
+        /// What is wrong with the value.
+        reason: &'static str,
+    },
+    /// A plaintext value was met after the end date of its column's
+    /// plaintext acceptance ([`PlaintextFormat`](crate::PlaintextFormat)):
+    /// from then on plaintext is a failure again.
+    #[error("plaintext is no longer accepted: its acceptance ended at {until}")]
+    PlaintextNotAccepted {
+        /// The end date that passed.
+        until: crate::Timestamp,
+    },
 }
 
 impl Error {

@@ -24,6 +24,7 @@ mod job;
 mod kek;
 mod keyring;
 mod keywheel;
+mod legacy;
 pub mod manual;
 mod material;
 mod nonce;
@@ -56,6 +57,11 @@ pub use job::{
 pub use kek::{KekRing, KeyEncryptionKey, LocalKek, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV, WrappedKey};
 pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
+pub use legacy::{
+    AsyncLegacyDecrypt, BlockingLegacyDecrypt, FernetFormat, LegacyCensus, LegacyDecryptor, LegacyFormat,
+    LegacyFormats, LegacyValue, LockboxFormat, PlaintextFormat, VaultDecryptFn, VaultTransitFormat,
+    looks_like_keywheel,
+};
 pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;
 pub use policy::{AfterRotation, DEFAULT_QUARANTINE, DEFAULT_USAGE_LIMIT, MaintenanceWindow, Policy};

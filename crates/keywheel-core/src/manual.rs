@@ -764,3 +764,88 @@
 //! back with `--expect-head` to detect a log cut back since. `keywheel audit
 //! tail` shows the latest events. Neither needs the master key to read; nor
 //! do `status`, `census` and `verify`.
+//!
+//! ## 13. Migrating legacy data
+//!
+//! A team arrives with a plaintext column, or with values encrypted by the
+//! tool it is leaving. keywheel reads them through **legacy formats**
+//! ([`LegacyFormat`](crate::LegacyFormat)): each one recognises its values
+//! from their bytes alone — cheaply, without a key or any I/O — and decrypts
+//! them, so that they can be rewritten under the keyring's Active version.
+//! The caller opts into the formats of a column with a
+//! [`LegacyFormats`](crate::LegacyFormats) list; the empty list, the default,
+//! recognises nothing.
+//!
+//! **Built-in formats.**
+//!
+//! | Name | Tool | Value | Keys |
+//! |---|---|---|---|
+//! | `fernet` | Python `cryptography` `Fernet`/`MultiFernet` (Django encrypted fields) | urlsafe base64 token starting `gAAAAA` | the key list of the Django setting, tried in order ([`FernetFormat::new`](crate::FernetFormat::new)); or the secrets of django-fernet-fields, through its HKDF ([`FernetFormat::from_django_fernet_fields`](crate::FernetFormat::from_django_fernet_fields)) |
+//! | `lockbox` | Ruby Lockbox, AES-256-GCM | base64 of nonce ‖ ciphertext ‖ tag (or the raw bytes) | 64 hex digits, or `LOCKBOX_MASTER_KEY` with table and encrypted column ([`LockboxFormat::from_master_key`](crate::LockboxFormat::from_master_key)); older keys after it |
+//! | `vault` | HashiCorp Vault transit | `vault:v<N>:<base64>` | none: the application's Vault client decrypts, through a batch function ([`VaultTransitFormat::new`](crate::VaultTransitFormat::new)) |
+//! | `plaintext` | none | anything else | none; accepted only until an end date |
+//!
+//! Fernet's timestamp (its optional TTL) is ignored: stored data is read
+//! whatever its age. Lockbox's associated data, when a column used it, is
+//! taken from a pair of the value's [`Context`](crate::Context); its padding
+//! option is supported; it leaves the empty string unencrypted, so the
+//! empty value reads as empty.
+//!
+//! **Recognition order.** A value that parses as keywheel, or merely looks
+//! like it (the text prefix `kw:v`, or the magic `kw` followed by a format
+//! byte: [`looks_like_keywheel`](crate::looks_like_keywheel)), is never
+//! legacy: a damaged keywheel value stays a failure. Then the formats are
+//! tried in the order they were added, first match wins, and plaintext comes
+//! last, whatever the order of the calls. Recognition is final: a recognised
+//! value that fails to decrypt is a failure, never handed to the next
+//! format, so a tampered or truncated ciphertext is never taken for
+//! plaintext. For the same reason formats recognise loosely by their
+//! signature (a truncated Fernet token is still `fernet`, and fails with a
+//! typed [`Error::MalformedLegacy`](crate::Error::MalformedLegacy)), and the
+//! plaintext format refuses values with the signature of Fernet or Vault even
+//! when those formats are not configured. Lockbox values have no signature
+//! (any base64 of 28 bytes or more), so configure Lockbox before accepting
+//! plaintext in a Lockbox column.
+//!
+//! **Failures.** A wrong key, a tampered value or wrong associated data are
+//! the opaque [`Error::Decrypt`](crate::Error::Decrypt), as for keywheel
+//! values; a value with the format's signature but not its structure is
+//! [`Error::MalformedLegacy`](crate::Error::MalformedLegacy); a Vault client's
+//! failure comes back as the client reported it (for a whole batch: to every
+//! value of the batch). No key appears in `Debug`, errors or reports; keys
+//! live in zeroize-on-drop memory.
+//!
+//! **Plaintext has an end date.** Plaintext is accepted only through
+//! [`LegacyFormats::accept_plaintext_until`](crate::LegacyFormats::accept_plaintext_until)
+//! or [`PlaintextFormat::until`](crate::PlaintextFormat::until): there is no
+//! way to accept it without an end date. Before the date a plaintext value
+//! reads as itself; from the date on it is
+//! [`Error::PlaintextNotAccepted`](crate::Error::PlaintextNotAccepted), a
+//! failure again, so a configuration left behind after the migration cannot
+//! quietly let plaintext in (the trap of encrypted-field libraries that
+//! return whatever does not decrypt).
+//!
+//! **Sync and async formats.** Fernet, Lockbox and plaintext are CPU-bound:
+//! their [`decryptor`](crate::LegacyFormat::decryptor) is
+//! [`Blocking`](crate::LegacyDecryptor::Blocking), one value at a time, to
+//! run on a blocking thread. Vault is
+//! [`Async`](crate::LegacyDecryptor::Async): a batch per awaited call, the
+//! shape of transit's `batch_input`.
+//! [`LegacyFormat::decrypt_batch`](crate::LegacyFormat::decrypt_batch) serves
+//! both for callers that do not care.
+//!
+//! **Reading during the migration.**
+//! [`LegacyFormats::decrypt_or_legacy`](crate::LegacyFormats::decrypt_or_legacy)
+//! (and `decrypt_or_legacy_blocking` without a runtime) reads a keywheel
+//! value through a [`Keyring`](crate::Keyring) snapshot, or a recognised
+//! legacy value through its format, so the application can read a column
+//! while part of it is still legacy. It needs the same explicit opt-in: with
+//! the empty list it is exactly `Keyring::decrypt`, and plaintext is read
+//! only with its end date. [`LegacyCensus`](crate::LegacyCensus) counts a
+//! column's values per kind: keywheel, each legacy format, unrecognised.
+//!
+//! The rotation engine does not use legacy formats yet: rewriting legacy
+//! values under the Active version in a rotation (with counts per format in
+//! its report, each plaintext acceptance audited), the census, `verify`, the
+//! CLI and the Postgres source come in a later release. Until then the
+//! formats serve reading and counting.
