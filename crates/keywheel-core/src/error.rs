@@ -394,7 +394,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A value recognised as a legacy format (the
-    /// [migration of legacy data](crate::manual#13-migrating-legacy-data)) is
+    /// [migration of legacy data](crate::manual#14-migrating-legacy-data)) is
     /// malformed: truncated, bad base64, wrong structure. Describes only the
     /// bytes the caller holds; an authentication failure is [`Error::Decrypt`].
     #[error("malformed {format} value: {reason}")]

@@ -39,10 +39,10 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `6B 77` (`"kw"`) |
 //! | 2 | 1 | format version `01` |
-//! | 3 | 1 | algorithm: `01` AES-256-GCM, `02` ChaCha20-Poly1305, `03` XChaCha20-Poly1305, `04` AES-256-GCM-SIV, `10` HMAC-SHA256 |
+//! | 3 | 1 | algorithm: `01` AES-256-GCM, `02` ChaCha20-Poly1305, `03` XChaCha20-Poly1305, `04` AES-256-GCM-SIV, `10` HMAC-SHA256 (signatures), `11` blind index (HMAC-SHA256, truncated) |
 //! | 4 | 4 | key version, u32 big-endian, ≥ 1 |
-//! | 8 | 12 or 24 | nonce (24 for XChaCha20; none for HMAC) |
-//! | … | … | ciphertext ‖ 16-byte tag (HMAC: the 32-byte tag) |
+//! | 8 | 12 or 24 | nonce (24 for XChaCha20; none for HMAC and blind index) |
+//! | … | … | ciphertext ‖ 16-byte tag (HMAC: the 32-byte tag; blind index: 8 to 32 bytes of tag) |
 //!
 //! * **Text form**: `kw:v{version}:{base64 standard alphabet, no padding, of the
 //!   binary form}`. The text version must equal the header version; padding,
@@ -60,11 +60,20 @@
 //!   ikm = the version's 32 random bytes, info = label ‖ algorithm id ‖
 //!   u16-BE len(keyring id) ‖ keyring id ‖ u32-BE version)`, 32 bytes, label
 //!   `"aead"` for AEADs and `"mac"` for HMAC. The raw material never keys a cipher.
+//!   An AEAD version also has an **index key**: the same derivation with label
+//!   `"index"` and algorithm id `11`, used only for blind index tags.
 //! * **Signatures** (HMAC-SHA256, purpose `api-signature`): the value is the
 //!   8-byte header ‖ the 32-byte tag (exactly 40 bytes). The tag is HMAC over
 //!   `header ‖ u16-BE len(keyring id) ‖ keyring id ‖ context encoding ‖ message`;
 //!   the message is not stored in the signature. (An HMAC value has no ciphertext:
 //!   keywheel stores only the tag.)
+//! * **Blind index tags** (algorithm `11`, [section 13](#13-searchable-fields-blind-indexes)):
+//!   the 8-byte header ‖ the first `L` bytes of HMAC-SHA256 under the
+//!   version's index key over `header ‖ u16-BE len(keyring id) ‖ keyring id ‖
+//!   context encoding ‖ normalised plaintext`, with `8 ≤ L ≤ 32` (default 16),
+//!   so 16 to 40 bytes in all. The context is the pairs `column` (the indexed
+//!   column), `normalize` (the normalisation's versioned name, e.g.
+//!   `trim-lowercase/1`) and `table` — never the row.
 //!
 //! The key version is readable from a stored value without any key
 //! ([`parse`](crate::parse), [`version_of`](crate::version_of)), so a store can
@@ -765,7 +774,107 @@
 //! tail` shows the latest events. Neither needs the master key to read; nor
 //! do `status`, `census` and `verify`.
 //!
-//! ## 13. Migrating legacy data
+//! ## 13. Searchable fields (blind indexes)
+//!
+//! A random nonce makes every encryption of `ann@example.org` different, so
+//! `WHERE email = …` cannot work on encrypted columns. A **blind index**
+//! stores, beside the encrypted value, a deterministic tag of the normalised
+//! plaintext: equal plaintexts of one column get equal tags, and a lookup
+//! computes the tag of what it looks for and searches the tag column with an
+//! ordinary btree index ([`BlindIndex`](crate::BlindIndex)).
+//!
+//! ```
+//! use keywheel_core::{Algorithm, BlindIndex, Context, KeyMaterial, KeyState, Keyring, KeyringId, Normalization, Purpose};
+//! let ring = Keyring::builder(KeyringId::new("acme", Purpose::Database)?)
+//!     .version(KeyState::Active, Algorithm::Aes256Gcm, KeyMaterial::generate()?)
+//!     .build()?;
+//! let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+//! // Writing row 42: the encrypted value and its tag, in the same statement.
+//! let ctx = Context::field("users", "email", "42");
+//! let (value, tag) = (ring.encrypt(b"Ann@Example.org", &ctx)?, ring.blind_index(b"Ann@Example.org", &email)?);
+//! // Looking up: `SELECT … WHERE email_bidx = ANY($1)` with these terms.
+//! let terms = ring.index_terms(b"ann@example.org", &email)?;
+//! assert!(terms.contains(&tag));
+//! # let _ = value;
+//! # Ok::<(), keywheel_core::Error>(())
+//! ```
+//!
+//! **Format.** A tag is a value of algorithm `11` ([section 2](#2-wire-format-v1)):
+//! header ‖ truncated HMAC-SHA256 under the version's *index key*. Its key
+//! version is readable without a key, so census, verification and SQL
+//! filtering treat tags like encrypted values, in binary or `kw:v{N}:` text form.
+//!
+//! **Normalisation** ([`Normalization`](crate::Normalization)) makes the
+//! writer's tag and the lookup's tag agree: `none`, `trim-lowercase/1`
+//! (alias `email`), `nfkc-casefold/1` (trim, NFKC, full case folding, NFKC)
+//! and `digits/1` (alias `phone`: NFKC, then the ASCII digits), or an
+//! application's own function under a name of its choosing. The name is
+//! bound into every tag, so tags made under one normalisation never match a
+//! lookup under another; a built-in that ever has to change does so under a
+//! new name. Text normalisations refuse bytes that are not UTF-8 with
+//! [`Error::NotIndexable`](crate::Error::NotIndexable).
+//!
+//! **Lookups during a rotation.** [`Keyring::index_terms`](crate::Keyring::index_terms)
+//! returns the tag under every version that can still hold values (Pending,
+//! Active, Deprecated): during a rotation a row's tag is on the old version
+//! until the engine reaches it, then on the new one, and `= ANY(terms)`
+//! matches either. Outside a rotation there is one term (or two while the
+//! old version is deprecated): lookups cost one index probe per term.
+//!
+//! **Rotation.** A source declares an index column paired with its encrypted
+//! column (`TableSpec::index` for Postgres, `MemoryRecordSource::with_index`,
+//! `index = "email_bidx"` in `keywheel.toml`). The engine computes the new
+//! tag from the plaintext it decrypts anyway and writes value and tag in one
+//! compare-and-set, which also requires the stored tag to be unchanged: an
+//! application write of either wins. A row whose value is already on the new
+//! version but whose tag is not, or whose tag is empty (rows written before
+//! the index existed), gets its tag alone — so declaring an index and
+//! running a rotation also fills it. The census counts tags per version
+//! beside the values ([`Census::index_tags`](crate::Census::index_tags)) and
+//! verification and retirement wait for both: a version is not destroyed
+//! while a tag still needs it, or lookups would stop finding those rows.
+//!
+//! **A stand-alone index column** (tags with no encrypted value beside them,
+//! e.g. a "have we seen this SSN" table) is counted by the census and holds
+//! retirement back like any value, but a rotation cannot rewrite it: the
+//! plaintext is not there. Its tags are listed as failures of the rotation
+//! ("a blind index tag … cannot be decrypted"); re-index them from the
+//! application, or store the encrypted value beside them.
+//!
+//! **What an index leaks.** Anyone who can read the tag column learns which
+//! rows of that column hold equal (normalised) plaintexts, and so the
+//! frequency of each: the most common tag of an `email` column is probably a
+//! shared mailbox, the most common tag of a `country` column is probably the
+//! home country. Index only columns whose values are mostly distinct (emails,
+//! phone numbers, national ids); never low-cardinality ones. Tags are bound
+//! to table and column, so equal emails in two tables or two columns do not
+//! link. What an index does **not** leak without the index key: the
+//! plaintext, even for guessable values (a dictionary attack needs the key),
+//! and any link across keyrings (tenants).
+//!
+//! **Why truncation helps.** A shorter tag makes unrelated plaintexts share
+//! a tag now and then, so an equal tag is not proof of an equal value: 16
+//! bytes (the default) is collision-free in practice; 8 bytes (the minimum)
+//! gives occasional false positives in columns of billions of rows, which
+//! the application removes by decrypting the rows found, and blurs what an
+//! attacker with a candidate list can confirm. Longer than 16 bytes buys
+//! nothing for lookups.
+//!
+//! **Why a separate index key.** The tag is a deterministic MAC of the
+//! plaintext; the encryption key is never used for it. The index key is
+//! derived from the version's material with its own HKDF label (`"index"`),
+//! so a tag says nothing about the encryption key, a flaw in one use cannot
+//! become a flaw in the other, and the index rotates with the keyring.
+//!
+//! **What rotation does to the leakage.** Tags under the new version share
+//! nothing with tags under the old one: once a rotation has rewritten the
+//! column, an old copy of the tag column (a backup, a leaked dump) can no
+//! longer be joined with the current one, and after retirement the old
+//! index key is destroyed with the version. During the rotation both sets
+//! exist; equality within the column stays visible throughout — rotation
+//! limits leakage over time, it does not hide equality.
+//!
+//! ## 14. Migrating legacy data
 //!
 //! A team arrives with a plaintext column, or with values encrypted by the
 //! tool it is leaving. keywheel reads them through **legacy formats**

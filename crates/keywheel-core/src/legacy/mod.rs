@@ -1,7 +1,7 @@
 //! Legacy formats: values written by the tool a team is leaving (or no tool
 //! at all), recognised from their bytes and decrypted so that they can be
 //! rewritten as keywheel values (the
-//! [migration of legacy data](crate::manual#13-migrating-legacy-data)).
+//! [migration of legacy data](crate::manual#14-migrating-legacy-data)).
 //!
 //! A [`LegacyFormat`] answers two questions: does a stored value look like
 //! mine ([`LegacyFormat::recognizes`], from the bytes alone, no key, no I/O),
