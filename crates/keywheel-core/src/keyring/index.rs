@@ -62,7 +62,7 @@ impl Keyring {
             // Nothing can hold values: say why, as encrypt would.
             self.active_slot()?;
         }
-        let normalized = index.normalization_of().apply(plaintext)?;
+        let normalized = index.normalization_of().normalize(plaintext)?;
         let tags =
             live.into_iter().map(|slot| self.tag_normalized(slot, index, &normalized)).collect::<Result<Vec<_>>>()?;
         Ok(IndexTerms::new(tags))
@@ -71,7 +71,7 @@ impl Keyring {
     /// The tag of `plaintext` (normalised here) under `slot`'s version: the
     /// rotation engine's path, from the plaintext it decrypted.
     pub(super) fn tag_under(&self, slot: &Slot, index: &BlindIndex, plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.tag_normalized(slot, index, &index.normalization_of().apply(plaintext)?)
+        self.tag_normalized(slot, index, &index.normalization_of().normalize(plaintext)?)
     }
 
     /// The tag of an already normalised plaintext under `slot`'s version.
