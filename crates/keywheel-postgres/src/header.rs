@@ -68,6 +68,13 @@ pub(crate) fn text_version(t: &str) -> String {
     text_checked(t, |_head, text_v| format!("NULLIF({text_v}, 0)"))
 }
 
+/// The 8-byte binary header (bytea) of a text-form value held in text
+/// expression `t`, `NULL` where [`text_version`] is: its algorithm byte tells
+/// blind index tags from encrypted values.
+pub(crate) fn text_header(t: &str) -> String {
+    text_checked(t, |head, _text_v| format!("substring({head} FROM 1 FOR 8)"))
+}
+
 /// `then(head, text version)` for a text-form value in text expression `t`
 /// that the parser accepts, `NULL` otherwise (`head`: the first 9 bytes of
 /// the binary form, header included).
@@ -127,6 +134,10 @@ mod tests {
         assert!(b.contains(&format!("get_byte(t.c, 3) = {} AND octet_length(t.c) BETWEEN 16 AND 40", 0x11)), "{b}");
         assert!(b.contains("get_byte(t.c, 3) = 16 AND octet_length(t.c) = 40"), "signatures have one length: {b}");
         assert!(text_version("x").contains("{22,}"), "the shortest binary form is a 16-byte tag, 22 base64 characters");
+        assert!(
+            text_header("x")
+                .ends_with("THEN substring(decode(left(split_part(x, ':', 3), 12), 'base64') FROM 1 FOR 8) END END")
+        );
         assert!(any_version("t.c").starts_with("CASE WHEN substring(t.c FROM 1 FOR 3) = '\\x6b773a'::bytea"));
     }
 }

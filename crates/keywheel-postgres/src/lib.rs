@@ -156,7 +156,7 @@ pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
 pub use schema::{
     MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, grant_application_role, migrate, migrate_with,
 };
-pub use source::{EncryptedColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
+pub use source::{EncryptedColumn, IndexColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
 pub use store::PgKeyStore;
 pub use tls::{ConnectError, SslMode, TlsSettings};
 

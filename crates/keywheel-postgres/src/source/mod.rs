@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use keywheel_core::{
-    Census, Cursor, Error, Form, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement, Result, ScanRequest,
-    StoredValue, ValueLocation, async_trait,
+    BlindIndex, Census, Cursor, Error, Form, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement, Result,
+    ScanRequest, StoredValue, ValueLocation, async_trait,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
@@ -77,6 +77,25 @@ pub struct EncryptedColumn {
     pub form: Form,
     /// The `column` of the values' [`Context`] (default: the column's name).
     pub context_column: String,
+    /// The blind index column paired with this column, if any
+    /// ([`TableSpec::index`]).
+    pub index: Option<IndexColumn>,
+}
+
+/// A blind index column paired with an encrypted column ([`TableSpec::index`]):
+/// each row's tag of the encrypted column's plaintext, which a rotation
+/// rewrites under the new version together with the value (the
+/// [manual](keywheel_core::manual#13-searchable-fields-blind-indexes)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexColumn {
+    /// The index column's name (e.g. `email_bidx`).
+    pub name: String,
+    /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
+    /// `varchar` column holding tags in the `kw:v{N}:…` text form.
+    pub form: Form,
+    /// How the tags are made: the same [`BlindIndex`] the application passes
+    /// to [`Keyring::blind_index`](keywheel_core::Keyring::blind_index).
+    pub spec: Arc<BlindIndex>,
 }
 
 /// The description of an application table whose encrypted columns a
@@ -107,6 +126,9 @@ pub struct TableSpec {
     key_type: KeyType,
     keyring: Option<KeyringFrom>,
     columns: Vec<EncryptedColumn>,
+    /// Indexes given for a column that is not (yet) an encrypted column of
+    /// the spec, or that has one already: [`check`](Self::check) names them.
+    stray_indexes: Vec<(String, IndexColumn)>,
     context_table: Option<String>,
     name: Option<String>,
     read_ahead: bool,
@@ -122,6 +144,7 @@ impl TableSpec {
             key_type: KeyType::BigInt,
             keyring: None,
             columns: Vec::new(),
+            stray_indexes: Vec::new(),
             context_table: None,
             name: None,
             read_ahead: true,
@@ -161,8 +184,55 @@ impl TableSpec {
         form: Form,
         context_column: impl Into<String>,
     ) -> Self {
-        self.columns.push(EncryptedColumn { name: name.into(), form, context_column: context_column.into() });
+        self.columns.push(EncryptedColumn {
+            name: name.into(),
+            form,
+            context_column: context_column.into(),
+            index: None,
+        });
         self
+    }
+
+    /// Pair a blind index column with the encrypted column `column` (added
+    /// before with [`column`](Self::column)): `index_column` holds, in `form`,
+    /// each row's tag of the plaintext under `spec`. Scans yield the tag with
+    /// the value ([`StoredIndex`](keywheel_core::StoredIndex)), a rotation
+    /// rewrites value and tag in one compare-and-set (and fills empty
+    /// tags), and the census counts the tags. Lookups are `WHERE index_column
+    /// = ANY($1)` with an [`IndexParam`](crate::IndexParam).
+    ///
+    /// An unknown `column`, a second index on one column, or an index column
+    /// that is also the key, the tenant or a value column make
+    /// [`check`](Self::check) (and [`PgRecordSource::open`]) fail with
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use keywheel_core::{BlindIndex, Form, Normalization, Purpose};
+    /// use keywheel_postgres::TableSpec;
+    ///
+    /// let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+    /// let spec = TableSpec::new("public", "users")
+    ///     .keyring_from_column("tenant", Purpose::Database)
+    ///     .column("email", Form::Binary)
+    ///     .index("email", "email_bidx", Form::Binary, email.clone());
+    /// assert!(spec.check().is_ok());
+    /// assert_eq!(spec.columns()[0].index.as_ref().map(|i| i.name.as_str()), Some("email_bidx"));
+    /// assert!(spec.clone().index("phone", "phone_bidx", Form::Binary, email.clone()).check().is_err());
+    /// assert!(spec.clone().index("email", "other_bidx", Form::Binary, email.clone()).check().is_err());
+    /// assert!(spec.column("email_bidx", Form::Binary).check().is_err());
+    /// ```
+    pub fn index(mut self, column: &str, index_column: impl Into<String>, form: Form, spec: BlindIndex) -> Self {
+        let index = IndexColumn { name: index_column.into(), form, spec: Arc::new(spec) };
+        match self.columns.iter_mut().find(|c| c.name == column) {
+            Some(c) if c.index.is_none() => c.index = Some(index),
+            _ => self.stray_indexes.push((column.to_owned(), index)),
+        }
+        self
+    }
+
+    /// The encrypted columns, in cursor order (with their index columns).
+    pub fn columns(&self) -> &[EncryptedColumn] {
+        &self.columns
     }
 
     /// The `table` of the values' context (default: the table's name, without schema).
@@ -259,14 +329,51 @@ struct Built {
 
 #[derive(Debug, Clone)]
 struct BuiltColumn {
+    stored: Stored,
+    context_column: String,
+    index: Option<BuiltIndex>,
+}
+
+/// The index column of an encrypted column.
+#[derive(Debug, Clone)]
+struct BuiltIndex {
+    stored: Stored,
+    spec: Arc<BlindIndex>,
+    /// Its position in a scanned row.
+    at: usize,
+}
+
+/// A column of stored values or tags: its SQL fragments.
+#[derive(Debug, Clone)]
+struct Stored {
     quoted: String,
     form: Form,
-    context_column: String,
     /// `version of t.col` (bigint or NULL).
     version: String,
     /// Census grouping: `first 8 bytes (NULL for a NULL value), length in
-    /// bytes (capped at 64), version of a text form (NULL for other values)`.
+    /// bytes (capped at 64), header of a text form (NULL for other values)`.
     census: String,
+}
+
+impl Stored {
+    fn new(name: &str, form: Form) -> Result<Self> {
+        let quoted = quote_ident(name)?;
+        let expr = format!("t.{quoted}");
+        let version = match form {
+            Form::Binary => any_version(&expr),
+            Form::Text => text_column_version(&format!("{expr}::text")),
+        };
+        let census = census::census_keys(&expr, form);
+        Ok(Stored { quoted, form, version, census })
+    }
+}
+
+impl Built {
+    /// The stored columns in scanned-row order: the value columns, then the index columns.
+    fn stored(&self) -> impl Iterator<Item = &Stored> {
+        let indexes = self.columns.iter().filter_map(|c| Some(&c.index.as_ref()?.stored));
+        self.columns.iter().map(|c| &c.stored).chain(indexes)
+    }
 }
 
 /// A primary key value: `bigint`, or the text of a `uuid` / `text` key.
@@ -495,18 +602,19 @@ impl PgRecordSource {
                 return Err(wrong_type("tenant", tenant, t, "text or varchar"));
             }
         }
-        for c in &self.spec.columns {
-            let (t, _, _) = column(&c.name)?;
-            let ok = match c.form {
+        let indexes = self.spec.columns.iter().filter_map(|c| c.index.as_ref()).map(|i| ("index", &i.name, i.form));
+        for (role, name, form) in self.spec.columns.iter().map(|c| ("encrypted", &c.name, c.form)).chain(indexes) {
+            let (t, _, _) = column(name)?;
+            let ok = match form {
                 Form::Binary => t == "bytea",
                 Form::Text => matches!(t.as_str(), "text" | "character varying"),
             };
             if !ok {
-                let expected = match c.form {
+                let expected = match form {
                     Form::Binary => "bytea (binary form)",
                     Form::Text => "text or varchar (text form)",
                 };
-                return Err(wrong_type("encrypted", &c.name, t, expected));
+                return Err(wrong_type(role, name, t, expected));
             }
         }
         Ok(())
@@ -662,15 +770,28 @@ fn build(spec: &TableSpec) -> Result<Built> {
     if let Some(KeyringFrom::TenantColumn { column, .. }) = &spec.keyring {
         seen.push(column);
     }
-    for c in &spec.columns {
-        if seen.contains(&c.name.as_str()) {
+    if let Some((column, index)) = spec.stray_indexes.first() {
+        let why = if spec.columns.iter().any(|c| &c.name == column) {
+            "which has an index column already (one index per encrypted column)"
+        } else {
+            "which is not an encrypted column of the spec (add it with column() first)"
+        };
+        return Err(Error::InvalidArgument(format!(
+            "TableSpec {}: index column {:?} is given for column {column:?}, {why}",
+            spec.source_name(),
+            index.name
+        )));
+    }
+    let stored =
+        spec.columns.iter().map(|c| &c.name).chain(spec.columns.iter().filter_map(|c| Some(&c.index.as_ref()?.name)));
+    for name in stored {
+        if seen.contains(&name.as_str()) {
             return Err(Error::InvalidArgument(format!(
-                "TableSpec {}: column {:?} is used twice (key, tenant and encrypted columns must differ)",
+                "TableSpec {}: column {name:?} is used twice (key, tenant, encrypted and index columns must differ)",
                 spec.source_name(),
-                c.name
             )));
         }
-        seen.push(&c.name);
+        seen.push(name);
     }
     let key = quote_ident(&spec.key)?;
     let (key_select, key_param, key_array, key_from_text) = match spec.key_type {
@@ -682,18 +803,21 @@ fn build(spec: &TableSpec) -> Result<Built> {
         Some(KeyringFrom::TenantColumn { column, .. }) => Some(quote_ident(column)?),
         _ => None,
     };
+    // Scanned rows hold the key, the tenant, the value columns, then the index columns.
+    let mut index_at = 2 + spec.columns.len();
     let columns = spec
         .columns
         .iter()
         .map(|c| {
-            let quoted = quote_ident(&c.name)?;
-            let expr = format!("t.{quoted}");
-            let version = match c.form {
-                Form::Binary => any_version(&expr),
-                Form::Text => text_column_version(&format!("{expr}::text")),
+            let index = match &c.index {
+                Some(i) => {
+                    let at = index_at;
+                    index_at += 1;
+                    Some(BuiltIndex { stored: Stored::new(&i.name, i.form)?, spec: Arc::clone(&i.spec), at })
+                }
+                None => None,
             };
-            let census = census::census_keys(&expr, c.form);
-            Ok(BuiltColumn { quoted, form: c.form, context_column: c.context_column.clone(), version, census })
+            Ok(BuiltColumn { stored: Stored::new(&c.name, c.form)?, context_column: c.context_column.clone(), index })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Built {

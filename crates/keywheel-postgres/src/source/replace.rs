@@ -31,17 +31,21 @@ impl PgRecordSource {
         let ncols = self.built.columns.len();
         for (i, r) in batch.iter().enumerate() {
             let (col, pk) = self.parse_cursor(&r.cursor)?;
-            if self.built.columns[col].form == Form::Text {
-                if std::str::from_utf8(&r.new).is_err() {
-                    return Err(Error::InvalidArgument(format!(
-                        "replacement at {} of {}: the new value is not text, but the column holds the text form",
-                        r.cursor, self.name
-                    )));
-                }
-                if std::str::from_utf8(&r.old).is_err() {
-                    // Cannot be what a text column holds: it changed (or never was).
-                    continue;
-                }
+            let column = &self.built.columns[col];
+            let tag = column.index.as_ref().zip(r.index.as_ref());
+            let text = |form: Form, stored: Option<&[u8]>| {
+                form == Form::Text && stored.is_some_and(|s| std::str::from_utf8(s).is_err())
+            };
+            if text(column.stored.form, Some(&r.new)) || tag.is_some_and(|(i, t)| text(i.stored.form, Some(&t.new))) {
+                return Err(Error::InvalidArgument(format!(
+                    "replacement at {} of {}: the new value or tag is not text, but its column holds the text form",
+                    r.cursor, self.name
+                )));
+            }
+            if text(column.stored.form, Some(&r.old)) || tag.is_some_and(|(i, t)| text(i.stored.form, t.old.as_deref()))
+            {
+                // Cannot be what a text column holds: it changed (or never was).
+                continue;
             }
             // The first round that does not have this (row, column) yet.
             let mut n = 0;
@@ -108,22 +112,17 @@ impl PgRecordSource {
         let mut bytes: Vec<Vec<Option<&[u8]>>> = Vec::new();
         let mut texts: Vec<Vec<Option<&str>>> = Vec::new();
         let mut order: Vec<(Form, usize)> = Vec::new();
-        for &c in &present {
-            let form = b.columns[c].form;
-            for old in [true, false] {
-                let cells = round.rows().map(|(_, cells)| {
-                    cells[c].map(|i| if old { batch[i].old.as_slice() } else { batch[i].new.as_slice() })
-                });
-                match form {
-                    Form::Binary => {
-                        order.push((form, bytes.len()));
-                        bytes.push(cells.collect());
-                    }
-                    Form::Text => {
-                        order.push((form, texts.len()));
-                        // Replacements of text columns were checked to be UTF-8 already.
-                        texts.push(cells.map(|v| v.and_then(|v| std::str::from_utf8(v).ok())).collect());
-                    }
+        for array in self.round_arrays(&present) {
+            let cells = round.rows().map(|(_, cells)| cells[array.column].and_then(|i| array.part.of(&batch[i])));
+            match array.form {
+                Form::Binary => {
+                    order.push((array.form, bytes.len()));
+                    bytes.push(cells.collect());
+                }
+                Form::Text => {
+                    order.push((array.form, texts.len()));
+                    // Replacements of text columns were checked to be UTF-8 already.
+                    texts.push(cells.map(|v| v.and_then(|v| std::str::from_utf8(v).ok())).collect());
                 }
             }
         }
@@ -209,24 +208,26 @@ impl PgRecordSource {
         }
     }
 
-    /// The fast compare-and-set of a round (parameters: keys, then per present
-    /// column its old and new values): rows whose every value still holds what
-    /// was read get all their new values. `full`: every row has a value in
-    /// every present column.
+    /// The fast compare-and-set of a round (parameters: keys, then the
+    /// [`round_arrays`](Self::round_arrays)): rows whose every value (and tag)
+    /// still holds what was read get all their new values (and tags). `full`:
+    /// every row has a value in every present column.
     fn fast_replace_sql(&self, present: &[usize], full: bool) -> String {
         let b = &self.built;
-        let (unnest, names) = self.round_arrays(present);
+        let (unnest, names) = self.round_unnest(present);
         let mut sets = Vec::new();
         let mut conds = vec![format!("t.{} = v.k{}", b.key, b.key_from_text)];
         for &c in present {
-            let q = &b.columns[c].quoted;
+            let q = &b.columns[c].stored.quoted;
+            let tag = TagSql::of(b, c);
             if full {
                 sets.push(format!("{q} = v.n{c}"));
-                conds.push(format!("t.{q} = v.o{c}"));
+                conds.push(format!("t.{q} = v.o{c}{and_read}", and_read = tag.and_read));
             } else {
                 sets.push(format!("{q} = COALESCE(v.n{c}, t.{q})"));
-                conds.push(format!("(v.n{c} IS NULL OR t.{q} = v.o{c})"));
+                conds.push(format!("(v.n{c} IS NULL OR (t.{q} = v.o{c}{and_read}))", and_read = tag.and_read));
             }
+            sets.extend(tag.set(None));
         }
         format!(
             "UPDATE {table} AS t SET {sets} FROM UNNEST({unnest}) AS v({names}) WHERE {conds}",
@@ -237,25 +238,31 @@ impl PgRecordSource {
     }
 
     /// The careful compare-and-set of a round (same parameters as the fast
-    /// one): each value that still holds what was read gets its new value.
-    /// Only the exceptions come back, one row per key: rows updated with some
-    /// value changed concurrently, and rows not updated at all (every value
-    /// changed or deleted); the key as text, then per present column whether
-    /// its value was replaced.
+    /// one): each value that still holds what was read (with its tag) gets its
+    /// new value (and tag). Only the exceptions come back, one row per key:
+    /// rows updated with some value changed concurrently, and rows not updated
+    /// at all (every value changed or deleted); the key as text, then per
+    /// present column whether its value was replaced.
     fn careful_replace_sql(&self, present: &[usize]) -> String {
         let b = &self.built;
-        let (unnest, names) = self.round_arrays(present);
+        let (unnest, names) = self.round_unnest(present);
         let mut sets = Vec::new();
         let mut matches = Vec::new();
         let mut returns = Vec::new();
         let mut oks = Vec::new();
         for &c in present {
-            let q = &b.columns[c].quoted;
-            let matched = format!("(v.n{c} IS NOT NULL AND t.{q} = v.o{c})");
+            let q = &b.columns[c].stored.quoted;
+            let tag = TagSql::of(b, c);
+            let matched = format!("(v.n{c} IS NOT NULL AND t.{q} = v.o{c}{and_read})", and_read = tag.and_read);
             sets.push(format!("{q} = CASE WHEN {matched} THEN v.n{c} ELSE t.{q} END"));
+            sets.extend(tag.set(Some(&matched)));
             matches.push(matched);
-            returns.push(format!("(v.n{c} IS NOT NULL AND t.{q} = v.n{c}) AS r{c}"));
-            oks.push(format!("(v.n{c} IS NULL OR t.{q} = v.n{c})"));
+            // RETURNING sees the row as written.
+            returns.push(format!(
+                "(v.n{c} IS NOT NULL AND t.{q} = v.n{c}{and_written}) AS r{c}",
+                and_written = tag.and_written
+            ));
+            oks.push(format!("(v.n{c} IS NULL OR (t.{q} = v.n{c}{and_written}))", and_written = tag.and_written));
         }
         let flags: Vec<String> = present.iter().map(|c| format!("u.r{c}")).collect();
         let falses: Vec<&str> = present.iter().map(|_| "false").collect();
@@ -278,22 +285,117 @@ impl PgRecordSource {
         )
     }
 
-    /// `UNNEST` arguments and column names of a round's parameters.
-    fn round_arrays(&self, present: &[usize]) -> (String, String) {
+    /// The arrays of a round's parameters after the keys, in order: per
+    /// present column its old and new values, then for an indexed column its
+    /// old and new tags.
+    fn round_arrays(&self, present: &[usize]) -> Vec<RoundArray> {
         let b = &self.built;
-        let mut unnest = vec![format!("$1::{}", b.key_array)];
+        let mut arrays = Vec::new();
+        for &column in present {
+            let c = &b.columns[column];
+            for part in [Part::Old, Part::New] {
+                arrays.push(RoundArray { column, part, form: c.stored.form });
+            }
+            if let Some(index) = &c.index {
+                for part in [Part::OldTag, Part::NewTag] {
+                    arrays.push(RoundArray { column, part, form: index.stored.form });
+                }
+            }
+        }
+        arrays
+    }
+
+    /// `UNNEST` arguments and column names of a round's parameters.
+    fn round_unnest(&self, present: &[usize]) -> (String, String) {
+        let mut unnest = vec![format!("$1::{}", self.built.key_array)];
         let mut names = vec!["k".to_owned()];
-        for (p, &c) in present.iter().enumerate() {
-            let array = match b.columns[c].form {
+        for (p, array) in self.round_arrays(present).iter().enumerate() {
+            let sql_type = match array.form {
                 Form::Binary => "bytea[]",
                 Form::Text => "text[]",
             };
-            unnest.push(format!("${}::{array}", 2 * p + 2));
-            unnest.push(format!("${}::{array}", 2 * p + 3));
-            names.push(format!("o{c}"));
-            names.push(format!("n{c}"));
+            unnest.push(format!("${}::{sql_type}", p + 2));
+            names.push(format!("{}{}", array.part.prefix(), array.column));
         }
         (unnest.join(", "), names.join(", "))
+    }
+}
+
+/// One array parameter of a round: per row, a part of the replacement in `column`.
+struct RoundArray {
+    column: usize,
+    part: Part,
+    form: Form,
+}
+
+/// What an array of a round holds.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// The value read (`v.o{column}`).
+    Old,
+    /// The value to write (`v.n{column}`).
+    New,
+    /// The tag read (`v.to{column}`; NULL: an empty index column, or no tag to write).
+    OldTag,
+    /// The tag to write (`v.tn{column}`; NULL: the tag is left as it is, unchecked).
+    NewTag,
+}
+
+impl Part {
+    fn prefix(self) -> &'static str {
+        match self {
+            Part::Old => "o",
+            Part::New => "n",
+            Part::OldTag => "to",
+            Part::NewTag => "tn",
+        }
+    }
+
+    fn of(self, r: &Replacement) -> Option<&[u8]> {
+        match self {
+            Part::Old => Some(&r.old),
+            Part::New => Some(&r.new),
+            Part::OldTag => r.index.as_ref()?.old.as_deref(),
+            Part::NewTag => Some(&r.index.as_ref()?.new),
+        }
+    }
+}
+
+/// The SQL of an index column in a round's compare-and-set; empty for a
+/// column without one. A replacement without a tag (`v.tn` NULL) neither
+/// checks nor writes the tag.
+struct TagSql {
+    /// ` AND` the stored tag is still the one read.
+    and_read: String,
+    /// ` AND` the tag is the one to write (in `RETURNING`).
+    and_written: String,
+    /// The quoted index column and the column index, if any.
+    column: Option<(String, usize)>,
+}
+
+impl TagSql {
+    fn of(b: &super::Built, c: usize) -> Self {
+        match &b.columns[c].index {
+            None => TagSql { and_read: String::new(), and_written: String::new(), column: None },
+            Some(index) => {
+                let q = &index.stored.quoted;
+                TagSql {
+                    and_read: format!(" AND (v.tn{c} IS NULL OR t.{q} IS NOT DISTINCT FROM v.to{c})"),
+                    and_written: format!(" AND (v.tn{c} IS NULL OR t.{q} = v.tn{c})"),
+                    column: Some((q.clone(), c)),
+                }
+            }
+        }
+    }
+
+    /// The `SET` of the tag: where `matched` (an SQL condition) holds, or
+    /// unconditionally (the fast statement only updates matching rows).
+    fn set(&self, matched: Option<&str>) -> Option<String> {
+        let (q, c) = self.column.as_ref()?;
+        Some(match matched {
+            None => format!("{q} = COALESCE(v.tn{c}, t.{q})"),
+            Some(matched) => format!("{q} = CASE WHEN {matched} THEN COALESCE(v.tn{c}, t.{q}) ELSE t.{q} END"),
+        })
     }
 }
 

@@ -5,11 +5,11 @@ use std::sync::{Arc, PoisonError};
 use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 
-use keywheel_core::{Context, Error, Form, KeyringId, Result, ScanRequest, StoredValue, version_of};
+use keywheel_core::{Context, Error, Form, KeyringId, Result, ScanRequest, StoredIndex, StoredValue, version_of};
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{BEGIN_BATCH, KeyType, KeyringFrom, PgRecordSource, Pk};
+use super::{BEGIN_BATCH, KeyType, KeyringFrom, PgRecordSource, Pk, Stored};
 use crate::error::{SOURCE, on};
 
 /// What a scan statement filters on (its text and parameters depend on it).
@@ -132,8 +132,8 @@ impl PgRecordSource {
     }
 
     /// The values of one scanned row, in column order, that come after
-    /// `after`, are not NULL and are not on the skipped version; at most up to
-    /// `request.limit` values in `out`.
+    /// `after`, are not NULL and are not on the skipped version (with their
+    /// tags, if not on it either); at most up to `request.limit` values in `out`.
     fn push_values(
         &self,
         row: &Row,
@@ -154,16 +154,18 @@ impl PgRecordSource {
             {
                 continue;
             }
-            let value: Option<&[u8]> = match c.form {
-                Form::Binary => row.try_get(i + 2).map_err(on(SOURCE, "read value"))?,
-                Form::Text => {
-                    row.try_get::<_, Option<&str>>(i + 2).map_err(on(SOURCE, "read value"))?.map(str::as_bytes)
-                }
+            let Some(value) = read_stored(row, i + 2, c.stored.form, "read value")? else { continue };
+            let index = match &c.index {
+                Some(index) => Some(StoredIndex {
+                    spec: Arc::clone(&index.spec),
+                    form: index.stored.form,
+                    tag: read_stored(row, index.at, index.stored.form, "read index tag")?.map(<[u8]>::to_vec),
+                }),
+                None => None,
             };
-            let Some(value) = value else { continue };
-            if let Some(skip) = request.skip_version
-                && version_of(value) == Ok(skip)
-            {
+            // On the skipped version: the value, and its tag if it has an index column.
+            let on_skip = |stored: &[u8]| request.skip_version.is_some_and(|skip| version_of(stored) == Ok(skip));
+            if on_skip(value) && index.as_ref().is_none_or(|i| i.tag.as_deref().is_some_and(on_skip)) {
                 continue;
             }
             let keyring = match &self.spec.keyring {
@@ -178,7 +180,7 @@ impl PgRecordSource {
                 keyring: keyring.clone(),
                 context: Context::field(&self.context_table, &c.context_column, &pk_text),
                 value: value.to_vec(),
-                index: None,
+                index,
             });
             if out.len() == request.limit {
                 break;
@@ -187,7 +189,8 @@ impl PgRecordSource {
         Ok(())
     }
 
-    /// The scan statement of a shape, built once. Parameters, in order: the
+    /// The scan statement of a shape, built once: the key, the tenant, the
+    /// value columns, then the index columns. Parameters, in order: the
     /// key after which to read (with `after`), the tenant (with `tenant`), the
     /// skipped version as bigint, as 4 big-endian bytes and as a text prefix
     /// `kw:v{N}:` (with `skip`), the row limit.
@@ -213,30 +216,42 @@ impl PgRecordSource {
         }
         let per_column: Vec<String> = if shape.skip {
             let (n, nb, np) = (next(), next(), next());
+            // Whether a non-NULL value (or tag) is not on the skipped version.
+            // Cheap tests first: a header that does not name the target version
+            // is yielded without the full validity check.
+            let not_on = |c: &Stored| {
+                let fast = match c.form {
+                    Form::Binary => format!(
+                        "substring(t.{q} FROM 5 FOR 4) <> ${nb} OR (t.{q} >= '\\x6b773a'::bytea AND t.{q} < '\\x6b773b'::bytea)",
+                        q = c.quoted
+                    ),
+                    Form::Text => format!("NOT starts_with(t.{q}::text, ${np})", q = c.quoted),
+                };
+                format!("{fast} OR ({ver}) IS DISTINCT FROM ${n}", ver = c.version)
+            };
             b.columns
                 .iter()
                 .map(|c| {
-                    // Cheap tests first: a header that does not name the target
-                    // version is yielded without the full validity check.
-                    let fast = match c.form {
-                        Form::Binary => format!(
-                            "substring(t.{q} FROM 5 FOR 4) <> ${nb} OR (t.{q} >= '\\x6b773a'::bytea AND t.{q} < '\\x6b773b'::bytea)",
-                            q = c.quoted
-                        ),
-                        Form::Text => format!("NOT starts_with(t.{q}::text, ${np})", q = c.quoted),
-                    };
-                    format!("(t.{q} IS NOT NULL AND ({fast} OR ({ver}) IS DISTINCT FROM ${n}))", q = c.quoted, ver = c.version)
+                    // A value on the version is still yielded when its tag is not (or is NULL).
+                    let stale_tag = c.index.as_ref().map_or_else(String::new, |i| {
+                        format!(" OR t.{q} IS NULL OR {not_on}", q = i.stored.quoted, not_on = not_on(&i.stored))
+                    });
+                    format!(
+                        "(t.{q} IS NOT NULL AND ({not_on}{stale_tag}))",
+                        q = c.stored.quoted,
+                        not_on = not_on(&c.stored)
+                    )
                 })
                 .collect()
         } else {
-            b.columns.iter().map(|c| format!("t.{} IS NOT NULL", c.quoted)).collect()
+            b.columns.iter().map(|c| format!("t.{} IS NOT NULL", c.stored.quoted)).collect()
         };
         conds.push(format!("({})", per_column.join(" OR ")));
         let sql: Arc<str> = format!(
             "SELECT {key_select}, {tenant}, {cols} FROM {table} AS t WHERE {conds} ORDER BY t.{key} LIMIT ${n}",
             key_select = b.key_select,
             tenant = b.tenant.as_ref().map_or_else(|| "NULL::text".to_owned(), |t| format!("t.{t}::text")),
-            cols = b.columns.iter().map(|c| format!("t.{}", c.quoted)).collect::<Vec<_>>().join(", "),
+            cols = b.stored().map(|c| format!("t.{}", c.quoted)).collect::<Vec<_>>().join(", "),
             table = b.table,
             conds = conds.join(" AND "),
             key = b.key,
@@ -254,4 +269,12 @@ impl PgRecordSource {
             KeyType::Text => "",
         }
     }
+}
+
+/// A value or tag of a scanned row at position `at`, as bytes (a text form as its UTF-8 bytes).
+fn read_stored<'r>(row: &'r Row, at: usize, form: Form, what: &'static str) -> Result<Option<&'r [u8]>> {
+    Ok(match form {
+        Form::Binary => row.try_get(at).map_err(on(SOURCE, what))?,
+        Form::Text => row.try_get::<_, Option<&str>>(at).map_err(on(SOURCE, what))?.map(str::as_bytes),
+    })
 }
