@@ -14,14 +14,19 @@ use keywheel_core::{Algorithm, FORMAT_V1, HEADER_LEN, MAGIC};
 /// The base64 alphabet, in index order.
 const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// `(algorithm byte, length condition on `len`)` for every algorithm.
+/// `(algorithm byte, length condition on `len`)` for every algorithm, from
+/// [`Algorithm::binary_len_range`]: at least the minimum (AEAD values), exactly
+/// it (signatures), or within the range (blind index tags).
 fn length_checks(alg_byte: &str, len: &str) -> String {
     Algorithm::ALL
         .iter()
         .map(|a| {
-            let needed = HEADER_LEN + a.nonce_len() + a.tag_len();
-            let op = if a.is_aead() { ">=" } else { "=" };
-            format!("({alg_byte} = {} AND {len} {op} {needed})", a.id())
+            let condition = match a.binary_len_range() {
+                (min, None) => format!("{len} >= {min}"),
+                (min, Some(max)) if min == max => format!("{len} = {min}"),
+                (min, Some(max)) => format!("{len} BETWEEN {min} AND {max}"),
+            };
+            format!("({alg_byte} = {} AND {condition})", a.id())
         })
         .collect::<Vec<_>>()
         .join(" OR ")
@@ -29,7 +34,7 @@ fn length_checks(alg_byte: &str, len: &str) -> String {
 
 /// The smallest binary form of any algorithm.
 fn min_binary_len() -> usize {
-    Algorithm::ALL.iter().map(|a| HEADER_LEN + a.nonce_len() + a.tag_len()).min().unwrap_or(HEADER_LEN)
+    Algorithm::ALL.iter().map(|a| a.binary_len_range().0).min().unwrap_or(HEADER_LEN)
 }
 
 fn prefix_bytea() -> String {
@@ -60,6 +65,20 @@ pub(crate) fn binary_version(c: &str) -> String {
 
 /// Version of a text-form value held in text expression `t`.
 pub(crate) fn text_version(t: &str) -> String {
+    text_checked(t, |_head, text_v| format!("NULLIF({text_v}, 0)"))
+}
+
+/// The 8-byte binary header (bytea) of a text-form value held in text
+/// expression `t`, `NULL` where [`text_version`] is: its algorithm byte tells
+/// blind index tags from encrypted values.
+pub(crate) fn text_header(t: &str) -> String {
+    text_checked(t, |head, _text_v| format!("substring({head} FROM 1 FOR 8)"))
+}
+
+/// `then(head, text version)` for a text-form value in text expression `t`
+/// that the parser accepts, `NULL` otherwise (`head`: the first 9 bytes of
+/// the binary form, header included).
+fn text_checked(t: &str, then: impl FnOnce(&str, &str) -> String) -> String {
     // The payload (base64 of the whole binary form) and its length.
     let payload = format!("split_part({t}, ':', 3)");
     let len = format!("length({payload})");
@@ -74,10 +93,11 @@ pub(crate) fn text_version(t: &str) -> String {
          AND {len} % 4 <> 1 \
          AND (CASE {len} % 4 WHEN 2 THEN {last_index} % 16 = 0 WHEN 3 THEN {last_index} % 4 = 0 ELSE true END) THEN \
          CASE WHEN substring({head} FROM 1 FOR 3) = {prefix} AND {hv} = {text_v} AND ({lengths}) \
-         THEN NULLIF({text_v}, 0) END END",
+         THEN {then} END END",
         prefix = prefix_bytea(),
         hv = u32_at(&head, 4),
         lengths = length_checks(&format!("get_byte({head}, 3)"), &binary_len),
+        then = then(&head, &text_v),
     )
 }
 
@@ -111,7 +131,13 @@ mod tests {
             assert!(b.contains(&format!("get_byte(t.c, 3) = {}", a.id())), "{b}");
         }
         assert!(b.contains("'\\x6b7701'::bytea"), "{b}");
-        assert!(text_version("x").contains("{48,}"), "the shortest binary form is 36 bytes, 48 base64 characters");
+        assert!(b.contains(&format!("get_byte(t.c, 3) = {} AND octet_length(t.c) BETWEEN 16 AND 40", 0x11)), "{b}");
+        assert!(b.contains("get_byte(t.c, 3) = 16 AND octet_length(t.c) = 40"), "signatures have one length: {b}");
+        assert!(text_version("x").contains("{22,}"), "the shortest binary form is a 16-byte tag, 22 base64 characters");
+        assert!(
+            text_header("x")
+                .ends_with("THEN substring(decode(left(split_part(x, ':', 3), 12), 'base64') FROM 1 FOR 8) END END")
+        );
         assert!(any_version("t.c").starts_with("CASE WHEN substring(t.c FROM 1 FOR 3) = '\\x6b773a'::bytea"));
     }
 }

@@ -142,6 +142,7 @@ mod error;
 mod header;
 mod ident;
 mod listener;
+mod lookup;
 mod pool;
 mod schema;
 mod source;
@@ -152,11 +153,12 @@ pub use audit::{AuditHead, PgAuditSink};
 pub use conninfo::redact_url;
 pub use ident::{MAX_IDENTIFIER_LEN, quote_ident};
 pub use listener::{ListenerHandle, spawn_listener};
+pub use lookup::IndexParam;
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
 pub use schema::{
     MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, grant_application_role, migrate, migrate_with,
 };
-pub use source::{EncryptedColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
+pub use source::{EncryptedColumn, IndexColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
 pub use store::PgKeyStore;
 pub use tls::{ConnectError, SslMode, TlsSettings};
 

@@ -1,6 +1,7 @@
 //! The whole keywheel conformance suite against Postgres: key store, audit
-//! sink, and record source (twice: a plain table with a bigint key, and a
-//! table whose schema, table and column names are hostile SQL with a text key).
+//! sink, record source (twice: a plain table with a bigint key, and a table
+//! whose schema, table and column names are hostile SQL with a text key), and
+//! the blind-index checks (an index column in `bytea` and in `text`).
 
 mod common;
 
@@ -8,8 +9,12 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use common::TestDb;
-use keywheel_conformance::{AuditFixture, RecordSourceFixture, Tamper};
-use keywheel_core::{AuditSink, Context, Cursor, Form, KeyStore, KeyringId, Purpose, RecordSource, async_trait};
+use keywheel_conformance::{AuditFixture, IndexedSourceFixture, RecordSourceFixture, Tamper};
+use keywheel_core::{
+    AuditSink, BlindIndex, Context, Cursor, Form, KeyStore, KeyringId, Normalization, Purpose, RecordSource,
+    async_trait,
+};
+use keywheel_postgres::tokio_postgres::types::ToSql;
 use keywheel_postgres::{KeyType, PgAuditSink, PgKeyStore, PgRecordSource, PgSchema, TableSpec, quote_ident};
 
 /// A Postgres key store on its own test database (dropped with the store).
@@ -214,4 +219,105 @@ keywheel_conformance::record_source_tests!({
 keywheel_conformance::record_source_tests!(mod hostile_names_record_source_conformance, {
     let Some(db) = TestDb::create().await else { return };
     async move { SourceFixture::new(db, &HOSTILE).await }
+});
+
+/// A table with an encrypted `email` and its blind index `email_bidx`, in
+/// `bytea` (binary form) or `text` (text form).
+struct IndexedFixture {
+    source: Arc<PgRecordSource>,
+    client: keywheel_postgres::tokio_postgres::Client,
+    index: BlindIndex,
+    form: Form,
+    _db: TestDb,
+}
+
+impl IndexedFixture {
+    async fn new(db: TestDb, form: Form) -> Self {
+        let tag_type = match form {
+            Form::Binary => "bytea",
+            Form::Text => "text",
+        };
+        db.execute(&format!(
+            "CREATE TABLE public.users (id bigint PRIMARY KEY, tenant text, email bytea, email_bidx {tag_type}, \
+             other text DEFAULT 'untouched'); CREATE INDEX ON public.users (email_bidx)"
+        ))
+        .await;
+        let index = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+        let spec = TableSpec::new("public", "users")
+            .keyring_from_column("tenant", Purpose::Database)
+            .column("email", Form::Binary)
+            .index("email", "email_bidx", form, index.clone());
+        let source = PgRecordSource::open(db.pool(6), spec).await.expect("open the source");
+        IndexedFixture { source: Arc::new(source), client: db.client().await, index, form, _db: db }
+    }
+
+    /// The tag as the column's SQL type takes it.
+    fn tag_param(&self, tag: Option<Vec<u8>>) -> Box<dyn ToSql + Sync + Send> {
+        match self.form {
+            Form::Binary => Box::new(tag),
+            Form::Text => Box::new(tag.map(|t| String::from_utf8(t).expect("a text-form tag is UTF-8"))),
+        }
+    }
+}
+
+#[async_trait]
+impl IndexedSourceFixture for IndexedFixture {
+    fn source(&self) -> Arc<dyn RecordSource> {
+        Arc::clone(&self.source) as Arc<dyn RecordSource>
+    }
+
+    fn index(&self) -> (BlindIndex, Form) {
+        (self.index.clone(), self.form)
+    }
+
+    async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>, tag: Option<Vec<u8>>) -> Cursor {
+        let pairs = context.pairs().expect("context");
+        let row = pairs.iter().find(|(n, _)| n == "row").expect("a row in the context").1.clone();
+        let row: i64 = String::from_utf8(row).expect("row id text").parse().expect("a numeric row id");
+        let tag = self.tag_param(tag);
+        self.client
+            .execute(
+                "INSERT INTO public.users (id, tenant, email, email_bidx) VALUES ($1, $2, $3, $4)",
+                &[&row, &keyring.tenant(), &value, &*tag],
+            )
+            .await
+            .expect("insert");
+        PgRecordSource::cursor(0, &row.to_string())
+    }
+
+    async fn app_write(&self, cursor: &Cursor, value: Vec<u8>, tag: Option<Vec<u8>>) {
+        let key: i64 = cursor.0.split_once(':').expect("column:key").1.parse().expect("bigint");
+        let tag = self.tag_param(tag);
+        let n = self
+            .client
+            .execute("UPDATE public.users SET email = $2, email_bidx = $3 WHERE id = $1", &[&key, &value, &*tag])
+            .await
+            .expect("update");
+        assert_eq!(n, 1, "the application writes an existing row");
+    }
+
+    async fn get(&self, cursor: &Cursor) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let key: i64 = cursor.0.split_once(':').expect("column:key").1.parse().expect("bigint");
+        let row = self
+            .client
+            .query_opt("SELECT email, email_bidx, other FROM public.users WHERE id = $1", &[&key])
+            .await
+            .expect("select")?;
+        assert_eq!(row.get::<_, String>(2), "untouched", "other columns are not written");
+        let tag = match self.form {
+            Form::Binary => row.get::<_, Option<Vec<u8>>>(1),
+            Form::Text => row.get::<_, Option<String>>(1).map(String::into_bytes),
+        };
+        Some((row.get(0), tag))
+    }
+}
+
+keywheel_conformance::indexed_source_tests!(mod binary_index_conformance, {
+    let Some(db) = TestDb::create().await else { return };
+    async move { IndexedFixture::new(db, Form::Binary).await }
+});
+
+keywheel_conformance::indexed_source_tests!(mod text_index_conformance, {
+    let Some(db) = TestDb::create().await else { return };
+    async move { IndexedFixture::new(db, Form::Text).await }
 });

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{TestDb, XorShift};
 use keywheel_core::{
-    Algorithm, Context, Error, Form, JobPhase, KeyVersion, KeyringId, Purpose, RecordSource, RotateOptions, Rotator,
-    ScanRequest, census_by_scan, version_of,
+    Algorithm, BlindIndex, Context, Error, Form, JobPhase, KeyVersion, KeyringId, Purpose, RecordSource, RotateOptions,
+    Rotator, ScanRequest, census_by_scan, version_of,
 };
 use keywheel_postgres::{KeyType, PgRecordSource, TableSpec};
 
@@ -100,8 +100,9 @@ async fn uuid_keys_text_and_binary_columns_rotate() {
     assert_ne!(after[0].cursor, PgRecordSource::cursor(0, first), "scanning after a row skips it");
 }
 
-/// Values that are malformed in every way the parser knows, in bytea and text
-/// columns: the SQL census and filter must agree with `keywheel_core::parse`.
+/// Values and blind index tags that are malformed in every way the parser
+/// knows, in bytea and text columns: the SQL census (which tells tags from
+/// values) and filter must agree with `keywheel_core::parse`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_header_expression_agrees_with_the_parser() {
     let Some(db) = TestDb::create().await else { return };
@@ -124,10 +125,14 @@ async fn sql_header_expression_agrees_with_the_parser() {
     let mut rng = XorShift::seeded();
     let base = ring.encrypt(b"some plaintext of moderate length", &Context::empty()).expect("encrypt");
     let base_text = ring.encrypt_text(b"x", &Context::empty()).expect("encrypt");
+    // Blind index tags of every allowed length (8 to 32 bytes after the header).
+    let index_of = |len: u64| BlindIndex::new("vals", "b").length(len as usize).expect("a valid length");
+    let tag_of = |len: u64| ring.blind_index(b"ann@example.org", &index_of(len)).expect("tag");
+    let text_tag_of = |len: u64| ring.blind_index_text(b"ann@example.org", &index_of(len)).expect("tag");
     let mut rows: Vec<(i64, Vec<u8>, Option<String>)> = Vec::new();
     for n in 0..600i64 {
         let mut b = base.clone();
-        match rng.below(9) {
+        match rng.below(14) {
             0 => {}
             1 => b.truncate(rng.below(b.len() as u64 + 1) as usize),
             2 => {
@@ -139,10 +144,21 @@ async fn sql_header_expression_agrees_with_the_parser() {
             5 => b[4..8].copy_from_slice(&(rng.next_u64() as u32).to_be_bytes()),
             6 => b = base_text.clone().into_bytes(),
             7 => b.extend_from_slice(&[0; 24]),
-            _ => b = format!("kw:v{}:{}", rng.below(5), "A".repeat(rng.below(80) as usize)).into_bytes(),
+            8 => b = format!("kw:v{}:{}", rng.below(5), "A".repeat(rng.below(80) as usize)).into_bytes(),
+            9 => b = tag_of(8 + rng.below(25)),
+            10 => {
+                b = tag_of(8 + rng.below(25));
+                b.truncate(rng.below(b.len() as u64 + 1) as usize);
+            }
+            11 => b = [tag_of(32), vec![0; 1 + rng.below(30) as usize]].concat(),
+            12 => b = ring.blind_index_text(b"x", &BlindIndex::new("vals", "b")).expect("tag").into_bytes(),
+            _ => {
+                b = tag_of(8 + rng.below(25));
+                b[3] = [0x10, 0x11, 0x12][rng.below(3) as usize];
+            }
         }
         let mut t = base_text.clone();
-        match rng.below(8) {
+        match rng.below(10) {
             0 => {}
             1 => t.truncate(rng.below(t.len() as u64 + 1) as usize),
             2 => t = t.replacen("kw:v3:", &format!("kw:v{}:", rng.below(12)), 1),
@@ -155,7 +171,13 @@ async fn sql_header_expression_agrees_with_the_parser() {
             }
             5 => t = t.replacen("kw:v3:", "kw:v03:", 1),
             6 => t = String::from_utf8_lossy(&b).into_owned().replace('\0', ""),
-            _ => t = format!("{t}{t}"),
+            7 => t = format!("{t}{t}"),
+            8 => {
+                // A text-form tag, whole or cut (a cut may still parse, as a shorter tag).
+                let tag = text_tag_of(8 + rng.below(25));
+                t = tag[..tag.len() - rng.below(12) as usize].to_owned();
+            }
+            _ => t = format!("{}AAAA", text_tag_of(32)),
         }
         client.execute("INSERT INTO public.vals VALUES ($1, $2, $3)", &[&n, &b, &t]).await.expect("insert");
         rows.push((n, b, Some(t)));
@@ -167,6 +189,8 @@ async fn sql_header_expression_agrees_with_the_parser() {
         let scanned = census_by_scan(&source, None, 50).await.expect("scan census");
         assert_eq!(sql, scanned, "column {column}: the SQL census must equal the parser's");
         assert!(sql.unparseable > 0 && sql.count(&id, v(3)) > 0, "the sample has both: {sql:?}");
+        let tags = sql.index_tag_count(&id, v(3));
+        assert!(tags > 0 && tags < sql.count(&id, v(3)), "the sample has tags and values on v3: {sql:?}");
         // The skip filter never hides a value the parser does not place on v3.
         let mut request = ScanRequest { skip_version: Some(v(3)), ..ScanRequest::all(1000) };
         let filtered = source.scan(&request).await.expect("scan");

@@ -1,0 +1,890 @@
+//! [`PgRecordSource`]: the encrypted columns of an application table.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use keywheel_core::{
+    BlindIndex, Census, Cursor, Error, Form, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement, Result,
+    ScanRequest, StoredValue, ValueLocation, async_trait,
+};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
+
+use crate::PgPool;
+use crate::error::{SOURCE, invalid, on, pg};
+use crate::header::{any_version, text_column_version};
+use crate::ident::{qualified, quote_ident};
+
+mod census;
+mod replace;
+mod scan;
+
+use scan::{ReadAhead, ScanShape};
+
+/// The SQL type of an application table's primary key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// `bigint` (`int8`).
+    BigInt,
+    /// `uuid`.
+    Uuid,
+    /// `text` or `varchar`. Scan order is the column's collation order; a
+    /// `COLLATE "C"` column (or database) makes it bytewise.
+    Text,
+}
+
+impl KeyType {
+    fn accepts(self, sql_type: &str) -> bool {
+        match self {
+            KeyType::BigInt => sql_type == "bigint",
+            KeyType::Uuid => sql_type == "uuid",
+            KeyType::Text => matches!(sql_type, "text" | "character varying"),
+        }
+    }
+    fn expected(self) -> &'static str {
+        match self {
+            KeyType::BigInt => "bigint",
+            KeyType::Uuid => "uuid",
+            KeyType::Text => "text or varchar",
+        }
+    }
+}
+
+/// How a row's keyring is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyringFrom {
+    /// Every value of the table belongs to this keyring.
+    Fixed(KeyringId),
+    /// The keyring of a row is `(tenant, purpose)` where the tenant is the
+    /// row's value in this `text`/`varchar` column.
+    TenantColumn {
+        /// The tenant column.
+        column: String,
+        /// The purpose shared by all rows.
+        purpose: Purpose,
+    },
+}
+
+/// One encrypted column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedColumn {
+    /// The column's name.
+    pub name: String,
+    /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
+    /// `varchar` column holding the `kw:v{N}:…` text form.
+    pub form: Form,
+    /// The `column` of the values' [`Context`] (default: the column's name).
+    pub context_column: String,
+    /// The blind index column paired with this column, if any
+    /// ([`TableSpec::index`]).
+    pub index: Option<IndexColumn>,
+}
+
+/// A blind index column paired with an encrypted column ([`TableSpec::index`]):
+/// each row's tag of the encrypted column's plaintext, which a rotation
+/// rewrites under the new version together with the value (the
+/// [manual](keywheel_core::manual#13-searchable-fields-blind-indexes)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexColumn {
+    /// The index column's name (e.g. `email_bidx`).
+    pub name: String,
+    /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
+    /// `varchar` column holding tags in the `kw:v{N}:…` text form.
+    pub form: Form,
+    /// How the tags are made: the same [`BlindIndex`] the application passes
+    /// to [`Keyring::blind_index`](keywheel_core::Keyring::blind_index).
+    pub spec: Arc<BlindIndex>,
+}
+
+/// The description of an application table whose encrypted columns a
+/// [`PgRecordSource`] scans and rewrites.
+///
+/// Every value's context is `Context::field(context_table, context_column,
+/// row_id)`: by default the table's and column's names and the primary key
+/// as text (decimal for `bigint`, lower-case hyphenated for `uuid`, the text
+/// itself for `text`). Encrypt your application's values with the same
+/// context, or they will not decrypt during a rotation.
+///
+/// ```
+/// use keywheel_core::{Form, Purpose};
+/// use keywheel_postgres::{KeyType, TableSpec};
+///
+/// let spec = TableSpec::new("public", "users")
+///     .primary_key("id", KeyType::BigInt)
+///     .keyring_from_column("tenant", Purpose::Database)
+///     .column("email", Form::Binary)
+///     .column("api_token", Form::Text);
+/// assert_eq!(spec.source_name(), "public.users");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    schema: String,
+    table: String,
+    key: String,
+    key_type: KeyType,
+    keyring: Option<KeyringFrom>,
+    columns: Vec<EncryptedColumn>,
+    /// Indexes given for a column that is not (yet) an encrypted column of
+    /// the spec, or that has one already: [`check`](Self::check) names them.
+    stray_indexes: Vec<(String, IndexColumn)>,
+    context_table: Option<String>,
+    name: Option<String>,
+    read_ahead: bool,
+}
+
+impl TableSpec {
+    /// The table `schema.table`; primary key `id bigint` until set otherwise.
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
+        TableSpec {
+            schema: schema.into(),
+            table: table.into(),
+            key: "id".into(),
+            key_type: KeyType::BigInt,
+            keyring: None,
+            columns: Vec::new(),
+            stray_indexes: Vec::new(),
+            context_table: None,
+            name: None,
+            read_ahead: true,
+        }
+    }
+
+    /// The primary key (or any unique, non-null column) and its type.
+    pub fn primary_key(mut self, column: impl Into<String>, key_type: KeyType) -> Self {
+        self.key = column.into();
+        self.key_type = key_type;
+        self
+    }
+
+    /// Every value belongs to `keyring`.
+    pub fn keyring(mut self, keyring: KeyringId) -> Self {
+        self.keyring = Some(KeyringFrom::Fixed(keyring));
+        self
+    }
+
+    /// A row's keyring is `(row's tenant column value, purpose)`.
+    pub fn keyring_from_column(mut self, column: impl Into<String>, purpose: Purpose) -> Self {
+        self.keyring = Some(KeyringFrom::TenantColumn { column: column.into(), purpose });
+        self
+    }
+
+    /// Add an encrypted column (context column = its name).
+    pub fn column(self, name: impl Into<String>, form: Form) -> Self {
+        let name = name.into();
+        let context_column = name.clone();
+        self.column_with_context(name, form, context_column)
+    }
+
+    /// Add an encrypted column whose values' context names `context_column`.
+    pub fn column_with_context(
+        mut self,
+        name: impl Into<String>,
+        form: Form,
+        context_column: impl Into<String>,
+    ) -> Self {
+        self.columns.push(EncryptedColumn {
+            name: name.into(),
+            form,
+            context_column: context_column.into(),
+            index: None,
+        });
+        self
+    }
+
+    /// Pair a blind index column with the encrypted column `column` (added
+    /// before with [`column`](Self::column)): `index_column` holds, in `form`,
+    /// each row's tag of the plaintext under `spec`. Scans yield the tag with
+    /// the value ([`StoredIndex`](keywheel_core::StoredIndex)), a rotation
+    /// rewrites value and tag in one compare-and-set (and fills empty
+    /// tags), and the census counts the tags. Lookups are `WHERE index_column
+    /// = ANY($1)` with an [`IndexParam`](crate::IndexParam).
+    ///
+    /// An unknown `column`, a second index on one column, or an index column
+    /// that is also the key, the tenant or a value column make
+    /// [`check`](Self::check) (and [`PgRecordSource::open`]) fail with
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use keywheel_core::{BlindIndex, Form, Normalization, Purpose};
+    /// use keywheel_postgres::TableSpec;
+    ///
+    /// let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
+    /// let spec = TableSpec::new("public", "users")
+    ///     .keyring_from_column("tenant", Purpose::Database)
+    ///     .column("email", Form::Binary)
+    ///     .index("email", "email_bidx", Form::Binary, email.clone());
+    /// assert!(spec.check().is_ok());
+    /// assert_eq!(spec.columns()[0].index.as_ref().map(|i| i.name.as_str()), Some("email_bidx"));
+    /// assert!(spec.clone().index("phone", "phone_bidx", Form::Binary, email.clone()).check().is_err());
+    /// assert!(spec.clone().index("email", "other_bidx", Form::Binary, email.clone()).check().is_err());
+    /// assert!(spec.column("email_bidx", Form::Binary).check().is_err());
+    /// ```
+    pub fn index(mut self, column: &str, index_column: impl Into<String>, form: Form, spec: BlindIndex) -> Self {
+        let index = IndexColumn { name: index_column.into(), form, spec: Arc::new(spec) };
+        match self.columns.iter_mut().find(|c| c.name == column) {
+            Some(c) if c.index.is_none() => c.index = Some(index),
+            _ => self.stray_indexes.push((column.to_owned(), index)),
+        }
+        self
+    }
+
+    /// The encrypted columns, in cursor order (with their index columns).
+    pub fn columns(&self) -> &[EncryptedColumn] {
+        &self.columns
+    }
+
+    /// The `table` of the values' context (default: the table's name, without schema).
+    pub fn context_table(mut self, table: impl Into<String>) -> Self {
+        self.context_table = Some(table.into());
+        self
+    }
+
+    /// The source's name in reports and job checkpoints (default `schema.table`).
+    /// Must be unique among the sources of one rotator.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Read ahead (default on): after returning a batch, the source already
+    /// reads the next one (the same request, after the batch's last cursor) on
+    /// another connection, so a caller that re-encrypts a batch while the next
+    /// is being read — the rotation engine — never waits for a scan. Such a
+    /// batch may be older than the call by the time the caller spent on the
+    /// previous one; compare-and-set replacement makes that harmless, but turn
+    /// it off if you need every scan to read at call time.
+    pub fn read_ahead(mut self, on: bool) -> Self {
+        self.read_ahead = on;
+        self
+    }
+
+    /// The name the source will report.
+    pub fn source_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("{}.{}", self.schema, self.table))
+    }
+
+    /// Check the description without a database: a keyring and at least one
+    /// encrypted column, valid identifiers, no column used twice. The same
+    /// check [`PgRecordSource::open`] makes before it reads the catalog.
+    ///
+    /// ```
+    /// use keywheel_core::{Form, Purpose};
+    /// use keywheel_postgres::TableSpec;
+    ///
+    /// let spec = TableSpec::new("public", "users").keyring_from_column("tenant", Purpose::Token);
+    /// assert!(spec.clone().column("token", Form::Binary).check().is_ok());
+    /// assert!(spec.clone().check().is_err(), "no encrypted column");
+    /// assert!(spec.column("tenant", Form::Binary).check().is_err(), "the tenant column twice");
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        build(self).map(|_| ())
+    }
+
+    /// Whether a source built from this spec holds the values of `keyring`
+    /// in its table ([`RecordSource::covers`]): its fixed keyring, or any
+    /// keyring of its purpose when keyrings come from a tenant column.
+    pub fn covers(&self, keyring: &KeyringId) -> bool {
+        match &self.keyring {
+            Some(KeyringFrom::Fixed(fixed)) => fixed == keyring,
+            Some(KeyringFrom::TenantColumn { purpose, .. }) => keyring.purpose() == purpose,
+            None => false,
+        }
+    }
+
+    /// Where the value at `cursor` (a cursor of a source built from this
+    /// spec, [`PgRecordSource::cursor`]) lives: `schema.table`, the column's
+    /// name and the primary key. `None` if the cursor is not of this form or
+    /// names a column index the spec does not have. Needs no database, so a
+    /// job's failures can be located from the configuration alone.
+    ///
+    /// ```
+    /// use keywheel_core::Form;
+    /// use keywheel_postgres::{PgRecordSource, TableSpec};
+    /// let spec = TableSpec::new("public", "users").column("email", Form::Binary).column("token", Form::Binary);
+    /// let at = spec.locate(&PgRecordSource::cursor(1, "42")).expect("a cursor of this spec");
+    /// assert_eq!((at.table.as_str(), at.column.as_str(), at.key.as_str()), ("public.users", "token", "42"));
+    /// assert!(spec.locate(&PgRecordSource::cursor(2, "42")).is_none());
+    /// ```
+    pub fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        let (index, key) = cursor.0.split_once(':')?;
+        let column = self.columns.get(index.parse::<usize>().ok()?)?;
+        Some(ValueLocation::new(format!("{}.{}", self.schema, self.table), column.name.clone(), key))
+    }
+}
+
+/// Quoted identifiers and SQL fragments, built once.
+#[derive(Debug, Clone)]
+struct Built {
+    table: String,
+    key: String,
+    key_select: String,
+    key_param: Type,
+    key_array: &'static str,
+    key_from_text: &'static str,
+    tenant: Option<String>,
+    columns: Vec<BuiltColumn>,
+}
+
+#[derive(Debug, Clone)]
+struct BuiltColumn {
+    stored: Stored,
+    context_column: String,
+    index: Option<BuiltIndex>,
+}
+
+/// The index column of an encrypted column.
+#[derive(Debug, Clone)]
+struct BuiltIndex {
+    stored: Stored,
+    spec: Arc<BlindIndex>,
+    /// Its position in a scanned row.
+    at: usize,
+}
+
+/// A column of stored values or tags: its SQL fragments.
+#[derive(Debug, Clone)]
+struct Stored {
+    quoted: String,
+    form: Form,
+    /// `version of t.col` (bigint or NULL).
+    version: String,
+    /// Census grouping: `first 8 bytes (NULL for a NULL value), length in
+    /// bytes (capped at 64), header of a text form (NULL for other values)`.
+    census: String,
+}
+
+impl Stored {
+    fn new(name: &str, form: Form) -> Result<Self> {
+        let quoted = quote_ident(name)?;
+        let expr = format!("t.{quoted}");
+        let version = match form {
+            Form::Binary => any_version(&expr),
+            Form::Text => text_column_version(&format!("{expr}::text")),
+        };
+        let census = census::census_keys(&expr, form);
+        Ok(Stored { quoted, form, version, census })
+    }
+}
+
+impl Built {
+    /// The stored columns in scanned-row order: the value columns, then the index columns.
+    fn stored(&self) -> impl Iterator<Item = &Stored> {
+        let indexes = self.columns.iter().filter_map(|c| Some(&c.index.as_ref()?.stored));
+        self.columns.iter().map(|c| &c.stored).chain(indexes)
+    }
+}
+
+/// A primary key value: `bigint`, or the text of a `uuid` / `text` key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Pk {
+    Int(i64),
+    Text(String),
+}
+
+impl Pk {
+    fn as_text(&self) -> String {
+        match self {
+            Pk::Int(n) => n.to_string(),
+            Pk::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// A [`RecordSource`] over the encrypted columns of one application table,
+/// described by a [`TableSpec`].
+///
+/// * **Cursor**: `"{column index}:{primary key as text}"`, e.g. `"1:42"` for
+///   the second encrypted column of row 42 (uuid keys in lower-case hyphenated
+///   form). Scan order is primary-key order (`ORDER BY key`, as SQL compares
+///   the key: numerically for `bigint`, bytewise for `uuid`, by the column's
+///   collation for `text`), then column index: both columns of a row come
+///   together, so a rotation rewrites each row once.
+/// * **Scan** is keyset pagination on the primary key, one query per batch;
+///   `skip_version` is applied in SQL from the header bytes (values already on
+///   the target are never read) and `keyring` through the tenant column.
+/// * **Replace** is one `UPDATE … FROM UNNEST(…)` per batch that finds the rows
+///   through the key's index and writes the rows whose values all still hold
+///   what was read (`WHERE t.col = v.old AND …`), committed only if that is
+///   every row of the batch (the usual case: one statement, no answer but a
+///   row count). Otherwise it is rolled back and a careful statement
+///   compares and sets value by value (`SET col = CASE WHEN t.col = v.old
+///   THEN v.new ELSE t.col END`) and names the values that changed. Either
+///   way a concurrent application write always wins; transient failures
+///   (deadlock, serialization) are retried.
+/// * **Census** is one `GROUP BY` over the header expression in SQL.
+/// * Identifiers are always quoted ([`quote_ident`]); values are always
+///   parameters. [`open`](Self::open) checks the table and every column (type,
+///   uniqueness of the key) and names what is wrong.
+#[derive(Clone)]
+pub struct PgRecordSource {
+    pool: PgPool,
+    spec: TableSpec,
+    name: String,
+    context_table: String,
+    built: Arc<Built>,
+    /// The next batch being read while the caller works on the last one.
+    read_ahead: Arc<Mutex<Option<ReadAhead>>>,
+    /// Scan statements by shape, built on first use.
+    scan_sql: Arc<Mutex<HashMap<ScanShape, Arc<str>>>>,
+}
+
+impl fmt::Debug for PgRecordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgRecordSource").field("name", &self.name).field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+/// Begins the transaction of a scan, census or careful replacement: no JIT
+/// (compiling the header expressions costs ~0.1 s per statement, more than a
+/// batch takes to run) and no parallel workers (starting them costs more than
+/// one keyset batch takes to read).
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0";
+
+impl PgRecordSource {
+    /// Check `spec` against the database (the table exists; the key column is
+    /// of the declared type, non-null and unique; the tenant column is text;
+    /// every encrypted column is `bytea` for [`Form::Binary`] or `text`/`varchar`
+    /// for [`Form::Text`]) and build the source. Errors name the object:
+    /// [`Error::InvalidArgument`] for an unusable description,
+    /// [`Error::Backend`] for what the database holds.
+    pub async fn open(pool: PgPool, spec: TableSpec) -> Result<Self> {
+        let built = build(&spec)?;
+        let source = PgRecordSource {
+            name: spec.source_name(),
+            context_table: spec.context_table.clone().unwrap_or_else(|| spec.table.clone()),
+            pool,
+            spec,
+            built: Arc::new(built),
+            read_ahead: Arc::new(Mutex::new(None)),
+            scan_sql: Arc::new(Mutex::new(HashMap::new())),
+        };
+        source.check_catalog().await?;
+        Ok(source)
+    }
+
+    /// The description it was built from.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// The keyrings this table's values belong to: the fixed keyring, or one
+    /// per distinct value of the tenant column (`SELECT DISTINCT`; NULL
+    /// tenants are skipped), sorted. A tenant that is not a valid keyring
+    /// tenant is a (permanent) [`Error::Backend`] naming it, as when a scan meets it.
+    pub async fn keyrings(&self) -> Result<Vec<KeyringId>> {
+        let purpose = match &self.spec.keyring {
+            Some(KeyringFrom::Fixed(k)) => return Ok(vec![k.clone()]),
+            Some(KeyringFrom::TenantColumn { purpose, .. }) => purpose,
+            None => return Err(Error::InvalidArgument("TableSpec has no keyring".into())),
+        };
+        let Some(column) = &self.built.tenant else {
+            return Err(Error::InvalidArgument("TableSpec has no tenant column".into()));
+        };
+        let sql = format!(
+            "SELECT DISTINCT t.{column}::text FROM {table} AS t WHERE t.{column} IS NOT NULL ORDER BY 1",
+            table = self.built.table
+        );
+        let rows = self.query("list tenants", &sql, &[]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tenant: String = row.try_get(0).map_err(on(SOURCE, "read tenant"))?;
+            out.push(KeyringId::new(tenant.clone(), purpose.clone()).map_err(|e| {
+                invalid(
+                    SOURCE,
+                    format!(
+                        "{}: tenant {tenant:?} in column {column} is not a valid keyring tenant: {e}",
+                        self.object()
+                    ),
+                )
+            })?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The cursor of a value: column `column` (index into the spec's columns)
+    /// of the row whose key, as text, is `key`.
+    pub fn cursor(column: usize, key: &str) -> Cursor {
+        let mut text = String::with_capacity(key.len() + 4);
+        if let Some(digit) = u32::try_from(column).ok().and_then(|c| char::from_digit(c, 10)) {
+            text.push(digit);
+        } else {
+            text.push_str(&column.to_string());
+        }
+        text.push(':');
+        text.push_str(key);
+        Cursor(text)
+    }
+
+    fn object(&self) -> String {
+        format!("table {}.{}", quote_or_raw(&self.spec.schema), quote_or_raw(&self.spec.table))
+    }
+
+    async fn check_catalog(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        let table = client
+            .query_opt(
+                "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&self.spec.schema, &self.spec.table],
+            )
+            .await
+            .map_err(on(SOURCE, "look up table"))?
+            .ok_or_else(|| invalid(SOURCE, format!("{} does not exist", self.object())))?;
+        let oid: u32 = table.try_get(0).map_err(on(SOURCE, "look up table"))?;
+        let kind: String = table.try_get(1).map_err(on(SOURCE, "look up table"))?;
+        if kind != "r" && kind != "p" {
+            return Err(invalid(SOURCE, format!("{} is not a table (relkind {kind})", self.object())));
+        }
+        let rows = client
+            .query(
+                "SELECT attname::text, format_type(atttypid, NULL), attnotnull, attnum FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(on(SOURCE, "look up columns"))?;
+        let mut columns: HashMap<String, (String, bool, i16)> = HashMap::new();
+        for r in rows {
+            columns.insert(
+                r.try_get(0).map_err(on(SOURCE, "look up columns"))?,
+                (
+                    r.try_get(1).map_err(on(SOURCE, "look up columns"))?,
+                    r.try_get(2).map_err(on(SOURCE, "look up columns"))?,
+                    r.try_get(3).map_err(on(SOURCE, "look up columns"))?,
+                ),
+            );
+        }
+        let column = |name: &str| {
+            columns.get(name).ok_or_else(|| {
+                invalid(SOURCE, format!("column {} of {} does not exist", quote_or_raw(name), self.object()))
+            })
+        };
+        let wrong_type = |role: &str, name: &str, found: &str, expected: &str| {
+            invalid(
+                SOURCE,
+                format!(
+                    "{role} column {} of {} has type {found}; expected {expected}",
+                    quote_or_raw(name),
+                    self.object()
+                ),
+            )
+        };
+        let (key_type, not_null, attnum) = column(&self.spec.key)?;
+        if !self.spec.key_type.accepts(key_type) {
+            return Err(wrong_type("key", &self.spec.key, key_type, self.spec.key_type.expected()));
+        }
+        let unique: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique \
+                 AND i.indnkeyatts = 1 AND i.indkey[0] = $2 AND i.indpred IS NULL AND i.indexprs IS NULL)",
+                &[&oid, attnum],
+            )
+            .await
+            .map_err(on(SOURCE, "look up key index"))?
+            .try_get(0)
+            .map_err(on(SOURCE, "look up key index"))?;
+        if !unique || !not_null {
+            return Err(invalid(
+                SOURCE,
+                format!(
+                    "key column {} of {} must be NOT NULL and have a unique index of its own (e.g. be the primary key)",
+                    quote_or_raw(&self.spec.key),
+                    self.object()
+                ),
+            ));
+        }
+        if let Some(KeyringFrom::TenantColumn { column: tenant, .. }) = &self.spec.keyring {
+            let (t, _, _) = column(tenant)?;
+            if !matches!(t.as_str(), "text" | "character varying") {
+                return Err(wrong_type("tenant", tenant, t, "text or varchar"));
+            }
+        }
+        let indexes = self.spec.columns.iter().filter_map(|c| c.index.as_ref()).map(|i| ("index", &i.name, i.form));
+        for (role, name, form) in self.spec.columns.iter().map(|c| ("encrypted", &c.name, c.form)).chain(indexes) {
+            let (t, _, _) = column(name)?;
+            let ok = match form {
+                Form::Binary => t == "bytea",
+                Form::Text => matches!(t.as_str(), "text" | "character varying"),
+            };
+            if !ok {
+                let expected = match form {
+                    Form::Binary => "bytea (binary form)",
+                    Form::Text => "text or varchar (text form)",
+                };
+                return Err(wrong_type(role, name, t, expected));
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_cursor(&self, cursor: &Cursor) -> Result<(usize, Pk)> {
+        let bad =
+            |why: &str| Error::InvalidArgument(format!("cursor {cursor} is not a cursor of {}: {why}", self.name));
+        let (col, key) = cursor.0.split_once(':').ok_or_else(|| bad("expected column:key"))?;
+        let col: usize = col.parse().map_err(|_| bad("the column index is not a number"))?;
+        if col >= self.built.columns.len() {
+            return Err(bad("no such column index"));
+        }
+        let pk = match self.spec.key_type {
+            KeyType::BigInt => Pk::Int(key.parse().map_err(|_| bad("the key is not a bigint"))?),
+            KeyType::Uuid => Pk::Text(canonical_uuid(key).ok_or_else(|| bad("the key is not a uuid"))?),
+            KeyType::Text => {
+                if key.contains('\0') {
+                    return Err(bad("the key contains NUL"));
+                }
+                Pk::Text(key.to_owned())
+            }
+        };
+        Ok((col, pk))
+    }
+
+    fn read_pk(&self, row: &Row) -> Result<Pk> {
+        match self.spec.key_type {
+            KeyType::BigInt => Ok(Pk::Int(row.try_get(0).map_err(on(SOURCE, "read key"))?)),
+            KeyType::Uuid | KeyType::Text => Ok(Pk::Text(row.try_get(0).map_err(on(SOURCE, "read key"))?)),
+        }
+    }
+
+    fn keyring_of(&self, tenant: Option<String>, pk: &Pk) -> Result<KeyringId> {
+        match &self.spec.keyring {
+            Some(KeyringFrom::Fixed(k)) => Ok(k.clone()),
+            Some(KeyringFrom::TenantColumn { column, purpose }) => {
+                let tenant = tenant.ok_or_else(|| {
+                    invalid(
+                        SOURCE,
+                        format!(
+                            "row {} of {}: tenant column {} is NULL",
+                            pk.as_text(),
+                            self.object(),
+                            quote_or_raw(column)
+                        ),
+                    )
+                })?;
+                KeyringId::new(tenant.clone(), purpose.clone()).map_err(|e| {
+                    invalid(
+                        SOURCE,
+                        format!(
+                            "row {} of {}: tenant {tenant:?} in column {} is not a valid keyring tenant: {e}",
+                            pk.as_text(),
+                            self.object(),
+                            quote_or_raw(column)
+                        ),
+                    )
+                })
+            }
+            None => Err(Error::InvalidArgument("TableSpec has no keyring".into())),
+        }
+    }
+
+    /// `None`: the requested keyring cannot be in this table. `Some(tenant)`:
+    /// filter on that tenant (if any).
+    fn tenant_filter<'a>(&self, keyring: Option<&'a KeyringId>) -> Option<Option<&'a str>> {
+        match (keyring, &self.spec.keyring) {
+            (None, _) => Some(None),
+            (Some(k), Some(KeyringFrom::Fixed(fixed))) => (k == fixed).then_some(None),
+            (Some(k), Some(KeyringFrom::TenantColumn { purpose, .. })) => {
+                (k.purpose() == purpose).then_some(Some(k.tenant()))
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    /// Run one statement in its own short transaction with planner settings
+    /// suited to batch work ([`BEGIN_BATCH`]).
+    async fn query(&self, what: &str, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+        let client = self.pool.get().await?;
+        let statement = async { client.query_typed(sql, params).await.map_err(|e| self.sql_error(what, &e)) };
+        self.in_batch_transaction(what, &client, BEGIN_BATCH, statement).await
+    }
+
+    /// Run `statement` (a future of requests on `client`) in its own short
+    /// transaction, begun by `begin` (`BEGIN` and planner settings, e.g.
+    /// [`BEGIN_BATCH`]).
+    ///
+    /// `BEGIN` with the settings, the statement and `COMMIT` are sent at once
+    /// (pipelined, one round trip) and run in that order; if the statement
+    /// fails, the `COMMIT` ends the aborted transaction (as a rollback). Since
+    /// every message is sent before the first answer is awaited, a caller
+    /// dropped midway still leaves the connection outside any transaction.
+    ///
+    /// tokio-postgres sends a request when its future is first polled; the
+    /// statement must send its one request before awaiting anything (a typed
+    /// query, `query_typed*`/`execute_typed`: a statement given as text to
+    /// `query`/`execute` is prepared first, in a round trip of its own).
+    async fn in_batch_transaction<T, F>(&self, what: &str, client: &Client, begin: &str, statement: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let begin = client.batch_execute(begin);
+        let commit = client.batch_execute("COMMIT");
+        // `join!` polls in argument order, so the requests go out in this order.
+        let (begun, result, committed) = futures::join!(begin, statement, commit);
+        begun.map_err(|e| self.sql_error(what, &e))?;
+        let value = result?;
+        committed.map_err(|e| self.sql_error(what, &e))?;
+        Ok(value)
+    }
+
+    /// A database error, naming the table for missing objects and type errors.
+    fn sql_error(&self, what: &str, e: &tokio_postgres::Error) -> Error {
+        let mut err = pg(SOURCE, &format!("{what} on {}", self.object()), e);
+        if let (Error::Backend { message, .. }, Some(code)) = (&mut err, e.code()) {
+            let c = code.code();
+            if c == "42P01" || c == "42703" || c == "42804" || c == "42883" || c.starts_with("42") {
+                message.push_str(" — check the TableSpec against the table's definition");
+            }
+        }
+        err
+    }
+}
+
+fn quote_or_raw(name: &str) -> String {
+    quote_ident(name).unwrap_or_else(|_| format!("{name:?}"))
+}
+
+/// The lower-case hyphenated form of a uuid, or `None`.
+fn canonical_uuid(text: &str) -> Option<String> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let n = u128::from_str_radix(&hex, 16).ok()?;
+    let h = format!("{n:032x}");
+    Some(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+fn build(spec: &TableSpec) -> Result<Built> {
+    if spec.columns.is_empty() {
+        return Err(Error::InvalidArgument(format!("TableSpec {}: no encrypted column", spec.source_name())));
+    }
+    if spec.keyring.is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "TableSpec {}: say which keyring the values belong to (keyring or keyring_from_column)",
+            spec.source_name()
+        )));
+    }
+    let mut seen = vec![spec.key.as_str()];
+    if let Some(KeyringFrom::TenantColumn { column, .. }) = &spec.keyring {
+        seen.push(column);
+    }
+    if let Some((column, index)) = spec.stray_indexes.first() {
+        let why = if spec.columns.iter().any(|c| &c.name == column) {
+            "which has an index column already (one index per encrypted column)"
+        } else {
+            "which is not an encrypted column of the spec (add it with column() first)"
+        };
+        return Err(Error::InvalidArgument(format!(
+            "TableSpec {}: index column {:?} is given for column {column:?}, {why}",
+            spec.source_name(),
+            index.name
+        )));
+    }
+    let stored =
+        spec.columns.iter().map(|c| &c.name).chain(spec.columns.iter().filter_map(|c| Some(&c.index.as_ref()?.name)));
+    for name in stored {
+        if seen.contains(&name.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "TableSpec {}: column {name:?} is used twice (key, tenant, encrypted and index columns must differ)",
+                spec.source_name(),
+            )));
+        }
+        seen.push(name);
+    }
+    let key = quote_ident(&spec.key)?;
+    let (key_select, key_param, key_array, key_from_text) = match spec.key_type {
+        KeyType::BigInt => (format!("t.{key}"), Type::INT8_ARRAY, "int8[]", ""),
+        KeyType::Uuid => (format!("t.{key}::text"), Type::TEXT_ARRAY, "text[]", "::uuid"),
+        KeyType::Text => (format!("t.{key}::text"), Type::TEXT_ARRAY, "text[]", ""),
+    };
+    let tenant = match &spec.keyring {
+        Some(KeyringFrom::TenantColumn { column, .. }) => Some(quote_ident(column)?),
+        _ => None,
+    };
+    // Scanned rows hold the key, the tenant, the value columns, then the index columns.
+    let mut index_at = 2 + spec.columns.len();
+    let columns = spec
+        .columns
+        .iter()
+        .map(|c| {
+            let index = match &c.index {
+                Some(i) => {
+                    let at = index_at;
+                    index_at += 1;
+                    Some(BuiltIndex { stored: Stored::new(&i.name, i.form)?, spec: Arc::clone(&i.spec), at })
+                }
+                None => None,
+            };
+            Ok(BuiltColumn { stored: Stored::new(&c.name, c.form)?, context_column: c.context_column.clone(), index })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Built {
+        table: qualified(&spec.schema, &spec.table)?,
+        key,
+        key_select,
+        key_param,
+        key_array,
+        key_from_text,
+        tenant,
+        columns,
+    })
+}
+
+#[async_trait]
+impl RecordSource for PgRecordSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
+        self.spec.locate(cursor)
+    }
+
+    async fn scan(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
+        self.scan_with_read_ahead(request).await
+    }
+
+    async fn replace(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>> {
+        self.replace_batch(batch).await
+    }
+
+    fn covers(&self, keyring: &KeyringId) -> bool {
+        self.spec.covers(keyring)
+    }
+
+    async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
+        self.census_sql(keyring).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_canonicalised() {
+        assert_eq!(
+            canonical_uuid("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11").as_deref(),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
+        assert_eq!(
+            canonical_uuid("a0eebc999c0b4ef8bb6d6bb9bd380a11").as_deref(),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
+        assert_eq!(canonical_uuid("nope"), None);
+        assert_eq!(canonical_uuid("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), None);
+    }
+
+    #[test]
+    fn spec_checks() {
+        let id = KeyringId::new("t", Purpose::Database).expect("id");
+        assert!(build(&TableSpec::new("s", "t").keyring(id.clone())).is_err(), "no column");
+        assert!(build(&TableSpec::new("s", "t").column("c", Form::Binary)).is_err(), "no keyring");
+        assert!(build(&TableSpec::new("s", "t").keyring(id.clone()).column("id", Form::Binary)).is_err(), "key twice");
+        assert!(
+            build(&TableSpec::new("s", "t").keyring(id).column("c", Form::Binary).column("c", Form::Text)).is_err()
+        );
+    }
+}
