@@ -29,6 +29,12 @@
 //! primary_key = "id"                    # with key_type = "bigint" | "uuid" | "text"
 //! keyring = "acme/token"                # or: tenant_column = "tenant", purpose = "token"
 //! columns = ["oauth_token", { name = "api_key", form = "text" }]
+//!
+//! [[sources]]                           # a searchable column: its blind index beside it
+//! table = "public.users"
+//! keyring = "acme/database"
+//! columns = [{ name = "email", index = "email_bidx", normalize = "email" }]
+//! # index_form = "binary" | "text" (default: the column's form), index_length = 16 (8 to 32)
 //! ```
 //!
 //! Relative paths are relative to the directory of the file.
@@ -43,7 +49,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keywheel_core::{AfterRotation, Algorithm, Form, KeyringId, MaintenanceWindow, Policy, Purpose};
+use keywheel_core::{
+    AfterRotation, Algorithm, BlindIndex, Form, KeyringId, MaintenanceWindow, Normalization, Policy, Purpose,
+};
 use keywheel_postgres::{KeyType, PgSchema, TableSpec};
 use serde::Deserialize;
 use toml::Spanned;
@@ -201,18 +209,23 @@ struct RawSource {
 #[derive(Debug)]
 enum RawColumn {
     Name(String),
-    Table(RawColumnTable),
+    Table(Box<RawColumnTable>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a column table { name = \"…\", form = \"binary\" | \"text\", context_column = \"…\" }"
+    expecting = "a column table { name = \"…\", form = \"binary\" | \"text\", context_column = \"…\", index = \"…\" }"
 )]
 struct RawColumnTable {
     name: String,
     form: Option<Spanned<String>>,
     context_column: Option<String>,
+    /// The blind index column paired with this one, and how its tags are made.
+    index: Option<Spanned<String>>,
+    index_form: Option<Spanned<String>>,
+    normalize: Option<Spanned<String>>,
+    index_length: Option<Spanned<i64>>,
 }
 
 // Not `#[serde(untagged)]`: that would swallow the table's own errors (an
@@ -231,7 +244,8 @@ impl<'de> Deserialize<'de> for RawColumn {
                 Ok(RawColumn::Name(v.to_owned()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawColumn, A::Error> {
-                RawColumnTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawColumn::Table)
+                RawColumnTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawColumn::Table(Box::new(t)))
             }
         }
         d.deserialize_any(Visitor)
@@ -508,22 +522,28 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
     if s.columns.get_ref().is_empty() {
         return Err(bad(s.columns.span().start, "columns is empty; name the encrypted columns".into()));
     }
+    let context_table = s.context_table.as_deref().unwrap_or(name);
     for c in s.columns.get_ref() {
         let (name, form, context) = match c.get_ref() {
             RawColumn::Name(n) => (n, None, None),
             RawColumn::Table(t) => (&t.name, t.form.as_ref(), t.context_column.as_ref()),
         };
-        let form = match form {
-            None => Form::Binary,
+        let form_of = |f: Option<&Spanned<String>>, key: &str, default: Form| match f {
+            None => Ok(default),
             Some(f) => match f.get_ref().as_str() {
-                "binary" => Form::Binary,
-                "text" => Form::Text,
-                other => {
-                    return Err(bad(f.span().start, format!("column {name}: form is binary or text, not {other:?}")));
-                }
+                "binary" => Ok(Form::Binary),
+                "text" => Ok(Form::Text),
+                other => Err(bad(f.span().start, format!("column {name}: {key} is binary or text, not {other:?}"))),
             },
         };
-        spec = spec.column_with_context(name, form, context.unwrap_or(name));
+        let form = form_of(form, "form", Form::Binary)?;
+        let context = context.unwrap_or(name);
+        spec = spec.column_with_context(name, form, context);
+        if let RawColumn::Table(t) = c.get_ref()
+            && let Some((index_column, blind)) = blind_index(t, context_table, context, &bad)?
+        {
+            spec = spec.index(name, index_column, form_of(t.index_form.as_ref(), "index_form", form)?, blind);
+        }
     }
     if let Some(t) = &s.context_table {
         spec = spec.context_table(t);
@@ -533,6 +553,43 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
     }
     spec.check().map_err(|e| bad(here, e.to_string()))?;
     Ok(Source { table: table.clone(), database: at.database(&s.database)?, spec })
+}
+
+/// The blind index of a column table (`index`, `normalize`, `index_length`),
+/// if it has one: its tag column and how tags are made. The index's table
+/// and column are the values' context table and column, as the application
+/// must use them too.
+fn blind_index<'t>(
+    t: &'t RawColumnTable,
+    context_table: &str,
+    context_column: &str,
+    bad: &dyn Fn(usize, String) -> CliError,
+) -> Result<Option<(&'t str, BlindIndex)>, CliError> {
+    let name = &t.name;
+    let Some(index_column) = &t.index else {
+        for (key, at) in [
+            ("normalize", t.normalize.as_ref().map(|n| n.span().start)),
+            ("index_length", t.index_length.as_ref().map(|n| n.span().start)),
+            ("index_form", t.index_form.as_ref().map(|n| n.span().start)),
+        ] {
+            if let Some(at) = at {
+                return Err(bad(at, format!("column {name}: {key} needs index = \"<the tag column>\"")));
+            }
+        }
+        return Ok(None);
+    };
+    let mut blind = BlindIndex::new(context_table, context_column);
+    if let Some(n) = &t.normalize {
+        let normalization: Normalization =
+            n.get_ref().parse().map_err(|e| bad(n.span().start, format!("column {name}: {e}")))?;
+        blind = blind.normalization(normalization);
+    }
+    if let Some(len) = &t.index_length {
+        let len_usize = usize::try_from(*len.get_ref()).unwrap_or(0);
+        blind =
+            blind.length(len_usize).map_err(|e| bad(len.span().start, format!("column {name}: index_length: {e}")))?;
+    }
+    Ok(Some((index_column.get_ref().as_str(), blind)))
 }
 
 /// Whether a store argument names a Postgres database rather than a directory.
@@ -690,6 +747,42 @@ mod tests {
             "key_type",
         );
         refused("[[sources]]\ntable = \"users\"\nkeyring = \"a/token\"\ncolumns = [\"id\"]\n", 1, "used twice");
+    }
+
+    #[test]
+    fn index_columns_become_blind_indexes() {
+        let c = parse(
+            "[[sources]]\ntable = \"app.users\"\nkeyring = \"acme/database\"\ncontext_table = \"people\"\ncolumns = [\n  \
+             { name = \"email\", index = \"email_bidx\", normalize = \"email\" },\n  \
+             { name = \"phone\", form = \"text\", context_column = \"tel\", index = \"phone_bidx\", normalize = \"phone\", \
+             index_length = 8, index_form = \"binary\" },\n  \"token\",\n]\n",
+        )
+        .expect("parse");
+        let columns = c.sources[0].spec.columns();
+        let email = columns[0].index.as_ref().expect("email is indexed");
+        assert_eq!((email.name.as_str(), email.form), ("email_bidx", Form::Binary));
+        let expected = BlindIndex::new("people", "email").normalization(Normalization::TrimLowercase);
+        assert_eq!(*email.spec, expected, "the index is bound to the values' context table and column");
+        let phone = columns[1].index.as_ref().expect("phone is indexed");
+        assert_eq!((phone.name.as_str(), phone.form), ("phone_bidx", Form::Binary));
+        let expected = BlindIndex::new("people", "tel").normalization(Normalization::DigitsOnly).length(8).expect("8");
+        assert_eq!(*phone.spec, expected);
+        assert!(columns[2].index.is_none());
+
+        let source = "[[sources]]\ntable = \"users\"\nkeyring = \"a/database\"\ncolumns = [\n";
+        refused(&format!("{source}  {{ name = \"e\", normalize = \"email\" }},\n]\n"), 5, "normalize needs index");
+        refused(
+            &format!("{source}  {{ name = \"e\", index = \"i\", normalize = \"upper\" }},\n]\n"),
+            5,
+            "unknown normalisation",
+        );
+        refused(&format!("{source}  {{ name = \"e\", index = \"i\", index_length = 4 }},\n]\n"), 5, "8 to 32 bytes");
+        refused(
+            &format!("{source}  {{ name = \"e\", index = \"i\", index_form = \"hex\" }},\n]\n"),
+            5,
+            "index_form is binary or text",
+        );
+        refused(&format!("{source}  {{ name = \"e\", index = \"e\" }},\n]\n"), 1, "e");
     }
 
     #[test]

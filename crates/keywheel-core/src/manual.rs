@@ -819,7 +819,11 @@
 //! Active, Deprecated): during a rotation a row's tag is on the old version
 //! until the engine reaches it, then on the new one, and `= ANY(terms)`
 //! matches either. Outside a rotation there is one term (or two while the
-//! old version is deprecated): lookups cost one index probe per term.
+//! old version is deprecated): lookups cost one index probe per term. As
+//! for decryption, a process finds the rows moved to the new version once
+//! its snapshot knows that version: the activation delay, longer than the
+//! refresh interval, makes sure every process has loaded it (Pending) before
+//! the first value or tag moves.
 //!
 //! **Rotation.** A source declares an index column paired with its encrypted
 //! column (`TableSpec::index` for Postgres, `MemoryRecordSource::with_index`,

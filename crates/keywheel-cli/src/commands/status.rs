@@ -237,15 +237,28 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
     let reader = Reader::open(settings).await?;
     let sources = store::sources_on(settings, reader.pool.as_ref()).await?;
     let census: Census = census_of(&sources, filter.as_ref()).await?;
-    let mut table = Table::new(&["KEYRING", "VERSION", "STATE", "VALUES"]);
+    // Blind index tags count as values (they need their version's key too);
+    // a column shows how many of them are tags when there are any.
+    let tags = !census.index_tags.is_empty();
+    let headers: &[&str] = if tags {
+        &["KEYRING", "VERSION", "STATE", "VALUES", "OF WHICH INDEX TAGS"]
+    } else {
+        &["KEYRING", "VERSION", "STATE", "VALUES"]
+    };
+    let mut table = Table::new(headers);
     let mut rows = Vec::new();
     for (id, versions) in &census.counts {
         let record = reader.store.load_keyring(id).await.ok().flatten();
         for (v, n) in versions {
             let state = record.as_ref().and_then(|r| r.version(*v)).map(|r| r.state);
             let state_text = state.map_or("unknown".into(), |s| s.to_string());
-            table.row(vec![id.to_string(), v.to_string(), state_text, count(*n)]);
-            rows.push(json!({ "keyring": id, "version": v, "state": state, "values": n }));
+            let index_tags = census.index_tag_count(id, *v);
+            let mut row = vec![id.to_string(), v.to_string(), state_text, count(*n)];
+            if tags {
+                row.push(count(index_tags));
+            }
+            table.row(row);
+            rows.push(json!({ "keyring": id, "version": v, "state": state, "values": n, "index_tags": index_tags }));
         }
     }
     if json {
