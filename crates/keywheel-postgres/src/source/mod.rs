@@ -75,7 +75,7 @@ pub struct EncryptedColumn {
     /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
     /// `varchar` column holding the `kw:v{N}:…` text form.
     pub form: Form,
-    /// The `column` of the values' [`Context`] (default: the column's name).
+    /// The `column` of the values' [`Context`](keywheel_core::Context) (default: the column's name).
     pub context_column: String,
     /// The blind index column paired with this column, if any
     /// ([`TableSpec::index`]).
