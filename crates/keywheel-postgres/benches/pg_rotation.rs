@@ -24,6 +24,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,24 +41,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        rows: std::env::var("KEYWHEEL_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
-        batch: 2000,
-        parallel: 3,
-        min_ratio: None,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let value = |i: usize| argv.get(i + 1).cloned().unwrap_or_default();
-    for (i, arg) in argv.iter().enumerate() {
-        match arg.as_str() {
-            "--rows" => a.rows = value(i).parse().expect("--rows N"),
-            "--batch" => a.batch = value(i).parse().expect("--batch ROWS"),
-            "--parallel" => a.parallel = value(i).parse().expect("--parallel N"),
-            "--min-ratio" => a.min_ratio = Some(value(i).parse().expect("--min-ratio R")),
-            _ => {} // `cargo bench` passes `--bench`
-        }
+    let argv = support::Argv::new();
+    Args {
+        rows: argv.rows(),
+        batch: argv.get("--batch", "ROWS").unwrap_or(2000),
+        parallel: argv.get("--parallel", "N").unwrap_or(3),
+        min_ratio: argv.get("--min-ratio", "R"),
     }
-    a
 }
 
 /// CPU seconds (user + system) of a process from its `/proc/…/stat` text.
@@ -184,9 +174,7 @@ fn ctx(column: &str, id: i64) -> Context {
 }
 
 fn main() {
-    let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime.block_on(run(args));
+    support::block_on(run(args()));
 }
 
 async fn run(args: Args) {

@@ -13,7 +13,9 @@
 //!   over the encrypted columns of an application table described by a
 //!   [`TableSpec`]: keyset pagination, the rotation target filtered out in SQL
 //!   from the header bytes, batched compare-and-set writes with `UNNEST`,
-//!   census by `GROUP BY`.
+//!   census by `GROUP BY`; blind index columns beside encrypted columns
+//!   ([`TableSpec::index`]) rewritten with their values, and [`IndexParam`]
+//!   for lookups (`WHERE email_bidx = ANY($1)`).
 //! * [`spawn_listener`] — live refresh: every [`Keywheel`](keywheel_core::Keywheel)
 //!   instance reloads a keyring as soon as another one changes it.
 //!

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestDb, XorShift};
+use common::{TestDb, XorShift, email, email_ctx as ctx, email_index};
 use keywheel_core::{
-    Algorithm, BlindIndex, Context, Form, JobPhase, KeyState, KeyVersion, Keyring, KeyringId, Keywheel, Normalization,
-    Policy, Purpose, RotateOptions, Rotator, version_of,
+    Algorithm, Form, JobPhase, KeyState, KeyVersion, Keyring, KeyringId, Keywheel, Policy, Purpose, RotateOptions,
+    Rotator, version_of,
 };
 use keywheel_postgres::{IndexParam, PgPool, PgRecordSource, PgSchema, TableSpec, spawn_listener};
 
@@ -25,18 +25,6 @@ fn untagged(id: i64) -> bool {
 
 fn v(n: u32) -> KeyVersion {
     KeyVersion::new(n).expect("nonzero")
-}
-
-fn email_index() -> BlindIndex {
-    BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase)
-}
-
-fn email(id: i64) -> String {
-    format!("user{id}@example.org")
-}
-
-fn ctx(id: i64) -> Context {
-    Context::field("users", "email", &id.to_string())
 }
 
 /// `users(id, tenant, email, email_bidx)` with `rows` rows encrypted and

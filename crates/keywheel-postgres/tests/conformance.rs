@@ -81,6 +81,13 @@ keywheel_conformance::audit_sink_tests!({
     }
 });
 
+/// The row id in a conformance value's context (its `row` pair).
+fn row_of(context: &Context) -> String {
+    let pairs = context.pairs().expect("context");
+    let row = pairs.iter().find(|(n, _)| n == "row").expect("a row in the context").1.clone();
+    String::from_utf8(row).expect("row id text")
+}
+
 /// How a fixture's table is named and keyed.
 struct Layout {
     schema: &'static str,
@@ -163,9 +170,7 @@ impl RecordSourceFixture for SourceFixture {
     }
 
     async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>) -> Cursor {
-        let pairs = context.pairs().expect("context");
-        let row = pairs.iter().find(|(n, _)| n == "row").expect("a row in the context").1.clone();
-        let row = String::from_utf8(row).expect("row id text");
+        let row = row_of(context);
         let sql = format!(
             "INSERT INTO {} ({}, {}, {}) VALUES ({}, $2, $3)",
             self.table,
@@ -271,9 +276,7 @@ impl IndexedSourceFixture for IndexedFixture {
     }
 
     async fn insert(&self, keyring: &KeyringId, context: &Context, value: Vec<u8>, tag: Option<Vec<u8>>) -> Cursor {
-        let pairs = context.pairs().expect("context");
-        let row = pairs.iter().find(|(n, _)| n == "row").expect("a row in the context").1.clone();
-        let row: i64 = String::from_utf8(row).expect("row id text").parse().expect("a numeric row id");
+        let row: i64 = row_of(context).parse().expect("a numeric row id");
         let tag = self.tag_param(tag);
         self.client
             .execute(

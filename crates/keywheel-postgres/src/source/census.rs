@@ -30,7 +30,7 @@ fn text_census_header(header: &[u8]) -> Option<(Algorithm, KeyVersion)> {
 }
 
 impl PgRecordSource {
-    /// [`RecordSource::census`]: one pass over the table.
+    /// [`RecordSource::census`](keywheel_core::RecordSource::census): one pass over the table.
     pub(super) async fn census_sql(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         let mut census = Census::default();
         let Some(tenant) = self.tenant_filter(keyring) else {

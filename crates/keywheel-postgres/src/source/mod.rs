@@ -75,7 +75,7 @@ pub struct EncryptedColumn {
     /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
     /// `varchar` column holding the `kw:v{N}:…` text form.
     pub form: Form,
-    /// The `column` of the values' [`Context`] (default: the column's name).
+    /// The `column` of the values' [`Context`](keywheel_core::Context) (default: the column's name).
     pub context_column: String,
     /// The blind index column paired with this column, if any
     /// ([`TableSpec::index`]).
@@ -414,6 +414,14 @@ impl Pk {
 ///   way a concurrent application write always wins; transient failures
 ///   (deadlock, serialization) are retried.
 /// * **Census** is one `GROUP BY` over the header expression in SQL.
+/// * **Blind indexes** ([`TableSpec::index`]): a scan yields each value's
+///   stored tag ([`StoredValue::index`](keywheel_core::StoredValue::index)),
+///   and with `skip_version` also a value already on that version whose tag
+///   is not (or is NULL); a replacement writes value and tag in the same
+///   compare-and-set (`t.tag IS NOT DISTINCT FROM` the tag read); the census
+///   counts tags ([`Census::add_index_tags`](keywheel_core::Census::add_index_tags)),
+///   telling them from values by their algorithm byte, as
+///   [`Census::count_stored`](keywheel_core::Census::count_stored) does.
 /// * Identifiers are always quoted ([`quote_ident`]); values are always
 ///   parameters. [`open`](Self::open) checks the table and every column (type,
 ///   uniqueness of the key) and names what is wrong.

@@ -24,7 +24,7 @@ const BEGIN_REPLACE: &str =
 const REPLACE_ATTEMPTS: u32 = 5;
 
 impl PgRecordSource {
-    /// [`RecordSource::replace`]: the batch in rounds of at most one value per (row, column).
+    /// [`RecordSource::replace`](keywheel_core::RecordSource::replace): the batch in rounds of at most one value per (row, column).
     pub(super) async fn replace_batch(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>> {
         let mut outcomes = vec![ReplaceOutcome::Changed; batch.len()];
         let mut rounds: Vec<Round> = Vec::new();

@@ -31,7 +31,7 @@ pub(super) struct ReadAhead {
 }
 
 impl PgRecordSource {
-    /// [`RecordSource::scan`]: the batch read ahead for this request if there is one, then
+    /// [`RecordSource::scan`](keywheel_core::RecordSource::scan): the batch read ahead for this request if there is one, then
     /// the next batch read ahead.
     pub(super) async fn scan_with_read_ahead(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
         if request.limit == 0 {

@@ -499,3 +499,18 @@ pub async fn keywheel_on(pool: &PgPool, refresh: Duration) -> keywheel_core::Key
 pub fn plaintext(id: i64, generation: u32) -> Vec<u8> {
     format!("secret of row {id}, written {generation} times").into_bytes()
 }
+
+/// The blind index of `users.email` the blind-index test and benchmark use.
+pub fn email_index() -> keywheel_core::BlindIndex {
+    keywheel_core::BlindIndex::new("users", "email").normalization(keywheel_core::Normalization::TrimLowercase)
+}
+
+/// The email stored in row `id` of their `users` table.
+pub fn email(id: i64) -> String {
+    format!("user{id}@example.org")
+}
+
+/// The context of row `id`'s email.
+pub fn email_ctx(id: i64) -> keywheel_core::Context {
+    keywheel_core::Context::field("users", "email", &id.to_string())
+}
