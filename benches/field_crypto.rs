@@ -46,7 +46,7 @@ use std::time::Duration;
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hmac::{Hmac, KeyInit as _, Mac};
+use hmac::{Hmac, Mac};
 use keywheel_core::{
     Algorithm, BlindIndex, Context, KeyMaterial, KeyState, Keyring, KeyringId, Normalization, Purpose, random_nonce,
 };
