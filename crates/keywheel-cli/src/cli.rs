@@ -306,8 +306,8 @@ pub(crate) struct RunArgs {
     pub(crate) lease_ttl: Option<String>,
     /// Emergency rotations: how long after the activation to wait before the
     /// final census, so that no application instance still encrypts under the
-    /// compromised version (its refresh interval plus a margin) [default:
-    /// `emergency_settle` in keywheel.toml, else 65s]
+    /// compromised version (its refresh interval and KEK outage grace plus a
+    /// margin) [default: `emergency_settle` in keywheel.toml, else 125s]
     #[arg(long, value_name = "DURATION")]
     pub(crate) settle: Option<String>,
 }

@@ -9,7 +9,7 @@
 //! # master_key_file = "/run/secrets/keywheel"
 //! # ca_file = "./db-ca.pem"              # CA of the Postgres servers (sslmode=verify-ca|verify-full)
 //! # lease_ttl = "60s"                   # rotations' lease time-to-live
-//! # emergency_settle = "65s"            # emergency rotations: wait before the final census
+//! # emergency_settle = "125s"           # emergency rotations: wait before the final census
 //! database = "postgres://app@db/app"    # where the [[sources]] tables live
 //!                                       # (default: the store, when it is Postgres)
 //!

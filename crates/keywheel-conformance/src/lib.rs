@@ -50,9 +50,11 @@ use keywheel_core::{Error, KeyVersion};
 pub mod audit_sink;
 mod guarded;
 pub mod integrity;
+pub mod kek;
 pub mod key_store;
 pub mod model;
 pub mod record_source;
+pub mod services;
 
 pub use audit_sink::{AuditFixture, Tamper, test_key};
 pub use guarded::with_guard;

@@ -472,12 +472,15 @@
 //!   may still encrypt under the compromised version until its cached
 //!   snapshot expires: at most its refresh interval
 //!   ([`KeywheelBuilder::refresh_interval`](crate::KeywheelBuilder::refresh_interval),
-//!   default 60 s) after the activation, plus one reload cooldown for
+//!   default 60 s) after the activation, plus its KEK outage grace (a
+//!   snapshot whose reload fails because the KMS or HSM is unreachable keeps
+//!   serving that long, [`KeywheelBuilder::kek_outage_grace`](crate::KeywheelBuilder::kek_outage_grace),
+//!   default 60 s), plus one reload cooldown for
 //!   snapshots marked stale by an announcement, plus the time its write takes.
 //!   The engine waits out [`RotateOptions::emergency_settle`](crate::RotateOptions::emergency_settle)
-//!   (default: its own refresh interval + 5 s,
+//!   (default: its own refresh interval + outage grace + 5 s,
 //!   [`Keywheel::stale_snapshot_bound`](crate::Keywheel::stale_snapshot_bound);
-//!   the CLI's `--settle`, default 65 s) on its clock, sweeps again, and only
+//!   the CLI's `--settle`, default 125 s) on its clock, sweeps again, and only
 //!   then takes the final census. Set it to cover the largest refresh interval
 //!   of any instance. A [`Keyring`](crate::Keyring) snapshot that an
 //!   application holds beyond one operation is outside the bound: ask
