@@ -49,8 +49,7 @@ pub struct MotoServer {
 /// The command that runs moto's server: `moto_server`, or `python3 -m moto.server`.
 fn moto_command() -> Option<Command> {
     let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
     };
     if on_path("moto_server") {
         return Some(Command::new("moto_server"));
@@ -73,7 +72,11 @@ impl MotoServer {
     /// the [module](self)). Its own process: a test may stop it.
     pub fn start() -> Option<MotoServer> {
         let Some(mut command) = moto_command() else {
-            return unavailable(REQUIRE_KMS_ENV, "the moto KMS server", "neither moto_server nor python3 -m moto.server");
+            return unavailable(
+                REQUIRE_KMS_ENV,
+                "the moto KMS server",
+                "neither moto_server nor python3 -m moto.server",
+            );
         };
         let port = free_port();
         let child = command
@@ -203,7 +206,11 @@ pub fn softhsm_token() -> Option<SoftHsmToken> {
     SHARED
         .get_or_init(|| {
             let Some(module) = softhsm_module() else {
-                return unavailable(REQUIRE_PKCS11_ENV, "SoftHSM2", "libsofthsm2.so not found (apt-get install softhsm2)");
+                return unavailable(
+                    REQUIRE_PKCS11_ENV,
+                    "SoftHSM2",
+                    "libsofthsm2.so not found (apt-get install softhsm2)",
+                );
             };
             if let (Ok(label), Ok(pin)) =
                 (std::env::var("KEYWHEEL_TEST_PKCS11_TOKEN"), std::env::var("KEYWHEEL_TEST_PKCS11_PIN"))

@@ -36,9 +36,9 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kms::Client;
+use aws_sdk_kms::config::Credentials;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::config::Credentials;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MacAlgorithmSpec};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use keywheel_core::{Error, IntegrityKey, KeyEncryptionKey, KeyMaterial, KeyVersion, KeyringId, Result, WrappedKey};
@@ -256,7 +256,8 @@ impl AwsKmsConfig {
 
     /// The AWS SDK configuration: the chain, with this configuration's overrides.
     async fn sdk_config(&self) -> aws_config::SdkConfig {
-        let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let http =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .timeout_config(
@@ -438,11 +439,9 @@ where
                 ),
             }
         }
-        (_, Some("DisabledException" | "KMSInvalidStateException")) => Error::KekDisabled {
-            kek_id,
-            message: format!("{operation} on {key}: {detail}"),
-            hint: disabled_hint(key),
-        },
+        (_, Some("DisabledException" | "KMSInvalidStateException")) => {
+            Error::KekDisabled { kek_id, message: format!("{operation} on {key}: {detail}"), hint: disabled_hint(key) }
+        }
         (_, Some("NotFoundException")) => Error::Kek {
             kek_id,
             message: format!("{operation}: KMS key {key} not found (check the key id and the region): {detail}"),
@@ -468,12 +467,9 @@ impl KeyEncryptionKey for AwsKmsKek {
         for (name, value) in Self::context(keyring, version) {
             request = request.encryption_context(name, value);
         }
-        let out =
-            request.send().await.map_err(|e| classify(&self.config.kek_id, "Encrypt", &self.config.key_id, e))?;
-        let ciphertext = out
-            .ciphertext_blob
-            .ok_or_else(|| config_error("KMS Encrypt answered without a ciphertext"))?
-            .into_inner();
+        let out = request.send().await.map_err(|e| classify(&self.config.kek_id, "Encrypt", &self.config.key_id, e))?;
+        let ciphertext =
+            out.ciphertext_blob.ok_or_else(|| config_error("KMS Encrypt answered without a ciphertext"))?.into_inner();
         Ok(WrappedKey { kek_id: self.config.kek_id.clone(), key_check: self.key_check.clone(), ciphertext })
     }
 

@@ -81,8 +81,12 @@ fn kms_refusals_are_typed_errors_with_hints() {
         // A ciphertext of another KMS key presented under this key's check
         // value: KMS refuses access to it (moto answers AccessDeniedException).
         let other = support::new_kek(&base).await;
-        let (id, v1) = (keywheel_core::KeyringId::new("t", keywheel_core::Purpose::Token).expect("id"), keywheel_core::KeyVersion::FIRST);
-        let mut wrapped = other.wrap(&id, v1, &keywheel_core::KeyMaterial::generate().expect("rng")).await.expect("wrap");
+        let (id, v1) = (
+            keywheel_core::KeyringId::new("t", keywheel_core::Purpose::Token).expect("id"),
+            keywheel_core::KeyVersion::FIRST,
+        );
+        let mut wrapped =
+            other.wrap(&id, v1, &keywheel_core::KeyMaterial::generate().expect("rng")).await.expect("wrap");
         wrapped.key_check = kek.key_check().to_owned();
         let err = kek.unwrap(&id, v1, &wrapped).await.expect_err("another key's ciphertext");
         assert!(
@@ -100,7 +104,10 @@ fn an_unreachable_kms_is_a_retryable_error() {
     let base = support::base(server.endpoint());
     block_on(async {
         let kek = support::new_kek(&base).await;
-        let (id, v1) = (keywheel_core::KeyringId::new("t", keywheel_core::Purpose::Token).expect("id"), keywheel_core::KeyVersion::FIRST);
+        let (id, v1) = (
+            keywheel_core::KeyringId::new("t", keywheel_core::Purpose::Token).expect("id"),
+            keywheel_core::KeyVersion::FIRST,
+        );
         let wrapped = kek.wrap(&id, v1, &keywheel_core::KeyMaterial::generate().expect("rng")).await.expect("wrap");
         server.kill();
         let err = kek.unwrap(&id, v1, &wrapped).await.expect_err("server gone");

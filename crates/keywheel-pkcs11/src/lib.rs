@@ -118,7 +118,11 @@ fn percent_decode(value: &str) -> Result<String> {
 impl Pkcs11Config {
     /// The key labelled `object_label` on the token labelled `token_label`,
     /// through the module at `module_path`; no PIN yet ([`pin`](Self::pin)).
-    pub fn new(module_path: impl Into<PathBuf>, token_label: impl Into<String>, object_label: impl Into<String>) -> Self {
+    pub fn new(
+        module_path: impl Into<PathBuf>,
+        token_label: impl Into<String>,
+        object_label: impl Into<String>,
+    ) -> Self {
         Pkcs11Config {
             module_path: module_path.into(),
             token_label: Some(token_label.into()),
@@ -366,7 +370,11 @@ impl Inner {
             }),
             _ => Err(Error::Kek {
                 kek_id: self.kek_id.clone(),
-                message: format!("{} AES keys are labelled {:?}: the label must name one", found.len(), self.object_label),
+                message: format!(
+                    "{} AES keys are labelled {:?}: the label must name one",
+                    found.len(),
+                    self.object_label
+                ),
                 retryable: false,
             }),
         }
@@ -389,7 +397,9 @@ impl Inner {
 
     fn cmac(&self, label: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         self.with_session(|s, key| {
-            s.sign(&Mechanism::AesCMac, key, label).map(Zeroizing::new).map_err(|e| classify(&self.kek_id, "C_Sign (CMAC)", e))
+            s.sign(&Mechanism::AesCMac, key, label)
+                .map(Zeroizing::new)
+                .map_err(|e| classify(&self.kek_id, "C_Sign (CMAC)", e))
         })
     }
 }
@@ -487,10 +497,7 @@ impl Pkcs11Kek {
         }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || op(&inner))
             .await
