@@ -88,6 +88,21 @@ impl MotoServer {
             Ok(child) => child,
             Err(e) => return unavailable(REQUIRE_KMS_ENV, "the moto KMS server", &format!("cannot start it: {e}")),
         };
+        // A server held for the life of the process (a `static`) is never
+        // dropped: a watchdog kills it once this process has exited.
+        let (parent, moto) = (std::process::id(), child.id());
+        let _watchdog = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "while kill -0 {parent} 2>/dev/null && kill -0 {moto} 2>/dev/null; do sleep 1; done; \
+                     if ! kill -0 {parent} 2>/dev/null; then kill -CONT {moto}; kill -9 {moto}; fi 2>/dev/null"
+                ),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
         let mut server = MotoServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !answers(port) {

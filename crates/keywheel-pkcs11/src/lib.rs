@@ -485,8 +485,7 @@ impl Pkcs11Kek {
     }
 
     fn aad(keyring: &KeyringId, version: KeyVersion) -> Vec<u8> {
-        let id = keyring.canonical();
-        [WRAP_AAD_LABEL, &(id.len() as u16).to_be_bytes(), id.as_bytes(), &version.get().to_be_bytes()].concat()
+        keywheel_core::wrap_aad(WRAP_AAD_LABEL, keyring, version)
     }
 
     fn corrupt(&self, keyring: &KeyringId, version: KeyVersion) -> Error {
