@@ -87,10 +87,10 @@ impl App {
                         other => fail(format!("{name}: read {row}: {:?}", other.map(|p| p.len()))),
                     }
                 }
-                if i.is_multiple_of(5) {
-                    if let Err(err) = kw.refresh(id).await {
-                        fail(format!("{name}: reload {id}: {err}"));
-                    }
+                if i.is_multiple_of(5)
+                    && let Err(err) = kw.refresh(id).await
+                {
+                    fail(format!("{name}: reload {id}: {err}"));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
