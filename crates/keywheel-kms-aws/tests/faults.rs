@@ -45,11 +45,10 @@ fn a_stopped_kms_server_costs_a_loaded_snapshot_nothing_and_refresh_recovers() {
     // Its own server: this test stops it.
     let Some(server) = services::MotoServer::start() else { return };
     block_on(async {
-        // One attempt of at most 1 s per call, so a stopped server shows fast.
-        let base = support::base(server.endpoint())
-            .max_attempts(1)
-            .timeouts(Duration::from_millis(500), Duration::from_secs(1));
-        let kek = support::new_kek(&base).await;
+        let keys = support::base(server.endpoint()).create_keys("keywheel fault test").await.expect("KMS keys");
+        // One attempt of at most 2 s per call, so a stopped server shows fast.
+        let config = keys.max_attempts(1).timeouts(Duration::from_millis(500), Duration::from_secs(2));
+        let kek = Arc::new(keywheel_kms_aws::AwsKmsKek::connect(config).await.expect("connect"));
         let kw = Keywheel::builder()
             .store(Arc::new(MemoryKeyStore::new()))
             .audit(Arc::new(MemoryAuditSink::new()))

@@ -39,7 +39,7 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use keywheel_core::{Error, IntegrityKey, KeyEncryptionKey, KeyMaterial, KeyVersion, KeyringId, Result, WrappedKey};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -507,23 +507,28 @@ impl Pkcs11Kek {
 fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<Slot> {
     let kek_id = config.kek_id.as_str();
     let slots = ctx.get_slots_with_token().map_err(|e| classify(kek_id, "C_GetSlotList", e))?;
+    let mut skipped = None;
     for slot in slots {
         if config.slot_id.is_some_and(|id| id != slot.id()) {
             continue;
         }
         let Some(label) = &config.token_label else { return Ok(slot) };
-        let info = ctx.get_token_info(slot).map_err(|e| classify(kek_id, "C_GetTokenInfo", e))?;
-        if info.label().trim_end() == label {
-            return Ok(slot);
+        // A slot that cannot describe its token (removed meanwhile, failing)
+        // is not the one named: look on.
+        match ctx.get_token_info(slot) {
+            Ok(info) if info.label().trim_end() == label => return Ok(slot),
+            Ok(_) => {}
+            Err(e) => skipped = Some(classify(kek_id, "C_GetTokenInfo", e).to_string()),
         }
     }
     Err(Error::KekUnavailable {
         kek_id: kek_id.to_owned(),
         message: format!(
-            "no token labelled {:?}{} in module {}",
+            "no token labelled {:?}{} in module {}{}",
             config.token_label.as_deref().unwrap_or("(any)"),
             config.slot_id.map(|s| format!(" in slot {s}")).unwrap_or_default(),
-            config.module_path.display()
+            config.module_path.display(),
+            skipped.map(|e| format!(" (a slot failed: {e})")).unwrap_or_default()
         ),
     })
 }
@@ -601,10 +606,10 @@ impl Drop for Inner {
     }
 }
 
-/// The PIN in a [`Pkcs11Config`], for callers that need it again (e.g. to log
-/// in a provisioning session). Kept in a [`SecretString`], zeroized on drop.
-pub fn pin_of(config: &Pkcs11Config) -> Option<&str> {
-    config.pin.as_ref().map(|p| p.expose_secret())
+/// The PIN in a [`Pkcs11Config`] (the unit tests check the parsing).
+#[cfg(test)]
+fn pin_of(config: &Pkcs11Config) -> Option<&str> {
+    config.pin.as_ref().map(|p| secrecy::ExposeSecret::expose_secret(p))
 }
 
 #[cfg(test)]
