@@ -108,6 +108,72 @@ if ! has_ruby_lockbox; then
         [ "${CI:-}" = true ] && echo FAIL || echo SKIP) (apt-get install ruby ruby-lockbox)" >&2
 fi
 
+# KMS AND HSM SETUP: the KEK providers' tests (keywheel-kms-aws,
+# keywheel-pkcs11, the CLI's tests/kek_providers.rs) run against a local
+# AWS-compatible KMS server (moto, from PyPI) and a SoftHSM2 token (Debian
+# package softhsm2). Install them when missing, start one moto server on a free
+# port of 127.0.0.1 and initialise a token in a temporary directory; the tests
+# find them through KEYWHEEL_TEST_KMS_ENDPOINT and KEYWHEEL_TEST_PKCS11_*.
+# Without them the tests start their own, or skip loudly (they fail instead
+# when CI=true or KEYWHEEL_REQUIRE_KMS / KEYWHEEL_REQUIRE_PKCS11 is set).
+# ---------------------------------------------------------------------------
+has_moto() {
+    command -v moto_server >/dev/null 2>&1 || python3 -c 'import moto.server' >/dev/null 2>&1
+}
+if ! has_moto && command -v python3 >/dev/null 2>&1; then
+    echo "==> installing moto[server] (the KMS server of the AWS KMS tests)"
+    python3 -m pip install -q 'moto[server]' || echo "==> could not install moto: the AWS KMS tests start nothing"
+fi
+softhsm_module() {
+    { dpkg -L libsofthsm2 2>/dev/null || true; } | grep -m1 '/libsofthsm2\.so$' ||
+        ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -n 1 || true
+}
+if [ -z "$(softhsm_module)" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing softhsm2 (the token of the PKCS#11 tests)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; } ||
+        echo "==> could not install softhsm2: the PKCS#11 tests start nothing"
+fi
+
+services_dir=$(mktemp -d)
+moto_pid=""
+cleanup_services() {
+    if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; fi
+    rm -rf "$services_dir"
+}
+trap cleanup_services EXIT
+
+if [ -z "${KEYWHEEL_TEST_KMS_ENDPOINT:-}" ] && has_moto; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if command -v moto_server >/dev/null 2>&1; then moto=(moto_server); else moto=(python3 -m moto.server); fi
+    "${moto[@]}" -H 127.0.0.1 -p "$port" >"$services_dir/moto.log" 2>&1 &
+    moto_pid=$!
+    for _ in $(seq 1 60); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.5
+    done
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        export KEYWHEEL_TEST_KMS_ENDPOINT="http://127.0.0.1:$port"
+        echo "==> AWS KMS tests use moto at $KEYWHEEL_TEST_KMS_ENDPOINT"
+    else
+        echo "==> moto did not start (log: $(cat "$services_dir/moto.log" 2>/dev/null | tail -n 3))"
+    fi
+fi
+
+module=$(softhsm_module)
+if [ -z "${KEYWHEEL_TEST_PKCS11_MODULE:-}" ] && [ -n "$module" ] && command -v softhsm2-util >/dev/null 2>&1; then
+    mkdir -p "$services_dir/tokens"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$services_dir/tokens" \
+        >"$services_dir/softhsm2.conf"
+    export SOFTHSM2_CONF="$services_dir/softhsm2.conf"
+    if softhsm2-util --init-token --free --label keywheel-test --pin 1234 --so-pin 12345678 >/dev/null; then
+        export KEYWHEEL_TEST_PKCS11_MODULE="$module" KEYWHEEL_TEST_PKCS11_TOKEN=keywheel-test
+        export KEYWHEEL_TEST_PKCS11_PIN=1234
+        echo "==> PKCS#11 tests use the SoftHSM2 token keywheel-test ($module, SOFTHSM2_CONF=$SOFTHSM2_CONF)"
+    else
+        echo "==> could not initialise a SoftHSM2 token"
+    fi
+fi
+
 features=(--workspace --all-features)
 
 if [ "${KEYWHEEL_TEST_RUNNER:-}" != cargo ] && cargo nextest --version >/dev/null 2>&1; then

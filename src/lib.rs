@@ -46,7 +46,8 @@
 //! ```
 //!
 //! This facade re-exports [`keywheel_core`] and, behind features, the
-//! backends: `memory` (default), `file` and `postgres`. The [`manual`] is the
+//! backends: `memory` (default), `file` and `postgres`, and the master keys
+//! held in a KMS or HSM: `aws-kms` and `pkcs11`. The [`manual`] is the
 //! reference: concepts, wire format, security model, backends, audit trail,
 //! lifecycle invariants and the operator runbook.
 #![forbid(unsafe_code)]
@@ -64,3 +65,11 @@ pub use keywheel_file as file;
 /// Postgres backend: key store, audit log and record source (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use keywheel_postgres as postgres;
+
+/// AWS KMS key-encryption key: the master key stays in KMS (feature `aws-kms`).
+#[cfg(feature = "aws-kms")]
+pub use keywheel_kms_aws as aws_kms;
+
+/// PKCS#11 key-encryption key: the master key stays in an HSM (feature `pkcs11`).
+#[cfg(feature = "pkcs11")]
+pub use keywheel_pkcs11 as pkcs11;

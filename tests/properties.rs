@@ -338,8 +338,13 @@ fn check_parse(input: &[u8]) -> Result<(), TestCaseError> {
             prop_assert_eq!(keywheel::version_of(input).expect("version_of agrees with parse"), info.version);
             prop_assert!(info.version.get() >= 1);
             prop_assert_eq!(info.format_version, 1);
-            let min = 8 + info.algorithm.nonce_len() + info.algorithm.tag_len();
-            prop_assert_eq!(info.binary_len, min + info.payload_len);
+            let (min, max) = info.algorithm.binary_len_range();
+            prop_assert!(info.binary_len >= min && max.is_none_or(|max| info.binary_len <= max));
+            if info.algorithm.is_aead() {
+                prop_assert_eq!(info.binary_len, min + info.payload_len);
+            } else {
+                prop_assert_eq!(info.payload_len, 0);
+            }
             if info.form == Form::Binary {
                 prop_assert_eq!(info.binary_len, input.len());
                 prop_assert_eq!(&input[..3], b"kw\x01");

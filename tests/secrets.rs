@@ -31,7 +31,12 @@ fn keyring_id() -> KeyringId {
 
 /// The per-version key of the key derivation (manual, "Wire format v1") (so a leaked derived key is caught too).
 fn derived(material: &[u8; 32], alg: Algorithm, keyring: &str, version: u32) -> [u8; 32] {
-    let label: &[u8] = if alg.is_aead() { b"aead" } else { b"mac" };
+    let label: &[u8] = match alg {
+        Algorithm::HmacSha256 => b"mac",
+        // An AEAD version's blind index key.
+        Algorithm::BlindIndex => b"index",
+        _ => b"aead",
+    };
     let len = u16::try_from(keyring.len()).expect("short id").to_be_bytes();
     let info = [label, &[alg.id()], &len, keyring.as_bytes(), &version.to_be_bytes()].concat();
     let mut okm = [0u8; 32];
@@ -170,7 +175,7 @@ fn key_material_debug_is_redacted() {
 
 #[test]
 fn keyring_and_builder_debug_hold_no_key_bytes() {
-    for alg in Algorithm::ALL {
+    for alg in Algorithm::KEYS {
         let builder = Keyring::builder(keyring_id()).version(KeyState::Deprecated, alg, material(&MATERIAL)).version(
             KeyState::Active,
             alg,

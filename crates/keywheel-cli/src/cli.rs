@@ -17,7 +17,12 @@ Exit codes:
 
 The master key comes from KEYWHEEL_MASTER_KEY (base64) or --master-key-file; a
 next master key staged for a KEK rotation from KEYWHEEL_MASTER_KEY_NEXT or
---next-master-key-file. Key files must be readable by their owner only.
+--next-master-key-file. Key files must be readable by their owner only. A master
+key held in a KMS or HSM is named by --kek (KEYWHEEL_KEK, `kek` in keywheel.toml):
+  local:                                   the master key above (default)
+  aws-kms://<key id|alias|ARN>?mac-key=<HMAC key>[&region=R][&endpoint=URL]
+  pkcs11:token=<label>;object=<label>?module-path=<lib>&pin-source=env:<VAR>
+AWS credentials and region come from the standard AWS configuration chain.
 Settings may also come from ./keywheel.toml: the store, the keyrings with their
 policies ([keyrings.\"*/PURPOSE\"] for every tenant's keyring of a purpose) and the
 record sources (Postgres tables) that `rotate` re-encrypts. Every command checks
@@ -47,6 +52,16 @@ pub(crate) struct GlobalArgs {
     /// it must be readable by its owner only (chmod 600)
     #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_MASTER_KEY_FILE", value_name = "PATH")]
     pub(crate) master_key_file: Option<PathBuf>,
+
+    /// The key-encryption key: `local:` (the master key, default), `aws-kms://…` or `pkcs11:…`
+    /// (see below) [default: `kek` in keywheel.toml, else local:]
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_KEK", value_name = "URI")]
+    pub(crate) kek: Option<String>,
+
+    /// A second KEK staged for a KEK rotation (a KMS or HSM URI): it also opens the store;
+    /// `kek rotate` rewraps to it
+    #[arg(long, global = true, help_heading = "Global options", env = "KEYWHEEL_KEK_NEXT", value_name = "URI")]
+    pub(crate) next_kek: Option<String>,
 
     /// CA certificate (PEM) that Postgres servers' TLS certificates must chain to; overrides the
     /// URLs' sslrootcert (use with ?sslmode=verify-full in the store and database URLs)
@@ -306,8 +321,8 @@ pub(crate) struct RunArgs {
     pub(crate) lease_ttl: Option<String>,
     /// Emergency rotations: how long after the activation to wait before the
     /// final census, so that no application instance still encrypts under the
-    /// compromised version (its refresh interval plus a margin) [default:
-    /// `emergency_settle` in keywheel.toml, else 65s]
+    /// compromised version (its refresh interval and KEK outage grace plus a
+    /// margin) [default: `emergency_settle` in keywheel.toml, else 125s]
     #[arg(long, value_name = "DURATION")]
     pub(crate) settle: Option<String>,
 }
@@ -420,6 +435,9 @@ pub(crate) enum KekCommand {
         downtime, stage it in every application first — or --new-master-key-file, or is generated and written \
         to --new-master-key-out. Running it again is safe: keys already rewrapped are skipped, and anything \
         written under the old key since is rewrapped. Afterwards only the new master key is needed.")]
+    #[command(after_long_help = "Between KEK kinds: `keywheel --kek local: kek rotate --new-kek aws-kms://…`, \
+        then `keywheel --kek aws-kms://… kek rotate --new-kek pkcs11:…`; for no downtime, stage the new KEK in \
+        every application first (a KekRing of the current and the new KEK), as the manual's section 10 says.")]
     Rotate(KekRotateArgs),
     /// Generate a new master key into a file (mode 0600), to stage as the next master key
     #[command(long_about = "Generate a new random master key and write it to a new file (mode 0600), \
@@ -431,6 +449,10 @@ pub(crate) enum KekCommand {
 /// `kek rotate` options.
 #[derive(Debug, Args)]
 pub(crate) struct KekRotateArgs {
+    /// The KEK to rewrap to, as a URI (`aws-kms://…`, `pkcs11:…`; `local:` means a new master key
+    /// from the options below) [default: the staged --next-kek, else a new master key]
+    #[arg(long, value_name = "URI")]
+    pub(crate) new_kek: Option<String>,
     /// File holding the new master key (32 raw bytes or base64) [default: the staged next master key]
     #[arg(long, value_name = "PATH", conflicts_with_all = ["new_master_key_out", "print_master_key"])]
     pub(crate) new_master_key_file: Option<PathBuf>,

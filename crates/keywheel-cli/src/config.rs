@@ -7,9 +7,10 @@
 //! # schema = "keywheel"                 # Postgres store: schema of keywheel's tables
 //! # audit_log = "./keywheel/audit.jsonl"   # file store: the audit log
 //! # master_key_file = "/run/secrets/keywheel"
+//! # kek = "aws-kms://alias/keywheel?mac-key=alias/keywheel-mac"   # or pkcs11:…, local: (default)
 //! # ca_file = "./db-ca.pem"              # CA of the Postgres servers (sslmode=verify-ca|verify-full)
 //! # lease_ttl = "60s"                   # rotations' lease time-to-live
-//! # emergency_settle = "65s"            # emergency rotations: wait before the final census
+//! # emergency_settle = "125s"           # emergency rotations: wait before the final census
 //! database = "postgres://app@db/app"    # where the [[sources]] tables live
 //!                                       # (default: the store, when it is Postgres)
 //!
@@ -57,6 +58,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::CliError;
+use crate::kek_uri::KekUri;
 
 /// The file's name in the working directory, read when no `--config` is given.
 pub(crate) const DEFAULT_FILE: &str = "keywheel.toml";
@@ -75,6 +77,8 @@ pub(crate) struct Config {
     pub(crate) schema: Option<PgSchema>,
     pub(crate) audit_log: Option<PathBuf>,
     pub(crate) master_key_file: Option<PathBuf>,
+    /// `kek`: the KEK URI (checked when the file is read).
+    pub(crate) kek: Option<KekUri>,
     /// Where the sources' tables live, unless a source names its own.
     pub(crate) database: Option<String>,
     /// PEM file of the CA that signed the Postgres servers' certificates
@@ -156,6 +160,7 @@ struct RawConfig {
     schema: Option<Spanned<String>>,
     audit_log: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    kek: Option<Spanned<String>>,
     ca_file: Option<PathBuf>,
     database: Option<Spanned<String>>,
     lease_ttl: Option<Spanned<String>>,
@@ -329,6 +334,16 @@ impl Config {
             return Err(at.error(v.span().start, "lease_ttl must be at least 1s"));
         }
         let emergency_settle = raw.emergency_settle.as_ref().map(|v| at.duration("emergency_settle", v)).transpose()?;
+        let kek = raw
+            .kek
+            .as_ref()
+            .map(|v| {
+                KekUri::parse(v.get_ref(), "kek").map_err(|e| {
+                    let hint = e.hint.clone().unwrap_or_default();
+                    at.error(v.span().start, e.message).with_hint(hint)
+                })
+            })
+            .transpose()?;
         let mut keyrings = Vec::new();
         for (key, table) in &raw.keyrings {
             keyrings.push(keyring_entry(&at, key, table)?);
@@ -343,6 +358,7 @@ impl Config {
             schema,
             audit_log: raw.audit_log,
             master_key_file: raw.master_key_file,
+            kek,
             ca_file: raw.ca_file,
             database: at.database(&raw.database)?,
             lease_ttl,

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod kek_uri;
 mod output;
 mod reader;
 mod store;

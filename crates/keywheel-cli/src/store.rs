@@ -13,6 +13,7 @@ use keywheel_postgres::{
 use crate::cli::GlobalArgs;
 use crate::config::{Config, is_postgres_url};
 use crate::error::CliError;
+use crate::kek_uri::KekUri;
 
 /// The environment variable holding the base64 master key.
 pub(crate) const MASTER_KEY_ENV: &str = keywheel_core::MASTER_KEY_ENV;
@@ -54,6 +55,10 @@ pub(crate) struct Settings {
     pub(crate) ca_file: Option<PathBuf>,
     /// The next master key's file (`--next-master-key-file`), staged for a KEK rotation.
     pub(crate) next_master_key_file: Option<PathBuf>,
+    /// The KEK (`--kek`, `KEYWHEEL_KEK`, `kek` in the file; default `local:`).
+    pub(crate) kek_uri: KekUri,
+    /// A KMS or HSM KEK staged for a KEK rotation (`--next-kek`, `KEYWHEEL_KEK_NEXT`).
+    pub(crate) next_kek_uri: Option<KekUri>,
     pub(crate) actor: String,
 }
 
@@ -76,12 +81,23 @@ impl Settings {
             format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or("unknown".into()))
         });
         let next_master_key_file = global.next_master_key_file.clone();
-        Ok(Settings { config, location, master_key_file, next_master_key_file, ca_file, actor })
+        let kek_uri = match &global.kek {
+            Some(uri) => KekUri::parse(uri, "--kek")?,
+            None => config.kek.clone().unwrap_or(KekUri::Local),
+        };
+        let next_kek_uri = global
+            .next_kek
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| KekUri::parse(u, "--next-kek"))
+            .transpose()?
+            .filter(|k| !k.is_local());
+        Ok(Settings { config, location, master_key_file, next_master_key_file, kek_uri, next_kek_uri, ca_file, actor })
     }
 
-    /// Whether a master key is configured at all.
+    /// Whether a KEK is configured at all: a KMS or HSM KEK, or a master key.
     pub(crate) fn has_master_key(&self) -> bool {
-        self.master_key_file.is_some() || std::env::var_os(MASTER_KEY_ENV).is_some()
+        !self.kek_uri.is_local() || self.master_key_file.is_some() || std::env::var_os(MASTER_KEY_ENV).is_some()
     }
 
     /// The configured master key.
@@ -117,17 +133,43 @@ impl Settings {
         }
     }
 
-    /// The KEK that opens the store: the master key, which wraps, and the
-    /// staged next master key, if any, which also unwraps and verifies — so
+    /// The KEK that opens the store: the configured one (`--kek`: the
+    /// master key, or a KMS or HSM key), which wraps, and the staged next
+    /// KEK and next master key, if any, which also unwrap and verify — so
     /// every command works before, during and after a KEK rotation.
-    pub(crate) fn kek(&self) -> Result<Arc<dyn KeyEncryptionKey>, CliError> {
-        let current = self.master_key()?;
-        Ok(match self.next_master_key()? {
-            Some(next) if next.key_check() != current.key_check() => {
-                Arc::new(KekRing::new(Arc::new(current), vec![Arc::new(next)]))
+    pub(crate) async fn kek(&self) -> Result<Arc<dyn KeyEncryptionKey>, CliError> {
+        let mut parts = self.kek_parts().await?;
+        let primary = parts.remove(0);
+        Ok(if parts.is_empty() { primary } else { Arc::new(KekRing::new(primary, parts)) })
+    }
+
+    /// The KEKs of [`kek`](Self::kek), the wrapping one first (one flat
+    /// list: a ring inside a ring would be skipped by its KEK id).
+    pub(crate) async fn kek_parts(&self) -> Result<Vec<Arc<dyn KeyEncryptionKey>>, CliError> {
+        let mut parts: Vec<Arc<dyn KeyEncryptionKey>> = Vec::new();
+        let current_check = match self.kek_uri.open_remote().await? {
+            Some(remote) => {
+                parts.push(remote);
+                None
             }
-            _ => Arc::new(current),
-        })
+            None => {
+                let local = self.master_key()?;
+                let check = local.key_check().to_owned();
+                parts.push(Arc::new(local));
+                Some(check)
+            }
+        };
+        if let Some(next) = &self.next_kek_uri
+            && let Some(remote) = next.open_remote().await?
+        {
+            parts.push(remote);
+        }
+        if let Some(next) = self.next_master_key()?
+            && current_check.as_deref() != Some(next.key_check())
+        {
+            parts.push(Arc::new(next));
+        }
+        Ok(parts)
     }
 
     /// The database of the record sources: a source's own, the file's, or the store's.
@@ -248,7 +290,7 @@ async fn check_schema(pool: &PgPool, schema: &PgSchema) -> Result<(), CliError> 
 /// Open the store for a command: master key checked against every stored key
 /// before anything is written.
 pub(crate) async fn open(settings: &Settings) -> Result<Opened, CliError> {
-    open_with_kek(settings, settings.kek()?).await
+    open_with_kek(settings, settings.kek().await?).await
 }
 
 /// [`open`] with a given key-encryption key (KEK rotation opens with a ring).
@@ -272,7 +314,7 @@ pub(crate) async fn open_with_kek(settings: &Settings, kek: Arc<dyn KeyEncryptio
 /// records are not sealed yet, and sealing unwraps each one's keys itself
 /// before writing anything.
 pub(crate) async fn open_unverified(settings: &Settings) -> Result<Opened, CliError> {
-    open_store(settings, settings.kek()?).await
+    open_store(settings, settings.kek().await?).await
 }
 
 async fn open_store(settings: &Settings, kek: Arc<dyn KeyEncryptionKey>) -> Result<Opened, CliError> {

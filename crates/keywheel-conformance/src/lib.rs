@@ -51,9 +51,11 @@ pub mod audit_sink;
 pub mod blind_index;
 mod guarded;
 pub mod integrity;
+pub mod kek;
 pub mod key_store;
 pub mod model;
 pub mod record_source;
+pub mod services;
 
 pub use audit_sink::{AuditFixture, Tamper, test_key};
 pub use blind_index::IndexedSourceFixture;

@@ -229,6 +229,40 @@ pub enum Error {
         /// Whether repeating the call may succeed (e.g. a KMS timeout).
         retryable: bool,
     },
+    /// The KEK's KMS or HSM cannot be reached, timed out or is overloaded.
+    /// Retryable: snapshots already loaded keep serving (up to
+    /// [`KeywheelBuilder::kek_outage_grace`](crate::KeywheelBuilder::kek_outage_grace)
+    /// past their refresh), and the next load retries with backoff. See the
+    /// [manual](crate::manual#kms-and-hsm-master-keys).
+    #[error("key-encryption key {kek_id} is unavailable: {message} (retryable; loaded snapshots keep working)")]
+    KekUnavailable {
+        /// The KEK.
+        kek_id: String,
+        /// What failed (never key bytes).
+        message: String,
+    },
+    /// The KMS or HSM refused this process the use of the KEK (missing
+    /// permission, failed login). Not retryable until the access is granted.
+    #[error("key-encryption key {kek_id}: access denied: {message}; hint: {hint}")]
+    KekAccessDenied {
+        /// The KEK.
+        kek_id: String,
+        /// What the KMS or HSM said (never key bytes).
+        message: String,
+        /// What to grant or fix.
+        hint: String,
+    },
+    /// The KEK exists but is disabled (or scheduled for deletion) in its KMS
+    /// or HSM. Not retryable until an operator enables it again.
+    #[error("key-encryption key {kek_id} is disabled: {message}; hint: {hint}")]
+    KekDisabled {
+        /// The KEK.
+        kek_id: String,
+        /// What the KMS or HSM said (never key bytes).
+        message: String,
+        /// How to enable it again.
+        hint: String,
+    },
     /// The key version reached its safe encryption limit in this process
     /// (2^32 for random 96-bit nonces); rotate the keyring.
     #[error("key version {version} reached its encryption limit of {limit}; rotate the keyring")]
@@ -421,6 +455,7 @@ impl Error {
         match self {
             Error::GenerationConflict { .. } | Error::LeaseHeld { .. } => true,
             Error::Backend { retryable, .. } | Error::Kek { retryable, .. } => *retryable,
+            Error::KekUnavailable { .. } => true,
             _ => false,
         }
     }

@@ -207,8 +207,7 @@ impl LocalKek {
     }
 
     fn aad(keyring: &KeyringId, version: KeyVersion) -> Vec<u8> {
-        let id = keyring.canonical();
-        [WRAP_AAD_LABEL, &(id.len() as u16).to_be_bytes(), id.as_bytes(), &version.get().to_be_bytes()].concat()
+        wrap_aad(WRAP_AAD_LABEL, keyring, version)
     }
 
     fn unwrap_error(&self, keyring: &KeyringId, version: KeyVersion) -> Error {
@@ -261,6 +260,24 @@ impl KeyEncryptionKey for LocalKek {
             .map_err(|_| self.unwrap_error(keyring, version))?;
         KeyMaterial::from_slice(&buf)
     }
+}
+
+/// The associated data that binds a wrapped key to `(keyring, version)`:
+/// `label ‖ u16 length ‖ canonical keyring id ‖ u32 version`, big-endian.
+/// `label` names the KEK kind and format (e.g. `b"keywheel/wrap/v1"`), so two
+/// kinds never accept each other's associated data. For KEKs that wrap with
+/// an AEAD (core's [`LocalKek`], a PKCS#11 token's AES-GCM).
+///
+/// ```
+/// use keywheel_core::{KeyVersion, KeyringId, Purpose, wrap_aad};
+/// let id = KeyringId::new("acme", Purpose::Token)?;
+/// let a = wrap_aad(b"label", &id, KeyVersion::FIRST);
+/// assert_ne!(a, wrap_aad(b"label", &id, KeyVersion::FIRST.next().unwrap()));
+/// # Ok::<(), keywheel_core::Error>(())
+/// ```
+pub fn wrap_aad(label: &[u8], keyring: &KeyringId, version: KeyVersion) -> Vec<u8> {
+    let id = keyring.canonical();
+    [label, &(id.len() as u16).to_be_bytes(), id.as_bytes(), &version.get().to_be_bytes()].concat()
 }
 
 /// The environment variable conventionally holding the master key (base64).

@@ -29,6 +29,7 @@ pub struct KeywheelBuilder {
     actor: Option<String>,
     refresh_interval: Option<Duration>,
     reload_cooldown: Option<Duration>,
+    kek_outage_grace: Option<Duration>,
 }
 
 impl fmt::Debug for KeywheelBuilder {
@@ -77,6 +78,20 @@ impl KeywheelBuilder {
         self.reload_cooldown = Some(d);
         self
     }
+    /// How long past its refresh interval a loaded snapshot keeps serving
+    /// while its reload fails with a retryable error (the KEK's KMS or HSM
+    /// unreachable, [`Error::KekUnavailable`]; a store fault marked
+    /// retryable): default 60 s. Meanwhile reloads are retried with
+    /// exponential backoff (1 s, 2 s, 4 s … at most 30 s) rather than on every
+    /// access; once the grace is spent, accesses fail with the reload's error.
+    /// A non-retryable error (access denied, disabled key, wrong key) never
+    /// falls back, so revoking the KEK stops every process at its next
+    /// refresh. The grace counts in [`Keywheel::stale_snapshot_bound`]. See
+    /// the [manual](crate::manual#kms-and-hsm-master-keys).
+    pub fn kek_outage_grace(mut self, d: Duration) -> Self {
+        self.kek_outage_grace = Some(d);
+        self
+    }
     /// Build it. [`Error::InvalidArgument`] names a missing component.
     pub fn build(self) -> Result<Keywheel> {
         let missing = |what: &str| Error::InvalidArgument(format!("Keywheel::builder() needs a {what}"));
@@ -93,10 +108,12 @@ impl KeywheelBuilder {
                 actor: self.actor.unwrap_or_else(|| "keywheel".to_owned()),
                 refresh_interval: self.refresh_interval.unwrap_or(Duration::from_secs(60)),
                 reload_cooldown: self.reload_cooldown.unwrap_or(Duration::from_secs(1)),
+                kek_outage_grace: self.kek_outage_grace.unwrap_or(DEFAULT_KEK_OUTAGE_GRACE),
                 cache: RwLock::new(HashMap::new()),
                 audit_key: tokio::sync::OnceCell::new(),
                 usage: Mutex::new(HashMap::new()),
                 reloads: AtomicU64::new(0),
+                outage_serves: AtomicU64::new(0),
             }),
         })
     }
@@ -118,6 +135,11 @@ struct Cached {
     /// This process changed the keyring since `ring` was loaded
     /// ([`Keywheel::invalidate`]): reload at the next access.
     invalid: bool,
+    /// After a reload failed with a retryable error: no new attempt before
+    /// this moment (the snapshot keeps serving), and how many attempts failed
+    /// in a row (the backoff's exponent).
+    retry_at: Option<Timestamp>,
+    failed_reloads: u32,
 }
 
 /// What `Keywheel::claim` found in the cache.
@@ -138,6 +160,12 @@ struct Marks {
     invalid: bool,
 }
 
+/// Default of [`KeywheelBuilder::kek_outage_grace`].
+const DEFAULT_KEK_OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// First and longest wait between two reload attempts during an outage.
+const OUTAGE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// How many times a usage flush retries after a concurrent update of the
 /// keyring (counts are additive, so a retry is always correct).
 const MAX_FLUSH_CONFLICTS: u32 = 16;
@@ -153,6 +181,7 @@ struct Inner {
     actor: String,
     refresh_interval: Duration,
     reload_cooldown: Duration,
+    kek_outage_grace: Duration,
     cache: RwLock<HashMap<KeyringId, Cached>>,
     /// The KEK's integrity key, which authenticates audit entries (fetched once).
     audit_key: tokio::sync::OnceCell<crate::IntegrityKey>,
@@ -162,6 +191,8 @@ struct Inner {
     usage: Mutex<HashMap<KeyringId, Arc<KeyringUsage>>>,
     /// Snapshot loads from the store ([`Keywheel::reloads`]).
     reloads: AtomicU64,
+    /// Accesses served by a snapshot whose reload had failed ([`Keywheel::outage_serves`]).
+    outage_serves: AtomicU64,
 }
 
 /// The entry point: creates keyrings, runs manual lifecycle steps (each atomic
@@ -233,6 +264,7 @@ impl Keywheel {
             .actor(self.inner.actor.clone())
             .refresh_interval(self.inner.refresh_interval)
             .reload_cooldown(self.inner.reload_cooldown)
+            .kek_outage_grace(self.inner.kek_outage_grace)
             .build()
     }
 
@@ -264,13 +296,15 @@ impl Keywheel {
     /// The bound after which no caller of this instance still encrypts with a
     /// snapshot loaded before a given moment: the refresh interval (every
     /// [`keyring`](Self::keyring)/[`encrypt`](Self::encrypt) call reloads an
-    /// older snapshot) plus 5 s for an encryption whose write is still in
-    /// flight. An emergency rotation waits this long after activating the new
+    /// older snapshot), plus the KEK outage grace (a snapshot whose reload
+    /// fails with a retryable error keeps serving that much longer,
+    /// [`KeywheelBuilder::kek_outage_grace`]), plus 5 s for an encryption
+    /// whose write is still in flight (with the defaults: 125 s). An emergency rotation waits this long after activating the new
     /// version before its final census ([`RotateOptions::emergency_settle`](crate::RotateOptions::emergency_settle)).
     /// A [`Keyring`] snapshot an application keeps beyond one operation is not
     /// covered: fetch it per operation.
     pub fn stale_snapshot_bound(&self) -> Duration {
-        self.inner.refresh_interval + Duration::from_secs(5)
+        self.inner.refresh_interval + self.inner.kek_outage_grace + Duration::from_secs(5)
     }
 
     /// Whether the audit trail already holds an event with `correlation_id`
@@ -798,13 +832,44 @@ impl Keywheel {
         // A reload for a change (announced by another process, or made by
         // this one) leaves the refresh interval counting from the last
         // scheduled reload, so announcements cannot postpone it.
-        self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await
+        match self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await {
+            Err(e) if e.is_retryable() => self.serve_during_outage(id).ok_or(e),
+            other => other,
+        }
     }
 
     fn is_fresh(&self, c: &Cached, now: Timestamp) -> bool {
-        !c.invalid
+        let fresh = !c.invalid
             && now.since(c.refreshed_at) < self.inner.refresh_interval
-            && !(c.stale.load(Ordering::SeqCst) && now.since(c.loaded_at) >= self.inner.reload_cooldown)
+            && !(c.stale.load(Ordering::SeqCst) && now.since(c.loaded_at) >= self.inner.reload_cooldown);
+        // During an outage, the snapshot serves until the next retry is due.
+        fresh || (c.retry_at.is_some_and(|at| now < at) && self.within_outage_grace(c, now))
+    }
+
+    fn within_outage_grace(&self, c: &Cached, now: Timestamp) -> bool {
+        now.since(c.loaded_at) < self.inner.refresh_interval + self.inner.kek_outage_grace
+    }
+
+    /// A reload of `id` failed with a retryable error: the cached snapshot,
+    /// if it is still within the outage grace, with the next attempt pushed
+    /// back (exponential backoff); `None` when there is nothing to serve.
+    fn serve_during_outage(&self, id: &KeyringId) -> Option<Arc<Keyring>> {
+        let now = self.now();
+        let mut cache = self.inner.cache.write().ok()?;
+        let c = cache.get_mut(id).filter(|c| self.within_outage_grace(c, now))?;
+        let backoff = OUTAGE_BACKOFF_FIRST.saturating_mul(1 << c.failed_reloads.min(5)).min(OUTAGE_BACKOFF_MAX);
+        c.retry_at = Some(now.plus(backoff));
+        c.failed_reloads = c.failed_reloads.saturating_add(1);
+        self.inner.outage_serves.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(&c.ring))
+    }
+
+    /// How many accesses were answered with a snapshot whose reload had just
+    /// failed with a retryable error (a KMS or HSM outage,
+    /// [`KeywheelBuilder::kek_outage_grace`]): a health signal to export. Zero
+    /// when every reload succeeded.
+    pub fn outage_serves(&self) -> u64 {
+        self.inner.outage_serves.load(Ordering::Relaxed)
     }
 
     /// Reload a keyring from the store now, replacing the cached snapshot,
@@ -928,6 +993,8 @@ impl Keywheel {
                     last_forced_reload: if forced { Some(now) } else { last_forced },
                     stale: AtomicBool::new(stale),
                     invalid,
+                    retry_at: None,
+                    failed_reloads: 0,
                 },
             );
         }

@@ -54,7 +54,7 @@ pub use integrity::IntegrityKey;
 pub use job::{
     JobCounts, JobFailure, JobKind, JobPhase, MAX_STORED_FAILURES, RotationJob, RotationReport, SourceCheckpoint,
 };
-pub use kek::{KekRing, KeyEncryptionKey, LocalKek, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV, WrappedKey};
+pub use kek::{KekRing, KeyEncryptionKey, LocalKek, MASTER_KEY_ENV, NEXT_MASTER_KEY_ENV, WrappedKey, wrap_aad};
 pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
 pub use legacy::{

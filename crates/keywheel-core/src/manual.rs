@@ -481,12 +481,15 @@
 //!   may still encrypt under the compromised version until its cached
 //!   snapshot expires: at most its refresh interval
 //!   ([`KeywheelBuilder::refresh_interval`](crate::KeywheelBuilder::refresh_interval),
-//!   default 60 s) after the activation, plus one reload cooldown for
+//!   default 60 s) after the activation, plus its KEK outage grace (a
+//!   snapshot whose reload fails because the KMS or HSM is unreachable keeps
+//!   serving that long, [`KeywheelBuilder::kek_outage_grace`](crate::KeywheelBuilder::kek_outage_grace),
+//!   default 60 s), plus one reload cooldown for
 //!   snapshots marked stale by an announcement, plus the time its write takes.
 //!   The engine waits out [`RotateOptions::emergency_settle`](crate::RotateOptions::emergency_settle)
-//!   (default: its own refresh interval + 5 s,
+//!   (default: its own refresh interval + outage grace + 5 s,
 //!   [`Keywheel::stale_snapshot_bound`](crate::Keywheel::stale_snapshot_bound);
-//!   the CLI's `--settle`, default 65 s) on its clock, sweeps again, and only
+//!   the CLI's `--settle`, default 125 s) on its clock, sweeps again, and only
 //!   then takes the final census. Set it to cover the largest refresh interval
 //!   of any instance. A [`Keyring`](crate::Keyring) snapshot that an
 //!   application holds beyond one operation is outside the bound: ask
@@ -611,6 +614,112 @@
 //! application and `Rotator::rotate_kek(next)` (from an engine holding both
 //! keys) as step 2: `rotate_kek` seals and audits under the new key whichever
 //! key the engine wraps with.
+//!
+//! ### KMS and HSM master keys
+//!
+//! The master key need not exist outside a KMS or an HSM. Two providers
+//! implement [`KeyEncryptionKey`](crate::KeyEncryptionKey) in their own
+//! crates (features `aws-kms` and `pkcs11` of the `keywheel` facade); core
+//! stays free of I/O.
+//!
+//! * **AWS KMS** (`keywheel_kms_aws::AwsKmsKek`): wrap is KMS `Encrypt` of the
+//!   32-byte material under a symmetric KMS key, unwrap is `Decrypt` with the
+//!   key id pinned; both carry the encryption context
+//!   `{"keywheel:keyring": <id>, "keywheel:version": <n>}`, so a wrapped key
+//!   moved to another keyring or version is refused by KMS. Region, endpoint
+//!   and credentials come from the standard AWS configuration chain (the URI
+//!   may override region and endpoint). KEK id `aws-kms`; the key check value
+//!   is a fingerprint of the key's ARN (resolved once with `DescribeKey`, so
+//!   an alias and its ARN agree).
+//! * **PKCS#11** (`keywheel_pkcs11::Pkcs11Kek`): an AES-256 key inside the
+//!   token (sensitive, not extractable; `Pkcs11Kek::generate_key` makes one)
+//!   wraps with `CKM_AES_GCM` computed by the token, a random 96-bit IV and
+//!   the keyring id and version as additional data. KEK id `pkcs11`; the key
+//!   check value is a hash of the token's AES-CMAC of a fixed label, so
+//!   another key under the same label is a
+//!   [`WrongMasterKey`](crate::Error::WrongMasterKey), not a decrypt failure.
+//!
+//! **The integrity key** (which seals keyring records and authenticates the
+//! audit trail, section 7) must be deterministic and must need the master
+//! key. KMS `Encrypt` is randomised, so an AWS KMS KEK takes a second KMS
+//! key, an `HMAC_256` key (`mac-key=` in the URI), and derives the integrity
+//! key from `GenerateMac` of a fixed label, once per process, kept in memory
+//! only. The alternative, a random seed wrapped by KMS and stored in the
+//! store, was rejected: whoever can write the store and call `kms:Encrypt`
+//! (commonly granted widely) could replace the seed with one they know and
+//! forge seals; `GenerateMac` needs its own permission on its own key. A
+//! PKCS#11 KEK derives it from the token's AES-CMAC of another fixed label
+//! with the same AES key (the key needs `CKA_SIGN`); the CMAC output never
+//! leaves the process.
+//!
+//! **KEK URIs** (the CLI's `--kek`, `KEYWHEEL_KEK`, `kek = "…"` in
+//! keywheel.toml; `AwsKmsConfig::from_uri`, `Pkcs11Config::from_uri`):
+//!
+//! ```text
+//! local:                                   the master key (KEYWHEEL_MASTER_KEY / --master-key-file); the default
+//! aws-kms://<key id, alias or ARN>?mac-key=<HMAC key id, alias or ARN>[&region=<r>][&endpoint=<url>]
+//! pkcs11:token=<label>;object=<label>[;slot-id=<n>]?module-path=<library>&pin-source=env:<VAR>|file:<path>
+//! ```
+//!
+//! The PKCS#11 form follows RFC 7512 (values percent-decoded). The PIN comes
+//! from `pin-source`, else `KEYWHEEL_PKCS11_PIN`; `pin-value=` works but puts
+//! the PIN in configuration files and process lists. The module defaults to
+//! `KEYWHEEL_PKCS11_MODULE`. PINs are held in `secrecy` types and never
+//! printed.
+//!
+//! **Cost per load.** Loading a keyring snapshot unwraps each live version
+//! once (Disabled and Retired versions are not unwrapped): one KMS `Decrypt`
+//! or one token `C_Decrypt` per version, bounded and tested with a counting
+//! KEK (`keywheel_conformance::kek::unwraps_once_per_version_per_load`). The
+//! material lives in the snapshot (memory, zeroized on drop) and is never
+//! written anywhere; cached accesses cost no call; each refresh (every
+//! refresh interval, default 60 s) unwraps again. That keeps the kill switch:
+//! a KMS key disabled or a grant revoked stops every process at its next
+//! refresh. Measured load times are in the README.
+//!
+//! **Faults.** An unreachable, throttled or failing KMS or token is
+//! [`Error::KekUnavailable`](crate::Error::KekUnavailable), retryable. A
+//! snapshot already loaded keeps serving reads and writes while its reload
+//! fails with a retryable error, for up to
+//! [`KeywheelBuilder::kek_outage_grace`](crate::KeywheelBuilder::kek_outage_grace)
+//! (default 60 s) past its refresh interval; reloads are retried with
+//! exponential backoff (1 s, 2 s, 4 s … 30 s), not on every access, and
+//! [`Keywheel::outage_serves`](crate::Keywheel::outage_serves) counts the
+//! accesses served that way (export it as a health signal). An explicit
+//! [`Keywheel::refresh`](crate::Keywheel::refresh) reports the typed error
+//! and leaves the snapshot in place. Refusals are not retried and never fall
+//! back: [`Error::KekAccessDenied`](crate::Error::KekAccessDenied) (missing
+//! permission, wrong or locked PIN) and
+//! [`Error::KekDisabled`](crate::Error::KekDisabled) (key disabled or
+//! pending deletion) carry a hint; a key wrapped under another key is
+//! [`Error::WrongMasterKey`](crate::Error::WrongMasterKey) before any call.
+//! The grace counts in [`Keywheel::stale_snapshot_bound`](crate::Keywheel::stale_snapshot_bound)
+//! and so in an emergency rotation's settle time (I3, section 8). Each AWS
+//! KMS call has its own timeouts and the SDK's retries
+//! (`AwsKmsConfig::timeouts`, `max_attempts`); a PKCS#11 session lost to a
+//! device error is reopened on the next call.
+//!
+//! **Rotating between kinds: local → AWS KMS → PKCS#11.** The runbook above
+//! applies unchanged, with KEK URIs instead of key files:
+//!
+//! 1. Stage the new KEK in every application: a
+//!    [`KekRing`](crate::KekRing) of the current KEK and the new one
+//!    (`KekRing::new(current, vec![new])`), a rolling restart; the CLI takes
+//!    it as `--next-kek URI` (`KEYWHEEL_KEK_NEXT`).
+//! 2. Rewrap: `keywheel --kek local: kek rotate --new-kek aws-kms://…`
+//!    (the master key given as usual). Every live version is rewrapped under
+//!    KMS and every record resealed under the KMS integrity key, audited.
+//! 3. Promote: restart the applications with the KMS KEK as current (and, for
+//!    the next step, the HSM KEK staged: `KekRing::new(kms, vec![hsm])`); the
+//!    CLI uses `--kek aws-kms://…` (or `kek = "…"` in keywheel.toml).
+//! 4. `keywheel --kek aws-kms://… kek rotate --new-kek pkcs11:…`, then promote
+//!    the HSM KEK alone and drop the others: `keywheel --kek pkcs11:… keyring
+//!    list` and `audit verify` must pass with it alone. Keep the old keys
+//!    (the master key, the KMS keys: schedule their deletion, don't delete)
+//!    until every backup taken before the rewrap has expired.
+//!
+//! The same procedure runs end to end, under live applications on Postgres
+//! with 0 errors, in the CLI's `tests/kek_providers.rs`.
 //!
 //! ## 11. Retirement, quarantine and tenant erasure
 //!

@@ -116,3 +116,37 @@ impl IndexedSourceFixture for IndexedFixture {
 
 keywheel_conformance::indexed_source_tests!(mod binary_index_conformance, async { IndexedFixture::new(Form::Binary) });
 keywheel_conformance::indexed_source_tests!(mod text_index_conformance, async { IndexedFixture::new(Form::Text) });
+
+/// The KEK checks for core's local KEK, alone and inside a ring, and the
+/// load bound on the memory store.
+mod kek_conformance {
+    use std::sync::Arc;
+
+    use keywheel_conformance::{block_on, kek};
+    use keywheel_core::{AuditSink, KekRing, KeyEncryptionKey, KeyStore, LocalKek};
+    use keywheel_memory::{MemoryAuditSink, MemoryKeyStore};
+
+    fn local(byte: u8) -> Arc<dyn KeyEncryptionKey> {
+        Arc::new(LocalKek::from_bytes(&[byte; 32]))
+    }
+
+    #[test]
+    fn local_kek_passes_the_kek_checks() {
+        block_on(kek::run_all(local(1), local(2)));
+    }
+
+    #[test]
+    fn a_kek_ring_passes_the_kek_checks() {
+        let ring = |a: u8, b: u8| Arc::new(KekRing::new(local(a), vec![local(b)])) as Arc<dyn KeyEncryptionKey>;
+        block_on(kek::run_all(ring(1, 3), ring(2, 4)));
+    }
+
+    #[test]
+    fn local_kek_unwraps_once_per_version_per_load() {
+        block_on(kek::unwraps_once_per_version_per_load(
+            local(1),
+            Arc::new(MemoryKeyStore::new()) as Arc<dyn KeyStore>,
+            Arc::new(MemoryAuditSink::new()) as Arc<dyn AuditSink>,
+        ));
+    }
+}

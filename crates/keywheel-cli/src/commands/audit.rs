@@ -16,7 +16,7 @@ pub(super) async fn audit_verify(settings: &Settings, args: &AuditVerifyArgs, js
     let audit = store::open_audit(settings).await?;
     // Auditors without the master key can still check the structure.
     let keys = match settings.has_master_key() {
-        true => Some(settings.kek()?.integrity_keys().await?),
+        true => Some(settings.kek().await?.integrity_keys().await?),
         false => None,
     };
     let mut verifier = ChainVerifier::new();

@@ -18,6 +18,9 @@ const DEFAULT_MASTER_KEY_OUT: &str = "./master.key";
 pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, CliError> {
     // A key given by the operator is checked; otherwise a new one is made,
     // and saved before anything else is created.
+    if !settings.kek_uri.is_local() {
+        return init_remote(settings, args, json).await;
+    }
     let (kek, generated) = if settings.has_master_key() {
         (Arc::new(settings.master_key()?), None)
     } else {
@@ -46,7 +49,7 @@ pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Re
     let done = store::create(settings, args.app_role.as_deref()).await?;
     if generated.is_none() {
         // An existing Postgres store: the given key (and a staged next key) must open its keys.
-        store::open_with_kek(settings, settings.kek()?).await?;
+        store::open_with_kek(settings, settings.kek().await?).await?;
     }
     let printed = generated.as_ref().filter(|_| args.print_master_key);
     if json {
@@ -66,6 +69,31 @@ pub(super) async fn init(settings: &Settings, args: &InitArgs, json: bool) -> Re
         (None, None) => outln!("Using the configured master key (key check value {}).", kek.key_check()),
     }
     outln!("Key check value: {} (safe to record: it tells which master key opens this store).", kek.key_check());
+    outln!("Next: keywheel keyring create TENANT/PURPOSE");
+    Ok(OK)
+}
+
+/// `init` with a KMS or HSM KEK: no master key is made; the KEK must answer
+/// (and open the keys of an existing Postgres store).
+async fn init_remote(settings: &Settings, args: &InitArgs, json: bool) -> Result<u8, CliError> {
+    if args.master_key_out.is_some() || args.print_master_key {
+        return Err(CliError::usage(format!(
+            "the KEK is {}: there is no master key to write",
+            settings.kek_uri.describe()
+        ))
+        .with_hint("drop --master-key-out/--print-master-key, or pass --kek local:"));
+    }
+    let kek = settings.kek().await?;
+    let done = store::create(settings, args.app_role.as_deref()).await?;
+    store::open_with_kek(settings, kek).await?;
+    if json {
+        print_json(
+            &json!({ "store": settings.location.describe(), "created": done, "kek": settings.kek_uri.describe() }),
+        )?;
+        return Ok(OK);
+    }
+    outln!("{done}");
+    outln!("Keys are wrapped by the {}; no master key leaves it.", settings.kek_uri.describe());
     outln!("Next: keywheel keyring create TENANT/PURPOSE");
     Ok(OK)
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::cli::{KekGenerateArgs, KekRotateArgs};
 use crate::error::{CliError, OK};
+use crate::kek_uri::KekUri;
 use crate::output::{outln, print_json};
 use crate::store::{self, Settings};
 
@@ -16,11 +17,27 @@ use super::init::{print_key_file_advice, print_shown_key};
 use super::plural;
 
 pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: bool) -> Result<u8, CliError> {
+    let target = match &args.new_kek {
+        Some(uri) => Some(KekUri::parse(uri, "--new-kek")?),
+        None => settings.next_kek_uri.clone(),
+    };
+    if let Some(target) = target.filter(|t| !t.is_local()) {
+        if args.new_master_key_file.is_some() || args.new_master_key_out.is_some() || args.print_master_key {
+            return Err(CliError::usage(format!("the new KEK is the {}: it needs no master key", target.describe()))
+                .with_hint("drop --new-master-key-file/--new-master-key-out/--print-master-key"));
+        }
+        return rotate_to_remote(settings, &target, json).await;
+    }
     if let Some(path) = args.new_master_key_out.as_deref().filter(|p| p.exists()) {
         return Err(CliError::error(format!("{} exists already", path.display()))
             .with_hint("name a new file; keywheel never overwrites a key file"));
     }
-    let old = settings.master_key()?;
+    // The current master key, when the current KEK is local (a KMS or HSM
+    // KEK may be rotated to a new local master key too).
+    let old_check = match settings.kek_uri.is_local() {
+        true => Some(settings.master_key()?.key_check().to_owned()),
+        false => None,
+    };
     let staged = settings.next_master_key()?;
     let was_staged = staged.is_some();
     let generate = args.new_master_key_out.is_some() || args.print_master_key;
@@ -51,7 +68,7 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
             ));
         }
     };
-    if new.key_check() == old.key_check() {
+    if old_check.as_deref() == Some(new.key_check()) {
         return Err(CliError::usage("the new master key is the current one").with_hint("give a different key"));
     }
     let check = new.key_check().to_owned();
@@ -59,8 +76,7 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
     // Opened as applications with the next key staged open it: the current
     // key wraps, the new one also unwraps, so a run that was interrupted (or
     // repeated after an application wrote under the old key) continues.
-    let ring: Arc<dyn KeyEncryptionKey> = Arc::new(KekRing::new(Arc::new(old), vec![new.clone()]));
-    let opened = store::open_with_kek(settings, ring).await?;
+    let opened = store::open_with_kek(settings, ring_with(settings, new.clone()).await?).await?;
     if let (Some(path), Some(key)) = (&args.new_master_key_out, &generated) {
         // Saved before any key is rewrapped under it.
         store::write_secret_file(path, key.expose_secret())?;
@@ -95,6 +111,40 @@ pub(super) async fn kek_rotate(settings: &Settings, args: &KekRotateArgs, json: 
     outln!("Next: make it the current master key everywhere (KEYWHEEL_MASTER_KEY / --master-key-file) and");
     outln!("remove the staged next key; processes still on the old key keep working if they have the new one");
     outln!("staged. Keep the old key until every backup of the store taken before now has expired.");
+    Ok(OK)
+}
+
+/// The KEKs the store is opened with ([`Settings::kek_parts`]: the current
+/// one wraps) and `new`, which also unwraps and verifies.
+async fn ring_with(settings: &Settings, new: Arc<dyn KeyEncryptionKey>) -> Result<Arc<dyn KeyEncryptionKey>, CliError> {
+    let mut parts = settings.kek_parts().await?;
+    let primary = parts.remove(0);
+    parts.push(new);
+    Ok(Arc::new(KekRing::new(primary, parts)))
+}
+
+/// `kek rotate` to a KMS or HSM KEK: rewrap every key under it.
+async fn rotate_to_remote(settings: &Settings, target: &KekUri, json: bool) -> Result<u8, CliError> {
+    let new = target.open_remote().await?.ok_or_else(|| CliError::error("not a KMS or HSM KEK"))?;
+    let opened = store::open_with_kek(settings, ring_with(settings, Arc::clone(&new)).await?).await?;
+    let report = Rotator::new(opened.kw.clone())?.rotate_kek(new).await?;
+    if json {
+        print_json(&json!({ "report": report, "kek": target.describe() }))?;
+        return Ok(OK);
+    }
+    outln!(
+        "Rewrapped {} of {} under the {}; {} already were.",
+        plural(report.keys, "key"),
+        plural(report.keyrings, "keyring"),
+        target.describe(),
+        report.already_rewrapped
+    );
+    if settings.next_kek_uri.is_none() {
+        outln!("It was not staged: processes that do not hold it fail from now on");
+        outln!("(without downtime: stage it first in every application, and with --next-kek here).");
+    }
+    outln!("Next: make it the KEK everywhere (--kek / KEYWHEEL_KEK / kek = \"…\" in keywheel.toml), restart the");
+    outln!("applications with it alone, then retire the old KEK once every backup taken before now has expired.");
     Ok(OK)
 }
 

@@ -91,8 +91,9 @@ pub(super) fn cancel_on_signal() -> CancelToken {
 }
 
 /// The CLI's default settle time of emergency rotations: an application's
-/// default refresh interval (60 s) plus 5 s for writes in flight.
-pub(super) const DEFAULT_EMERGENCY_SETTLE: std::time::Duration = std::time::Duration::from_secs(65);
+/// default refresh interval (60 s), plus its default KEK outage grace (60 s),
+/// plus 5 s for writes in flight.
+pub(super) const DEFAULT_EMERGENCY_SETTLE: std::time::Duration = std::time::Duration::from_secs(125);
 
 /// A duration from a flag, else from keywheel.toml (checked when it was
 /// loaded), else `default`; a bad flag is a usage error naming the flag.

@@ -94,6 +94,11 @@ impl Cli {
 }
 
 impl Output {
+    /// The output of a command run by hand from [`Cli::command`].
+    pub fn from_std(args: &[&str], out: StdOutput) -> Self {
+        Self::from(args, out)
+    }
+
     fn from(args: &[&str], out: StdOutput) -> Self {
         Output {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
