@@ -52,6 +52,7 @@ pub mod blind_index;
 mod guarded;
 pub mod integrity;
 pub mod key_store;
+pub mod legacy_tools;
 pub mod model;
 pub mod record_source;
 
