@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod legacy;
 mod output;
 mod reader;
 mod store;

@@ -60,7 +60,7 @@ pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
 pub use legacy::{
     AsyncLegacyDecrypt, BlockingLegacyDecrypt, FernetFormat, LegacyCensus, LegacyColumns, LegacyDecryptor,
     LegacyFormat, LegacyFormats, LegacyValue, LockboxFormat, PlaintextFormat, VaultDecryptFn, VaultTransitFormat,
-    looks_like_keywheel,
+    legacy_census_of, looks_like_keywheel,
 };
 pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;

@@ -462,6 +462,37 @@ impl LegacyCensus {
     }
 }
 
+/// The values of `sources` (of `keyring` only, if given) counted by kind:
+/// keywheel (or looking like it), per legacy format declared for their
+/// column ([`RecordSource::legacy_formats`](crate::RecordSource::legacy_formats)),
+/// or unrecognised. A full scan, no key needed: what
+/// [`Rotator::legacy_census`](crate::Rotator::legacy_census) does over its
+/// sources, for a reader without a [`Keywheel`](crate::Keywheel).
+pub async fn legacy_census_of(
+    sources: &[Arc<dyn crate::RecordSource>],
+    keyring: Option<&crate::KeyringId>,
+) -> Result<LegacyCensus> {
+    let mut census = LegacyCensus::default();
+    for source in sources {
+        let mut request = crate::ScanRequest { keyring: keyring.cloned(), ..crate::ScanRequest::all(1024) };
+        loop {
+            let values = source.scan(&request).await?;
+            let Some(last) = values.last() else { break };
+            request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
+            for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
+                if looks_like_keywheel(&v.value) {
+                    census.keywheel += 1;
+                } else if let Some(formats) = source.legacy_formats(&v.cursor) {
+                    census.record(&formats, &v.value);
+                } else {
+                    census.unrecognized += 1;
+                }
+            }
+        }
+    }
+    Ok(census)
+}
+
 /// Strict base64 decoding that reports a malformed value of `format`.
 fn decode_base64(engine: &impl base64::Engine, format: &str, text: &[u8]) -> Result<Vec<u8>> {
     engine.decode(text).map_err(|_| malformed(format, "base64 does not decode"))

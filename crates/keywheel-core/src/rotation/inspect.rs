@@ -32,25 +32,7 @@ impl Rotator {
     /// value is left, the proof that the legacy key material can go (the
     /// [migration of legacy data](crate::manual#14-migrating-legacy-data)).
     pub async fn legacy_census(&self, keyring: Option<&KeyringId>) -> Result<LegacyCensus> {
-        let mut census = LegacyCensus::default();
-        for source in &self.sources {
-            let mut request = ScanRequest { keyring: keyring.cloned(), ..ScanRequest::all(1024) };
-            loop {
-                let values = source.scan(&request).await?;
-                let Some(last) = values.last() else { break };
-                request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
-                for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
-                    if crate::looks_like_keywheel(&v.value) {
-                        census.keywheel += 1;
-                    } else if let Some(formats) = source.legacy_formats(&v.cursor) {
-                        census.record(&formats, &v.value);
-                    } else {
-                        census.unrecognized += 1;
-                    }
-                }
-            }
-        }
-        Ok(census)
+        crate::legacy_census_of(&self.sources, keyring).await
     }
 
     /// Dry run of a rotation: reads every value that a rotation would move,
