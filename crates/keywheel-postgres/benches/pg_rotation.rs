@@ -32,33 +32,9 @@ use common::{TestDb, XorShift};
 use keywheel_core::{Algorithm, Context, Form, KeyringId, Purpose, RecordSource, RotateOptions, Rotator};
 use keywheel_postgres::{PgRecordSource, TableSpec};
 
-struct Args {
-    rows: i64,
-    batch: usize,
-    parallel: usize,
-    min_ratio: Option<f64>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        rows: std::env::var("KEYWHEEL_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
-        batch: 2000,
-        parallel: 3,
-        min_ratio: None,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let value = |i: usize| argv.get(i + 1).cloned().unwrap_or_default();
-    for (i, arg) in argv.iter().enumerate() {
-        match arg.as_str() {
-            "--rows" => a.rows = value(i).parse().expect("--rows N"),
-            "--batch" => a.batch = value(i).parse().expect("--batch ROWS"),
-            "--parallel" => a.parallel = value(i).parse().expect("--parallel N"),
-            "--min-ratio" => a.min_ratio = Some(value(i).parse().expect("--min-ratio R")),
-            _ => {} // `cargo bench` passes `--bench`
-        }
-    }
-    a
-}
+#[path = "support/args.rs"]
+mod bench_args;
+use bench_args::{Args, args};
 
 /// CPU seconds (user + system) of a process from its `/proc/…/stat` text.
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
