@@ -148,6 +148,8 @@ pub(crate) struct Source {
     pub(crate) database: Option<String>,
     /// The table description for keywheel-postgres.
     pub(crate) spec: TableSpec,
+    /// Columns with legacy data to migrate (their `legacy` sub-tables).
+    pub(crate) legacy: Vec<crate::legacy::LegacyColumn>,
 }
 
 // ---- The file as written: every table denies unknown keys, and values that
@@ -231,6 +233,8 @@ struct RawColumnTable {
     index_form: Option<Spanned<String>>,
     normalize: Option<Spanned<String>>,
     index_length: Option<Spanned<i64>>,
+    /// Legacy data in the column: see `crate::legacy`.
+    legacy: Option<Box<Spanned<crate::legacy::RawLegacy>>>,
 }
 
 // Not `#[serde(untagged)]`: that would swallow the table's own errors (an
@@ -350,7 +354,7 @@ impl Config {
         }
         let mut sources = Vec::new();
         for s in &raw.sources {
-            sources.push(source(&at, s)?);
+            sources.push(source(&at, s, &base)?);
         }
         Ok(Config {
             base,
@@ -504,7 +508,7 @@ fn keyring_entry(at: &Located<'_>, key: &Spanned<String>, t: &RawKeyring) -> Res
     Ok(KeyringEntry { pattern, algorithm, policy })
 }
 
-fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> {
+fn source(at: &Located<'_>, s: &Spanned<RawSource>, base: &Path) -> Result<Source, CliError> {
     let here = s.span().start;
     let s = s.get_ref();
     let table = s.table.get_ref();
@@ -539,10 +543,15 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
         return Err(bad(s.columns.span().start, "columns is empty; name the encrypted columns".into()));
     }
     let context_table = s.context_table.as_deref().unwrap_or(name);
+    let mut legacy = Vec::new();
     for c in s.columns.get_ref() {
         let (name, form, context) = match c.get_ref() {
             RawColumn::Name(n) => (n, None, None),
             RawColumn::Table(t) => (&t.name, t.form.as_ref(), t.context_column.as_ref()),
+        };
+        let raw_legacy = match c.get_ref() {
+            RawColumn::Table(t) => t.legacy.as_deref(),
+            RawColumn::Name(_) => None,
         };
         let form_of = |f: Option<&Spanned<String>>, key: &str, default: Form| match f {
             None => Ok(default),
@@ -553,6 +562,11 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
             },
         };
         let form = form_of(form, "form", Form::Binary)?;
+        if let Some(l) = raw_legacy {
+            legacy.push(
+                crate::legacy::check(l, name_of_table(table), name, form, base).map_err(|(at, why)| bad(at, why))?,
+            );
+        }
         let context = context.unwrap_or(name);
         spec = spec.column_with_context(name, form, context);
         if let RawColumn::Table(t) = c.get_ref()
@@ -568,7 +582,12 @@ fn source(at: &Located<'_>, s: &Spanned<RawSource>) -> Result<Source, CliError> 
         spec = spec.name(n);
     }
     spec.check().map_err(|e| bad(here, e.to_string()))?;
-    Ok(Source { table: table.clone(), database: at.database(&s.database)?, spec })
+    Ok(Source { table: table.clone(), database: at.database(&s.database)?, spec, legacy })
+}
+
+/// A table's name without its schema.
+fn name_of_table(table: &str) -> &str {
+    table.split_once('.').map_or(table, |(_, name)| name)
 }
 
 /// The blind index of a column table (`index`, `normalize`, `index_length`),

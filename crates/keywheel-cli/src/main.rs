@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod error;
 mod kek_uri;
+mod legacy;
 mod output;
 mod reader;
 mod store;

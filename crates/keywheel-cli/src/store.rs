@@ -408,7 +408,12 @@ pub(crate) async fn sources_on(
     settings: &Settings,
     store_pool: Option<&PgPool>,
 ) -> Result<Vec<Arc<dyn RecordSource>>, CliError> {
-    Ok(pg_sources_on(settings, store_pool).await?.into_iter().map(|s| Arc::new(s) as Arc<dyn RecordSource>).collect())
+    let opened = pg_sources_on(settings, store_pool).await?;
+    let mut out = Vec::with_capacity(opened.len());
+    for (source, s) in opened.into_iter().zip(&settings.config.sources) {
+        out.push(crate::legacy::wrap(Arc::new(source), &s.legacy)?);
+    }
+    Ok(out)
 }
 
 /// [`sources_on`] as Postgres sources (which can list their tenants).

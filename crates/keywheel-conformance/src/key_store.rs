@@ -893,6 +893,7 @@ fn job(id: &str, keyring: &KeyringId, started_at: Timestamp) -> RotationJob {
         finished_at: None,
         active_ms: 4321,
         completion_pending: true,
+        legacy: std::collections::BTreeMap::from([("fernet".to_owned(), 40), ("plaintext".to_owned(), 5)]),
     }
 }
 

@@ -53,6 +53,7 @@ mod guarded;
 pub mod integrity;
 pub mod kek;
 pub mod key_store;
+pub mod legacy_tools;
 pub mod model;
 pub mod record_source;
 pub mod services;

@@ -129,6 +129,18 @@ pub enum AuditKind {
         /// Wall time in milliseconds.
         duration_ms: u64,
     },
+    /// A batch of a rotation job migrated legacy values (values in a legacy
+    /// format, plaintext included) to keywheel values; one event per
+    /// checkpointed batch that migrated any (the
+    /// [migration of legacy data](crate::manual#14-migrating-legacy-data)).
+    LegacyMigrated {
+        /// The job.
+        job_id: String,
+        /// The record source.
+        source: String,
+        /// Values rewritten, per legacy format name.
+        counts: std::collections::BTreeMap<String, u64>,
+    },
     /// A rotation job failed.
     RotationFailed {
         /// The job.

@@ -220,7 +220,7 @@ impl FromStr for Normalization {
 /// ```
 /// use keywheel_core::{BlindIndex, Normalization};
 /// let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase).length(12)?;
-/// assert_eq!((email.len(), email.normalization().name()), (12, "trim-lowercase/1"));
+/// assert_eq!((email.len(), email.normalization_of().name()), (12, "trim-lowercase/1"));
 /// assert!(BlindIndex::new("users", "email").length(4).is_err());
 /// # Ok::<(), keywheel_core::Error>(())
 /// ```

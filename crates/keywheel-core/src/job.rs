@@ -1,5 +1,6 @@
 //! Rotation jobs: the persisted, resumable state of a rotation (the [runbook](crate::manual#12-operator-runbook)).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -139,6 +140,12 @@ pub struct RotationJob {
     /// event up in the audit trail and records it only if it is missing.
     #[serde(default)]
     pub completion_pending: bool,
+    /// Legacy values migrated so far (rewritten as keywheel values), per
+    /// legacy format name (`"fernet"`, `"plaintext"`…; the
+    /// [migration of legacy data](crate::manual#14-migrating-legacy-data)).
+    /// Included in [`JobCounts::rewritten`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub legacy: BTreeMap<String, u64>,
 }
 
 impl RotationJob {
@@ -170,6 +177,7 @@ impl RotationJob {
             finished_at: None,
             active_ms: 0,
             completion_pending: false,
+            legacy: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +206,9 @@ pub struct RotationReport {
     pub failures: Vec<JobFailure>,
     /// Values left on old versions at verification, failures excepted.
     pub remaining: u64,
+    /// Legacy values migrated (for a dry run: that would be), per legacy
+    /// format name; included in the counts.
+    pub legacy: BTreeMap<String, u64>,
     /// Wall time spent working.
     #[serde(with = "crate::policy::duration_secs_f64")]
     pub duration: Duration,

@@ -58,9 +58,9 @@ pub use kek::{KekRing, KeyEncryptionKey, LocalKek, MASTER_KEY_ENV, NEXT_MASTER_K
 pub use keyring::{Keyring, KeyringBuilder, VersionSummary};
 pub use keywheel::{Keywheel, KeywheelBuilder, correlation_id};
 pub use legacy::{
-    AsyncLegacyDecrypt, BlockingLegacyDecrypt, FernetFormat, LegacyCensus, LegacyDecryptor, LegacyFormat,
-    LegacyFormats, LegacyValue, LockboxFormat, PlaintextFormat, VaultDecryptFn, VaultTransitFormat,
-    looks_like_keywheel,
+    AsyncLegacyDecrypt, BlockingLegacyDecrypt, FernetFormat, LegacyCensus, LegacyColumns, LegacyDecryptor,
+    LegacyFormat, LegacyFormats, LegacyValue, LockboxFormat, PlaintextFormat, VaultDecryptFn, VaultTransitFormat,
+    legacy_census_of, looks_like_keywheel,
 };
 pub use material::{KeyMaterial, Plaintext};
 pub use nonce::random_nonce;

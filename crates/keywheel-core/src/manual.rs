@@ -1066,8 +1066,66 @@
 //! only with its end date. [`LegacyCensus`](crate::LegacyCensus) counts a
 //! column's values per kind: keywheel, each legacy format, unrecognised.
 //!
-//! The rotation engine does not use legacy formats yet: rewriting legacy
-//! values under the Active version in a rotation (with counts per format in
-//! its report, each plaintext acceptance audited), the census, `verify`, the
-//! CLI and the Postgres source come in a later release. Until then the
-//! formats serve reading and counting.
+//! **Where a column's formats are declared.** A
+//! [`RecordSource`](crate::RecordSource) answers
+//! [`legacy_formats`](crate::RecordSource::legacy_formats) for the value at
+//! a cursor (`None` by default: no legacy format). No source needs to
+//! implement it: wrap any source in a
+//! [`LegacyColumns`](crate::LegacyColumns) and declare the formats per
+//! column name (`.column("email", formats)`, answered through the source's
+//! [`locate`](crate::RecordSource::locate), as the Postgres source locates
+//! its values) or for every value of a one-column source
+//! (`.every_column(formats)`). The list also says the column's form
+//! ([`LegacyFormats::stored_as`](crate::LegacyFormats::stored_as): text by
+//! default, binary for `bytea`), in which migrated values are written.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keywheel_core::{FernetFormat, LegacyColumns, LegacyFormats, RecordSource, Rotator, Timestamp};
+//! # fn demo(kw: keywheel_core::Keywheel, users: Arc<dyn RecordSource>) -> keywheel_core::Result<Rotator> {
+//! let key = "EEf2e03guMl1yOsGqJgpSlalH9xPW9tk9XjYXgpFtSE="; // the Django setting's FERNET_KEYS
+//! let email = LegacyFormats::new()
+//!     .with(FernetFormat::new([key])?)
+//!     .accept_plaintext_until(Timestamp::from_millis(1_800_000_000_000));
+//! let users = LegacyColumns::new(users).column("email", email);
+//! Ok(Rotator::new(kw)?.source(Arc::new(users)))
+//! # }
+//! ```
+//!
+//! **Migration by rotation.** A rotation scans as usual; a value of the
+//! keyring that is not keywheel and that a format of its column recognises
+//! is decrypted by that format and encrypted under the Active version with
+//! the value's context, in the column's form, with its blind index tag when
+//! the column has one; it is written by the same compare-and-set (an
+//! application write wins), checkpointed with its batch, and a resumed job
+//! skips it (it is on the target version). Blocking formats decrypt on the
+//! crypto threads with the re-encryption; a batch holding values of an async
+//! format first awaits one batch call per format on a task of its own, then
+//! re-encrypts on a blocking thread. Values that fail (wrong key, damaged,
+//! plaintext after its end date) are the job's failures, with the format
+//! named in the reason and nothing written. The job and its report count the
+//! migrated values per format ([`RotationReport::legacy`](crate::RotationReport::legacy),
+//! included in `rewritten`); every checkpointed batch that migrated any
+//! records one [`AuditKind::LegacyMigrated`](crate::AuditKind::LegacyMigrated)
+//! event with its counts per format, plaintext acceptances included. A dry
+//! run counts them the same way and writes nothing.
+//!
+//! **Census and verify.** Legacy values are not keywheel values: the census
+//! of versions counts them as unparseable.
+//! [`Rotator::legacy_census`](crate::Rotator::legacy_census) (or
+//! [`legacy_census_of`](crate::legacy_census_of) without a master key)
+//! counts them per format of their column, and
+//! [`Rotator::verify`](crate::Rotator::verify) reports them in
+//! [`VerifyReport::legacy`](crate::VerifyReport::legacy); a keyring with
+//! legacy values left is not verified. Once the census finds no legacy value
+//! in a column, its legacy declaration and the legacy key material can go:
+//! nothing reads it any more.
+//!
+//! **In the CLI.** A `[[sources]]` column takes a `legacy` table:
+//! `format` (`"fernet"`, `"lockbox"`, `"plaintext"` or a list, at most one
+//! keyed format), the keys from `keys_env` (comma-separated), `keys_file`
+//! (refused if its group or others can read it) or, for Lockbox,
+//! `lockbox_master_key_env`, and `accept_plaintext_until`
+//! (`YYYY-MM-DDTHH:MM:SSZ`, required with plaintext). `census` and `verify`
+//! count legacy values, `rotate` migrates them, and the census names the
+//! columns whose legacy key material can be forgotten.

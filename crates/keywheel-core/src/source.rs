@@ -314,6 +314,21 @@ pub trait RecordSource: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The legacy formats the value at `cursor` may be in (the
+    /// [migration of legacy data](crate::manual#14-migrating-legacy-data)):
+    /// the rotation engine, its dry run and [`Rotator::legacy_census`](crate::Rotator::legacy_census)
+    /// migrate or count a value that is not keywheel only if its column
+    /// declares a format that recognises it. `None` (the default): no legacy
+    /// format, every value that is not keywheel is a failure.
+    ///
+    /// A source need not implement this: wrap it in a
+    /// [`LegacyColumns`](crate::LegacyColumns), which declares the formats
+    /// per column name (through [`locate`](Self::locate)) or for every value.
+    fn legacy_formats(&self, cursor: &Cursor) -> Option<std::sync::Arc<crate::LegacyFormats>> {
+        let _ = cursor;
+        None
+    }
+
     /// Values per keyring and version (only `keyring` if given).
     async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         census_by_scan(self, keyring, 1024).await

@@ -609,7 +609,7 @@ impl Drop for Inner {
 /// The PIN in a [`Pkcs11Config`] (the unit tests check the parsing).
 #[cfg(test)]
 fn pin_of(config: &Pkcs11Config) -> Option<&str> {
-    config.pin.as_ref().map(|p| secrecy::ExposeSecret::expose_secret(p))
+    config.pin.as_ref().map(secrecy::ExposeSecret::expose_secret)
 }
 
 #[cfg(test)]

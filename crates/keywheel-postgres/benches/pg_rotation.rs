@@ -33,22 +33,7 @@ use common::{TestDb, XorShift};
 use keywheel_core::{Algorithm, Context, Form, KeyringId, Purpose, RecordSource, RotateOptions, Rotator};
 use keywheel_postgres::{PgRecordSource, TableSpec};
 
-struct Args {
-    rows: i64,
-    batch: usize,
-    parallel: usize,
-    min_ratio: Option<f64>,
-}
-
-fn args() -> Args {
-    let argv = support::Argv::new();
-    Args {
-        rows: argv.rows(),
-        batch: argv.get("--batch", "ROWS").unwrap_or(2000),
-        parallel: argv.get("--parallel", "N").unwrap_or(3),
-        min_ratio: argv.get("--min-ratio", "R"),
-    }
-}
+use support::{Args, args};
 
 /// CPU seconds (user + system) of a process from its `/proc/…/stat` text.
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {

@@ -45,6 +45,13 @@ pub(super) fn print_rotation(report: &RotationReport) {
         count(c.failed),
         human_duration(report.duration)
     );
+    if !report.legacy.is_empty() {
+        outln!(
+            "  legacy values {}: {}",
+            if report.dry_run { "it would migrate" } else { "migrated" },
+            crate::legacy::counts_text(&report.legacy)
+        );
+    }
     if report.remaining > 0 {
         outln!("  {} values are still on older versions.", count(report.remaining));
     }

@@ -237,6 +237,7 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
     let reader = Reader::open(settings).await?;
     let sources = store::sources_on(settings, reader.pool.as_ref()).await?;
     let census: Census = census_of(&sources, filter.as_ref()).await?;
+    let legacy = crate::legacy::LegacyReport::of(settings, &sources, filter.as_ref()).await?;
     // Blind index tags count as values (they need their version's key too);
     // a column shows how many of them are tags when there are any.
     let tags = !census.index_tags.is_empty();
@@ -263,7 +264,7 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
     }
     if json {
         print_json(
-            &json!({ "counts": rows, "unparseable": census.unparseable, "authenticated": reader.authenticated }),
+            &json!({ "counts": rows, "unparseable": census.unparseable, "legacy": legacy, "authenticated": reader.authenticated }),
         )?;
     } else {
         if table.is_empty() {
@@ -273,6 +274,9 @@ pub(super) async fn census(settings: &Settings, args: &KeyringFilter, json: bool
         }
         if census.unparseable > 0 {
             outln!("{} values are not keywheel values (see `keywheel inspect`).", count(census.unparseable));
+        }
+        if let Some(legacy) = &legacy {
+            legacy.print();
         }
         if !reader.authenticated {
             outln!("{UNAUTHENTICATED_NOTE}");
@@ -322,6 +326,12 @@ fn verify_advice(r: &VerifyReport, retired: &[String], erased: bool) -> Vec<Stri
             count(r.on_disabled)
         ));
     }
+    if !r.legacy.is_empty() {
+        advice.push(format!(
+            "{k}: legacy values ({}): `keywheel rotate {k}` migrates them to keywheel values.",
+            crate::legacy::counts_text(&r.legacy)
+        ));
+    }
     if r.on_retired > 0 {
         advice.push(format!(
             "{k}: {} values are on retired versions ({}): their key is destroyed and they cannot be decrypted \
@@ -364,8 +374,12 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
             }
         };
         let census = census_of(&sources, Some(id)).await?;
-        unparseable = unparseable.max(census.unparseable);
-        let report = VerifyReport::new(&record, census.counts.get(id).cloned().unwrap_or_default(), census.unparseable);
+        let mut report =
+            VerifyReport::new(&record, census.counts.get(id).cloned().unwrap_or_default(), census.unparseable);
+        if census.unparseable > 0 {
+            report = report.with_legacy(&keywheel_core::legacy_census_of(&sources, Some(id)).await?);
+        }
+        unparseable = unparseable.max(report.unparseable);
         let retired: Vec<String> = report
             .census
             .keys()
@@ -412,6 +426,9 @@ pub(super) async fn verify(settings: &Settings, args: &KeyringFilter, json: bool
             }
             if r.unparseable > 0 {
                 result.push("NOT KEYWHEEL VALUES");
+            }
+            if !r.legacy.is_empty() {
+                result.push("LEGACY VALUES");
             }
             table.row(vec![
                 r.keyring.to_string(),

@@ -97,11 +97,15 @@ pub(crate) struct RotationJson<'a> {
     failures: &'a [JobFailure],
     remaining: u64,
     duration_secs: f64,
+    /// Legacy values migrated per format (omitted when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    legacy: &'a std::collections::BTreeMap<String, u64>,
 }
 
 impl<'a> From<&'a RotationReport> for RotationJson<'a> {
     fn from(r: &'a RotationReport) -> Self {
-        let RotationReport { job_id, keyring, dry_run, from, to, phase, counts, failures, remaining, duration } = r;
+        let RotationReport { job_id, keyring, dry_run, from, to, phase, counts, failures, remaining, duration, legacy } =
+            r;
         RotationJson {
             job_id,
             keyring,
@@ -113,6 +117,7 @@ impl<'a> From<&'a RotationReport> for RotationJson<'a> {
             failures,
             remaining: *remaining,
             duration_secs: secs_f64(*duration),
+            legacy,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! is the ordered list a caller opts into, with the recognition rules that
 //! keep keywheel values and plaintext apart.
 
+mod columns;
 mod fernet;
 mod lockbox;
 mod plaintext;
@@ -21,12 +22,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use columns::LegacyColumns;
 pub use fernet::FernetFormat;
 pub use lockbox::LockboxFormat;
 pub use plaintext::PlaintextFormat;
 pub use vault::{VaultDecryptFn, VaultTransitFormat};
 
-use crate::{Context, Error, Keyring, MAGIC, Plaintext, Result, TEXT_PREFIX, Timestamp};
+use crate::{Context, Error, Form, Keyring, MAGIC, Plaintext, Result, TEXT_PREFIX, Timestamp};
 
 /// One stored value handed to a legacy format: its bytes as read from the
 /// column, and the [`Context`] keywheel binds the value to (table, column,
@@ -235,10 +237,16 @@ pub fn looks_like_keywheel(value: &[u8]) -> bool {
 /// assert!(formats.recognize(b"kw:v1:AAAA").is_none());
 /// assert!(LegacyFormats::new().recognize(b"alice@example.com").is_none());
 /// ```
+///
+/// A rotation writes a migrated value in the form of its column: text
+/// (`kw:v{N}:…`, the default, as Fernet tokens, Lockbox's base64 and
+/// plaintext live in text columns) or binary for a `bytea` column
+/// ([`stored_as`](Self::stored_as)).
 #[derive(Clone, Default)]
 pub struct LegacyFormats {
     formats: Vec<Arc<dyn LegacyFormat>>,
     plaintext: Option<Arc<dyn LegacyFormat>>,
+    binary: bool,
 }
 
 impl fmt::Debug for LegacyFormats {
@@ -278,6 +286,28 @@ impl LegacyFormats {
     /// is no way to accept plaintext without an end date.
     pub fn accept_plaintext_until(self, until: Timestamp) -> Self {
         self.with(PlaintextFormat::until(until))
+    }
+
+    /// The form the column holds, in which a rotation writes the values it
+    /// migrates: [`Form::Text`] by default, [`Form::Binary`] for a binary
+    /// (`bytea`) column.
+    ///
+    /// ```
+    /// use keywheel_core::{Form, LegacyFormats, LockboxFormat};
+    /// let key = "0000000000000000000000000000000000000000000000000000000000000000";
+    /// let formats = LegacyFormats::new().with(LockboxFormat::new(key)?.binary()).stored_as(Form::Binary);
+    /// assert_eq!(formats.stored_form(), Form::Binary);
+    /// assert_eq!(LegacyFormats::new().stored_form(), Form::Text);
+    /// # Ok::<(), keywheel_core::Error>(())
+    /// ```
+    pub fn stored_as(mut self, form: Form) -> Self {
+        self.binary = form == Form::Binary;
+        self
+    }
+
+    /// The column's form (see [`stored_as`](Self::stored_as)).
+    pub fn stored_form(&self) -> Form {
+        if self.binary { Form::Binary } else { Form::Text }
     }
 
     /// The format a stored value belongs to, if any (the rules above). Never panics.
@@ -430,6 +460,37 @@ impl LegacyCensus {
     pub fn legacy_total(&self) -> u64 {
         self.legacy.values().sum()
     }
+}
+
+/// The values of `sources` (of `keyring` only, if given) counted by kind:
+/// keywheel (or looking like it), per legacy format declared for their
+/// column ([`RecordSource::legacy_formats`](crate::RecordSource::legacy_formats)),
+/// or unrecognised. A full scan, no key needed: what
+/// [`Rotator::legacy_census`](crate::Rotator::legacy_census) does over its
+/// sources, for a reader without a [`Keywheel`](crate::Keywheel).
+pub async fn legacy_census_of(
+    sources: &[Arc<dyn crate::RecordSource>],
+    keyring: Option<&crate::KeyringId>,
+) -> Result<LegacyCensus> {
+    let mut census = LegacyCensus::default();
+    for source in sources {
+        let mut request = crate::ScanRequest { keyring: keyring.cloned(), ..crate::ScanRequest::all(1024) };
+        loop {
+            let values = source.scan(&request).await?;
+            let Some(last) = values.last() else { break };
+            request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
+            for v in values.iter().filter(|v| keyring.is_none_or(|k| &v.keyring == k)) {
+                if looks_like_keywheel(&v.value) {
+                    census.keywheel += 1;
+                } else if let Some(formats) = source.legacy_formats(&v.cursor) {
+                    census.record(&formats, &v.value);
+                } else {
+                    census.unrecognized += 1;
+                }
+            }
+        }
+    }
+    Ok(census)
 }
 
 /// Strict base64 decoding that reports a malformed value of `format`.

@@ -8,18 +8,37 @@ impl Rotator {
         crate::census_of(&self.sources, keyring).await
     }
 
-    /// Check that every value of a keyring is on its Active version.
+    /// Check that every value of a keyring is on its Active version. Values
+    /// that are not keywheel are counted per legacy format of their column
+    /// ([`VerifyReport::legacy`], through [`legacy_census`](Self::legacy_census),
+    /// taken only when the census finds such values); they keep the keyring
+    /// from being verified until a rotation has migrated them.
     pub async fn verify(&self, id: &KeyringId) -> Result<VerifyReport> {
         let record = self.kw.record(id).await?;
         let census = self.census(Some(id)).await?;
         let per_version = census.counts.get(id).cloned().unwrap_or_default();
-        Ok(VerifyReport::new(&record, per_version, census.unparseable))
+        let report = VerifyReport::new(&record, per_version, census.unparseable);
+        if census.unparseable == 0 {
+            return Ok(report);
+        }
+        Ok(report.with_legacy(&self.legacy_census(Some(id)).await?))
+    }
+
+    /// The values of the registered sources (of `keyring` only, if given)
+    /// counted by kind: keywheel (or looking like it), per legacy format
+    /// declared for their column ([`RecordSource::legacy_formats`]), or
+    /// unrecognised. A full scan of every source (no key needed, nothing
+    /// decrypted): what a migration still has to do, and, once no legacy
+    /// value is left, the proof that the legacy key material can go (the
+    /// [migration of legacy data](crate::manual#14-migrating-legacy-data)).
+    pub async fn legacy_census(&self, keyring: Option<&KeyringId>) -> Result<LegacyCensus> {
+        crate::legacy_census_of(&self.sources, keyring).await
     }
 
     /// Dry run of a rotation: reads every value that a rotation would move,
     /// decrypts it and re-encrypts it in memory under a throwaway version, and
-    /// reports the same counts and failures. Writes nothing, changes no state,
-    /// records no audit event.
+    /// reports the same counts and failures (legacy values per format
+    /// included). Writes nothing, changes no state, records no audit event.
     pub async fn dry_run(&self, id: &KeyringId, opts: &RotateOptions) -> Result<RotationReport> {
         let started = Instant::now();
         let record = self.kw.record(id).await?;
@@ -50,7 +69,13 @@ impl Rotator {
                 let batch = source.scan(&request).await?;
                 let Some(last) = batch.last() else { break };
                 request.after = Some(crate::source::advanced(source.as_ref(), &request, last)?);
-                let (counts, mut failures, _) = reencrypt_values(&ring, id, to, source.name(), batch);
+                let plan = LegacyPlan::of(source.as_ref(), id, &batch);
+                let plan = plan.awaited(&batch, self.kw.now()).await;
+                let work = reencrypt_values(&ring, id, to, source.name(), batch, plan, self.kw.now());
+                let (counts, mut failures) = (work.counts, work.failures);
+                for (format, n) in work.legacy {
+                    *job.legacy.entry(format).or_default() += n as u64;
+                }
                 for f in &mut failures {
                     f.location = source.locate(&f.cursor);
                 }

@@ -12,7 +12,7 @@
 mod inspect;
 mod kek;
 mod reencrypt;
-use reencrypt::reencrypt_values;
+use reencrypt::{LegacyPlan, reencrypt_values};
 mod retire;
 pub use retire::RetireOptions;
 mod rollback;
@@ -29,9 +29,10 @@ use serde::Serialize;
 
 use crate::{
     AfterRotation, AuditKind, Census, Error, JobCounts, JobFailure, JobKind, JobPhase, KeyEncryptionKey, KeyMaterial,
-    KeyState, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease, MAX_STORED_FAILURES,
-    Policy, RecordSource, ReplaceOutcome, Replacement, Result, RotationJob, RotationReport, ScanRequest,
-    SourceCheckpoint, StoredValue, WrappedKey, correlation_id,
+    KeyState, KeyVersion, Keyring, KeyringChange, KeyringId, KeyringRecord, Keywheel, Lease, LegacyCensus,
+    LegacyDecryptor, LegacyFormat, LegacyFormats, LegacyValue, MAX_STORED_FAILURES, Plaintext, Policy, RecordSource,
+    ReplaceOutcome, Replacement, Result, RotationJob, RotationReport, ScanRequest, SourceCheckpoint, StoredValue,
+    WrappedKey, correlation_id,
 };
 
 /// Cooperative cancellation: a running job stops after its current batch,
@@ -195,8 +196,12 @@ pub struct VerifyReport {
     pub disabled_versions: Vec<KeyVersion>,
     /// Values on retired versions (unreadable: their key is destroyed).
     pub on_retired: u64,
-    /// Values whose header does not parse.
+    /// Values whose header does not parse (legacy values excepted, once
+    /// [`with_legacy`](Self::with_legacy) counted them).
     pub unparseable: u64,
+    /// Values in a legacy format declared for their column, per format name
+    /// (see [`Rotator::legacy_census`]): a rotation migrates them.
+    pub legacy: BTreeMap<String, u64>,
     /// Whether every value is on the Active version.
     pub ok: bool,
 }
@@ -251,8 +256,32 @@ impl VerifyReport {
             disabled_versions,
             on_retired,
             unparseable,
+            legacy: BTreeMap::new(),
             ok: not_on_active == 0 && unparseable == 0,
         }
+    }
+
+    /// This verdict with the values that are not keywheel split into legacy
+    /// values per format (from a [`Rotator::legacy_census`] of the same
+    /// values) and the rest (still [`unparseable`](Self::unparseable)).
+    /// Legacy values keep the keyring from being verified.
+    ///
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// # use keywheel_core::*;
+    /// # fn main() -> Result<()> {
+    /// let record = KeyringRecord::new(KeyringId::new("acme", Purpose::Token)?, Algorithm::Aes256Gcm, Timestamp::EPOCH);
+    /// let mut legacy = LegacyCensus::default();
+    /// legacy.add("fernet", 3);
+    /// let report = VerifyReport::new(&record, BTreeMap::new(), 4).with_legacy(&legacy);
+    /// assert_eq!((report.unparseable, report.legacy.get("fernet"), report.ok), (1, Some(&3), false));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_legacy(mut self, census: &LegacyCensus) -> Self {
+        self.unparseable = self.unparseable.saturating_sub(census.legacy_total());
+        self.legacy = census.legacy.clone();
+        self.ok = self.not_on_active == 0 && self.unparseable == 0 && census.legacy_total() == 0;
+        self
     }
 }
 
@@ -297,6 +326,8 @@ struct BatchResult {
     last_cursor: crate::Cursor,
     counts: JobCounts,
     failures: Vec<JobFailure>,
+    /// Legacy values rewritten, per format.
+    legacy: BTreeMap<String, u64>,
 }
 
 impl Rotator {
@@ -381,6 +412,7 @@ impl Rotator {
             counts: job.counts,
             failures: job.failures.clone(),
             remaining: job.remaining_after_verify.unwrap_or(0),
+            legacy: job.legacy.clone(),
             duration: Duration::from_millis(job.active_ms),
         }
     }

@@ -87,7 +87,9 @@ impl Rotator {
                     after = Some(last_cursor.clone());
                     // Re-encryption starts at once on a blocking thread; a task per
                     // batch then writes it, while this loop scans ahead or checkpoints.
-                    let crypto = start_reencryption(source.name(), Arc::clone(&ring), id.clone(), to, batch, slot);
+                    let at = self.kw.now();
+                    let crypto =
+                        start_reencryption(source.as_ref(), Arc::clone(&ring), id.clone(), to, batch, slot, at);
                     let task = write_batch(Arc::clone(source), last_cursor, crypto, Arc::clone(&writers));
                     in_flight.push_back(BatchTask(tokio::spawn(task)));
                 }
@@ -113,6 +115,19 @@ impl Rotator {
                 job.counts.rewritten += result.counts.rewritten;
                 job.counts.skipped += result.counts.skipped;
                 job.counts.failed += result.counts.failed;
+                if !result.legacy.is_empty() {
+                    for (format, n) in &result.legacy {
+                        *job.legacy.entry(format.clone()).or_default() += n;
+                    }
+                    // Every acceptance of a legacy value (plaintext included) is
+                    // audited, batch by batch, before its checkpoint.
+                    let kind = AuditKind::LegacyMigrated {
+                        job_id: job.id.clone(),
+                        source: source.name().to_owned(),
+                        counts: result.legacy.clone(),
+                    };
+                    self.kw.record_all(&[self.kw.event(Some(&job.keyring), kind, &job.id)]).await?;
+                }
                 for mut f in result.failures {
                     f.location = source.locate(&f.cursor);
                     if !listed.insert((f.source.clone(), f.cursor.clone())) {
@@ -191,29 +206,43 @@ impl Rotator {
     }
 }
 
+/// What the re-encryption of one batch produced: counts (processed,
+/// failed), failures, replacements, and the legacy values among the
+/// replacements: the last ones, in segments of `(format name, count)`.
+pub(super) struct BatchWork {
+    pub(super) counts: JobCounts,
+    pub(super) failures: Vec<JobFailure>,
+    pub(super) replacements: Vec<Replacement>,
+    pub(super) legacy: Vec<(String, usize)>,
+}
+
 /// Decrypt and re-encrypt the values of one batch that belong to `id` and are
 /// not on `to`, all in one batch call of the keyring (one fork check and one
 /// usage-counter update per batch, see [`Keyring::reencrypt_many`]), with
 /// their blind index tags recomputed under `to` from the same plaintext (a
 /// value already on `to` whose tag is not, or is empty, gets its tag alone).
-/// Returns counts (processed, failed), failures and replacements.
+/// The batch's legacy values (`legacy`, see [`LegacyPlan`]) are decrypted by
+/// their format (at time `at`) and encrypted under `to`, the Active version
+/// of `ring`, in the form of their column.
 pub(super) fn reencrypt_values(
     ring: &Keyring,
     id: &KeyringId,
     to: KeyVersion,
     source: &str,
     batch: Vec<StoredValue>,
-) -> (JobCounts, Vec<JobFailure>, Vec<Replacement>) {
+    legacy: LegacyPlan,
+    at: crate::Timestamp,
+) -> BatchWork {
     let ours = |v: &StoredValue| &v.keyring == id;
     let mut counts = JobCounts::default();
     let mut failures = Vec::new();
-    let mut fail = |counts: &mut JobCounts, v: StoredValue, error: &Error| {
+    let mut fail = |counts: &mut JobCounts, v: StoredValue, reason: String| {
         counts.failed += 1;
         failures.push(JobFailure {
             source: source.to_owned(),
             version: crate::version_of(&v.value).ok(),
             cursor: v.cursor,
-            reason: error.to_string(),
+            reason,
             location: None,
         });
     };
@@ -227,18 +256,20 @@ pub(super) fn reencrypt_values(
             // No result at all (the nonce source failed): every value of ours failed.
             for v in batch.into_iter().filter(ours) {
                 counts.processed += 1;
-                fail(&mut counts, v, &error);
+                fail(&mut counts, v, error.to_string());
             }
-            return (counts, failures, Vec::new());
+            return BatchWork { counts, failures, replacements: Vec::new(), legacy: Vec::new() };
         }
     };
     let mut errors = done.errors.into_iter().peekable();
     let mut skipped = done.skipped.into_iter().peekable();
     let mut tags = done.tags.into_iter().peekable();
+    let mut planned = legacy.entries.into_iter().peekable();
+    let mut migrated: Vec<(Arc<dyn LegacyFormat>, Replacement)> = Vec::new();
     let mut values = done.values;
     // Collected in place: the batch's buffer becomes the replacements' buffer
     // (no second large allocation per batch), and cursors and values move.
-    let replacements = batch
+    let mut replacements: Vec<Replacement> = batch
         .into_iter()
         .zip(values.drain(..))
         .enumerate()
@@ -248,7 +279,21 @@ pub(super) fn reencrypt_values(
             }
             if let Some((_, error)) = errors.next_if(|(i, _)| *i == index) {
                 counts.processed += 1;
-                fail(&mut counts, v, &error);
+                // A value that is not keywheel (so the keyring failed on it)
+                // and that a legacy format of its column recognised.
+                match planned.next_if(|e| e.index == index) {
+                    Some(entry) => {
+                        let format = Arc::clone(&entry.format);
+                        match migrate(ring, &v, entry, at) {
+                            Ok((new, index)) => {
+                                let r = Replacement { cursor: v.cursor, old: v.value, new, index };
+                                migrated.push((format, r));
+                            }
+                            Err(e) => fail(&mut counts, v, format!("{} value: {e}", format.name())),
+                        }
+                    }
+                    None => fail(&mut counts, v, error.to_string()),
+                }
                 return None;
             }
             // A re-encrypted value is never empty (it starts with its header),
@@ -269,7 +314,127 @@ pub(super) fn reencrypt_values(
         })
         .collect();
     VALUES_BUFFER.set(values);
-    (counts, failures, replacements)
+    // The migrated legacy values go last, grouped by format.
+    migrated.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+    let mut legacy: Vec<(String, usize)> = Vec::new();
+    for (format, r) in migrated {
+        match legacy.last_mut() {
+            Some((name, n)) if name == format.name() => *n += 1,
+            _ => legacy.push((format.name().to_owned(), 1)),
+        }
+        replacements.push(r);
+    }
+    BatchWork { counts, failures, replacements, legacy }
+}
+
+/// The legacy values of one batch: values of the keyring that are not
+/// keywheel and that a legacy format declared for their column
+/// ([`RecordSource::legacy_formats`]) recognises, in batch order; for
+/// async formats (Vault transit) the plaintext, once awaited.
+#[derive(Default)]
+pub(super) struct LegacyPlan {
+    entries: Vec<LegacyEntry>,
+}
+
+struct LegacyEntry {
+    /// The value's index in the batch.
+    index: usize,
+    /// Its column's formats (they say the column's form).
+    formats: Arc<LegacyFormats>,
+    /// The format that recognised it.
+    format: Arc<dyn LegacyFormat>,
+    /// The plaintext (or failure) of an async format, awaited before the
+    /// blocking re-encryption.
+    decrypted: Option<Result<Plaintext>>,
+}
+
+impl LegacyPlan {
+    /// Classify a batch (cheap: recognition reads the bytes only, and only
+    /// values that are not keywheel are looked at).
+    pub(super) fn of(source: &dyn RecordSource, id: &KeyringId, batch: &[StoredValue]) -> Self {
+        let mut entries = Vec::new();
+        for (index, v) in batch.iter().enumerate() {
+            if &v.keyring != id || crate::looks_like_keywheel(&v.value) {
+                continue;
+            }
+            let Some(formats) = source.legacy_formats(&v.cursor) else { continue };
+            let Some(format) = formats.recognize_arc(&v.value).cloned() else { continue };
+            entries.push(LegacyEntry { index, formats, format, decrypted: None });
+        }
+        LegacyPlan { entries }
+    }
+
+    /// Whether some value is in an async format.
+    fn needs_await(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.format.decryptor(), LegacyDecryptor::Async(_)))
+    }
+
+    /// The plan with the values of async formats decrypted.
+    pub(super) async fn awaited(mut self, batch: &[StoredValue], at: crate::Timestamp) -> Self {
+        if self.needs_await() {
+            self.await_async(batch, at).await;
+        }
+        self
+    }
+
+    /// Decrypt the values of async formats, one awaited batch per format.
+    async fn await_async(&mut self, batch: &[StoredValue], at: crate::Timestamp) {
+        for first in 0..self.entries.len() {
+            let format = Arc::clone(&self.entries[first].format);
+            let LegacyDecryptor::Async(decrypt) = format.decryptor() else { continue };
+            if self.entries[first].decrypted.is_some() {
+                continue;
+            }
+            let group: Vec<usize> = (first..self.entries.len())
+                .filter(|j| Arc::ptr_eq(&self.entries[*j].format, &format) && self.entries[*j].decrypted.is_none())
+                .collect();
+            let values: Vec<LegacyValue<'_>> = group
+                .iter()
+                .map(|j| {
+                    let v = &batch[self.entries[*j].index];
+                    LegacyValue::new(&v.value, &v.context)
+                })
+                .collect();
+            let mut results = decrypt.decrypt_batch(&values, at).await.into_iter();
+            for j in group {
+                // A format that returns too few results fails the rest.
+                self.entries[j].decrypted = Some(results.next().unwrap_or(Err(Error::Decrypt)));
+            }
+        }
+    }
+}
+
+/// The new value (under the Active version `to` of `ring`, in the column's
+/// form) and blind index tag of a legacy value.
+fn migrate(
+    ring: &Keyring,
+    v: &StoredValue,
+    entry: LegacyEntry,
+    at: crate::Timestamp,
+) -> Result<(Vec<u8>, Option<crate::IndexReplacement>)> {
+    let plaintext = match entry.decrypted {
+        Some(decrypted) => decrypted?,
+        None => match entry.format.decryptor() {
+            LegacyDecryptor::Blocking(d) => d.decrypt_one(&LegacyValue::new(&v.value, &v.context), at)?,
+            LegacyDecryptor::Async(_) => return Err(Error::Decrypt),
+        },
+    };
+    let plaintext = plaintext.as_bytes();
+    let new = match entry.formats.stored_form() {
+        crate::Form::Binary => ring.encrypt(plaintext, &v.context)?,
+        crate::Form::Text => ring.encrypt_text(plaintext, &v.context)?.into_bytes(),
+    };
+    let index = match &v.index {
+        Some(stored) => Some(crate::IndexReplacement {
+            old: stored.tag.clone(),
+            new: match stored.form {
+                crate::Form::Binary => ring.blind_index(plaintext, &stored.spec)?,
+                crate::Form::Text => ring.blind_index_text(plaintext, &stored.spec)?.into_bytes(),
+            },
+        }),
+        None => None,
+    };
+    Ok((new, index))
 }
 
 /// What the keyring re-encrypts of a stored value: nothing for another
@@ -315,25 +480,46 @@ fn slots_closed() -> Error {
     Error::backend("rotation engine", "the batch slots were closed", false)
 }
 
-/// The re-encryption of one batch, running on a blocking thread.
-type Reencryption = tokio::task::JoinHandle<(JobCounts, Vec<JobFailure>, Vec<Replacement>)>;
+/// The re-encryption of one batch, running on a blocking thread (after an
+/// async pre-pass for values of async legacy formats).
+type Reencryption = std::pin::Pin<Box<dyn std::future::Future<Output = Result<BatchWork>> + Send>>;
+
+fn reencryption_failed(e: tokio::task::JoinError) -> Error {
+    Error::backend("rotation engine", format!("re-encryption task failed: {e}"), false)
+}
 
 /// Start re-encrypting a batch on a blocking thread (crypto overlaps the next
-/// scan); `slot` is released as soon as the re-encryption ends.
+/// scan); `slot` is released as soon as the re-encryption ends. A batch with
+/// values of an async legacy format (Vault transit) first awaits their
+/// decryption on a task of its own, then re-encrypts on a blocking thread.
 fn start_reencryption(
-    source: &str,
+    source: &dyn RecordSource,
     ring: Arc<Keyring>,
     id: KeyringId,
     to: KeyVersion,
     batch: Vec<StoredValue>,
     slot: tokio::sync::OwnedSemaphorePermit,
+    at: crate::Timestamp,
 ) -> Reencryption {
-    let name = source.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let done = reencrypt_values(&ring, &id, to, &name, batch);
-        drop(slot);
-        done
-    })
+    let name = source.name().to_owned();
+    let mut plan = LegacyPlan::of(source, &id, &batch);
+    let work = move |plan: LegacyPlan, batch: Vec<StoredValue>| {
+        move || {
+            let done = reencrypt_values(&ring, &id, to, &name, batch, plan, at);
+            drop(slot);
+            done
+        }
+    };
+    if plan.needs_await() {
+        let task = tokio::spawn(async move {
+            plan.await_async(&batch, at).await;
+            tokio::task::spawn_blocking(work(plan, batch)).await
+        });
+        Box::pin(async move { task.await.map_err(reencryption_failed)?.map_err(reencryption_failed) })
+    } else {
+        let task = tokio::task::spawn_blocking(work(plan, batch));
+        Box::pin(async move { task.await.map_err(reencryption_failed) })
+    }
 }
 
 /// Wait for a batch's re-encryption, then compare-and-set replace it while
@@ -344,10 +530,9 @@ async fn write_batch(
     reencryption: Reencryption,
     writers: Arc<tokio::sync::Semaphore>,
 ) -> Result<BatchResult> {
-    let (mut counts, failures, replacements) = reencryption
-        .await
-        .map_err(|e| Error::backend("rotation engine", format!("re-encryption task failed: {e}"), false))?;
+    let BatchWork { mut counts, failures, replacements, legacy } = reencryption.await?;
     let _writing = writers.acquire_owned().await.map_err(|_| slots_closed())?;
+    let mut migrated = BTreeMap::new();
     if !replacements.is_empty() {
         let outcomes = source.replace(&replacements).await?;
         if outcomes.len() != replacements.len() {
@@ -364,8 +549,18 @@ async fn write_batch(
         }
         counts.rewritten = outcomes.iter().filter(|o| **o == ReplaceOutcome::Replaced).count() as u64;
         counts.skipped = outcomes.len() as u64 - counts.rewritten;
+        // The legacy values are the last replacements, by format.
+        let mut tail = outcomes.len() - legacy.iter().map(|(_, n)| n).sum::<usize>().min(outcomes.len());
+        for (format, n) in legacy {
+            let end = (tail + n).min(outcomes.len());
+            let replaced = outcomes[tail..end].iter().filter(|o| **o == ReplaceOutcome::Replaced).count() as u64;
+            if replaced > 0 {
+                *migrated.entry(format).or_default() += replaced;
+            }
+            tail = end;
+        }
     }
-    Ok(BatchResult { last_cursor, counts, failures })
+    Ok(BatchResult { last_cursor, counts, failures, legacy: migrated })
 }
 
 #[cfg(test)]
@@ -406,7 +601,10 @@ mod tests {
         ];
         // Twice: the second batch reuses this thread's buffer of new values.
         for _ in 0..2 {
-            let (counts, failures, replacements) = reencrypt_values(&ring, &id, to, "src", batch.clone());
+            let work =
+                reencrypt_values(&ring, &id, to, "src", batch.clone(), LegacyPlan::default(), crate::Timestamp::EPOCH);
+            let (counts, failures, replacements) = (work.counts, work.failures, work.replacements);
+            assert!(work.legacy.is_empty());
             assert_eq!((counts.processed, counts.failed), (4, 2));
             let failed: Vec<_> = failures.iter().map(|f| (f.cursor.0.as_str(), f.version)).collect();
             assert_eq!(failed, [("3", Some(KeyVersion::FIRST)), ("4", None)]);

@@ -37,3 +37,24 @@ pub fn block_on(bench: impl Future<Output = ()>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(bench);
 }
+
+/// The options of the rotation benchmarks (`pg_rotation`, `pg_legacy_migration`):
+/// `--rows N` (default 1,000,000, or `KEYWHEEL_BENCH_ROWS`), `--batch ROWS`
+/// (default 2000), `--parallel N` (default 3), `--min-ratio R`.
+pub struct Args {
+    pub rows: i64,
+    pub batch: usize,
+    pub parallel: usize,
+    pub min_ratio: Option<f64>,
+}
+
+/// The rotation benchmarks' options of this process.
+pub fn args() -> Args {
+    let argv = Argv::new();
+    Args {
+        rows: argv.rows(),
+        batch: argv.get("--batch", "ROWS").unwrap_or(2000),
+        parallel: argv.get("--parallel", "N").unwrap_or(3),
+        min_ratio: argv.get("--min-ratio", "R"),
+    }
+}
