@@ -5,8 +5,9 @@
 //! * [`keywheel_core::parse`] and [`keywheel_core::version_of`] agree (same
 //!   version, or both fail with the same typed error);
 //! * an accepted value has format version 1, a version ≥ 1, and lengths that
-//!   add up (header + nonce + payload + tag = binary length; signatures have
-//!   no payload);
+//!   add up (header + nonce + payload + tag = binary length for encrypted
+//!   values; signatures and blind index tags have no payload and a length in
+//!   their algorithm's range);
 //! * an accepted binary value re-encoded in the text form `kw:v{N}:{base64}`
 //!   parses to the same info (form aside), and an accepted text value starts
 //!   with `kw:v{N}:` and its base64 part parses as the same binary value.
@@ -51,13 +52,14 @@ fn check_info(info: &ValueInfo) {
     assert_eq!(info.format_version, 1);
     assert!(info.version.get() >= 1);
     let alg = info.algorithm;
-    assert_eq!(
-        info.binary_len,
-        HEADER_LEN + alg.nonce_len() + info.payload_len + alg.tag_len(),
-        "lengths do not add up for {alg}"
-    );
-    if !alg.is_aead() {
-        assert_eq!(info.payload_len, 0, "a signature carries no payload");
+    let (min, max) = alg.binary_len_range();
+    assert_eq!(min, HEADER_LEN + alg.nonce_len() + alg.tag_len(), "shortest {alg} value");
+    assert!(info.binary_len >= min && max.is_none_or(|max| info.binary_len <= max), "{alg} value of {} bytes", info.binary_len);
+    if alg.is_aead() {
+        assert_eq!(info.binary_len, min + info.payload_len, "lengths do not add up for {alg}");
+    } else {
+        // Signatures and blind index tags carry no payload; tags vary in length.
+        assert_eq!(info.payload_len, 0, "a {alg} value carries no payload");
     }
 }
 
