@@ -12,7 +12,7 @@
 use keywheel_core::{Algorithm, FORMAT_V1, HEADER_LEN, MAGIC};
 
 /// The base64 alphabet, in index order.
-const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub(crate) const BASE64_ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// `(algorithm byte, length condition on `len`)` for every algorithm, from
 /// [`Algorithm::binary_len_range`]: at least the minimum (AEAD values), exactly
@@ -35,6 +35,11 @@ fn length_checks(alg_byte: &str, len: &str) -> String {
 /// The smallest binary form of any algorithm.
 fn min_binary_len() -> usize {
     Algorithm::ALL.iter().map(|a| a.binary_len_range().0).min().unwrap_or(HEADER_LEN)
+}
+
+/// The fewest base64 characters after `kw:v{N}:` of any text form.
+pub(crate) fn min_text_payload_chars() -> usize {
+    (min_binary_len() * 4).div_ceil(3)
 }
 
 fn prefix_bytea() -> String {
@@ -85,9 +90,9 @@ fn text_checked(t: &str, then: impl FnOnce(&str, &str) -> String) -> String {
     let text_v = format!("substr(split_part({t}, ':', 2), 2)::bigint");
     // The first 12 base64 characters decode to the first 9 bytes, header included.
     let head = format!("decode(left({payload}, 12), 'base64')");
-    let last_index = format!("(strpos('{ALPHABET}', right({payload}, 1)) - 1)");
+    let last_index = format!("(strpos('{BASE64_ALPHABET}', right({payload}, 1)) - 1)");
     let binary_len = format!("(({len} * 3) / 4)");
-    let min_chars = (min_binary_len() * 4).div_ceil(3);
+    let min_chars = min_text_payload_chars();
     format!(
         "CASE WHEN {t} ~ '^kw:v[1-9][0-9]{{0,9}}:[A-Za-z0-9+/]{{{min_chars},}}$' \
          AND {len} % 4 <> 1 \

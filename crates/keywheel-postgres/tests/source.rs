@@ -158,7 +158,7 @@ async fn sql_header_expression_agrees_with_the_parser() {
             }
         }
         let mut t = base_text.clone();
-        match rng.below(10) {
+        match rng.below(12) {
             0 => {}
             1 => t.truncate(rng.below(t.len() as u64 + 1) as usize),
             2 => t = t.replacen("kw:v3:", &format!("kw:v{}:", rng.below(12)), 1),
@@ -177,7 +177,10 @@ async fn sql_header_expression_agrees_with_the_parser() {
                 let tag = text_tag_of(8 + rng.below(25));
                 t = tag[..tag.len() - rng.below(12) as usize].to_owned();
             }
-            _ => t = format!("{}AAAA", text_tag_of(32)),
+            9 => t = format!("{}AAAA", text_tag_of(32)),
+            // Long values of every length remainder (the census caps lengths).
+            10 => t = format!("{t}{}", ["A", "B", "g", "w"][rng.below(4) as usize].repeat(rng.below(200) as usize)),
+            _ => t = t.replacen("kw:v3:", &format!("kw:v{}:", 1_000_000_000 + rng.below(10)), 1),
         }
         client.execute("INSERT INTO public.vals VALUES ($1, $2, $3)", &[&n, &b, &t]).await.expect("insert");
         rows.push((n, b, Some(t)));
