@@ -152,9 +152,8 @@ const TEXT_CENSUS_LEN_CAP: usize = 96;
 /// ([`text_census_value`]): a full check per row in SQL costs ten times more.
 /// Other values are grouped like binary forms (first 8 bytes, capped length).
 fn text_census_keys(t: &str) -> String {
-    let min_chars = crate::header::min_text_payload_chars();
-    let syntax = format!("{t} ~ '^kw:v[1-9][0-9]{{0,9}}:[A-Za-z0-9+/]{{{min_chars},}}$'");
-    let payload_len = format!("(length({t}) - 3 - strpos(substr({t}, 4), ':'))");
+    let syntax = crate::header::text_syntax(t);
+    let payload_len = crate::header::text_payload_len(t);
     let last = format!("(strpos('{alphabet}', right({t}, 1)) - 1)", alphabet = crate::header::BASE64_ALPHABET);
     format!(
         "CASE WHEN starts_with({t}, 'kw:') THEN convert_to(CASE WHEN {syntax} \
