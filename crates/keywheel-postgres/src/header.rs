@@ -42,9 +42,16 @@ fn min_text_payload_chars() -> usize {
     (min_binary_len() * 4).div_ceil(3)
 }
 
-/// The number of characters after the `kw:v{N}:` prefix of text expression `t`.
+/// Where the colon after the version of text expression `t` is, counted from
+/// its `v` (3 to 12 in a text form; 0 if not within those 12 characters).
+pub(crate) fn text_version_colon(t: &str) -> String {
+    format!("strpos(substr({t}, 4, 12), ':')")
+}
+
+/// The number of bytes after the `kw:v{N}:` prefix of text expression `t`
+/// (characters, for a value with the syntax of a text form, which is ASCII).
 pub(crate) fn text_payload_len(t: &str) -> String {
-    format!("(length({t}) - 3 - strpos(substr({t}, 4), ':'))")
+    format!("(octet_length({t}) - 3 - {colon})", colon = text_version_colon(t))
 }
 
 /// Whether text expression `t` has the syntax of a text form: `kw:v`, 1 to 10
@@ -53,7 +60,8 @@ pub(crate) fn text_payload_len(t: &str) -> String {
 /// repetition like `{22,}` makes Postgres' regex engine four times slower.)
 pub(crate) fn text_syntax(t: &str) -> String {
     format!(
-        "({t} ~ '^kw:v[1-9][0-9]*:[A-Za-z0-9+/]*$' AND strpos(substr({t}, 4), ':') <= 12 AND {len} >= {min})",
+        "({t} ~ '^kw:v[1-9][0-9]*:[A-Za-z0-9+/]*$' AND {colon} >= 3 AND {len} >= {min})",
+        colon = text_version_colon(t),
         len = text_payload_len(t),
         min = min_text_payload_chars(),
     )

@@ -146,8 +146,8 @@ const TEXT_CENSUS_LEN_CAP: usize = 96;
 /// whose syntax the cheap per-row test accepts (prefix, base64 alphabet,
 /// shortest length) is grouped by what the rest of the parser's verdict
 /// depends on: its prefix with the first 11 payload characters (which hold the
-/// 8-byte binary header and 2 bits of what follows), its length (capped, keeping the remainder modulo 4) and
-/// whether the unused bits of its last character are clear. The core parser
+/// 8-byte binary header and 2 bits of what follows), its length (capped,
+/// keeping the remainder modulo 4) and whether the unused bits of its last character are clear. The core parser
 /// then decides once per group, on a stand-in value with those traits
 /// ([`text_census_value`]): a full check per row in SQL costs ten times more
 /// (and so does a regex `substring`: the prefix is cut at its colon).
@@ -158,14 +158,15 @@ fn text_census_keys(t: &str) -> String {
     let last = format!("(strpos('{alphabet}', right({t}, 1)) - 1)", alphabet = crate::header::BASE64_ALPHABET);
     format!(
         "CASE WHEN starts_with({t}, 'kw:') THEN convert_to(CASE WHEN {syntax} \
-         THEN left({t}, 14 + strpos(substr({t}, 4), ':')) ELSE 'kw:' END, 'UTF8') \
+         THEN left({t}, 14 + {colon}) ELSE 'kw:' END, 'UTF8') \
          ELSE substring(convert_to(left({t}, 8), 'UTF8') FROM 1 FOR 8) END, \
          CASE WHEN starts_with({t}, 'kw:') THEN \
-         CASE WHEN length({t}) < {cap} THEN length({t}) ELSE {cap} + length({t}) % 4 END \
+         CASE WHEN octet_length({t}) < {cap} THEN octet_length({t}) ELSE {cap} + octet_length({t}) % 4 END \
          ELSE least(octet_length(convert_to(left({t}, {CENSUS_LEN_CAP}), 'UTF8')), {CENSUS_LEN_CAP}) END, \
          CASE WHEN starts_with({t}, 'kw:') THEN \
          CASE {payload_len} % 4 WHEN 2 THEN {last} % 16 = 0 WHEN 3 THEN {last} % 4 = 0 ELSE true END END",
         cap = TEXT_CENSUS_LEN_CAP,
+        colon = crate::header::text_version_colon(t),
     )
 }
 
