@@ -182,7 +182,11 @@ async fn sql_header_expression_agrees_with_the_parser() {
             10 => t = format!("{t}{}", ["A", "B", "g", "w"][rng.below(4) as usize].repeat(rng.below(200) as usize)),
             // Versions of 10 digits (the most the parser reads) and 11.
             _ => {
-                t = t.replacen("kw:v3:", &format!("kw:v{}:", [1_000_000_000, 10_000_000_000][rng.below(2) as usize]), 1)
+                t = t.replacen(
+                    "kw:v3:",
+                    &format!("kw:v{}:", [1_000_000_000u64, 10_000_000_000][rng.below(2) as usize]),
+                    1,
+                )
             }
         }
         client.execute("INSERT INTO public.vals VALUES ($1, $2, $3)", &[&n, &b, &t]).await.expect("insert");
