@@ -452,33 +452,36 @@ impl Keywheel {
     /// but does not verify is refused with [`Error::RecordTampered`]: it is
     /// never resealed. See the [manual](crate::manual), "Record authentication".
     pub async fn seal_unsealed(&self, id: &KeyringId, reason: &str) -> Result<bool> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("keyring seal"));
-        }
-        let raw = self.inner.sealing.inner();
-        let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
-        if record.seal.is_some() {
-            self.verify_record(&record).await?;
-            return Ok(false);
-        }
-        if record.id != *id {
-            return Err(Error::RecordTampered {
-                keyring: id.clone(),
-                detail: format!("the store returned the record of keyring {}", record.id),
-            });
-        }
-        record.validate()?;
-        // Proves the configured KEK opens every live version before vouching for them.
-        drop(self.unwrapped(&record).await?);
-        let seal = self.inner.sealing.seal(&record).await?;
-        let cid = correlation_id()?;
-        let mut event = self.event(Some(id), AuditKind::KeyringSealed { key_id: seal.key_id.clone() }, &cid);
-        event.reason = Some(reason.to_owned());
-        let events = [event];
-        self.record_all(&events).await?;
-        let result = raw.update_keyring(id, record.generation, &[KeyringChange::Seal(seal)]).await;
-        self.finish_update(id, result, &events).await?;
-        Ok(true)
+        crate::observability::lifecycle("seal_record", Some(id), None, async {
+            if reason.trim().is_empty() {
+                return Err(Error::ReasonRequired("keyring seal"));
+            }
+            let raw = self.inner.sealing.inner();
+            let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
+            if record.seal.is_some() {
+                self.verify_record(&record).await?;
+                return Ok(false);
+            }
+            if record.id != *id {
+                return Err(Error::RecordTampered {
+                    keyring: id.clone(),
+                    detail: format!("the store returned the record of keyring {}", record.id),
+                });
+            }
+            record.validate()?;
+            // Proves the configured KEK opens every live version before vouching for them.
+            drop(self.unwrapped(&record).await?);
+            let seal = self.inner.sealing.seal(&record).await?;
+            let cid = correlation_id()?;
+            let mut event = self.event(Some(id), AuditKind::KeyringSealed { key_id: seal.key_id.clone() }, &cid);
+            event.reason = Some(reason.to_owned());
+            let events = [event];
+            self.record_all(&events).await?;
+            let result = raw.update_keyring(id, record.generation, &[KeyringChange::Seal(seal)]).await;
+            self.finish_update(id, result, &events).await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// The stored record of a keyring ([`Error::KeyringNotFound`] if absent),
@@ -494,42 +497,49 @@ impl Keywheel {
 
     /// Create a keyring with version 1 generated and Active, ready to encrypt.
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
-        // Refused before anything is audited; the store's own check below
-        // still decides a race between two creators. (Raw load: an existing
-        // keyring is reported as existing, sealed or not.)
-        if self.inner.sealing.inner().load_keyring(id).await?.is_some() {
-            return Err(Error::KeyringExists(id.clone()));
-        }
-        let now = self.now();
-        let cid = correlation_id()?;
-        let v1 = self
-            .new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated)
+        crate::observability::lifecycle("create_keyring", Some(id), None, async {
+            // Refused before anything is audited; the store's own check below
+            // still decides a race between two creators. (Raw load: an existing
+            // keyring is reported as existing, sealed or not.)
+            if self.inner.sealing.inner().load_keyring(id).await?.is_some() {
+                return Err(Error::KeyringExists(id.clone()));
+            }
+            let now = self.now();
+            let cid = correlation_id()?;
+            let v1 = self
+                .new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated)
+                .await?;
+            let mut record = KeyringRecord::new(id.clone(), algorithm, now);
+            record.versions.push(v1);
+            record.apply(&[KeyringChange::SetState {
+                version: KeyVersion::FIRST,
+                state: KeyState::Active,
+                at: now,
+            }])?;
+            record.generation = 1;
+            // Sealed here, before the audit, so a KEK that cannot seal fails first.
+            record.seal = Some(self.inner.sealing.seal(&record).await?);
+            self.record_all(&[
+                self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
+                self.event(
+                    Some(id),
+                    AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated },
+                    &cid,
+                ),
+                self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
+            ])
             .await?;
-        let mut record = KeyringRecord::new(id.clone(), algorithm, now);
-        record.versions.push(v1);
-        record.apply(&[KeyringChange::SetState { version: KeyVersion::FIRST, state: KeyState::Active, at: now }])?;
-        record.generation = 1;
-        // Sealed here, before the audit, so a KEK that cannot seal fails first.
-        record.seal = Some(self.inner.sealing.seal(&record).await?);
-        self.record_all(&[
-            self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
-            self.event(
-                Some(id),
-                AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated },
-                &cid,
-            ),
-            self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
-        ])
-        .await?;
-        if let Err(e) = self.inner.sealing.inner().create_keyring(&record).await {
-            let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
-            failed.outcome = Outcome::Failed;
-            failed.reason = Some(e.to_string());
-            // The original error matters more than a failure to record the failure.
-            let _ = self.record_event(&failed).await;
-            return Err(e);
-        }
-        self.keyring(id).await
+            if let Err(e) = self.inner.sealing.inner().create_keyring(&record).await {
+                let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
+                failed.outcome = Outcome::Failed;
+                failed.reason = Some(e.to_string());
+                // The original error matters more than a failure to record the failure.
+                let _ = self.record_event(&failed).await;
+                return Err(e);
+            }
+            self.keyring(id).await
+        })
+        .await
     }
 
     async fn new_version_record(
@@ -562,12 +572,15 @@ impl Keywheel {
     /// Generate the next version and store it as Pending (it decrypts at once,
     /// encrypts only once activated). Returns its number.
     pub async fn add_version(&self, id: &KeyringId) -> Result<KeyVersion> {
-        self.add_material(id, KeyMaterial::generate()?, KeyOrigin::Generated).await
+        let material = KeyMaterial::generate()?;
+        let added = self.add_material(id, material, KeyOrigin::Generated);
+        crate::observability::lifecycle("add_version", Some(id), None, added).await
     }
 
     /// Import caller-supplied material (bring your own key) as the next Pending version.
     pub async fn import_version(&self, id: &KeyringId, material: KeyMaterial) -> Result<KeyVersion> {
-        self.add_material(id, material, KeyOrigin::Imported).await
+        let added = self.add_material(id, material, KeyOrigin::Imported);
+        crate::observability::lifecycle("import_version", Some(id), None, added).await
     }
 
     async fn add_material(&self, id: &KeyringId, material: KeyMaterial, origin: KeyOrigin) -> Result<KeyVersion> {
@@ -615,7 +628,8 @@ impl Keywheel {
     /// activated ([`Error::CompromisedVersion`]).
     pub async fn activate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
         let cid = correlation_id()?;
-        self.activate_with(id, version, &[], &cid, false).await
+        let activated = self.activate_with(id, version, &[], &cid, false);
+        crate::observability::lifecycle("activate", Some(id), Some(version), activated).await
     }
 
     /// [`activate`](Self::activate) plus `extra` changes in the same atomic
@@ -655,19 +669,24 @@ impl Keywheel {
     /// Active version, this activates the newest Pending version in the same
     /// update; with no Pending version it fails ([`Error::InvalidArgument`]).
     pub async fn deprecate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
-        let record = self.record(id).await?;
-        let state =
-            record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
-        state.check_transition(version, KeyState::Deprecated)?;
-        let successor =
-            record.versions.iter().rev().find(|v| v.state == KeyState::Pending).map(|v| v.version).ok_or_else(
-                || {
-                    Error::InvalidArgument(format!(
-                        "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
-                    ))
-                },
-            )?;
-        self.activate(id, successor).await
+        crate::observability::lifecycle("deprecate", Some(id), Some(version), async {
+            let record = self.record(id).await?;
+            let state = record
+                .version(version)
+                .map(|v| v.state)
+                .ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
+            state.check_transition(version, KeyState::Deprecated)?;
+            let successor =
+                record.versions.iter().rev().find(|v| v.state == KeyState::Pending).map(|v| v.version).ok_or_else(
+                    || {
+                        Error::InvalidArgument(format!(
+                            "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
+                        ))
+                    },
+                )?;
+            self.activate_with(id, successor, &[], &correlation_id()?, false).await
+        })
+        .await
     }
 
     /// Take the keyring's lease for lifecycle work, under a holder name unique
@@ -706,11 +725,14 @@ impl Keywheel {
 
     /// Store a keyring's policy; audited as `PolicyChanged` (before it takes effect).
     pub async fn set_policy(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
-        self.record(id).await?;
-        let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
-        self.record_all(&[event]).await?;
-        self.inner.store.save_policy(id, policy).await
+        crate::observability::lifecycle("set_policy", Some(id), None, async {
+            self.record(id).await?;
+            let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
+            self.record_all(&[event]).await?;
+            self.inner.store.save_policy(id, policy).await
+        })
+        .await
     }
 
     /// Write the encryptions this instance counted under `id` and has not
@@ -821,6 +843,7 @@ impl Keywheel {
     pub async fn keyring(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
         let now = self.now();
         let mut announced = false;
+        let mut reason = "first_load";
         if let Ok(cache) = self.inner.cache.read()
             && let Some(c) = cache.get(id)
         {
@@ -828,11 +851,17 @@ impl Keywheel {
                 return Ok(Arc::clone(&c.ring));
             }
             announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
+            reason = match (c.invalid, announced) {
+                (true, _) => "invalidated",
+                (false, true) if c.retry_at.is_some() => "outage_retry",
+                (false, true) => "announced",
+                (false, false) => "refresh_interval",
+            };
         }
         // A reload for a change (announced by another process, or made by
         // this one) leaves the refresh interval counting from the last
         // scheduled reload, so announcements cannot postpone it.
-        match self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await {
+        match self.reload(id, reason, false, !announced, |c| self.is_fresh(c, now)).await {
             Err(e) if e.is_retryable() => self.serve_during_outage(id).ok_or(e),
             other => other,
         }
@@ -861,6 +890,7 @@ impl Keywheel {
         c.retry_at = Some(now.plus(backoff));
         c.failed_reloads = c.failed_reloads.saturating_add(1);
         self.inner.outage_serves.fetch_add(1, Ordering::Relaxed);
+        crate::observability::outage_serve(id, c.failed_reloads);
         Some(Arc::clone(&c.ring))
     }
 
@@ -877,7 +907,7 @@ impl Keywheel {
     /// ([`flush_usage`](Self::flush_usage); a failed flush keeps them pending
     /// and does not fail the reload).
     pub async fn refresh(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
-        self.reload(id, false, true, |_| false).await
+        self.reload(id, "explicit", false, true, |_| false).await
     }
 
     /// Mark the cached snapshot of `id` out of date: the next access reloads
@@ -944,10 +974,12 @@ impl Keywheel {
 
     /// Flush this instance's pending usage of `id`, load it from the store and
     /// cache the new snapshot, unless the cached one is `fresh`. A `scheduled`
-    /// reload starts the refresh interval again.
+    /// reload starts the refresh interval again. `reason` says why, in the
+    /// reload's trace event and metric.
     async fn reload(
         &self,
         id: &KeyringId,
+        reason: &'static str,
         forced: bool,
         scheduled: bool,
         fresh: impl Fn(&Cached) -> bool,
@@ -958,6 +990,7 @@ impl Keywheel {
             Claim::Reload(before) => before,
         };
         let loaded = self.load(id).await;
+        crate::observability::keyring_loaded(id, reason, loaded.as_ref());
         let ring = match loaded {
             Ok(ring) => Arc::new(ring),
             Err(e) => {
@@ -1084,7 +1117,7 @@ impl Keywheel {
                 if !cooled {
                     return Err(Error::UnknownKeyVersion { version });
                 }
-                self.reload(id, true, false, |_| false).await?.decrypt(value, context)
+                self.reload(id, "unknown_version", true, false, |_| false).await?.decrypt(value, context)
             }
             other => other,
         }

@@ -86,14 +86,17 @@ impl Rotator {
         policy: &Policy,
         options: &RetireOptions,
     ) -> Result<KeyringRecord> {
-        let force = options.force.as_deref();
-        if force.is_some_and(|reason| reason.trim().is_empty()) {
-            return Err(Error::ReasonRequired("retirement"));
-        }
-        let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, force, true, None, options.destroy_now).await;
-        self.finish_lease(&lease).await;
-        result
+        crate::observability::lifecycle("retire", Some(id), Some(version), async {
+            let force = options.force.as_deref();
+            if force.is_some_and(|reason| reason.trim().is_empty()) {
+                return Err(Error::ReasonRequired("retirement"));
+            }
+            let lease = self.lease(id, &RotateOptions::default()).await?;
+            let result = self.retire_leased(id, version, policy, force, true, None, options.destroy_now).await;
+            self.finish_lease(&lease).await;
+            result
+        })
+        .await
     }
 
     /// [`retire`](Self::retire) without force, auditing a refusal only when
@@ -105,10 +108,13 @@ impl Rotator {
         policy: &Policy,
         audit_refusal: bool,
     ) -> Result<KeyringRecord> {
-        let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, None, audit_refusal, None, false).await;
-        self.finish_lease(&lease).await;
-        result
+        crate::observability::lifecycle("retire", Some(id), Some(version), async {
+            let lease = self.lease(id, &RotateOptions::default()).await?;
+            let result = self.retire_leased(id, version, policy, None, audit_refusal, None, false).await;
+            self.finish_lease(&lease).await;
+            result
+        })
+        .await
     }
 
     /// The checks and the retirement, under a lease the caller holds.
