@@ -147,9 +147,9 @@ mod tls;
 
 pub use conninfo::redact_url;
 pub use keywheel_pg_sql::{
-    AuditHead, EncryptedColumn, IndexColumn, KeyType, KeyringFrom, ListenerHandle, MAX_IDENTIFIER_LEN, MigrateOptions,
-    MigrationReport, PgSchema, SCHEMA_VERSION, TableSpec, grant_application_role, migrate, migrate_with, quote_ident,
-    spawn_listener,
+    AuditHead, Driver, EncryptedColumn, IndexColumn, KeyType, KeyringFrom, ListenerHandle, MAX_IDENTIFIER_LEN,
+    MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, TableSpec, grant_application_role, migrate,
+    migrate_with, quote_ident, spawn_listener,
 };
 pub use lookup::IndexParam;
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
