@@ -1,9 +1,11 @@
 //! sqlx pools on the test databases of keywheel-postgres' test harness
+//! (`common`, included from there): the shared suites run on [`SqlxPool`]
+//! (here and in keywheel-postgres' `pg_rotation` benchmark).
 #![allow(dead_code, unreachable_pub)]
-//! (`common`, included from there): the shared suites run on [`SqlxPool`].
 
 use keywheel_postgres::tokio_postgres::config::Host;
 use keywheel_sqlx::SqlxPool;
+use keywheel_sqlx::sqlx;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::common::{TestDb, TestPool};
