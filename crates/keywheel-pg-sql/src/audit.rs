@@ -1,4 +1,4 @@
-//! [`PgAuditSink`]: an append-only, keyed hash-chained audit log in Postgres.
+//! [`SqlAuditSink`]: an append-only, keyed hash-chained audit log in Postgres.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

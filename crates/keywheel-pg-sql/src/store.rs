@@ -1,4 +1,4 @@
-//! [`PgKeyStore`]: keyrings, versions, leases, jobs and policies in Postgres.
+//! [`SqlKeyStore`]: keyrings, versions, leases, jobs and policies in Postgres.
 
 use std::fmt;
 use std::str::FromStr;

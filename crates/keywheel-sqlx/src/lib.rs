@@ -13,7 +13,7 @@
 //!   from the header bytes, batched compare-and-set with `UNNEST`, census by
 //!   `GROUP BY`, blind index columns rewritten with their values.
 //! * [`spawn_listener`] — live refresh through a [`PgListener`](sqlx::postgres::PgListener):
-//!   every [`Keywheel`](keywheel_core::Keywheel) instance reloads a keyring as
+//!   every [`Keywheel`] instance reloads a keyring as
 //!   soon as another one changes it.
 //! * Column types: [`Encrypted`] (`bytea`, binary form) and [`EncryptedText`]
 //!   (`text`, `kw:v{N}:…`) implement sqlx's `Type`, `Encode` and `Decode`,

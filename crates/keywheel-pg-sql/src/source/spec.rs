@@ -82,7 +82,7 @@ pub struct IndexColumn {
 }
 
 /// The description of an application table whose encrypted columns a
-/// [`PgRecordSource`] scans and rewrites.
+/// [`SqlRecordSource`](crate::SqlRecordSource) scans and rewrites.
 ///
 /// Every value's context is `Context::field(context_table, context_column,
 /// row_id)`: by default the table's and column's names and the primary key
@@ -186,8 +186,8 @@ impl TableSpec {
     ///
     /// An unknown `column`, a second index on one column, or an index column
     /// that is also the key, the tenant or a value column make
-    /// [`check`](Self::check) (and [`SqlRecordSource::open`]) fail with
-    /// [`Error::InvalidArgument`].
+    /// [`check`](Self::check) (and [`SqlRecordSource::open`](crate::SqlRecordSource::open)) fail with
+    /// [`Error::InvalidArgument`](keywheel_core::Error::InvalidArgument).
     ///
     /// ```
     /// use keywheel_core::{BlindIndex, Form, Normalization, Purpose};
@@ -250,7 +250,7 @@ impl TableSpec {
 
     /// Check the description without a database: a keyring and at least one
     /// encrypted column, valid identifiers, no column used twice. The same
-    /// check [`SqlRecordSource::open`] makes before it reads the catalog.
+    /// check [`SqlRecordSource::open`](crate::SqlRecordSource::open) makes before it reads the catalog.
     ///
     /// ```
     /// use keywheel_core::{Form, Purpose};
@@ -266,7 +266,7 @@ impl TableSpec {
     }
 
     /// Whether a source built from this spec holds the values of `keyring`
-    /// in its table ([`RecordSource::covers`]): its fixed keyring, or any
+    /// in its table ([`RecordSource::covers`](keywheel_core::RecordSource::covers)): its fixed keyring, or any
     /// keyring of its purpose when keyrings come from a tenant column.
     pub fn covers(&self, keyring: &KeyringId) -> bool {
         match &self.keyring {
@@ -277,7 +277,7 @@ impl TableSpec {
     }
 
     /// Where the value at `cursor` (a cursor of a source built from this
-    /// spec, [`SqlRecordSource::cursor`]) lives: `schema.table`, the column's
+    /// spec, [`SqlRecordSource::cursor`](crate::SqlRecordSource::cursor)) lives: `schema.table`, the column's
     /// name and the primary key. `None` if the cursor is not of this form or
     /// names a column index the spec does not have. Needs no database, so a
     /// job's failures can be located from the configuration alone.
