@@ -192,6 +192,12 @@ impl Row {
     }
 }
 
+/// The boolean in the first column of the first row (`SELECT EXISTS …`,
+/// `SELECT … IS NOT NULL`); false when there is no row.
+pub(crate) fn first_bool(rows: &[Row]) -> Result<bool> {
+    Ok(rows.first().map(|r| r.bool(0)).transpose()?.unwrap_or(false))
+}
+
 /// A failed database call, as a driver reports it.
 #[derive(Debug)]
 #[non_exhaustive]

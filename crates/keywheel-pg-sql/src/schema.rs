@@ -2,7 +2,7 @@
 
 use keywheel_core::{Error, GENESIS_HASH, Result};
 
-use crate::driver::{Driver, POOL, Param, Transaction, on};
+use crate::driver::{Driver, POOL, Param, Transaction, first_bool, on};
 use crate::ident::{MAX_IDENTIFIER_LEN, quote_ident};
 
 /// The schema keywheel's own tables live in (default `keywheel`).
@@ -270,14 +270,11 @@ pub async fn migrate_with<D: Driver>(pool: &D, schema: &PgSchema, options: &Migr
     .map_err(on(POOL, "lock for migration"))?;
     let q = &schema.quoted;
     let table = format!("{q}.\"schema_migrations\"");
-    let exists = tx
-        .query("SELECT to_regclass($1) IS NOT NULL", &[Param::from(&table)])
-        .await
-        .map_err(on(POOL, "look for schema_migrations"))?
-        .first()
-        .map(|r| r.bool(0))
-        .transpose()?
-        .unwrap_or(false);
+    let exists = first_bool(
+        &tx.query("SELECT to_regclass($1) IS NOT NULL", &[Param::from(&table)])
+            .await
+            .map_err(on(POOL, "look for schema_migrations"))?,
+    )?;
     if exists && options.app_role.is_none() {
         let applied = applied_versions(tx.as_mut(), schema).await?;
         if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) && applied.iter().all(|v| *v <= SCHEMA_VERSION) {

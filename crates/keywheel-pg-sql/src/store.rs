@@ -245,6 +245,16 @@ impl<D: Driver> SqlKeyStore<D> {
         &self.pool
     }
 
+    /// One statement on its own (autocommit): its rows; errors name `what`.
+    async fn query(&self, what: &'static str, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        self.pool.query(sql, params).await.map_err(on(STORE, what))
+    }
+
+    /// One statement on its own (autocommit): the rows it affected.
+    async fn execute(&self, what: &'static str, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.pool.execute(sql, params).await.map_err(on(STORE, what))
+    }
+
     async fn write_version(&self, tx: &mut dyn Transaction, id: &str, v: &VersionRecord) -> Result<()> {
         let meta = to_json(&VersionRecord { wrapped: None, ..v.clone() }, "key version")?;
         let (kek_id, key_check, wrapped) = match &v.wrapped {
@@ -355,11 +365,7 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
     }
 
     async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
-        let rows = self
-            .pool
-            .query(&self.sql.load_keyring, &[(&id.canonical()).into()])
-            .await
-            .map_err(on(STORE, "load keyring"))?;
+        let rows = self.query("load keyring", &self.sql.load_keyring, &[(&id.canonical()).into()]).await?;
         let Some(first) = rows.first() else { return Ok(None) };
         let mut record = keyring_header(id, first)?;
         for row in &rows {
@@ -371,7 +377,7 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
     }
 
     async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
-        let rows = self.pool.query(&self.sql.list_keyrings, &[]).await.map_err(on(STORE, "list keyrings"))?;
+        let rows = self.query("list keyrings", &self.sql.list_keyrings, &[]).await?;
         let mut ids = rows
             .iter()
             .map(|r| {
@@ -465,8 +471,8 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
         let expires_at = now.plus(ttl);
         let n = self
-            .pool
             .execute(
+                "renew lease",
                 &self.sql.renew_lease,
                 &[
                     (&lease.keyring.canonical()).into(),
@@ -475,8 +481,7 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
                     millis(expires_at).into(),
                 ],
             )
-            .await
-            .map_err(on(STORE, "renew lease"))?;
+            .await?;
         if n == 0 {
             return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
         }
@@ -484,22 +489,17 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.pool
-            .execute(
-                &self.sql.release_lease,
-                &[(&lease.keyring.canonical()).into(), generation_to_sql(lease.token)?.into()],
-            )
-            .await
-            .map_err(on(STORE, "release lease"))?;
+        self.execute(
+            "release lease",
+            &self.sql.release_lease,
+            &[(&lease.keyring.canonical()).into(), generation_to_sql(lease.token)?.into()],
+        )
+        .await?;
         Ok(())
     }
 
     async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
-        let rows = self
-            .pool
-            .query(&self.sql.load_lease, &[(&id.canonical()).into()])
-            .await
-            .map_err(on(STORE, "load lease"))?;
+        let rows = self.query("load lease", &self.sql.load_lease, &[(&id.canonical()).into()]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -522,8 +522,8 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
         // parameters, one round trip (no separate prepare).
         let (phase, json) = (to_json(&job.phase, "job phase")?, to_json(job, "rotation job")?);
         let n = self
-            .pool
             .execute(
+                "save job",
                 &self.sql.save_job,
                 &[
                     (&job.keyring.canonical()).into(),
@@ -534,8 +534,7 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
                     (&json).into(),
                 ],
             )
-            .await
-            .map_err(on(STORE, "save job"))?;
+            .await?;
         if n == 0 {
             return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
         }
@@ -543,16 +542,12 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
     }
 
     async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
-        let rows = self.pool.query(&self.sql.load_job, &[id.into()]).await.map_err(on(STORE, "load job"))?;
+        let rows = self.query("load job", &self.sql.load_job, &[id.into()]).await?;
         rows.first().map(|r| from_json(r.text(0)?, "rotation job")).transpose()
     }
 
     async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
-        let rows = self
-            .pool
-            .query(&self.sql.list_jobs, &[(&keyring.canonical()).into()])
-            .await
-            .map_err(on(STORE, "list jobs"))?;
+        let rows = self.query("list jobs", &self.sql.list_jobs, &[(&keyring.canonical()).into()]).await?;
         let mut jobs =
             rows.iter().map(|r| from_json::<RotationJob>(r.text(0)?, "rotation job")).collect::<Result<Vec<_>>>()?;
         jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
@@ -561,19 +556,12 @@ impl<D: Driver> KeyStore for SqlKeyStore<D> {
 
     async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
         let policy = to_json(policy, "policy")?;
-        self.pool
-            .execute(&self.sql.save_policy, &[(&keyring.canonical()).into(), (&policy).into()])
-            .await
-            .map_err(on(STORE, "save policy"))?;
+        self.execute("save policy", &self.sql.save_policy, &[(&keyring.canonical()).into(), (&policy).into()]).await?;
         Ok(())
     }
 
     async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
-        let rows = self
-            .pool
-            .query(&self.sql.load_policy, &[(&keyring.canonical()).into()])
-            .await
-            .map_err(on(STORE, "load policy"))?;
+        let rows = self.query("load policy", &self.sql.load_policy, &[(&keyring.canonical()).into()]).await?;
         rows.first().map(|r| from_json(r.text(0)?, "policy")).transpose()
     }
 }

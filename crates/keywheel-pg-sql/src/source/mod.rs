@@ -9,7 +9,7 @@ use keywheel_core::{
     StoredValue, ValueLocation, async_trait,
 };
 
-use crate::driver::{DbError, Driver, Param, Row, SOURCE, invalid, on};
+use crate::driver::{DbError, Driver, Param, Row, SOURCE, first_bool, invalid, on};
 use crate::header::{any_version, text_column_version};
 use crate::ident::{qualified, quote_ident};
 
@@ -272,19 +272,17 @@ impl<D: Driver> SqlRecordSource<D> {
         if !self.spec.key_type.accepts(key_type) {
             return Err(wrong_type("key", &self.spec.key, key_type, self.spec.key_type.expected()));
         }
-        let unique = self
-            .pool
-            .query(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1::oid AND i.indisunique \
+        let unique = first_bool(
+            &self
+                .pool
+                .query(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1::oid AND i.indisunique \
                  AND i.indnkeyatts = 1 AND i.indkey[0]::bigint = $2 AND i.indpred IS NULL AND i.indexprs IS NULL)",
-                &[oid.into(), (*attnum).into()],
-            )
-            .await
-            .map_err(on(SOURCE, "look up key index"))?
-            .first()
-            .map(|r| r.bool(0))
-            .transpose()?
-            .unwrap_or(false);
+                    &[oid.into(), (*attnum).into()],
+                )
+                .await
+                .map_err(on(SOURCE, "look up key index"))?,
+        )?;
         if !unique || !not_null {
             return Err(invalid(
                 SOURCE,
