@@ -33,18 +33,11 @@ use crate::{Encrypted, EncryptedText};
 /// assert!(row.decrypt("api_token", &email).is_err());
 /// # Ok::<(), keywheel_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RowFields<'a> {
     keyring: &'a Keyring,
     table: &'a str,
-    row: RowId,
-}
-
-/// A row id as text, kept inline when short (the usual integer and uuid keys).
-#[derive(Debug, Clone, Copy)]
-struct RowId {
-    len: usize,
-    bytes: [u8; 64],
+    row: String,
 }
 
 impl<'a> RowFields<'a> {
@@ -52,33 +45,18 @@ impl<'a> RowFields<'a> {
     /// source writes it: `42`, `a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11`, …) of
     /// `table`, under `keyring` (a snapshot from
     /// [`Keywheel::keyring`](keywheel_core::Keywheel::keyring)).
-    ///
-    /// A key longer than 64 bytes as text is cut there; use
-    /// [`context`](Self::context) with your own [`Context::field`] for such keys.
     pub fn new(keyring: &'a Keyring, table: &'a str, row: impl std::fmt::Display) -> Self {
-        use std::io::Write as _;
-        let mut bytes = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
-        // Writing past the buffer stops at its end; what was written is kept.
-        let _ = write!(cursor, "{row}");
-        let len = usize::try_from(cursor.position()).unwrap_or(0);
-        RowFields { keyring, table, row: RowId { len, bytes } }
+        RowFields { keyring, table, row: row.to_string() }
     }
 
     /// The row id, as text.
     pub fn row(&self) -> &str {
-        // Written from a `Display` string; a cut in the middle of a character
-        // keeps the valid prefix.
-        let bytes = &self.row.bytes[..self.row.len];
-        match std::str::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
-        }
+        &self.row
     }
 
     /// The context of `column` in this row: `Context::field(table, column, row)`.
     pub fn context(&self, column: &str) -> Context {
-        Context::field(self.table, column, self.row())
+        Context::field(self.table, column, &self.row)
     }
 
     /// Encrypt `plaintext` for `column` of this row, binary form (a `bytea` column).
