@@ -46,7 +46,8 @@
 //! ```
 //!
 //! This facade re-exports [`keywheel_core`] and, behind features, the
-//! backends: `memory` (default), `file` and `postgres`, and the master keys
+//! backends: `memory` (default), `file`, `postgres` (tokio-postgres) and
+//! `sqlx` (the same Postgres backends over an application's sqlx pool), and the master keys
 //! held in a KMS or HSM: `aws-kms` and `pkcs11`. The [`manual`] is the
 //! reference: concepts, wire format, security model, backends, audit trail,
 //! lifecycle invariants and the operator runbook.
@@ -65,6 +66,12 @@ pub use keywheel_file as file;
 /// Postgres backend: key store, audit log and record source (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use keywheel_postgres as postgres;
+
+/// Postgres backend over an application's sqlx `PgPool`: the same key store,
+/// audit log and record source as the `postgres` feature's, with sqlx
+/// column types for keywheel values (feature `sqlx`).
+#[cfg(feature = "sqlx")]
+pub use keywheel_sqlx as sqlx;
 
 /// AWS KMS key-encryption key: the master key stays in KMS (feature `aws-kms`).
 #[cfg(feature = "aws-kms")]

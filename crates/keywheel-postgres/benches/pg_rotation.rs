@@ -4,7 +4,9 @@
 //! found through the primary key like the record source finds them: the
 //! ceiling set by the database) and (b) a keywheel rotation of them
 //! (`Rotator` + `PgRecordSource`: scan, decrypt, encrypt, compare-and-set
-//! write, verify), and prints rows/s for both, their ratio, the CPU time of
+//! write, verify) and (c) the same rotation of a third copy through the sqlx
+//! driver (`SqlxRecordSource` and an sqlx pool: the same statements), and
+//! prints rows/s for each, the ratios (b)/(a) and (c)/(a), the CPU time of
 //! this process, of the Postgres processes (a local server) and of everything
 //! else (other load: compare runs with little of it), and the peak RSS of the
 //! rotation. `KEYWHEEL_BENCH_PROFILE=1` adds a census, a full scan and a
@@ -18,20 +20,26 @@
 //!
 //! Options: `--rows N` (default 1,000,000, or `KEYWHEEL_BENCH_ROWS`),
 //! `--batch ROWS` (rows per batch, default 2000), `--parallel N` (batches in
-//! flight, default 3), `--min-ratio R` (exit non-zero if (b)/(a) is below R).
+//! flight, default 3), `--min-ratio R` (exit non-zero if (b)/(a) or (c)/(a)
+//! is below R).
 //! Finds Postgres like the tests do (`KEYWHEEL_TEST_DATABASE_URL`, a local
 //! server, or a throwaway cluster) and works in a database of its own.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../keywheel-sqlx/tests/sqlx_pool/mod.rs"]
+mod sqlx_pool;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{TestDb, XorShift};
-use keywheel_core::{Algorithm, Context, Form, KeyringId, Purpose, RecordSource, RotateOptions, Rotator};
+use keywheel_core::{
+    Algorithm, Context, Form, KeyVersion, KeyringId, Keywheel, Purpose, RecordSource, RotateOptions, Rotator,
+};
 use keywheel_postgres::{PgRecordSource, TableSpec};
+use keywheel_sqlx::SqlxRecordSource;
 
 use support::{Args, args};
 
@@ -112,7 +120,7 @@ struct Stats {
 
 #[derive(Debug)]
 struct Timed {
-    inner: Arc<PgRecordSource>,
+    inner: Arc<dyn RecordSource>,
     stats: std::sync::Mutex<Stats>,
 }
 
@@ -178,7 +186,7 @@ async fn run(args: Args) {
     // Seed: two identical tables, one per contender.
     let t = Instant::now();
     let client = db.client().await;
-    for table in ["bench_raw", "bench_kw"] {
+    for table in ["bench_raw", "bench_kw", "bench_sqlx"] {
         client
             .batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, email bytea, token bytea)"))
             .await
@@ -210,8 +218,10 @@ async fn run(args: Args) {
     }
     for sql in [
         "INSERT INTO bench_kw SELECT * FROM bench_raw",
+        "INSERT INTO bench_sqlx SELECT * FROM bench_raw",
         "VACUUM ANALYZE bench_raw",
         "VACUUM ANALYZE bench_kw",
+        "VACUUM ANALYZE bench_sqlx",
         "CHECKPOINT",
     ] {
         client.batch_execute(sql).await.expect(sql);
@@ -250,29 +260,56 @@ async fn run(args: Args) {
     println!("(a) raw UNNEST rewrite:  {:>9.0} rows/s  ({:.2} s)", raw_rate, raw.as_secs_f64());
     client.batch_execute("CHECKPOINT").await.expect("checkpoint");
 
+    // (b) keywheel rotation through tokio-postgres, (c) through sqlx.
+    let spec = |table: &str| {
+        TableSpec::new("public", table)
+            .keyring(id.clone())
+            .context_table("bench")
+            .column("email", Form::Binary)
+            .column("token", Form::Binary)
+    };
+    let tokio_source: Arc<dyn RecordSource> =
+        Arc::new(PgRecordSource::open(pool.clone(), spec("bench_kw")).await.expect("open"));
+    let kw_rate = rotation(&args, &kw, &id, tokio_source, "(b) keywheel rotation:  ", KeyVersion::new(2)).await;
+    let sqlx_pool = sqlx_pool::sqlx_pool(&db, args.parallel + 3);
+    let sqlx_source: Arc<dyn RecordSource> =
+        Arc::new(SqlxRecordSource::open(sqlx_pool, spec("bench_sqlx")).await.expect("open"));
+    let sqlx_rate = rotation(&args, &kw, &id, sqlx_source, "(c) same through sqlx: ", KeyVersion::new(3)).await;
+    let ratios = [("(b)/(a), tokio-postgres", kw_rate / raw_rate), ("(c)/(a), sqlx", sqlx_rate / raw_rate)];
+    for (what, ratio) in ratios {
+        println!("ratio {what}: {ratio:.2}");
+    }
+    if let Some(min) = args.min_ratio {
+        for (what, ratio) in ratios {
+            assert!(ratio >= min, "ratio {what} {ratio:.2} below the required {min}");
+        }
+    }
+}
+
+/// Rotate `id`'s values in `source` (a fresh copy of the seeded table, on
+/// the version before `to`) to `to`, print rows/s, CPU, peak RSS (and with
+/// `KEYWHEEL_BENCH_PROFILE` the profile); the rate in rows/s.
+async fn rotation(
+    args: &Args,
+    kw: &Keywheel,
+    id: &KeyringId,
+    source: Arc<dyn RecordSource>,
+    label: &str,
+    to: keywheel_core::Result<KeyVersion>,
+) -> f64 {
+    let (n, to) = (args.rows, to.expect("version"));
+    let ring = kw.keyring(id).await.expect("ring");
     // (b) keywheel rotation.
-    let source = Arc::new(
-        PgRecordSource::open(
-            pool.clone(),
-            TableSpec::new("public", "bench_kw")
-                .keyring(id.clone())
-                .context_table("bench")
-                .column("email", Form::Binary)
-                .column("token", Form::Binary),
-        )
-        .await
-        .expect("open"),
-    );
     if std::env::var_os("KEYWHEEL_BENCH_PROFILE").is_some() {
         let t = Instant::now();
-        let census = source.census(Some(&id)).await.expect("census");
+        let census = source.census(Some(id)).await.expect("census");
         println!("    census: {:.2} s ({census:?})", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut request = keywheel_core::ScanRequest {
             after: None,
             limit: args.batch * 2,
             keyring: Some(id.clone()),
-            skip_version: Some(keywheel_core::KeyVersion::new(2).expect("v2")),
+            skip_version: Some(to),
         };
         let mut batches = Vec::new();
         loop {
@@ -291,7 +328,7 @@ async fn run(args: Args) {
         }
         println!("    decrypt all (1 thread): {:.2} s ({crypto} bytes)", t.elapsed().as_secs_f64());
     }
-    let timed = Arc::new(Timed { inner: source.clone(), stats: Default::default() });
+    let timed = Arc::new(Timed { inner: Arc::clone(&source), stats: Default::default() });
     let rotator = Rotator::new(kw.clone()).expect("rotator").source(timed.clone());
     let opts = RotateOptions {
         batch_size: args.batch * 2,
@@ -303,13 +340,13 @@ async fn run(args: Args) {
     let cpu = cpu_seconds();
     let t = Instant::now();
     let report =
-        rotator.rotate(&id, &rotator.keywheel().policy(&id).await.expect("policy"), &opts).await.expect("rotate");
+        rotator.rotate(id, &rotator.keywheel().policy(id).await.expect("policy"), &opts).await.expect("rotate");
     let rotation = t.elapsed();
-    print_cpu("(b)", cpu, rotation);
+    print_cpu(&label[..3], cpu, rotation);
     let peak = peak_rss_kib();
     let kw_rate = n as f64 / rotation.as_secs_f64();
     println!(
-        "(b) keywheel rotation:   {:>9.0} rows/s  ({:.2} s, {} values rewritten, phase {:?})",
+        "{label} {:>9.0} rows/s  ({:.2} s, {} values rewritten, phase {:?})",
         kw_rate,
         rotation.as_secs_f64(),
         report.counts.rewritten,
@@ -330,16 +367,12 @@ async fn run(args: Args) {
             );
         }
     }
-    let ratio = kw_rate / raw_rate;
-    println!("ratio (b)/(a): {ratio:.2}");
     match (rss_reset, peak) {
         (true, Some(kib)) => println!("peak RSS during the rotation: {:.1} MiB", kib as f64 / 1024.0),
         _ => println!("peak RSS during the rotation: unavailable"),
     }
-    let census = source.census(Some(&id)).await.expect("census");
+    let census = source.census(Some(id)).await.expect("census");
     assert_eq!(report.counts.rewritten, 2 * n as u64, "every value rewritten");
-    assert_eq!(census.count(&id, keywheel_core::KeyVersion::new(2).expect("v2")), 2 * n as u64, "{census:?}");
-    if let Some(min) = args.min_ratio {
-        assert!(ratio >= min, "ratio {ratio:.2} below the required {min}");
-    }
+    assert_eq!(census.count(id, to), 2 * n as u64, "{census:?}");
+    kw_rate
 }

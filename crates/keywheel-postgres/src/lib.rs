@@ -138,31 +138,42 @@
 //! needs no DDL. A superuser or the owner is refused as application role.
 #![forbid(unsafe_code)]
 
-mod audit;
 mod conninfo;
+mod driver;
 mod error;
-mod header;
-mod ident;
-mod listener;
 mod lookup;
 mod pool;
-mod schema;
-mod source;
-mod store;
 mod tls;
 
-pub use audit::{AuditHead, PgAuditSink};
 pub use conninfo::redact_url;
-pub use ident::{MAX_IDENTIFIER_LEN, quote_ident};
-pub use listener::{ListenerHandle, spawn_listener};
+pub use keywheel_pg_sql::{
+    AuditHead, Driver, EncryptedColumn, IndexColumn, KeyType, KeyringFrom, ListenerHandle, MAX_IDENTIFIER_LEN,
+    MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, TableSpec, grant_application_role, migrate,
+    migrate_with, quote_ident, spawn_listener,
+};
 pub use lookup::IndexParam;
 pub use pool::{DEFAULT_POOL_SIZE, PgClient, PgPool};
-pub use schema::{
-    MigrateOptions, MigrationReport, PgSchema, SCHEMA_VERSION, grant_application_role, migrate, migrate_with,
-};
-pub use source::{EncryptedColumn, IndexColumn, KeyType, KeyringFrom, PgRecordSource, TableSpec};
-pub use store::PgKeyStore;
 pub use tls::{ConnectError, SslMode, TlsSettings};
+
+/// A [`KeyStore`](keywheel_core::KeyStore) in Postgres over a [`PgPool`]:
+/// [`SqlKeyStore`](keywheel_pg_sql::SqlKeyStore) (keyrings, versions,
+/// policies, jobs and leases; every keyring change one compare-and-set
+/// transaction, announced with `NOTIFY`), run by tokio-postgres.
+/// `PgKeyStore::new(pool, schema)`.
+pub type PgKeyStore = keywheel_pg_sql::SqlKeyStore<PgPool>;
+
+/// An [`AuditSink`](keywheel_core::AuditSink) in Postgres over a [`PgPool`]:
+/// [`SqlAuditSink`](keywheel_pg_sql::SqlAuditSink) (an append-only, keyed
+/// hash chain with one total order under concurrent writers), run by
+/// tokio-postgres. `PgAuditSink::new(pool, schema)`.
+pub type PgAuditSink = keywheel_pg_sql::SqlAuditSink<PgPool>;
+
+/// A [`RecordSource`](keywheel_core::RecordSource) over an application table
+/// described by a [`TableSpec`], over a [`PgPool`]:
+/// [`SqlRecordSource`](keywheel_pg_sql::SqlRecordSource) (keyset scans,
+/// header filtering and census in SQL, batched compare-and-set), run by
+/// tokio-postgres. `PgRecordSource::open(pool, spec).await`.
+pub type PgRecordSource = keywheel_pg_sql::SqlRecordSource<PgPool>;
 
 /// The tokio-postgres this crate is built on (for `Config`, TLS and `Client`).
 pub use tokio_postgres;

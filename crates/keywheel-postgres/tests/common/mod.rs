@@ -322,6 +322,19 @@ fn server() -> &'static Result<Config, String> {
     })
 }
 
+/// A driver's pool on a test database: what the shared suites
+/// (`suites/conformance.rs`, `suites/model.rs`) run on, here and in keywheel-sqlx.
+pub trait TestPool: keywheel_postgres::Driver {
+    /// A pool of at most `max_size` connections on `db`.
+    fn on(db: &TestDb, max_size: usize) -> Self;
+}
+
+impl TestPool for PgPool {
+    fn on(db: &TestDb, max_size: usize) -> Self {
+        db.pool(max_size)
+    }
+}
+
 /// A freshly created database for one test, dropped when this value is dropped.
 #[derive(Debug)]
 pub struct TestDb {

@@ -2,8 +2,7 @@
 
 use keywheel_core::{Error, GENESIS_HASH, Result};
 
-use crate::PgPool;
-use crate::error::{POOL, on};
+use crate::driver::{Driver, POOL, Param, Transaction, first_bool, on};
 use crate::ident::{MAX_IDENTIFIER_LEN, quote_ident};
 
 /// The schema keywheel's own tables live in (default `keywheel`).
@@ -39,6 +38,11 @@ impl PgSchema {
     /// The schema's name, unquoted.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The schema's name, quoted as an identifier.
+    pub fn quoted(&self) -> &str {
+        &self.quoted
     }
 
     /// `"schema"."table"`, quoted.
@@ -183,7 +187,7 @@ ALTER TABLE {s}."keyrings" ADD COLUMN erased_at_ms bigint;
     },
 ];
 
-/// The schema version this build of keywheel-postgres expects (its latest migration).
+/// The schema version this build of keywheel expects (its latest migration).
 pub const SCHEMA_VERSION: i32 = 4;
 
 /// What [`migrate`] did.
@@ -198,7 +202,7 @@ pub struct MigrationReport {
 /// How [`migrate_with`] runs: which application role to grant access to.
 ///
 /// ```
-/// let options = keywheel_postgres::MigrateOptions::new().app_role("app");
+/// let options = keywheel_pg_sql::MigrateOptions::new().app_role("app");
 /// assert_eq!(options.app_role_name(), Some("app"));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,7 +242,7 @@ impl MigrateOptions {
 /// [`Error::Backend`]. To run the application as a separate, non-owner role
 /// (recommended: the owner of `audit_log` can disable its append-only
 /// triggers), use [`migrate_with`].
-pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<MigrationReport> {
+pub async fn migrate<D: Driver>(pool: &D, schema: &PgSchema) -> Result<MigrationReport> {
     migrate_with(pool, schema, &MigrateOptions::new()).await
 }
 
@@ -248,36 +252,37 @@ pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<MigrationReport
 /// role that owns, or is to own, the schema), e.g. at deployment:
 ///
 /// ```no_run
-/// # async fn demo() -> keywheel_core::Result<()> {
-/// use keywheel_postgres::{MigrateOptions, PgPool, PgSchema, migrate_with};
-/// let owner = PgPool::without_tls("postgresql://keywheel_owner@db/app")?;
+/// # async fn demo<D: keywheel_pg_sql::Driver>(owner: D) -> keywheel_core::Result<()> {
+/// use keywheel_pg_sql::{MigrateOptions, PgSchema, migrate_with};
+/// // `owner`: a pool connected as the owner role, e.g. `keywheel_owner`.
 /// migrate_with(&owner, &PgSchema::default(), &MigrateOptions::new().app_role("app")).await?;
 /// // The application connects as `app`: it can record audit entries and read
 /// // them back, but not change, delete or truncate them, nor disable the trigger.
-/// let app = PgPool::without_tls("postgresql://app@db/app")?;
-/// # let _ = app; Ok(()) }
+/// # Ok(()) }
 /// ```
-pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOptions) -> Result<MigrationReport> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await.map_err(on(POOL, "begin migration"))?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('keywheel migrate ' || $1::text)::bigint)", &[&schema.name()])
-        .await
-        .map_err(on(POOL, "lock for migration"))?;
+pub async fn migrate_with<D: Driver>(pool: &D, schema: &PgSchema, options: &MigrateOptions) -> Result<MigrationReport> {
+    let mut tx = pool.begin().await.map_err(on(POOL, "begin migration"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('keywheel migrate ' || $1::text)::bigint)",
+        &[schema.name().into()],
+    )
+    .await
+    .map_err(on(POOL, "lock for migration"))?;
     let q = &schema.quoted;
     let table = format!("{q}.\"schema_migrations\"");
-    let exists: bool = tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await
-        .map_err(on(POOL, "look for schema_migrations"))?
-        .get(0);
+    let exists = first_bool(
+        &tx.query("SELECT to_regclass($1) IS NOT NULL", &[Param::from(&table)])
+            .await
+            .map_err(on(POOL, "look for schema_migrations"))?,
+    )?;
     if exists && options.app_role.is_none() {
-        let applied = applied_versions(&tx, schema).await?;
+        let applied = applied_versions(tx.as_mut(), schema).await?;
         if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) && applied.iter().all(|v| *v <= SCHEMA_VERSION) {
             tx.commit().await.map_err(on(POOL, "commit migration"))?;
             return Ok(MigrationReport { applied: Vec::new(), version: SCHEMA_VERSION });
         }
     }
-    tx.batch_execute(&format!(
+    tx.batch(&format!(
         "CREATE SCHEMA IF NOT EXISTS {q};
          CREATE TABLE IF NOT EXISTS {q}.\"schema_migrations\" (
              version integer PRIMARY KEY,
@@ -286,12 +291,12 @@ pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOpt
     ))
     .await
     .map_err(on(POOL, "create schema"))?;
-    let applied_before = applied_versions(&tx, schema).await?;
+    let applied_before = applied_versions(tx.as_mut(), schema).await?;
     if let Some(newer) = applied_before.iter().find(|v| **v > SCHEMA_VERSION) {
         return Err(Error::backend(
             POOL,
             format!(
-                "schema {} is at version {newer}, newer than this keywheel-postgres ({SCHEMA_VERSION}); upgrade keywheel",
+                "schema {} is at version {newer}, newer than this keywheel ({SCHEMA_VERSION}); upgrade keywheel",
                 schema.name()
             ),
             false,
@@ -300,29 +305,34 @@ pub async fn migrate_with(pool: &PgPool, schema: &PgSchema, options: &MigrateOpt
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied_before.contains(&m.version)) {
         let sql = m.sql.replace("{s}", q).replace("{genesis}", GENESIS_HASH);
-        tx.batch_execute(&sql).await.map_err(|e| crate::error::pg(POOL, &format!("migration {}", m.version), &e))?;
+        tx.batch(&sql).await.map_err(|e| e.into_error(POOL, &format!("migration {}", m.version)))?;
         tx.execute(
             &format!("INSERT INTO {q}.\"schema_migrations\" (version, description) VALUES ($1, $2)"),
-            &[&m.version, &m.description],
+            &[m.version.into(), m.description.into()],
         )
         .await
         .map_err(on(POOL, "record migration"))?;
         applied.push(m.version);
     }
     if let Some(role) = &options.app_role {
-        grant(&tx, schema, role).await?;
+        grant(tx.as_mut(), schema, role).await?;
     }
     tx.commit().await.map_err(on(POOL, "commit migration"))?;
     Ok(MigrationReport { applied, version: SCHEMA_VERSION })
 }
 
 /// The migrations recorded in `schema_migrations`, in order.
-async fn applied_versions(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema) -> Result<Vec<i32>> {
+async fn applied_versions(tx: &mut dyn Transaction, schema: &PgSchema) -> Result<Vec<i32>> {
     let rows = tx
         .query(&format!("SELECT version FROM {}.\"schema_migrations\" ORDER BY version", schema.quoted), &[])
         .await
         .map_err(on(POOL, "read schema_migrations"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter()
+        .map(|r| {
+            let v = r.int(0)?;
+            i32::try_from(v).map_err(|_| Error::backend(POOL, format!("schema_migrations holds version {v}"), false))
+        })
+        .collect()
 }
 
 /// Grant `role` what a keywheel application needs in a migrated `schema`,
@@ -336,34 +346,33 @@ async fn applied_versions(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchem
 ///   `TRUNCATE`, and since it does not own the table it cannot disable the
 ///   append-only triggers, alter or drop it;
 /// * `SELECT, UPDATE` on `audit_head` (each append advances it; a head set
-///   back is caught by the sink and by [`PgAuditSink::verify`](crate::PgAuditSink::verify));
+///   back is caught by the sink and by [`SqlAuditSink::verify`](crate::SqlAuditSink::verify));
 /// * `SELECT` on `schema_migrations`.
 ///
 /// Refused ([`Error::Backend`]) if `role` does not exist, is a superuser, or
 /// owns (or is a member of the owner of) the audit log: such a role could
 /// rewrite the log whatever is granted.
-pub async fn grant_application_role(pool: &PgPool, schema: &PgSchema, role: &str) -> Result<()> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await.map_err(on(POOL, "begin"))?;
-    grant(&tx, schema, role).await?;
+pub async fn grant_application_role<D: Driver>(pool: &D, schema: &PgSchema, role: &str) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(on(POOL, "begin"))?;
+    grant(tx.as_mut(), schema, role).await?;
     tx.commit().await.map_err(on(POOL, "commit grants"))
 }
 
-async fn grant(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema, role: &str) -> Result<()> {
+async fn grant(tx: &mut dyn Transaction, schema: &PgSchema, role: &str) -> Result<()> {
     let refuse = |why: String| Error::backend(POOL, format!("cannot make {role:?} the application role: {why}"), false);
-    let row = tx
-        .query_opt(
+    let rows = tx
+        .query(
             "SELECT r.rolsuper, pg_has_role(r.oid, c.relowner, 'MEMBER') \
              FROM pg_roles r, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE r.rolname = $1 AND n.nspname = $2 AND c.relname = 'audit_log'",
-            &[&role, &schema.name()],
+            &[role.into(), schema.name().into()],
         )
         .await
         .map_err(on(POOL, "look up the application role"))?;
-    let Some(row) = row else {
+    let Some(row) = rows.first() else {
         return Err(refuse(format!("no such role, or schema {} is not migrated", schema.name())));
     };
-    let (superuser, owner): (bool, bool) = (row.get(0), row.get(1));
+    let (superuser, owner) = (row.bool(0)?, row.bool(1)?);
     if superuser {
         return Err(refuse("it is a superuser, which can rewrite the audit log".into()));
     }
@@ -375,7 +384,7 @@ async fn grant(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema, role: &s
         ));
     }
     let (q, r) = (&schema.quoted, quote_ident(role)?);
-    tx.batch_execute(&format!(
+    tx.batch(&format!(
         "GRANT USAGE ON SCHEMA {q} TO {r};
          GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {r};
          REVOKE ALL ON {q}.\"audit_log\" FROM {r};
@@ -386,5 +395,5 @@ async fn grant(tx: &tokio_postgres::Transaction<'_>, schema: &PgSchema, role: &s
          GRANT SELECT ON {q}.\"schema_migrations\" TO {r};"
     ))
     .await
-    .map_err(|e| crate::error::pg(POOL, "grant the application role", &e))
+    .map_err(on(POOL, "grant the application role"))
 }

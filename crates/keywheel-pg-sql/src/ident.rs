@@ -16,7 +16,7 @@ pub const MAX_IDENTIFIER_LEN: usize = 63;
 /// [`MAX_IDENTIFIER_LEN`] bytes.
 ///
 /// ```
-/// use keywheel_postgres::quote_ident;
+/// use keywheel_pg_sql::quote_ident;
 /// assert_eq!(quote_ident("users")?, r#""users""#);
 /// assert_eq!(quote_ident(r#"we"ird; DROP TABLE x; --"#)?, r#""we""ird; DROP TABLE x; --""#);
 /// assert!(quote_ident("").is_err());

@@ -1,21 +1,20 @@
 //! The census: one `GROUP BY` over the header bytes in SQL.
 
 use keywheel_core::{Algorithm, Census, Form, KeyVersion, KeyringId, Result};
-use tokio_postgres::types::{ToSql, Type};
 
-use super::{PgRecordSource, Pk};
-use crate::error::{SOURCE, on};
+use super::{Pk, SqlRecordSource};
+use crate::driver::{Driver, Param};
 use crate::header::text_header;
 
 /// Binary values of this length or longer parse alike (see the census).
-const CENSUS_LEN_CAP: i32 = 64;
+const CENSUS_LEN_CAP: i64 = 64;
 
 /// Census grouping keys per stored column (`Stored::census`).
 const CENSUS_KEYS: usize = 3;
 
 /// The algorithm and version the core parser reads from a binary value with
 /// this header (its first bytes) and length, or `None` if it rejects it.
-fn binary_census_header(header: &[u8], len: i32) -> Option<(Algorithm, KeyVersion)> {
+fn binary_census_header(header: &[u8], len: i64) -> Option<(Algorithm, KeyVersion)> {
     let len = usize::try_from(len).ok()?.max(header.len());
     let mut value = header.to_vec();
     value.resize(len, 0);
@@ -29,7 +28,7 @@ fn text_census_header(header: &[u8]) -> Option<(Algorithm, KeyVersion)> {
     Some((Algorithm::from_id(algorithm).ok()?, KeyVersion::new(u32::from_be_bytes([v0, v1, v2, v3])).ok()?))
 }
 
-impl PgRecordSource {
+impl<D: Driver> SqlRecordSource<D> {
     /// [`RecordSource::census`](keywheel_core::RecordSource::census): one pass over the table.
     pub(super) async fn census_sql(&self, keyring: Option<&KeyringId>) -> Result<Census> {
         let mut census = Census::default();
@@ -37,11 +36,10 @@ impl PgRecordSource {
             return Ok(census);
         };
         let b = &self.built;
-        let tenant_owned = tenant.map(str::to_owned);
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
+        let mut params: Vec<Param<'_>> = Vec::new();
         let mut filter = String::new();
-        if let (Some(t), Some(col)) = (&tenant_owned, &b.tenant) {
-            params.push((t, Type::TEXT));
+        if let (Some(t), Some(col)) = (tenant, &b.tenant) {
+            params.push(t.into());
             filter = format!(" AND t.{col} = $1");
         }
         let tenant_select = b.tenant.as_ref().map_or_else(|| "NULL::text".to_owned(), |t| format!("t.{t}::text"));
@@ -76,11 +74,9 @@ impl PgRecordSource {
             .chain(b.columns.iter().enumerate().filter(|(_, c)| c.index.is_some()).map(|(i, _)| Some(i)))
             .collect();
         for row in rows {
-            let read = on(SOURCE, "read census");
-            let tenant: Option<String> = row.try_get(0).map_err(&read)?;
-            let count: i64 = row.try_get(count_at).map_err(&read)?;
-            let count = u64::try_from(count).unwrap_or(0);
-            let header_at = |i: usize| row.try_get::<_, Option<&[u8]>>(1 + CENSUS_KEYS * i).map_err(&read);
+            let tenant = row.opt_text(0)?.map(str::to_owned);
+            let count = u64::try_from(row.int(count_at)?).unwrap_or(0);
+            let header_at = |i: usize| row.opt_bytes(1 + CENSUS_KEYS * i);
             for (i, value) in value_of.iter().enumerate() {
                 let Some(header) = header_at(i)? else {
                     continue; // NULL
@@ -91,16 +87,13 @@ impl PgRecordSource {
                     continue; // the tag of a NULL value
                 }
                 let at = 1 + CENSUS_KEYS * i;
-                let len: i32 = row.try_get(at + 1).map_err(&read)?;
+                let len = row.int(at + 1)?;
                 let parsed = match (stored[i].form, header.starts_with(b"kw:")) {
                     (Form::Text, true) => {
-                        let clear_bits: Option<bool> = row.try_get(at + 2).map_err(&read)?;
-                        let value = text_census_value(header, len, clear_bits.unwrap_or(false));
+                        let value = text_census_value(header, len, row.bool(at + 2)?);
                         keywheel_core::parse(&value).ok().map(|info| (info.algorithm, info.version))
                     }
-                    (Form::Binary, true) => {
-                        row.try_get::<_, Option<&[u8]>>(at + 2).map_err(&read)?.and_then(text_census_header)
-                    }
+                    (Form::Binary, true) => row.opt_bytes(at + 2)?.and_then(text_census_header),
                     (_, false) => binary_census_header(header, len),
                 };
                 // Tags are told from values by their algorithm, as `Census::count_stored` does.
@@ -176,7 +169,7 @@ fn text_census_keys(t: &str) -> String {
 /// payload characters, or just `kw:` when the syntax check failed), then
 /// filler up to `len` characters, ending in a character with clear (or, if
 /// `!clear_bits`, set) unused bits.
-fn text_census_value(head: &[u8], len: i32, clear_bits: bool) -> Vec<u8> {
+fn text_census_value(head: &[u8], len: i64, clear_bits: bool) -> Vec<u8> {
     let len = usize::try_from(len).unwrap_or(0);
     let mut value = head.to_vec();
     if head.len() > 3 && len > head.len() {

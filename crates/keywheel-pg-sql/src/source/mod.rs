@@ -1,318 +1,25 @@
-//! [`PgRecordSource`]: the encrypted columns of an application table.
+//! [`SqlRecordSource`]: the encrypted columns of an application table.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use keywheel_core::{
-    BlindIndex, Census, Cursor, Error, Form, KeyringId, Purpose, RecordSource, ReplaceOutcome, Replacement, Result,
-    ScanRequest, StoredValue, ValueLocation, async_trait,
+    BlindIndex, Census, Cursor, Error, Form, KeyringId, RecordSource, ReplaceOutcome, Replacement, Result, ScanRequest,
+    StoredValue, ValueLocation, async_trait,
 };
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
 
-use crate::PgPool;
-use crate::error::{SOURCE, invalid, on, pg};
+use crate::driver::{DbError, Driver, Param, Row, SOURCE, first_bool, invalid, on};
 use crate::header::{any_version, text_column_version};
 use crate::ident::{qualified, quote_ident};
 
 mod census;
 mod replace;
 mod scan;
+mod spec;
 
 use scan::{ReadAhead, ScanShape};
-
-/// The SQL type of an application table's primary key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
-    /// `bigint` (`int8`).
-    BigInt,
-    /// `uuid`.
-    Uuid,
-    /// `text` or `varchar`. Scan order is the column's collation order; a
-    /// `COLLATE "C"` column (or database) makes it bytewise.
-    Text,
-}
-
-impl KeyType {
-    fn accepts(self, sql_type: &str) -> bool {
-        match self {
-            KeyType::BigInt => sql_type == "bigint",
-            KeyType::Uuid => sql_type == "uuid",
-            KeyType::Text => matches!(sql_type, "text" | "character varying"),
-        }
-    }
-    fn expected(self) -> &'static str {
-        match self {
-            KeyType::BigInt => "bigint",
-            KeyType::Uuid => "uuid",
-            KeyType::Text => "text or varchar",
-        }
-    }
-}
-
-/// How a row's keyring is found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyringFrom {
-    /// Every value of the table belongs to this keyring.
-    Fixed(KeyringId),
-    /// The keyring of a row is `(tenant, purpose)` where the tenant is the
-    /// row's value in this `text`/`varchar` column.
-    TenantColumn {
-        /// The tenant column.
-        column: String,
-        /// The purpose shared by all rows.
-        purpose: Purpose,
-    },
-}
-
-/// One encrypted column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncryptedColumn {
-    /// The column's name.
-    pub name: String,
-    /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
-    /// `varchar` column holding the `kw:v{N}:…` text form.
-    pub form: Form,
-    /// The `column` of the values' [`Context`](keywheel_core::Context) (default: the column's name).
-    pub context_column: String,
-    /// The blind index column paired with this column, if any
-    /// ([`TableSpec::index`]).
-    pub index: Option<IndexColumn>,
-}
-
-/// A blind index column paired with an encrypted column ([`TableSpec::index`]):
-/// each row's tag of the encrypted column's plaintext, which a rotation
-/// rewrites under the new version together with the value (the
-/// [manual](keywheel_core::manual#13-searchable-fields-blind-indexes)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexColumn {
-    /// The index column's name (e.g. `email_bidx`).
-    pub name: String,
-    /// [`Form::Binary`] for a `bytea` column, [`Form::Text`] for a `text` or
-    /// `varchar` column holding tags in the `kw:v{N}:…` text form.
-    pub form: Form,
-    /// How the tags are made: the same [`BlindIndex`] the application passes
-    /// to [`Keyring::blind_index`](keywheel_core::Keyring::blind_index).
-    pub spec: Arc<BlindIndex>,
-}
-
-/// The description of an application table whose encrypted columns a
-/// [`PgRecordSource`] scans and rewrites.
-///
-/// Every value's context is `Context::field(context_table, context_column,
-/// row_id)`: by default the table's and column's names and the primary key
-/// as text (decimal for `bigint`, lower-case hyphenated for `uuid`, the text
-/// itself for `text`). Encrypt your application's values with the same
-/// context, or they will not decrypt during a rotation.
-///
-/// ```
-/// use keywheel_core::{Form, Purpose};
-/// use keywheel_postgres::{KeyType, TableSpec};
-///
-/// let spec = TableSpec::new("public", "users")
-///     .primary_key("id", KeyType::BigInt)
-///     .keyring_from_column("tenant", Purpose::Database)
-///     .column("email", Form::Binary)
-///     .column("api_token", Form::Text);
-/// assert_eq!(spec.source_name(), "public.users");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableSpec {
-    schema: String,
-    table: String,
-    key: String,
-    key_type: KeyType,
-    keyring: Option<KeyringFrom>,
-    columns: Vec<EncryptedColumn>,
-    /// Indexes given for a column that is not (yet) an encrypted column of
-    /// the spec, or that has one already: [`check`](Self::check) names them.
-    stray_indexes: Vec<(String, IndexColumn)>,
-    context_table: Option<String>,
-    name: Option<String>,
-    read_ahead: bool,
-}
-
-impl TableSpec {
-    /// The table `schema.table`; primary key `id bigint` until set otherwise.
-    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
-        TableSpec {
-            schema: schema.into(),
-            table: table.into(),
-            key: "id".into(),
-            key_type: KeyType::BigInt,
-            keyring: None,
-            columns: Vec::new(),
-            stray_indexes: Vec::new(),
-            context_table: None,
-            name: None,
-            read_ahead: true,
-        }
-    }
-
-    /// The primary key (or any unique, non-null column) and its type.
-    pub fn primary_key(mut self, column: impl Into<String>, key_type: KeyType) -> Self {
-        self.key = column.into();
-        self.key_type = key_type;
-        self
-    }
-
-    /// Every value belongs to `keyring`.
-    pub fn keyring(mut self, keyring: KeyringId) -> Self {
-        self.keyring = Some(KeyringFrom::Fixed(keyring));
-        self
-    }
-
-    /// A row's keyring is `(row's tenant column value, purpose)`.
-    pub fn keyring_from_column(mut self, column: impl Into<String>, purpose: Purpose) -> Self {
-        self.keyring = Some(KeyringFrom::TenantColumn { column: column.into(), purpose });
-        self
-    }
-
-    /// Add an encrypted column (context column = its name).
-    pub fn column(self, name: impl Into<String>, form: Form) -> Self {
-        let name = name.into();
-        let context_column = name.clone();
-        self.column_with_context(name, form, context_column)
-    }
-
-    /// Add an encrypted column whose values' context names `context_column`.
-    pub fn column_with_context(
-        mut self,
-        name: impl Into<String>,
-        form: Form,
-        context_column: impl Into<String>,
-    ) -> Self {
-        self.columns.push(EncryptedColumn {
-            name: name.into(),
-            form,
-            context_column: context_column.into(),
-            index: None,
-        });
-        self
-    }
-
-    /// Pair a blind index column with the encrypted column `column` (added
-    /// before with [`column`](Self::column)): `index_column` holds, in `form`,
-    /// each row's tag of the plaintext under `spec`. Scans yield the tag with
-    /// the value ([`StoredIndex`](keywheel_core::StoredIndex)), a rotation
-    /// rewrites value and tag in one compare-and-set (and fills empty
-    /// tags), and the census counts the tags. Lookups are `WHERE index_column
-    /// = ANY($1)` with an [`IndexParam`](crate::IndexParam).
-    ///
-    /// An unknown `column`, a second index on one column, or an index column
-    /// that is also the key, the tenant or a value column make
-    /// [`check`](Self::check) (and [`PgRecordSource::open`]) fail with
-    /// [`Error::InvalidArgument`].
-    ///
-    /// ```
-    /// use keywheel_core::{BlindIndex, Form, Normalization, Purpose};
-    /// use keywheel_postgres::TableSpec;
-    ///
-    /// let email = BlindIndex::new("users", "email").normalization(Normalization::TrimLowercase);
-    /// let spec = TableSpec::new("public", "users")
-    ///     .keyring_from_column("tenant", Purpose::Database)
-    ///     .column("email", Form::Binary)
-    ///     .index("email", "email_bidx", Form::Binary, email.clone());
-    /// assert!(spec.check().is_ok());
-    /// assert_eq!(spec.columns()[0].index.as_ref().map(|i| i.name.as_str()), Some("email_bidx"));
-    /// assert!(spec.clone().index("phone", "phone_bidx", Form::Binary, email.clone()).check().is_err());
-    /// assert!(spec.clone().index("email", "other_bidx", Form::Binary, email.clone()).check().is_err());
-    /// assert!(spec.column("email_bidx", Form::Binary).check().is_err());
-    /// ```
-    pub fn index(mut self, column: &str, index_column: impl Into<String>, form: Form, spec: BlindIndex) -> Self {
-        let index = IndexColumn { name: index_column.into(), form, spec: Arc::new(spec) };
-        match self.columns.iter_mut().find(|c| c.name == column) {
-            Some(c) if c.index.is_none() => c.index = Some(index),
-            _ => self.stray_indexes.push((column.to_owned(), index)),
-        }
-        self
-    }
-
-    /// The encrypted columns, in cursor order (with their index columns).
-    pub fn columns(&self) -> &[EncryptedColumn] {
-        &self.columns
-    }
-
-    /// The `table` of the values' context (default: the table's name, without schema).
-    pub fn context_table(mut self, table: impl Into<String>) -> Self {
-        self.context_table = Some(table.into());
-        self
-    }
-
-    /// The source's name in reports and job checkpoints (default `schema.table`).
-    /// Must be unique among the sources of one rotator.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Read ahead (default on): after returning a batch, the source already
-    /// reads the next one (the same request, after the batch's last cursor) on
-    /// another connection, so a caller that re-encrypts a batch while the next
-    /// is being read — the rotation engine — never waits for a scan. Such a
-    /// batch may be older than the call by the time the caller spent on the
-    /// previous one; compare-and-set replacement makes that harmless, but turn
-    /// it off if you need every scan to read at call time.
-    pub fn read_ahead(mut self, on: bool) -> Self {
-        self.read_ahead = on;
-        self
-    }
-
-    /// The name the source will report.
-    pub fn source_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("{}.{}", self.schema, self.table))
-    }
-
-    /// Check the description without a database: a keyring and at least one
-    /// encrypted column, valid identifiers, no column used twice. The same
-    /// check [`PgRecordSource::open`] makes before it reads the catalog.
-    ///
-    /// ```
-    /// use keywheel_core::{Form, Purpose};
-    /// use keywheel_postgres::TableSpec;
-    ///
-    /// let spec = TableSpec::new("public", "users").keyring_from_column("tenant", Purpose::Token);
-    /// assert!(spec.clone().column("token", Form::Binary).check().is_ok());
-    /// assert!(spec.clone().check().is_err(), "no encrypted column");
-    /// assert!(spec.column("tenant", Form::Binary).check().is_err(), "the tenant column twice");
-    /// ```
-    pub fn check(&self) -> Result<()> {
-        build(self).map(|_| ())
-    }
-
-    /// Whether a source built from this spec holds the values of `keyring`
-    /// in its table ([`RecordSource::covers`]): its fixed keyring, or any
-    /// keyring of its purpose when keyrings come from a tenant column.
-    pub fn covers(&self, keyring: &KeyringId) -> bool {
-        match &self.keyring {
-            Some(KeyringFrom::Fixed(fixed)) => fixed == keyring,
-            Some(KeyringFrom::TenantColumn { purpose, .. }) => keyring.purpose() == purpose,
-            None => false,
-        }
-    }
-
-    /// Where the value at `cursor` (a cursor of a source built from this
-    /// spec, [`PgRecordSource::cursor`]) lives: `schema.table`, the column's
-    /// name and the primary key. `None` if the cursor is not of this form or
-    /// names a column index the spec does not have. Needs no database, so a
-    /// job's failures can be located from the configuration alone.
-    ///
-    /// ```
-    /// use keywheel_core::Form;
-    /// use keywheel_postgres::{PgRecordSource, TableSpec};
-    /// let spec = TableSpec::new("public", "users").column("email", Form::Binary).column("token", Form::Binary);
-    /// let at = spec.locate(&PgRecordSource::cursor(1, "42")).expect("a cursor of this spec");
-    /// assert_eq!((at.table.as_str(), at.column.as_str(), at.key.as_str()), ("public.users", "token", "42"));
-    /// assert!(spec.locate(&PgRecordSource::cursor(2, "42")).is_none());
-    /// ```
-    pub fn locate(&self, cursor: &Cursor) -> Option<ValueLocation> {
-        let (index, key) = cursor.0.split_once(':')?;
-        let column = self.columns.get(index.parse::<usize>().ok()?)?;
-        Some(ValueLocation::new(format!("{}.{}", self.schema, self.table), column.name.clone(), key))
-    }
-}
+pub use spec::{EncryptedColumn, IndexColumn, KeyType, KeyringFrom, TableSpec};
 
 /// Quoted identifiers and SQL fragments, built once.
 #[derive(Debug, Clone)]
@@ -320,7 +27,6 @@ struct Built {
     table: String,
     key: String,
     key_select: String,
-    key_param: Type,
     key_array: &'static str,
     key_from_text: &'static str,
     tenant: Option<String>,
@@ -393,7 +99,8 @@ impl Pk {
 }
 
 /// A [`RecordSource`] over the encrypted columns of one application table,
-/// described by a [`TableSpec`].
+/// described by a [`TableSpec`], over a [`Driver`]'s pool (keywheel-postgres'
+/// `PgRecordSource`, keywheel-sqlx's `SqlxRecordSource`).
 ///
 /// * **Cursor**: `"{column index}:{primary key as text}"`, e.g. `"1:42"` for
 ///   the second encrypted column of row 42 (uuid keys in lower-case hyphenated
@@ -426,8 +133,8 @@ impl Pk {
 ///   parameters. [`open`](Self::open) checks the table and every column (type,
 ///   uniqueness of the key) and names what is wrong.
 #[derive(Clone)]
-pub struct PgRecordSource {
-    pool: PgPool,
+pub struct SqlRecordSource<D> {
+    pool: D,
     spec: TableSpec,
     name: String,
     context_table: String,
@@ -438,9 +145,9 @@ pub struct PgRecordSource {
     scan_sql: Arc<Mutex<HashMap<ScanShape, Arc<str>>>>,
 }
 
-impl fmt::Debug for PgRecordSource {
+impl<D> fmt::Debug for SqlRecordSource<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgRecordSource").field("name", &self.name).field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("SqlRecordSource").field("name", &self.name).field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -450,19 +157,19 @@ impl fmt::Debug for PgRecordSource {
 /// one keyset batch takes to read).
 const BEGIN_BATCH: &str = "BEGIN; SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0";
 
-impl PgRecordSource {
+impl<D: Driver> SqlRecordSource<D> {
     /// Check `spec` against the database (the table exists; the key column is
     /// of the declared type, non-null and unique; the tenant column is text;
     /// every encrypted column is `bytea` for [`Form::Binary`] or `text`/`varchar`
     /// for [`Form::Text`]) and build the source. Errors name the object:
     /// [`Error::InvalidArgument`] for an unusable description,
     /// [`Error::Backend`] for what the database holds.
-    pub async fn open(pool: PgPool, spec: TableSpec) -> Result<Self> {
+    pub async fn open(pool: impl Into<D>, spec: TableSpec) -> Result<Self> {
         let built = build(&spec)?;
-        let source = PgRecordSource {
+        let source = SqlRecordSource {
             name: spec.source_name(),
             context_table: spec.context_table.clone().unwrap_or_else(|| spec.table.clone()),
-            pool,
+            pool: pool.into(),
             spec,
             built: Arc::new(built),
             read_ahead: Arc::new(Mutex::new(None)),
@@ -497,8 +204,8 @@ impl PgRecordSource {
         let rows = self.query("list tenants", &sql, &[]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let tenant: String = row.try_get(0).map_err(on(SOURCE, "read tenant"))?;
-            out.push(KeyringId::new(tenant.clone(), purpose.clone()).map_err(|e| {
+            let tenant = row.text(0)?;
+            out.push(KeyringId::new(tenant, purpose.clone()).map_err(|e| {
                 invalid(
                     SOURCE,
                     format!(
@@ -512,58 +219,39 @@ impl PgRecordSource {
         Ok(out)
     }
 
-    /// The cursor of a value: column `column` (index into the spec's columns)
-    /// of the row whose key, as text, is `key`.
-    pub fn cursor(column: usize, key: &str) -> Cursor {
-        let mut text = String::with_capacity(key.len() + 4);
-        if let Some(digit) = u32::try_from(column).ok().and_then(|c| char::from_digit(c, 10)) {
-            text.push(digit);
-        } else {
-            text.push_str(&column.to_string());
-        }
-        text.push(':');
-        text.push_str(key);
-        Cursor(text)
-    }
-
-    fn object(&self) -> String {
-        format!("table {}.{}", quote_or_raw(&self.spec.schema), quote_or_raw(&self.spec.table))
+    /// The pool it uses.
+    pub fn pool(&self) -> &D {
+        &self.pool
     }
 
     async fn check_catalog(&self) -> Result<()> {
-        let client = self.pool.get().await?;
-        let table = client
-            .query_opt(
-                "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
+        let tables = self
+            .pool
+            .query(
+                "SELECT c.oid::bigint, c.relkind::text FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-                &[&self.spec.schema, &self.spec.table],
+                &[(&self.spec.schema).into(), (&self.spec.table).into()],
             )
             .await
-            .map_err(on(SOURCE, "look up table"))?
-            .ok_or_else(|| invalid(SOURCE, format!("{} does not exist", self.object())))?;
-        let oid: u32 = table.try_get(0).map_err(on(SOURCE, "look up table"))?;
-        let kind: String = table.try_get(1).map_err(on(SOURCE, "look up table"))?;
+            .map_err(on(SOURCE, "look up table"))?;
+        let table = tables.first().ok_or_else(|| invalid(SOURCE, format!("{} does not exist", self.object())))?;
+        let oid = table.int(0)?;
+        let kind = table.text(1)?;
         if kind != "r" && kind != "p" {
             return Err(invalid(SOURCE, format!("{} is not a table (relkind {kind})", self.object())));
         }
-        let rows = client
+        let rows = self
+            .pool
             .query(
-                "SELECT attname::text, format_type(atttypid, NULL), attnotnull, attnum FROM pg_catalog.pg_attribute \
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
-                &[&oid],
+                "SELECT attname::text, format_type(atttypid, NULL), attnotnull, attnum::bigint \
+                 FROM pg_catalog.pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+                &[oid.into()],
             )
             .await
             .map_err(on(SOURCE, "look up columns"))?;
-        let mut columns: HashMap<String, (String, bool, i16)> = HashMap::new();
+        let mut columns: HashMap<String, (String, bool, i64)> = HashMap::new();
         for r in rows {
-            columns.insert(
-                r.try_get(0).map_err(on(SOURCE, "look up columns"))?,
-                (
-                    r.try_get(1).map_err(on(SOURCE, "look up columns"))?,
-                    r.try_get(2).map_err(on(SOURCE, "look up columns"))?,
-                    r.try_get(3).map_err(on(SOURCE, "look up columns"))?,
-                ),
-            );
+            columns.insert(r.text(0)?.to_owned(), (r.text(1)?.to_owned(), r.bool(2)?, r.int(3)?));
         }
         let column = |name: &str| {
             columns.get(name).ok_or_else(|| {
@@ -584,16 +272,17 @@ impl PgRecordSource {
         if !self.spec.key_type.accepts(key_type) {
             return Err(wrong_type("key", &self.spec.key, key_type, self.spec.key_type.expected()));
         }
-        let unique: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique \
-                 AND i.indnkeyatts = 1 AND i.indkey[0] = $2 AND i.indpred IS NULL AND i.indexprs IS NULL)",
-                &[&oid, attnum],
-            )
-            .await
-            .map_err(on(SOURCE, "look up key index"))?
-            .try_get(0)
-            .map_err(on(SOURCE, "look up key index"))?;
+        let unique = first_bool(
+            &self
+                .pool
+                .query(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1::oid AND i.indisunique \
+                 AND i.indnkeyatts = 1 AND i.indkey[0]::bigint = $2 AND i.indpred IS NULL AND i.indexprs IS NULL)",
+                    &[oid.into(), (*attnum).into()],
+                )
+                .await
+                .map_err(on(SOURCE, "look up key index"))?,
+        )?;
         if !unique || !not_null {
             return Err(invalid(
                 SOURCE,
@@ -651,8 +340,8 @@ impl PgRecordSource {
 
     fn read_pk(&self, row: &Row) -> Result<Pk> {
         match self.spec.key_type {
-            KeyType::BigInt => Ok(Pk::Int(row.try_get(0).map_err(on(SOURCE, "read key"))?)),
-            KeyType::Uuid | KeyType::Text => Ok(Pk::Text(row.try_get(0).map_err(on(SOURCE, "read key"))?)),
+            KeyType::BigInt => Ok(Pk::Int(row.int(0)?)),
+            KeyType::Uuid | KeyType::Text => Ok(Pk::Text(row.text(0)?.to_owned())),
         }
     }
 
@@ -702,48 +391,36 @@ impl PgRecordSource {
 
     /// Run one statement in its own short transaction with planner settings
     /// suited to batch work ([`BEGIN_BATCH`]).
-    async fn query(&self, what: &str, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
-        let client = self.pool.get().await?;
-        let statement = async { client.query_typed(sql, params).await.map_err(|e| self.sql_error(what, &e)) };
-        self.in_batch_transaction(what, &client, BEGIN_BATCH, statement).await
+    async fn query(&self, what: &str, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        self.pool.query_in(BEGIN_BATCH, sql, params).await.map_err(|e| self.sql_error(what, e))
+    }
+}
+
+impl<D> SqlRecordSource<D> {
+    /// The cursor of a value: column `column` (index into the spec's columns)
+    /// of the row whose key, as text, is `key`.
+    pub fn cursor(column: usize, key: &str) -> Cursor {
+        let mut text = String::with_capacity(key.len() + 4);
+        if let Some(digit) = u32::try_from(column).ok().and_then(|c| char::from_digit(c, 10)) {
+            text.push(digit);
+        } else {
+            text.push_str(&column.to_string());
+        }
+        text.push(':');
+        text.push_str(key);
+        Cursor(text)
     }
 
-    /// Run `statement` (a future of requests on `client`) in its own short
-    /// transaction, begun by `begin` (`BEGIN` and planner settings, e.g.
-    /// [`BEGIN_BATCH`]).
-    ///
-    /// `BEGIN` with the settings, the statement and `COMMIT` are sent at once
-    /// (pipelined, one round trip) and run in that order; if the statement
-    /// fails, the `COMMIT` ends the aborted transaction (as a rollback). Since
-    /// every message is sent before the first answer is awaited, a caller
-    /// dropped midway still leaves the connection outside any transaction.
-    ///
-    /// tokio-postgres sends a request when its future is first polled; the
-    /// statement must send its one request before awaiting anything (a typed
-    /// query, `query_typed*`/`execute_typed`: a statement given as text to
-    /// `query`/`execute` is prepared first, in a round trip of its own).
-    async fn in_batch_transaction<T, F>(&self, what: &str, client: &Client, begin: &str, statement: F) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let begin = client.batch_execute(begin);
-        let commit = client.batch_execute("COMMIT");
-        // `join!` polls in argument order, so the requests go out in this order.
-        let (begun, result, committed) = futures::join!(begin, statement, commit);
-        begun.map_err(|e| self.sql_error(what, &e))?;
-        let value = result?;
-        committed.map_err(|e| self.sql_error(what, &e))?;
-        Ok(value)
+    fn object(&self) -> String {
+        format!("table {}.{}", quote_or_raw(&self.spec.schema), quote_or_raw(&self.spec.table))
     }
 
     /// A database error, naming the table for missing objects and type errors.
-    fn sql_error(&self, what: &str, e: &tokio_postgres::Error) -> Error {
-        let mut err = pg(SOURCE, &format!("{what} on {}", self.object()), e);
-        if let (Error::Backend { message, .. }, Some(code)) = (&mut err, e.code()) {
-            let c = code.code();
-            if c == "42P01" || c == "42703" || c == "42804" || c == "42883" || c.starts_with("42") {
-                message.push_str(" — check the TableSpec against the table's definition");
-            }
+    fn sql_error(&self, what: &str, e: DbError) -> Error {
+        let hint = e.code().is_some_and(|c| c.starts_with("42"));
+        let mut err = e.into_error(SOURCE, &format!("{what} on {}", self.object()));
+        if let (Error::Backend { message, .. }, true) = (&mut err, hint) {
+            message.push_str(" — check the TableSpec against the table's definition");
         }
         err
     }
@@ -802,10 +479,10 @@ fn build(spec: &TableSpec) -> Result<Built> {
         seen.push(name);
     }
     let key = quote_ident(&spec.key)?;
-    let (key_select, key_param, key_array, key_from_text) = match spec.key_type {
-        KeyType::BigInt => (format!("t.{key}"), Type::INT8_ARRAY, "int8[]", ""),
-        KeyType::Uuid => (format!("t.{key}::text"), Type::TEXT_ARRAY, "text[]", "::uuid"),
-        KeyType::Text => (format!("t.{key}::text"), Type::TEXT_ARRAY, "text[]", ""),
+    let (key_select, key_array, key_from_text) = match spec.key_type {
+        KeyType::BigInt => (format!("t.{key}"), "int8[]", ""),
+        KeyType::Uuid => (format!("t.{key}::text"), "text[]", "::uuid"),
+        KeyType::Text => (format!("t.{key}::text"), "text[]", ""),
     };
     let tenant = match &spec.keyring {
         Some(KeyringFrom::TenantColumn { column, .. }) => Some(quote_ident(column)?),
@@ -832,7 +509,6 @@ fn build(spec: &TableSpec) -> Result<Built> {
         table: qualified(&spec.schema, &spec.table)?,
         key,
         key_select,
-        key_param,
         key_array,
         key_from_text,
         tenant,
@@ -841,7 +517,7 @@ fn build(spec: &TableSpec) -> Result<Built> {
 }
 
 #[async_trait]
-impl RecordSource for PgRecordSource {
+impl<D: Driver> RecordSource for SqlRecordSource<D> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -870,6 +546,7 @@ impl RecordSource for PgRecordSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keywheel_core::Purpose;
 
     #[test]
     fn uuids_are_canonicalised() {

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use keywheel_core::{KeyringId, Keywheel, Result};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Notification};
 
-use crate::error::{POOL, on};
+use crate::PgSchema;
+use crate::driver::{Driver, POOL, on};
 use crate::ident::quote_ident;
-use crate::{PgPool, PgSchema};
 
 /// The running listener task of [`spawn_listener`]. Dropping the handle
 /// does not stop the task; call [`abort`](Self::abort) for that.
@@ -45,15 +45,13 @@ impl ListenerHandle {
     }
 }
 
-async fn listen(pool: &PgPool, channel: &str) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
-    let (client, rx) = pool.listen_connection().await?;
-    let sql = format!("LISTEN {}", quote_ident(channel)?);
-    client.batch_execute(&sql).await.map_err(on(POOL, "LISTEN for keyring changes"))?;
-    Ok((client, rx))
+async fn listen<D: Driver>(pool: &D, channel: &str) -> Result<BoxStream<'static, String>> {
+    quote_ident(channel)?;
+    pool.listen(channel).await.map_err(on(POOL, "LISTEN for keyring changes"))
 }
 
 /// Keep `kw`'s cached keyrings fresh: on a dedicated connection, `LISTEN` on
-/// the schema's channel ([`PgSchema::channel`]), where [`PgKeyStore`](crate::PgKeyStore)
+/// the schema's channel ([`PgSchema::channel`]), where [`SqlKeyStore`](crate::SqlKeyStore)
 /// announces every keyring change, and [`Keywheel::mark_stale`] the keyring
 /// named by each notification, so an encrypt or decrypt reloads it: a version
 /// activated by another instance encrypts here within the reload cooldown
@@ -71,14 +69,14 @@ async fn listen(pool: &PgPool, channel: &str) -> Result<(Client, mpsc::Unbounded
 /// have been missed meanwhile.
 ///
 /// ```no_run
-/// # async fn demo(pool: keywheel_postgres::PgPool, kw: keywheel_core::Keywheel) -> keywheel_core::Result<()> {
-/// use keywheel_postgres::{PgSchema, spawn_listener};
+/// # async fn demo<D: keywheel_pg_sql::Driver>(pool: D, kw: keywheel_core::Keywheel) -> keywheel_core::Result<()> {
+/// use keywheel_pg_sql::{PgSchema, spawn_listener};
 /// let listener = spawn_listener(&pool, &PgSchema::default(), kw.clone()).await?;
 /// // … serve requests with `kw` …
 /// listener.abort();
 /// # Ok(()) }
 /// ```
-pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> Result<ListenerHandle> {
+pub async fn spawn_listener<D: Driver>(pool: &D, schema: &PgSchema, kw: Keywheel) -> Result<ListenerHandle> {
     let channel = schema.channel();
     let first = listen(pool, &channel).await?;
     let pool = pool.clone();
@@ -88,7 +86,7 @@ pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> R
         let mut connection = Some(first);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (client, mut rx) = match connection.take() {
+            let mut payloads = match connection.take() {
                 Some(c) => c,
                 None => match listen(&pool, &channel).await {
                     Ok(c) => {
@@ -108,15 +106,13 @@ pub async fn spawn_listener(pool: &PgPool, schema: &PgSchema, kw: Keywheel) -> R
                     }
                 },
             };
-            while let Some(n) = rx.recv().await {
-                if let Ok(id) = KeyringId::from_str(n.payload()) {
+            while let Some(payload) = payloads.next().await {
+                if let Ok(id) = KeyringId::from_str(&payload) {
                     kw.mark_stale(&id);
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
             }
-            // The connection ended; keep the client alive until here so it is not
-            // the cause, then reconnect.
-            drop(client);
+            // The connection ended: reconnect.
         }
     });
     Ok(ListenerHandle { task, received })

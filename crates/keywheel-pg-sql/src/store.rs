@@ -1,4 +1,4 @@
-//! [`PgKeyStore`]: keyrings, versions, leases, jobs and policies in Postgres.
+//! [`SqlKeyStore`]: keyrings, versions, leases, jobs and policies in Postgres.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,14 +9,12 @@ use keywheel_core::{
     Policy, RecordSeal, Result, RotationJob, Timestamp, VersionRecord, WrappedKey, async_trait, check_fence,
     grant_lease,
 };
-use tokio_postgres::GenericClient;
-use tokio_postgres::Row;
-use tokio_postgres::types::Type;
 
-use crate::error::{STORE, invalid, on};
-use crate::{PgPool, PgSchema};
+use crate::PgSchema;
+use crate::driver::{Driver, Param, Row, STORE, Transaction, invalid, on};
 
-/// A [`KeyStore`] in Postgres: the full contract, over a [`PgPool`], in the
+/// A [`KeyStore`] in Postgres: the full contract, over a [`Driver`]'s pool
+/// (keywheel-postgres' `PgKeyStore`, keywheel-sqlx's `SqlxKeyStore`), in the
 /// tables [`migrate`](crate::migrate) creates in a [`PgSchema`].
 ///
 /// * **Keyrings** are a row in `keyrings` (with the generation and the
@@ -43,15 +41,15 @@ use crate::{PgPool, PgSchema};
 ///   [`save_job`](KeyStore::save_job) is one statement that writes only while
 ///   the lease row still carries the caller's token (locked `FOR SHARE`).
 #[derive(Clone)]
-pub struct PgKeyStore {
-    pool: PgPool,
+pub struct SqlKeyStore<D> {
+    pool: D,
     schema: PgSchema,
     sql: Sql,
 }
 
-impl fmt::Debug for PgKeyStore {
+impl<D> fmt::Debug for SqlKeyStore<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgKeyStore").field("schema", &self.schema.name()).finish_non_exhaustive()
+        f.debug_struct("SqlKeyStore").field("schema", &self.schema.name()).finish_non_exhaustive()
     }
 }
 
@@ -170,10 +168,6 @@ fn serde_name<T: serde::Serialize>(value: &T) -> Result<String> {
     }
 }
 
-fn text_at(row: &Row, i: usize) -> Result<&str> {
-    row.try_get(i).map_err(on(STORE, "read column"))
-}
-
 fn generation_to_sql(g: u64) -> Result<i64> {
     i64::try_from(g).map_err(|_| Error::InvalidArgument(format!("generation {g} does not fit in a bigint")))
 }
@@ -187,8 +181,8 @@ fn millis(t: Timestamp) -> i64 {
 }
 
 /// A serde enum from its string form (the inverse of [`serde_name`]).
-fn from_serde_name<T: serde::de::DeserializeOwned>(name: String, what: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(name))
+fn from_serde_name<T: serde::de::DeserializeOwned>(name: &str, what: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|e| invalid(STORE, format!("stored {what} does not decode: {e}")))
 }
 
@@ -196,31 +190,31 @@ fn from_serde_name<T: serde::de::DeserializeOwned>(name: String, what: &str) -> 
 /// origin, compromised flag, material) in place of their copies in `meta`,
 /// starting at column `at`.
 fn version_from_row(row: &Row, at: usize) -> Result<VersionRecord> {
-    let meta: String = row.try_get(at + 1).map_err(on(STORE, "read version"))?;
-    let mut record: VersionRecord = from_json(&meta, "key version")?;
-    let stored_version: i32 = row.try_get(at).map_err(on(STORE, "read version"))?;
-    if i64::from(record.version.get()) != i64::from(stored_version) {
+    let mut record: VersionRecord = from_json(row.text(at + 1)?, "key version")?;
+    let stored_version = row.int(at)?;
+    if i64::from(record.version.get()) != stored_version {
         return Err(invalid(
             STORE,
             format!("key_versions row {stored_version} holds the record of {}", record.version),
         ));
     }
-    let kek_id: Option<String> = row.try_get(at + 2).map_err(on(STORE, "read version"))?;
-    let key_check: Option<String> = row.try_get(at + 3).map_err(on(STORE, "read version"))?;
-    let wrapped: Option<Vec<u8>> = row.try_get(at + 4).map_err(on(STORE, "read version"))?;
+    let (kek_id, key_check, wrapped) = (row.opt_text(at + 2)?, row.opt_text(at + 3)?, row.opt_bytes(at + 4)?);
     record.wrapped = match (kek_id, key_check, wrapped) {
-        (Some(kek_id), Some(key_check), Some(ciphertext)) => Some(WrappedKey { kek_id, key_check, ciphertext }),
+        (Some(kek_id), Some(key_check), Some(ciphertext)) => Some(WrappedKey {
+            kek_id: kek_id.to_owned(),
+            key_check: key_check.to_owned(),
+            ciphertext: ciphertext.to_vec(),
+        }),
         (None, None, None) => None,
         _ => return Err(invalid(STORE, format!("key_versions row {stored_version} has partial key material"))),
     };
-    let read = on(STORE, "read version");
-    record.state = from_serde_name::<KeyState>(row.try_get(at + 5).map_err(&read)?, "key state")?;
-    let algorithm: String = row.try_get(at + 6).map_err(&read)?;
-    record.algorithm = Algorithm::from_str(&algorithm).map_err(|_| {
+    record.state = from_serde_name::<KeyState>(row.text(at + 5)?, "key state")?;
+    let algorithm = row.text(at + 6)?;
+    record.algorithm = Algorithm::from_str(algorithm).map_err(|_| {
         invalid(STORE, format!("key_versions row {stored_version} has unknown algorithm {algorithm:?}"))
     })?;
-    record.origin = from_serde_name::<KeyOrigin>(row.try_get(at + 7).map_err(&read)?, "key origin")?;
-    record.compromised = row.try_get(at + 8).map_err(read)?;
+    record.origin = from_serde_name::<KeyOrigin>(row.text(at + 7)?, "key origin")?;
+    record.compromised = row.bool(at + 8)?;
     Ok(record)
 }
 
@@ -234,11 +228,11 @@ fn key_changed(before: &KeyringRecord, after: &KeyringRecord) -> bool {
         })
 }
 
-impl PgKeyStore {
+impl<D: Driver> SqlKeyStore<D> {
     /// A store in `schema` (run [`migrate`](crate::migrate) once first).
-    pub fn new(pool: PgPool, schema: PgSchema) -> Self {
+    pub fn new(pool: impl Into<D>, schema: PgSchema) -> Self {
         let sql = Sql::new(&schema);
-        PgKeyStore { pool, schema, sql }
+        SqlKeyStore { pool: pool.into(), schema, sql }
     }
 
     /// The schema it uses.
@@ -247,29 +241,40 @@ impl PgKeyStore {
     }
 
     /// The pool it uses.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &D {
         &self.pool
     }
 
-    async fn write_version(&self, tx: &impl GenericClient, id: &str, v: &VersionRecord) -> Result<()> {
+    /// One statement on its own (autocommit): its rows; errors name `what`.
+    async fn query(&self, what: &'static str, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        self.pool.query(sql, params).await.map_err(on(STORE, what))
+    }
+
+    /// One statement on its own (autocommit): the rows it affected.
+    async fn execute(&self, what: &'static str, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.pool.execute(sql, params).await.map_err(on(STORE, what))
+    }
+
+    async fn write_version(&self, tx: &mut dyn Transaction, id: &str, v: &VersionRecord) -> Result<()> {
         let meta = to_json(&VersionRecord { wrapped: None, ..v.clone() }, "key version")?;
         let (kek_id, key_check, wrapped) = match &v.wrapped {
             Some(w) => (Some(w.kek_id.as_str()), Some(w.key_check.as_str()), Some(w.ciphertext.as_slice())),
             None => (None, None, None),
         };
+        let origin = serde_name(&v.origin)?;
         tx.execute(
             &self.sql.upsert_version,
             &[
-                &id,
-                &version_to_sql(v.version)?,
-                &v.state.as_str(),
-                &v.algorithm.name(),
-                &serde_name(&v.origin)?,
-                &v.compromised,
-                &kek_id,
-                &key_check,
-                &wrapped,
-                &meta,
+                id.into(),
+                version_to_sql(v.version)?.into(),
+                v.state.as_str().into(),
+                v.algorithm.name().into(),
+                (&origin).into(),
+                v.compromised.into(),
+                kek_id.into(),
+                key_check.into(),
+                Param::Bytea(wrapped),
+                (&meta).into(),
             ],
         )
         .await
@@ -281,7 +286,7 @@ impl PgKeyStore {
     /// being Active first, so the one-Active index never sees two.
     async fn write_versions(
         &self,
-        tx: &impl GenericClient,
+        tx: &mut dyn Transaction,
         id: &str,
         before: &[VersionRecord],
         after: &[VersionRecord],
@@ -297,8 +302,8 @@ impl PgKeyStore {
         Ok(())
     }
 
-    async fn notify(&self, tx: &impl GenericClient, id: &str) -> Result<()> {
-        tx.execute("SELECT pg_notify($1, $2)", &[&self.schema.channel(), &id])
+    async fn notify(&self, tx: &mut dyn Transaction, id: &str) -> Result<()> {
+        tx.execute("SELECT pg_notify($1, $2)", &[(&self.schema.channel()).into(), id.into()])
             .await
             .map_err(on(STORE, "notify keyring change"))?;
         Ok(())
@@ -308,13 +313,12 @@ impl PgKeyStore {
 /// The keyring row's fields, from column 0: generation, algorithm,
 /// created_at_ms, seal_key_id, seal_mac, erased_at_ms.
 fn keyring_header(id: &KeyringId, row: &Row) -> Result<KeyringRecord> {
-    let read = on(STORE, "read keyring");
-    let generation: i64 = row.try_get(0).map_err(&read)?;
-    let algorithm: &str = row.try_get(1).map_err(&read)?;
-    let created_at_ms: i64 = row.try_get(2).map_err(&read)?;
-    let seal_key_id: Option<String> = row.try_get(3).map_err(&read)?;
-    let seal_mac: Option<String> = row.try_get(4).map_err(&read)?;
-    let erased_at_ms: Option<i64> = row.try_get(5).map_err(read)?;
+    let generation = row.int(0)?;
+    let algorithm = row.text(1)?;
+    let created_at_ms = row.int(2)?;
+    let seal_key_id = row.opt_text(3)?.map(str::to_owned);
+    let seal_mac = row.opt_text(4)?.map(str::to_owned);
+    let erased_at_ms = row.opt_int(5)?;
     let algorithm = Algorithm::from_str(algorithm)
         .map_err(|_| invalid(STORE, format!("keyring {id} has unknown algorithm {algorithm:?}")))?;
     let mut record = KeyringRecord::new(id.clone(), algorithm, Timestamp::from_millis(created_at_ms));
@@ -330,25 +334,24 @@ fn keyring_header(id: &KeyringId, row: &Row) -> Result<KeyringRecord> {
 }
 
 #[async_trait]
-impl KeyStore for PgKeyStore {
+impl<D: Driver> KeyStore for SqlKeyStore<D> {
     async fn create_keyring(&self, record: &KeyringRecord) -> Result<()> {
         record.validate()?;
         let id = record.id.canonical();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
+        let mut tx = self.pool.begin().await.map_err(on(STORE, "begin"))?;
         let inserted = tx
             .execute(
                 &self.sql.insert_keyring,
                 &[
-                    &id,
-                    &record.id.tenant(),
-                    &record.id.purpose().as_str(),
-                    &generation_to_sql(record.generation)?,
-                    &record.algorithm.name(),
-                    &millis(record.created_at),
-                    &record.seal.as_ref().map(|s| s.key_id.as_str()),
-                    &record.seal.as_ref().map(|s| s.mac.as_str()),
-                    &record.erased_at.map(millis),
+                    (&id).into(),
+                    record.id.tenant().into(),
+                    record.id.purpose().as_str().into(),
+                    generation_to_sql(record.generation)?.into(),
+                    record.algorithm.name().into(),
+                    millis(record.created_at).into(),
+                    record.seal.as_ref().map(|s| s.key_id.as_str()).into(),
+                    record.seal.as_ref().map(|s| s.mac.as_str()).into(),
+                    record.erased_at.map(millis).into(),
                 ],
             )
             .await
@@ -356,19 +359,17 @@ impl KeyStore for PgKeyStore {
         if inserted == 0 {
             return Err(Error::KeyringExists(record.id.clone()));
         }
-        self.write_versions(&tx, &id, &[], &record.versions).await?;
-        self.notify(&tx, &id).await?;
+        self.write_versions(tx.as_mut(), &id, &[], &record.versions).await?;
+        self.notify(tx.as_mut(), &id).await?;
         tx.commit().await.map_err(on(STORE, "commit create keyring"))
     }
 
     async fn load_keyring(&self, id: &KeyringId) -> Result<Option<KeyringRecord>> {
-        let client = self.pool.get().await?;
-        let rows = client.query(&self.sql.load_keyring, &[&id.canonical()]).await.map_err(on(STORE, "load keyring"))?;
+        let rows = self.query("load keyring", &self.sql.load_keyring, &[(&id.canonical()).into()]).await?;
         let Some(first) = rows.first() else { return Ok(None) };
         let mut record = keyring_header(id, first)?;
         for row in &rows {
-            let version: Option<i32> = row.try_get(6).map_err(on(STORE, "read keyring"))?;
-            if version.is_some() {
+            if row.opt_int(6)?.is_some() {
                 record.versions.push(version_from_row(row, 6)?);
             }
         }
@@ -376,13 +377,12 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn list_keyrings(&self) -> Result<Vec<KeyringId>> {
-        let client = self.pool.get().await?;
-        let rows = client.query(&self.sql.list_keyrings, &[]).await.map_err(on(STORE, "list keyrings"))?;
+        let rows = self.query("list keyrings", &self.sql.list_keyrings, &[]).await?;
         let mut ids = rows
             .iter()
             .map(|r| {
-                let text: String = r.try_get(0).map_err(on(STORE, "read keyring id"))?;
-                KeyringId::from_str(&text).map_err(|e| invalid(STORE, format!("stored keyring id {text:?}: {e}")))
+                let text = r.text(0)?;
+                KeyringId::from_str(text).map_err(|e| invalid(STORE, format!("stored keyring id {text:?}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
         ids.sort();
@@ -396,37 +396,37 @@ impl KeyStore for PgKeyStore {
         changes: &[KeyringChange],
     ) -> Result<KeyringRecord> {
         let canonical = id.canonical();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
-        let Some(head) =
-            tx.query_opt(&self.sql.lock_keyring, &[&canonical]).await.map_err(on(STORE, "lock keyring"))?
-        else {
+        let mut tx = self.pool.begin().await.map_err(on(STORE, "begin"))?;
+        let head = tx.query(&self.sql.lock_keyring, &[(&canonical).into()]).await.map_err(on(STORE, "lock keyring"))?;
+        let Some(head) = head.first() else {
             return Err(Error::KeyringNotFound(id.clone()));
         };
-        let mut record = keyring_header(id, &head)?;
+        let mut record = keyring_header(id, head)?;
         record.check_generation(expected_generation)?;
-        for row in tx.query(&self.sql.load_versions, &[&canonical]).await.map_err(on(STORE, "load versions"))? {
+        for row in
+            tx.query(&self.sql.load_versions, &[(&canonical).into()]).await.map_err(on(STORE, "load versions"))?
+        {
             record.versions.push(version_from_row(&row, 0)?);
         }
         let before = record.clone();
         // The single definition of what a change means; on error nothing is written
         // (the transaction rolls back when dropped).
         record.apply(changes)?;
-        self.write_versions(&tx, &canonical, &before.versions, &record.versions).await?;
+        self.write_versions(tx.as_mut(), &canonical, &before.versions, &record.versions).await?;
         tx.execute(
             &self.sql.set_generation,
             &[
-                &canonical,
-                &generation_to_sql(record.generation)?,
-                &record.seal.as_ref().map(|s| s.key_id.as_str()),
-                &record.seal.as_ref().map(|s| s.mac.as_str()),
-                &record.erased_at.map(millis),
+                (&canonical).into(),
+                generation_to_sql(record.generation)?.into(),
+                record.seal.as_ref().map(|s| s.key_id.as_str()).into(),
+                record.seal.as_ref().map(|s| s.mac.as_str()).into(),
+                record.erased_at.map(millis).into(),
             ],
         )
         .await
         .map_err(on(STORE, "write generation, seal and erasure"))?;
         if key_changed(&before, &record) {
-            self.notify(&tx, &canonical).await?;
+            self.notify(tx.as_mut(), &canonical).await?;
         }
         tx.commit().await.map_err(on(STORE, "commit keyring update"))?;
         Ok(record)
@@ -434,13 +434,13 @@ impl KeyStore for PgKeyStore {
 
     async fn acquire_lease(&self, id: &KeyringId, holder: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
         let canonical = id.canonical();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(on(STORE, "begin"))?;
-        tx.execute(&self.sql.ensure_lease_row, &[&canonical]).await.map_err(on(STORE, "create lease row"))?;
-        let row = tx.query_one(&self.sql.lock_lease, &[&canonical]).await.map_err(on(STORE, "lock lease"))?;
-        let current_holder: Option<String> = row.try_get(0).map_err(on(STORE, "read lease"))?;
-        let last_token: i64 = row.try_get(1).map_err(on(STORE, "read lease"))?;
-        let expires: Option<i64> = row.try_get(2).map_err(on(STORE, "read lease"))?;
+        let mut tx = self.pool.begin().await.map_err(on(STORE, "begin"))?;
+        tx.execute(&self.sql.ensure_lease_row, &[(&canonical).into()]).await.map_err(on(STORE, "create lease row"))?;
+        let rows = tx.query(&self.sql.lock_lease, &[(&canonical).into()]).await.map_err(on(STORE, "lock lease"))?;
+        let row = rows.first().ok_or_else(|| invalid(STORE, format!("lease row of {id} vanished")))?;
+        let current_holder = row.opt_text(0)?.map(str::to_owned);
+        let last_token = row.int(1)?;
+        let expires = row.opt_int(2)?;
         let last_token =
             u64::try_from(last_token).map_err(|_| invalid(STORE, format!("lease of {id} has a negative token")))?;
         let current = match (current_holder, expires) {
@@ -455,7 +455,12 @@ impl KeyStore for PgKeyStore {
         let lease = grant_lease(current.as_ref(), id, holder, ttl, now, last_token)?;
         tx.execute(
             &self.sql.grant_lease,
-            &[&canonical, &lease.holder, &generation_to_sql(lease.token)?, &millis(lease.expires_at)],
+            &[
+                (&canonical).into(),
+                (&lease.holder).into(),
+                generation_to_sql(lease.token)?.into(),
+                millis(lease.expires_at).into(),
+            ],
         )
         .await
         .map_err(on(STORE, "grant lease"))?;
@@ -464,21 +469,19 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        let client = self.pool.get().await?;
         let expires_at = now.plus(ttl);
-        // Typed parameters: one round trip (no separate prepare).
-        let n = client
-            .execute_typed(
+        let n = self
+            .execute(
+                "renew lease",
                 &self.sql.renew_lease,
                 &[
-                    (&lease.keyring.canonical(), Type::TEXT),
-                    (&generation_to_sql(lease.token)?, Type::INT8),
-                    (&lease.holder, Type::TEXT),
-                    (&millis(expires_at), Type::INT8),
+                    (&lease.keyring.canonical()).into(),
+                    generation_to_sql(lease.token)?.into(),
+                    (&lease.holder).into(),
+                    millis(expires_at).into(),
                 ],
             )
-            .await
-            .map_err(on(STORE, "renew lease"))?;
+            .await?;
         if n == 0 {
             return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
         }
@@ -486,26 +489,25 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let client = self.pool.get().await?;
-        client
-            .execute(&self.sql.release_lease, &[&lease.keyring.canonical(), &generation_to_sql(lease.token)?])
-            .await
-            .map_err(on(STORE, "release lease"))?;
+        self.execute(
+            "release lease",
+            &self.sql.release_lease,
+            &[(&lease.keyring.canonical()).into(), generation_to_sql(lease.token)?.into()],
+        )
+        .await?;
         Ok(())
     }
 
     async fn load_lease(&self, id: &KeyringId) -> Result<Option<Lease>> {
-        let client = self.pool.get().await?;
-        let Some(row) =
-            client.query_opt(&self.sql.load_lease, &[&id.canonical()]).await.map_err(on(STORE, "load lease"))?
-        else {
+        let rows = self.query("load lease", &self.sql.load_lease, &[(&id.canonical()).into()]).await?;
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let token: i64 = row.try_get(1).map_err(on(STORE, "read lease"))?;
-        let expires: i64 = row.try_get(2).map_err(on(STORE, "read lease"))?;
+        let token = row.int(1)?;
+        let expires = row.int(2)?;
         Ok(Some(Lease {
             keyring: id.clone(),
-            holder: row.try_get(0).map_err(on(STORE, "read lease"))?,
+            holder: row.text(0)?.to_owned(),
             token: u64::try_from(token).map_err(|_| invalid(STORE, format!("lease of {id} has a negative token")))?,
             expires_at: Timestamp::from_millis(expires),
         }))
@@ -516,23 +518,23 @@ impl KeyStore for PgKeyStore {
             // The fencing rule of `check_fence`: another keyring's lease never fences this job.
             return check_fence(None, lease);
         }
-        let client = self.pool.get().await?;
-        // Typed parameters: one round trip (no separate prepare); the engine
-        // saves a job after every batch.
-        let n = client
-            .execute_typed(
+        // The engine saves a job after every batch: drivers send typed
+        // parameters, one round trip (no separate prepare).
+        let (phase, json) = (to_json(&job.phase, "job phase")?, to_json(job, "rotation job")?);
+        let n = self
+            .execute(
+                "save job",
                 &self.sql.save_job,
                 &[
-                    (&job.keyring.canonical(), Type::TEXT),
-                    (&generation_to_sql(lease.token)?, Type::INT8),
-                    (&job.id, Type::TEXT),
-                    (&millis(job.started_at), Type::INT8),
-                    (&to_json(&job.phase, "job phase")?, Type::TEXT),
-                    (&to_json(job, "rotation job")?, Type::TEXT),
+                    (&job.keyring.canonical()).into(),
+                    generation_to_sql(lease.token)?.into(),
+                    (&job.id).into(),
+                    millis(job.started_at).into(),
+                    (&phase).into(),
+                    (&json).into(),
                 ],
             )
-            .await
-            .map_err(on(STORE, "save job"))?;
+            .await?;
         if n == 0 {
             return Err(Error::LeaseLost { keyring: lease.keyring.clone() });
         }
@@ -540,35 +542,26 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn load_job(&self, id: &str) -> Result<Option<RotationJob>> {
-        let client = self.pool.get().await?;
-        let row = client.query_opt(&self.sql.load_job, &[&id]).await.map_err(on(STORE, "load job"))?;
-        row.map(|r| from_json(text_at(&r, 0)?, "rotation job")).transpose()
+        let rows = self.query("load job", &self.sql.load_job, &[id.into()]).await?;
+        rows.first().map(|r| from_json(r.text(0)?, "rotation job")).transpose()
     }
 
     async fn list_jobs(&self, keyring: &KeyringId) -> Result<Vec<RotationJob>> {
-        let client = self.pool.get().await?;
-        let rows = client.query(&self.sql.list_jobs, &[&keyring.canonical()]).await.map_err(on(STORE, "list jobs"))?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| from_json::<RotationJob>(text_at(r, 0)?, "rotation job"))
-            .collect::<Result<Vec<_>>>()?;
+        let rows = self.query("list jobs", &self.sql.list_jobs, &[(&keyring.canonical()).into()]).await?;
+        let mut jobs =
+            rows.iter().map(|r| from_json::<RotationJob>(r.text(0)?, "rotation job")).collect::<Result<Vec<_>>>()?;
         jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         Ok(jobs)
     }
 
     async fn save_policy(&self, keyring: &KeyringId, policy: &Policy) -> Result<()> {
-        let client = self.pool.get().await?;
-        client
-            .execute(&self.sql.save_policy, &[&keyring.canonical(), &to_json(policy, "policy")?])
-            .await
-            .map_err(on(STORE, "save policy"))?;
+        let policy = to_json(policy, "policy")?;
+        self.execute("save policy", &self.sql.save_policy, &[(&keyring.canonical()).into(), (&policy).into()]).await?;
         Ok(())
     }
 
     async fn load_policy(&self, keyring: &KeyringId) -> Result<Option<Policy>> {
-        let client = self.pool.get().await?;
-        let row =
-            client.query_opt(&self.sql.load_policy, &[&keyring.canonical()]).await.map_err(on(STORE, "load policy"))?;
-        row.map(|r| from_json(text_at(&r, 0)?, "policy")).transpose()
+        let rows = self.query("load policy", &self.sql.load_policy, &[(&keyring.canonical()).into()]).await?;
+        rows.first().map(|r| from_json(r.text(0)?, "policy")).transpose()
     }
 }

@@ -1,4 +1,4 @@
-//! [`PgAuditSink`]: an append-only, keyed hash-chained audit log in Postgres.
+//! [`SqlAuditSink`]: an append-only, keyed hash-chained audit log in Postgres.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,8 +8,8 @@ use keywheel_core::{
     ChainViolationKind, Error, IntegrityKey, Result, async_trait,
 };
 
-use crate::error::{AUDIT, invalid, on};
-use crate::{PgPool, PgSchema};
+use crate::PgSchema;
+use crate::driver::{AUDIT, Driver, invalid, on};
 
 /// An [`AuditSink`] writing to the `audit_log` table of a [`PgSchema`].
 ///
@@ -35,8 +35,8 @@ use crate::{PgPool, PgSchema};
 /// * **Fail closed**: a failed append returns an error and the operation it
 ///   records does not happen.
 #[derive(Clone)]
-pub struct PgAuditSink {
-    pool: PgPool,
+pub struct SqlAuditSink<D> {
+    pool: D,
     schema: PgSchema,
     lock_head: String,
     last_row: String,
@@ -47,9 +47,9 @@ pub struct PgAuditSink {
     seen: Arc<Mutex<Option<ChainHead>>>,
 }
 
-impl fmt::Debug for PgAuditSink {
+impl<D> fmt::Debug for SqlAuditSink<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgAuditSink").field("schema", &self.schema.name()).finish_non_exhaustive()
+        f.debug_struct("SqlAuditSink").field("schema", &self.schema.name()).finish_non_exhaustive()
     }
 }
 
@@ -70,7 +70,7 @@ impl AuditHead {
 }
 
 /// One stored row, the event still as text.
-struct Row {
+struct StoredEntry {
     seq: u64,
     prev_hash: String,
     hash: String,
@@ -79,7 +79,7 @@ struct Row {
     event: String,
 }
 
-impl Row {
+impl StoredEntry {
     /// The entry, or why the stored event is not one keywheel wrote (e.g. an
     /// injected unknown field).
     fn entry(self) -> std::result::Result<AuditEntry, String> {
@@ -99,11 +99,11 @@ fn seq_of(v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| invalid(AUDIT, "negative audit sequence number"))
 }
 
-impl PgAuditSink {
+impl<D: Driver> SqlAuditSink<D> {
     /// A sink in `schema` (run [`migrate`](crate::migrate) once first).
-    pub fn new(pool: PgPool, schema: PgSchema) -> Self {
+    pub fn new(pool: impl Into<D>, schema: PgSchema) -> Self {
         let (log, head) = (schema.table("audit_log"), schema.table("audit_head"));
-        PgAuditSink {
+        SqlAuditSink {
             lock_head: format!("SELECT next_seq, last_hash FROM {head} FOR UPDATE"),
             last_row: format!("SELECT seq, hash, key_id, mac FROM {log} ORDER BY pos DESC LIMIT 1"),
             insert: format!(
@@ -112,7 +112,7 @@ impl PgAuditSink {
             set_head: format!("UPDATE {head} SET next_seq = $1, last_hash = $2"),
             select: format!("SELECT seq, prev_hash, hash, key_id, mac, event::text FROM {log} ORDER BY pos"),
             seen: Arc::new(Mutex::new(None)),
-            pool,
+            pool: pool.into(),
             schema,
         }
     }
@@ -120,16 +120,14 @@ impl PgAuditSink {
     /// The stored chain head. Keep a copy elsewhere (an external anchor) to
     /// detect a rewrite of the whole table.
     pub async fn head(&self) -> Result<AuditHead> {
-        let client = self.pool.get().await?;
         let head = self.schema.table("audit_head");
-        let row = client
-            .query_one(&format!("SELECT next_seq, last_hash FROM {head}"), &[])
+        let rows = self
+            .pool
+            .query(&format!("SELECT next_seq, last_hash FROM {head}"), &[])
             .await
             .map_err(on(AUDIT, "read audit head"))?;
-        Ok(AuditHead {
-            next_seq: seq_of(row.try_get(0).map_err(on(AUDIT, "read audit head"))?)?,
-            last_hash: row.try_get(1).map_err(on(AUDIT, "read audit head"))?,
-        })
+        let row = rows.first().ok_or_else(|| invalid(AUDIT, "the audit head row is missing"))?;
+        Ok(AuditHead { next_seq: seq_of(row.int(0)?)?, last_hash: row.text(1)?.to_owned() })
     }
 
     /// The newest head this sink has appended or seen while appending.
@@ -174,19 +172,17 @@ impl PgAuditSink {
         Ok(verifier.verify(&entries))
     }
 
-    async fn read_rows(&self) -> Result<Vec<Row>> {
-        let client = self.pool.get().await?;
-        let rows = client.query(&self.select, &[]).await.map_err(on(AUDIT, "read audit log"))?;
+    async fn read_rows(&self) -> Result<Vec<StoredEntry>> {
+        let rows = self.pool.query(&self.select, &[]).await.map_err(on(AUDIT, "read audit log"))?;
         rows.iter()
             .map(|r| {
-                let get = |e| on(AUDIT, "read audit entry")(e);
-                Ok(Row {
-                    seq: seq_of(r.try_get(0).map_err(get)?)?,
-                    prev_hash: r.try_get(1).map_err(get)?,
-                    hash: r.try_get(2).map_err(get)?,
-                    key_id: r.try_get(3).map_err(get)?,
-                    mac: r.try_get(4).map_err(get)?,
-                    event: r.try_get(5).map_err(get)?,
+                Ok(StoredEntry {
+                    seq: seq_of(r.int(0)?)?,
+                    prev_hash: r.text(1)?.to_owned(),
+                    hash: r.text(2)?.to_owned(),
+                    key_id: r.text(3)?.to_owned(),
+                    mac: r.text(4)?.to_owned(),
+                    event: r.text(5)?.to_owned(),
                 })
             })
             .collect()
@@ -202,25 +198,20 @@ impl PgAuditSink {
 }
 
 #[async_trait]
-impl AuditSink for PgAuditSink {
+impl<D: Driver> AuditSink for SqlAuditSink<D> {
     async fn record(&self, event: &AuditEvent, key: &IntegrityKey) -> Result<()> {
         let json = serde_json::to_string(event).map_err(|e| Error::Audit(format!("cannot encode audit event: {e}")))?;
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(on(AUDIT, "begin"))?;
-        let head = tx.query_one(&self.lock_head, &[]).await.map_err(on(AUDIT, "lock audit head"))?;
-        let stored = AuditHead {
-            next_seq: seq_of(head.try_get(0).map_err(on(AUDIT, "read audit head"))?)?,
-            last_hash: head.try_get(1).map_err(on(AUDIT, "read audit head"))?,
-        };
+        let mut tx = self.pool.begin().await.map_err(on(AUDIT, "begin"))?;
+        let head = tx.query(&self.lock_head, &[]).await.map_err(on(AUDIT, "lock audit head"))?;
+        let head = head.first().ok_or_else(|| invalid(AUDIT, "the audit head row is missing"))?;
+        let stored = AuditHead { next_seq: seq_of(head.int(0)?)?, last_hash: head.text(1)?.to_owned() };
         // The last row must be the head row's entry: catches rows deleted
         // (owner rights) and a head row set back or forward.
-        let last = tx.query_opt(&self.last_row, &[]).await.map_err(on(AUDIT, "read last audit entry"))?;
-        let last_row = match &last {
+        let last = tx.query(&self.last_row, &[]).await.map_err(on(AUDIT, "read last audit entry"))?;
+        let last_row = match last.first() {
             Some(r) => {
-                let get = |e| on(AUDIT, "read last audit entry")(e);
-                let seq = seq_of(r.try_get(0).map_err(get)?)?;
-                let (hash, key_id, mac): (String, String, String) =
-                    (r.try_get(1).map_err(get)?, r.try_get(2).map_err(get)?, r.try_get(3).map_err(get)?);
+                let seq = seq_of(r.int(0)?)?;
+                let (hash, key_id, mac) = (r.text(1)?.to_owned(), r.text(2)?.to_owned(), r.text(3)?.to_owned());
                 Some((ChainHead { seq, hash }, key_id, mac))
             }
             None => None,
@@ -262,10 +253,22 @@ impl AuditSink for PgAuditSink {
         let chain = stored.chain_head().map_or_else(AuditChain::new, |h| AuditChain::after_head(&h));
         let entry = chain.entry(event.clone(), key)?;
         let seq = i64::try_from(entry.seq).map_err(|_| invalid(AUDIT, "audit sequence number overflow"))?;
-        tx.execute(&self.insert, &[&seq, &entry.prev_hash, &entry.hash, &entry.key_id, &entry.mac, &json])
+        tx.execute(
+            &self.insert,
+            &[
+                seq.into(),
+                (&entry.prev_hash).into(),
+                (&entry.hash).into(),
+                (&entry.key_id).into(),
+                (&entry.mac).into(),
+                (&json).into(),
+            ],
+        )
+        .await
+        .map_err(on(AUDIT, "append audit entry"))?;
+        tx.execute(&self.set_head, &[(seq + 1).into(), (&entry.hash).into()])
             .await
-            .map_err(on(AUDIT, "append audit entry"))?;
-        tx.execute(&self.set_head, &[&(seq + 1), &entry.hash]).await.map_err(on(AUDIT, "advance audit head"))?;
+            .map_err(on(AUDIT, "advance audit head"))?;
         tx.commit().await.map_err(on(AUDIT, "commit audit entry"))?;
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.as_ref().is_none_or(|s| s.seq < entry.seq) {

@@ -2,15 +2,12 @@
 
 use std::sync::{Arc, PoisonError};
 
-use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 
 use keywheel_core::{Context, Error, Form, KeyringId, Result, ScanRequest, StoredIndex, StoredValue, version_of};
-use tokio_postgres::Row;
-use tokio_postgres::types::{ToSql, Type};
 
-use super::{BEGIN_BATCH, KeyType, KeyringFrom, PgRecordSource, Pk, Stored};
-use crate::error::{SOURCE, on};
+use super::{KeyType, KeyringFrom, Pk, SqlRecordSource, Stored};
+use crate::driver::{Driver, Param, Row};
 
 /// What a scan statement filters on (its text and parameters depend on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,7 +27,7 @@ pub(super) struct ReadAhead {
     task: JoinHandle<Result<Vec<StoredValue>>>,
 }
 
-impl PgRecordSource {
+impl<D: Driver> SqlRecordSource<D> {
     /// [`RecordSource::scan`](keywheel_core::RecordSource::scan): the batch read ahead for this request if there is one, then
     /// the next batch read ahead.
     pub(super) async fn scan_with_read_ahead(&self, request: &ScanRequest) -> Result<Vec<StoredValue>> {
@@ -76,59 +73,40 @@ impl PgRecordSource {
             return Ok(Vec::new());
         };
         let after = request.after.as_ref().map(|c| self.parse_cursor(c)).transpose()?;
-        let after_int: i64;
-        let after_text: String;
-        let tenant_owned: Option<String> = tenant.map(str::to_owned);
-        let skip: Option<i64> = request.skip_version.map(|v| i64::from(v.get()));
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX - 1).saturating_add(1);
         let skip_bytes: Vec<u8> = request.skip_version.map_or_else(Vec::new, |v| v.get().to_be_bytes().to_vec());
         let skip_prefix: String = request.skip_version.map_or_else(String::new, |v| format!("kw:v{}:", v.get()));
         // Parameters in the order `scan_sql` numbers them.
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
+        let mut params: Vec<Param<'_>> = Vec::new();
         let mut shape = ScanShape { after: None, tenant: false, skip: false };
         if let Some((col, pk)) = &after {
             shape.after = Some(*col + 1 >= self.built.columns.len());
-            match pk {
-                Pk::Int(n) => {
-                    after_int = *n;
-                    params.push((&after_int, Type::INT8));
-                }
-                Pk::Text(s) => {
-                    after_text = s.clone();
-                    params.push((&after_text, Type::TEXT));
-                }
-            }
+            params.push(match pk {
+                Pk::Int(n) => (*n).into(),
+                Pk::Text(s) => s.into(),
+            });
         }
-        if let (Some(t), Some(_)) = (&tenant_owned, &self.built.tenant) {
+        if let (Some(t), Some(_)) = (tenant, &self.built.tenant) {
             shape.tenant = true;
-            params.push((t, Type::TEXT));
+            params.push(t.into());
         }
-        if let Some(v) = &skip {
+        if let Some(v) = request.skip_version {
             shape.skip = true;
-            params.push((v, Type::INT8));
-            params.push((&skip_bytes, Type::BYTEA));
-            params.push((&skip_prefix, Type::TEXT));
+            params.push(i64::from(v.get()).into());
+            params.push(Param::Bytea(Some(&skip_bytes)));
+            params.push((&skip_prefix).into());
         }
-        params.push((&limit, Type::INT8));
+        params.push(limit.into());
         let sql = self.scan_sql(shape);
-        let client = self.pool.get().await?;
-        let read = async {
-            let rows = client
-                .query_typed_raw(&sql, params.iter().map(|(v, t)| (*v, t.clone())))
-                .await
-                .map_err(|e| self.sql_error("scan", &e))?;
-            futures::pin_mut!(rows);
-            let mut out = Vec::with_capacity(request.limit);
-            // Rows are turned into values as they arrive; the stream is read to
-            // its end (at most one row more than needed) before the COMMIT.
-            while let Some(row) = rows.try_next().await.map_err(|e| self.sql_error("scan", &e))? {
-                if out.len() < request.limit {
-                    self.push_values(&row, request, after.as_ref(), &mut out)?;
-                }
+        let rows = self.query("scan", &sql, &params).await?;
+        let mut out = Vec::with_capacity(request.limit);
+        for mut row in rows {
+            if out.len() == request.limit {
+                break;
             }
-            Ok(out)
-        };
-        self.in_batch_transaction("scan", &client, BEGIN_BATCH, read).await
+            self.push_values(&mut row, request, after.as_ref(), &mut out)?;
+        }
+        Ok(out)
     }
 
     /// The values of one scanned row, in column order, that come after
@@ -136,14 +114,14 @@ impl PgRecordSource {
     /// tags, if not on it either); at most up to `request.limit` values in `out`.
     fn push_values(
         &self,
-        row: &Row,
+        row: &mut Row,
         request: &ScanRequest,
         after: Option<&(usize, Pk)>,
         out: &mut Vec<StoredValue>,
     ) -> Result<()> {
         let b = &self.built;
         let pk = self.read_pk(row)?;
-        let tenant: Option<String> = row.try_get(1).map_err(on(SOURCE, "read tenant"))?;
+        let tenant = row.opt_text(1)?.map(str::to_owned);
         // The row's keyring, read from the tenant column when first needed.
         let mut from_tenant: Option<KeyringId> = None;
         let pk_text = pk.as_text();
@@ -154,18 +132,18 @@ impl PgRecordSource {
             {
                 continue;
             }
-            let Some(value) = read_stored(row, i + 2, c.stored.form, "read value")? else { continue };
+            let Some(value) = row.take_bytes(i + 2)? else { continue };
             let index = match &c.index {
                 Some(index) => Some(StoredIndex {
                     spec: Arc::clone(&index.spec),
                     form: index.stored.form,
-                    tag: read_stored(row, index.at, index.stored.form, "read index tag")?.map(<[u8]>::to_vec),
+                    tag: row.take_bytes(index.at)?,
                 }),
                 None => None,
             };
             // On the skipped version: the value, and its tag if it has an index column.
             let on_skip = |stored: &[u8]| request.skip_version.is_some_and(|skip| version_of(stored) == Ok(skip));
-            if on_skip(value) && index.as_ref().is_none_or(|i| i.tag.as_deref().is_some_and(on_skip)) {
+            if on_skip(&value) && index.as_ref().is_none_or(|i| i.tag.as_deref().is_some_and(on_skip)) {
                 continue;
             }
             let keyring = match &self.spec.keyring {
@@ -179,7 +157,7 @@ impl PgRecordSource {
                 cursor: Self::cursor(i, &pk_text),
                 keyring: keyring.clone(),
                 context: Context::field(&self.context_table, &c.context_column, &pk_text),
-                value: value.to_vec(),
+                value,
                 index,
             });
             if out.len() == request.limit {
@@ -269,12 +247,4 @@ impl PgRecordSource {
             KeyType::Text => "",
         }
     }
-}
-
-/// A value or tag of a scanned row at position `at`, as bytes (a text form as its UTF-8 bytes).
-fn read_stored<'r>(row: &'r Row, at: usize, form: Form, what: &'static str) -> Result<Option<&'r [u8]>> {
-    Ok(match form {
-        Form::Binary => row.try_get(at).map_err(on(SOURCE, what))?,
-        Form::Text => row.try_get::<_, Option<&str>>(at).map_err(on(SOURCE, what))?.map(str::as_bytes),
-    })
 }

@@ -4,13 +4,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use futures::FutureExt;
 use keywheel_core::{Error, Form, ReplaceOutcome, Replacement, Result};
-use tokio_postgres::Client;
-use tokio_postgres::types::{ToSql, Type};
 
-use super::{KeyType, PgRecordSource, Pk};
-use crate::error::{SOURCE, on};
+use super::{KeyType, Pk, SqlRecordSource};
+use crate::driver::{Driver, Param};
 
 /// Begins the transaction of a fast replacement: no JIT, and the rows are
 /// found by key through the key's unique index (a nested loop over the
@@ -23,7 +20,7 @@ const BEGIN_REPLACE: &str =
 /// Attempts of one replace batch on transient errors.
 const REPLACE_ATTEMPTS: u32 = 5;
 
-impl PgRecordSource {
+impl<D: Driver> SqlRecordSource<D> {
     /// [`RecordSource::replace`](keywheel_core::RecordSource::replace): the batch in rounds of at most one value per (row, column).
     pub(super) async fn replace_batch(&self, batch: &[Replacement]) -> Result<Vec<ReplaceOutcome>> {
         let mut outcomes = vec![ReplaceOutcome::Changed; batch.len()];
@@ -97,63 +94,34 @@ impl PgRecordSource {
         // Whether every row has a value in every present column.
         let full = round.rows().all(|(_, cells)| present.iter().all(|c| cells[*c].is_some()));
         // Arrays, rows in key order (so concurrent batches lock rows in the same order).
-        let keys_int: Vec<i64>;
         let keys_text: Vec<String>;
-        let key_param: &(dyn ToSql + Sync) = match self.spec.key_type {
+        let mut params: Vec<Param<'_>> = vec![match self.spec.key_type {
             KeyType::BigInt => {
-                keys_int = round.keys.iter().map(|pk| if let Pk::Int(n) = pk { *n } else { 0 }).collect();
-                &keys_int
+                Param::Int8Array(round.keys.iter().map(|pk| if let Pk::Int(n) = pk { *n } else { 0 }).collect())
             }
             KeyType::Uuid | KeyType::Text => {
                 keys_text = round.keys.iter().map(Pk::as_text).collect();
-                &keys_text
+                Param::TextArray(keys_text.iter().map(|k| Some(k.as_str())).collect())
             }
-        };
-        let mut bytes: Vec<Vec<Option<&[u8]>>> = Vec::new();
-        let mut texts: Vec<Vec<Option<&str>>> = Vec::new();
-        let mut order: Vec<(Form, usize)> = Vec::new();
+        }];
         for array in self.round_arrays(&present) {
             let cells = round.rows().map(|(_, cells)| cells[array.column].and_then(|i| array.part.of(&batch[i])));
-            match array.form {
-                Form::Binary => {
-                    order.push((array.form, bytes.len()));
-                    bytes.push(cells.collect());
-                }
-                Form::Text => {
-                    order.push((array.form, texts.len()));
-                    // Replacements of text columns were checked to be UTF-8 already.
-                    texts.push(cells.map(|v| v.and_then(|v| std::str::from_utf8(v).ok())).collect());
-                }
-            }
-        }
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(key_param, b.key_param.clone())];
-        for (form, i) in &order {
-            match form {
-                Form::Binary => params.push((&bytes[*i], Type::BYTEA_ARRAY)),
-                Form::Text => params.push((&texts[*i], Type::TEXT_ARRAY)),
-            }
+            params.push(match array.form {
+                Form::Binary => Param::ByteaArray(cells.collect()),
+                // Replacements of text columns were checked to be UTF-8 already.
+                Form::Text => Param::TextArray(cells.map(|v| v.and_then(|v| std::str::from_utf8(v).ok())).collect()),
+            });
         }
         let fast = self.fast_replace_sql(&present, full);
-        let rows = round.len();
+        let rows = u64::try_from(round.len()).unwrap_or(u64::MAX);
+        // The driver rolls back when dropped midway (a cancelled rotation), so
+        // no connection goes back to the pool inside a transaction.
         let all_replaced = self
             .retrying(|| async {
-                let what = "replace batch";
-                let client = self.pool.get().await?;
-                // One round trip for BEGIN and the statement, one for COMMIT (or
-                // ROLLBACK); dropped in between, the guard rolls back.
-                let guard = RollbackOnDrop(Some(&client));
-                let (begun, updated) =
-                    futures::join!(client.batch_execute(BEGIN_REPLACE), client.execute_typed(&fast, &params));
-                // Without BEGIN the statement ran on its own: its outcome is unknown.
-                begun.map_err(|e| self.sql_error(what, &e))?;
-                let updated = updated.map_err(|e| self.sql_error(what, &e))?;
-                let all = usize::try_from(updated).is_ok_and(|n| n == rows);
-                client
-                    .batch_execute(if all { "COMMIT" } else { "ROLLBACK" })
+                self.pool
+                    .execute_if(BEGIN_REPLACE, &fast, &params, rows)
                     .await
-                    .map_err(|e| self.sql_error(what, &e))?;
-                guard.disarm();
-                Ok(all)
+                    .map_err(|e| self.sql_error("replace batch", e))
             })
             .await?;
         for i in round.cells.iter().flatten() {
@@ -169,18 +137,18 @@ impl PgRecordSource {
         }
         let slots: HashMap<&Pk, usize> = round.keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
         for row in rows {
-            let key: String = row.try_get(0).map_err(on(SOURCE, "read replace result"))?;
+            let key = row.text(0)?;
             let pk = match self.spec.key_type {
                 KeyType::BigInt => match key.parse() {
                     Ok(n) => Pk::Int(n),
                     Err(_) => continue,
                 },
-                KeyType::Uuid | KeyType::Text => Pk::Text(key),
+                KeyType::Uuid | KeyType::Text => Pk::Text(key.to_owned()),
             };
             let Some(&slot) = slots.get(&pk) else { continue };
             let cells = round.cells(slot);
             for (p, &c) in present.iter().enumerate() {
-                let replaced: bool = row.try_get(p + 1).map_err(on(SOURCE, "read replace result"))?;
+                let replaced = row.bool(p + 1)?;
                 if !replaced && let Some(i) = cells[c] {
                     outcomes[i] = ReplaceOutcome::Changed;
                 }
@@ -469,28 +437,5 @@ impl Round {
     fn rows(&self) -> impl Iterator<Item = (&Pk, &[Option<usize>])> {
         let ncols = self.cells.len() / self.keys.len().max(1);
         self.keys.iter().zip(self.cells.chunks(ncols.max(1)))
-    }
-}
-
-/// Rolls back the transaction of a connection when dropped before
-/// [`disarm`](Self::disarm), so that a caller dropped midway (a cancelled
-/// rotation) never returns a connection inside a transaction to the pool.
-struct RollbackOnDrop<'a>(Option<&'a Client>);
-
-impl RollbackOnDrop<'_> {
-    /// The transaction ended normally.
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RollbackOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            // A simple query is sent when its future is first polled; the answer
-            // is not awaited (the connection discards it). Statements sent after
-            // it on the same connection run after it.
-            let _ = client.batch_execute("ROLLBACK").now_or_never();
-        }
     }
 }
