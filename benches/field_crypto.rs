@@ -38,6 +38,8 @@
 //!   deliberate cost and is inside the ratio (`raw_zeroizing` shows its size).
 //!
 //! Run: `cargo bench --bench field_crypto`, then `python3 scripts/bench-ratios.py`.
+//! With `KEYWHEEL_BENCH_RECORDER=1` the keyrings count into a metrics
+//! recorder of plain atomics (the cost of the counters on the hot path).
 //! The whole run takes about a minute and a half (see `config()`).
 
 use std::hint::black_box;
@@ -215,9 +217,34 @@ fn bench_blind_index(c: &mut Criterion) {
     group.finish();
 }
 
+/// A metrics recorder whose counters are plain atomics (what a Prometheus
+/// recorder does per increment), installed when `KEYWHEEL_BENCH_RECORDER` is
+/// set: the keyrings then count into real handles, so a run with and one
+/// without it show the cost of the counters on the hot path.
+struct AtomicRecorder;
+
+impl metrics::Recorder for AtomicRecorder {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
 /// Short but stable: 21 benchmarks × (1 s warm-up + 3 s measurement + analysis)
 /// ≈ 80 s on the 2-core reference machine. Command-line flags still override.
 fn config() -> Criterion {
+    if std::env::var_os("KEYWHEEL_BENCH_RECORDER").is_some() {
+        // Only fails if a recorder is installed already: then that one counts.
+        let _ = metrics::set_global_recorder(AtomicRecorder);
+    }
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))

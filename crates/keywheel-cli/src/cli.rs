@@ -89,6 +89,12 @@ pub(crate) struct GlobalArgs {
     /// Name recorded as the actor in the audit trail [default: cli:$USER]
     #[arg(long, global = true, help_heading = "Global options", value_name = "NAME")]
     pub(crate) actor: Option<String>,
+
+    /// Write keywheel's trace spans and events to stderr: a level (`warn`, `info`, `debug`) or
+    /// directives (`keywheel_core=debug,warn`); never key bytes, plaintext or row ids
+    /// [default: RUST_LOG, else nothing]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
 }
 
 /// The commands.

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
+    if let Err(e) = init_logging(cli.global.log_level.as_deref()) {
+        return fail(&e, json);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&CliError::error(format!("cannot start the async runtime: {e}")), json),
@@ -47,6 +50,30 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e, json),
     }
+}
+
+/// Send keywheel's trace spans (when they close, with their fields and
+/// times) and events to stderr, filtered by `--log-level` or else
+/// `RUST_LOG`; with neither, nothing is logged, so the CLI's own output stays
+/// as it is. What keywheel traces carries no secret (the manual,
+/// "Observability: tracing and metrics").
+fn init_logging(level: Option<&str>) -> Result<(), CliError> {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::{Layer as _, filter::Targets};
+
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let Some(directives) = level.map(str::to_owned).or(from_env) else { return Ok(()) };
+    let targets: Targets = directives.parse().map_err(|e| {
+        CliError::usage(format!("invalid log level or directives {directives:?}: {e}"))
+            .with_hint("give a level (error, warn, info, debug, trace) or directives such as keywheel_core=debug,warn")
+    })?;
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_filter(targets);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+        .map_err(|e| CliError::error(format!("cannot install the log output: {e}")))
 }
 
 /// Report `e` (one sentence on stderr, the fix on the next line; JSON on

@@ -460,6 +460,98 @@ impl Error {
         }
     }
 
+    /// A stable, snake_case name of the variant (`"decrypt"`,
+    /// `"unknown_key_version"`, `"retirement_refused"` …): what keywheel's
+    /// trace events and the `reason` label of its metrics carry instead of
+    /// the message, which may name holders, backends' messages or other
+    /// details (see the [manual](crate::manual#15-observability-tracing-and-metrics)).
+    /// Never changes for a variant once released.
+    ///
+    /// ```
+    /// use keywheel_core::{Error, FormatError};
+    /// assert_eq!(Error::Decrypt.kind(), "decrypt");
+    /// assert_eq!(Error::from(FormatError::BadMagic).kind(), "format");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Format(_) => "format",
+            Error::Decrypt => "decrypt",
+            Error::NotIndexable { .. } => "not_indexable",
+            Error::KeyRetired { .. } => "key_retired",
+            Error::KeyDisabled { .. } => "key_disabled",
+            Error::UnknownKeyVersion { .. } => "unknown_key_version",
+            Error::AlgorithmMismatch { .. } => "algorithm_mismatch",
+            Error::WrongValueKind(_) => "wrong_value_kind",
+            Error::NoActiveVersion { .. } => "no_active_version",
+            Error::IllegalTransition { .. } => "illegal_transition",
+            Error::KeyringNotFound(_) => "keyring_not_found",
+            Error::KeyringExists(_) => "keyring_exists",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::DuplicateVersion { .. } => "duplicate_version",
+            Error::GenerationConflict { .. } => "generation_conflict",
+            Error::LeaseHeld { .. } => "lease_held",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::InvalidKeyringId(_) => "invalid_keyring_id",
+            Error::InvalidContext(_) => "invalid_context",
+            Error::InvalidKeyMaterial(_) => "invalid_key_material",
+            Error::KekMismatch { .. } => "kek_mismatch",
+            Error::WrongMasterKey { .. } => "wrong_master_key",
+            Error::Kek { .. } => "kek",
+            Error::KekUnavailable { .. } => "kek_unavailable",
+            Error::KekAccessDenied { .. } => "kek_access_denied",
+            Error::KekDisabled { .. } => "kek_disabled",
+            Error::UsageLimitReached { .. } => "usage_limit_reached",
+            Error::Rng => "rng",
+            Error::Backend { .. } => "backend",
+            Error::Audit(_) => "audit",
+            Error::RotationInProgress { .. } => "rotation_in_progress",
+            Error::AlreadyRotated { .. } => "already_rotated",
+            Error::RetirementRefused { .. } => "retirement_refused",
+            Error::GracePeriodNotOver { .. } => "grace_period_not_over",
+            Error::RollbackWindowClosed { .. } => "rollback_window_closed",
+            Error::NothingToRollBack { .. } => "nothing_to_roll_back",
+            Error::CompromisedVersion { .. } => "compromised_version",
+            Error::RollbackRefused { .. } => "rollback_refused",
+            Error::RetirementUnproven { .. } => "retirement_unproven",
+            Error::ReasonRequired(_) => "reason_required",
+            Error::RecordTampered { .. } => "record_tampered",
+            Error::QuarantineOver { .. } => "quarantine_over",
+            Error::NotDisabled { .. } => "not_disabled",
+            Error::KeyringErased { .. } => "keyring_erased",
+            Error::JobNotFound(_) => "job_not_found",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::MalformedLegacy { .. } => "malformed_legacy",
+            Error::PlaintextNotAccepted { .. } => "plaintext_not_accepted",
+        }
+    }
+
+    /// Whether this error is a lifecycle rule refusing the operation (a
+    /// precondition, nothing broken): held leases, unfinished jobs, grace
+    /// periods, windows, illegal transitions, values still in use. Trace
+    /// events and the `outcome` label tell refusals from failures with it.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::IllegalTransition { .. }
+                | Error::KeyringExists(_)
+                | Error::NoActiveVersion { .. }
+                | Error::LeaseHeld { .. }
+                | Error::RotationInProgress { .. }
+                | Error::AlreadyRotated { .. }
+                | Error::RetirementRefused { .. }
+                | Error::GracePeriodNotOver { .. }
+                | Error::RollbackWindowClosed { .. }
+                | Error::NothingToRollBack { .. }
+                | Error::CompromisedVersion { .. }
+                | Error::RollbackRefused { .. }
+                | Error::RetirementUnproven { .. }
+                | Error::ReasonRequired(_)
+                | Error::QuarantineOver { .. }
+                | Error::NotDisabled { .. }
+                | Error::KeyringErased { .. }
+        )
+    }
+
     /// [`Error::WrongMasterKey`]: the master key of KEK `kek_id`, with key check
     /// value `given`, is not the one (`expected`, as recorded with the wrapped
     /// key) that opens the key. For [`KeyEncryptionKey`](crate::KeyEncryptionKey)

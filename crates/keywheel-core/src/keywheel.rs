@@ -452,6 +452,11 @@ impl Keywheel {
     /// but does not verify is refused with [`Error::RecordTampered`]: it is
     /// never resealed. See the [manual](crate::manual), "Record authentication".
     pub async fn seal_unsealed(&self, id: &KeyringId, reason: &str) -> Result<bool> {
+        crate::observability::lifecycle("seal_record", Some(id), None, self.seal_unsealed_body(id, reason)).await
+    }
+
+    /// The body of [`seal_unsealed`](Self::seal_unsealed).
+    async fn seal_unsealed_body(&self, id: &KeyringId, reason: &str) -> Result<bool> {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("keyring seal"));
         }
@@ -494,6 +499,11 @@ impl Keywheel {
 
     /// Create a keyring with version 1 generated and Active, ready to encrypt.
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
+        crate::observability::lifecycle("create_keyring", Some(id), None, self.create_keyring_body(id, algorithm)).await
+    }
+
+    /// The body of [`create_keyring`](Self::create_keyring).
+    async fn create_keyring_body(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
         // Refused before anything is audited; the store's own check below
         // still decides a race between two creators. (Raw load: an existing
         // keyring is reported as existing, sealed or not.)
@@ -562,12 +572,15 @@ impl Keywheel {
     /// Generate the next version and store it as Pending (it decrypts at once,
     /// encrypts only once activated). Returns its number.
     pub async fn add_version(&self, id: &KeyringId) -> Result<KeyVersion> {
-        self.add_material(id, KeyMaterial::generate()?, KeyOrigin::Generated).await
+        let material = KeyMaterial::generate()?;
+        let added = self.add_material(id, material, KeyOrigin::Generated);
+        crate::observability::lifecycle("add_version", Some(id), None, added).await
     }
 
     /// Import caller-supplied material (bring your own key) as the next Pending version.
     pub async fn import_version(&self, id: &KeyringId, material: KeyMaterial) -> Result<KeyVersion> {
-        self.add_material(id, material, KeyOrigin::Imported).await
+        let added = self.add_material(id, material, KeyOrigin::Imported);
+        crate::observability::lifecycle("import_version", Some(id), None, added).await
     }
 
     async fn add_material(&self, id: &KeyringId, material: KeyMaterial, origin: KeyOrigin) -> Result<KeyVersion> {
@@ -615,7 +628,8 @@ impl Keywheel {
     /// activated ([`Error::CompromisedVersion`]).
     pub async fn activate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
         let cid = correlation_id()?;
-        self.activate_with(id, version, &[], &cid, false).await
+        let activated = self.activate_with(id, version, &[], &cid, false);
+        crate::observability::lifecycle("activate", Some(id), Some(version), activated).await
     }
 
     /// [`activate`](Self::activate) plus `extra` changes in the same atomic
@@ -655,6 +669,11 @@ impl Keywheel {
     /// Active version, this activates the newest Pending version in the same
     /// update; with no Pending version it fails ([`Error::InvalidArgument`]).
     pub async fn deprecate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
+        crate::observability::lifecycle("deprecate", Some(id), Some(version), self.deprecate_body(id, version)).await
+    }
+
+    /// The body of [`deprecate`](Self::deprecate).
+    async fn deprecate_body(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
         let record = self.record(id).await?;
         let state =
             record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
@@ -667,7 +686,7 @@ impl Keywheel {
                     ))
                 },
             )?;
-        self.activate(id, successor).await
+        self.activate_with(id, successor, &[], &correlation_id()?, false).await
     }
 
     /// Take the keyring's lease for lifecycle work, under a holder name unique
@@ -706,6 +725,11 @@ impl Keywheel {
 
     /// Store a keyring's policy; audited as `PolicyChanged` (before it takes effect).
     pub async fn set_policy(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
+        crate::observability::lifecycle("set_policy", Some(id), None, self.set_policy_body(id, policy)).await
+    }
+
+    /// The body of [`set_policy`](Self::set_policy).
+    async fn set_policy_body(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
         self.record(id).await?;
         let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
@@ -821,6 +845,7 @@ impl Keywheel {
     pub async fn keyring(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
         let now = self.now();
         let mut announced = false;
+        let mut reason = "first_load";
         if let Ok(cache) = self.inner.cache.read()
             && let Some(c) = cache.get(id)
         {
@@ -828,11 +853,17 @@ impl Keywheel {
                 return Ok(Arc::clone(&c.ring));
             }
             announced = now.since(c.refreshed_at) < self.inner.refresh_interval;
+            reason = match (c.invalid, announced) {
+                (true, _) => "invalidated",
+                (false, true) if c.retry_at.is_some() => "outage_retry",
+                (false, true) => "announced",
+                (false, false) => "refresh_interval",
+            };
         }
         // A reload for a change (announced by another process, or made by
         // this one) leaves the refresh interval counting from the last
         // scheduled reload, so announcements cannot postpone it.
-        match self.reload(id, false, !announced, |c| self.is_fresh(c, now)).await {
+        match self.reload(id, reason, false, !announced, |c| self.is_fresh(c, now)).await {
             Err(e) if e.is_retryable() => self.serve_during_outage(id).ok_or(e),
             other => other,
         }
@@ -861,6 +892,7 @@ impl Keywheel {
         c.retry_at = Some(now.plus(backoff));
         c.failed_reloads = c.failed_reloads.saturating_add(1);
         self.inner.outage_serves.fetch_add(1, Ordering::Relaxed);
+        crate::observability::outage_serve(id, c.failed_reloads);
         Some(Arc::clone(&c.ring))
     }
 
@@ -877,7 +909,7 @@ impl Keywheel {
     /// ([`flush_usage`](Self::flush_usage); a failed flush keeps them pending
     /// and does not fail the reload).
     pub async fn refresh(&self, id: &KeyringId) -> Result<Arc<Keyring>> {
-        self.reload(id, false, true, |_| false).await
+        self.reload(id, "explicit", false, true, |_| false).await
     }
 
     /// Mark the cached snapshot of `id` out of date: the next access reloads
@@ -944,10 +976,12 @@ impl Keywheel {
 
     /// Flush this instance's pending usage of `id`, load it from the store and
     /// cache the new snapshot, unless the cached one is `fresh`. A `scheduled`
-    /// reload starts the refresh interval again.
+    /// reload starts the refresh interval again. `reason` says why, in the
+    /// reload's trace event and metric.
     async fn reload(
         &self,
         id: &KeyringId,
+        reason: &'static str,
         forced: bool,
         scheduled: bool,
         fresh: impl Fn(&Cached) -> bool,
@@ -958,6 +992,7 @@ impl Keywheel {
             Claim::Reload(before) => before,
         };
         let loaded = self.load(id).await;
+        crate::observability::keyring_loaded(id, reason, loaded.as_ref());
         let ring = match loaded {
             Ok(ring) => Arc::new(ring),
             Err(e) => {
@@ -1084,7 +1119,7 @@ impl Keywheel {
                 if !cooled {
                     return Err(Error::UnknownKeyVersion { version });
                 }
-                self.reload(id, true, false, |_| false).await?.decrypt(value, context)
+                self.reload(id, "unknown_version", true, false, |_| false).await?.decrypt(value, context)
             }
             other => other,
         }

@@ -10,6 +10,11 @@
 //! Start with [`Keywheel`] for applications, [`Keyring`] for the synchronous
 //! encrypt/decrypt path, [`parse`] to inspect stored values, and the
 //! [`manual`] for the format, the security model and how to implement a backend.
+//! Every rotation job, batch, lifecycle operation, reload and scheduler tick
+//! is traced through `tracing` and measured through `metrics`, with no key
+//! byte, plaintext or context value in either: the metric names are in
+//! [`observability`], the reference in the
+//! [manual](manual#15-observability-tracing-and-metrics).
 #![forbid(unsafe_code)]
 
 mod algorithm;
@@ -28,6 +33,7 @@ mod legacy;
 pub mod manual;
 mod material;
 mod nonce;
+pub mod observability;
 mod policy;
 mod retirement;
 mod rotation;

@@ -1129,3 +1129,113 @@
 //! (`YYYY-MM-DDTHH:MM:SSZ`, required with plaintext). `census` and `verify`
 //! count legacy values, `rotate` migrates them, and the census names the
 //! columns whose legacy key material can be forgotten.
+//!
+//! ## 15. Observability: tracing and metrics
+//!
+//! keywheel reports what it does through two facades, [`tracing`] for spans
+//! and events and [`metrics`] for counters, gauges and histograms. Neither
+//! does any I/O: without a subscriber or a recorder installed, a span, an
+//! event or a counter costs a branch. The application chooses the output
+//! (a `tracing-subscriber` formatter or OpenTelemetry layer; a Prometheus or
+//! StatsD recorder such as `metrics-exporter-prometheus`). The names below
+//! are stable: renaming one, changing its kind or unit, or changing its
+//! label keys is a breaking change. The metric names are constants of
+//! [`observability`](crate::observability), listed with their kinds, units
+//! and labels in [`observability::METRICS`](crate::observability::METRICS);
+//! [`observability::describe_metrics`](crate::observability::describe_metrics)
+//! hands their units and help texts to the installed recorder.
+//!
+//! **What is never recorded.** No key byte, plaintext, ciphertext, context
+//! value (a row id is one) or error message appears in a span, an event or a
+//! label. Fields and labels hold keyring ids (`tenant/purpose`), version
+//! numbers, states, counts, durations, job ids (random correlation ids),
+//! source names, and error *kinds*: [`Error::kind`](crate::Error::kind), a
+//! stable snake_case name per variant (`decrypt`, `unknown_key_version`,
+//! `retirement_refused` …), never the message, which may quote a backend's
+//! own message. The emergency reason and operator reasons go to the audit
+//! trail only. A test runs a rotation with seeded plaintexts, row ids and
+//! key material under a capturing subscriber and searches everything
+//! captured for them.
+//!
+//! **Spans.** All at INFO level, so a subscriber that keeps INFO sees the
+//! structure; fields marked *after* are recorded when the span ends.
+//!
+//! | Span | Fields | Around |
+//! |---|---|---|
+//! | `keywheel.lifecycle` | `operation`, `keyring`, `version` (when the operation names one); after: `outcome` (`ok`, `refused`, `failed`), `error_kind` | every lifecycle operation (operations below) |
+//! | `keywheel.rotation.job` | `keyring`, `job_id`, `kind` (`rotation`, `emergency`, `rollback_reencrypt`), `from`, `to`, `resumed`; after: `phase`, `processed`, `rewritten`, `skipped`, `failed`, `outcome`, `error_kind` | one run of a rotation job, from its stored phase to its end (a resume is a new run) |
+//! | `keywheel.rotation.batch` | `keyring`, `source`, `to`, `job_id`, `rows` (scanned); after: `processed`, `rewritten`, `skipped`, `failed`, `duration_ms`, `error_kind` | the re-encryption and write of one batch (a child of its job's span) |
+//! | `keywheel.scheduler.tick` | after: `paused`, `due`, `rotations`, `skipped`, `failed`, `retired`, `destroyed`, `outcome`, `error_kind` | one scheduler tick (the rotations it runs are inside it) |
+//!
+//! Lifecycle operations (the `operation` field and label): `create_keyring`,
+//! `add_version`, `import_version`, `activate`, `deprecate`, `set_policy`,
+//! `seal_record`, `retire` (the guarded retirement of a
+//! [`Rotator`](crate::Rotator), the scheduler's included), `retire_forced`,
+//! `enable`, `destroy_keyring`, `destroy_tenant`, `destroy_quarantined`,
+//! `rotate`, `emergency_rotate`, `resume`, `rollback`, `rotate_kek`.
+//! `destroy_tenant` and `rotate_kek` act on several keyrings: their
+//! `keyring` is empty.
+//!
+//! **Events.** Nothing is logged per value: at most one event per batch.
+//!
+//! | Level | Message | Fields |
+//! |---|---|---|
+//! | INFO | `lifecycle operation refused` | `operation`, `error_kind`: a rule said no (lease held, job unfinished, grace period, window, values still in use, illegal transition …) |
+//! | WARN | `lifecycle operation failed` | `operation`, `error_kind`: anything else (store, KEK, audit sink …) |
+//! | DEBUG | `lifecycle operation done` | `operation` |
+//! | INFO | `rotation job run ended` | `outcome`, `processed`, `failed` |
+//! | WARN | `rotation job failed (resumable)` | `error_kind` (`lease_lost` when another process took the lease over) |
+//! | WARN | `rotation batch failed` | `error_kind` |
+//! | DEBUG | `keyring snapshot loaded` | `keyring`, `reason`, `generation`, `versions`, `active` |
+//! | WARN | `keyring reload failed` | `keyring`, `reason`, `error_kind`, `retryable` |
+//! | WARN | `serving the cached snapshot during a KEK or store outage` | `keyring`, `failed_reloads` |
+//! | DEBUG | `census taken` | `keyring` (absent for all), `keyrings`, `unparseable` |
+//! | DEBUG | `scheduler decision` | `keyring`, `reason`, `decision` |
+//! | WARN | `scheduler tick failed` | `error_kind` |
+//!
+//! Each event is inside its operation's span, so a formatter shows the
+//! keyring and job with it. The `keywheel` CLI writes them to stderr at the
+//! level of `--log-level` or `RUST_LOG` (default `warn`).
+//!
+//! **Metrics.** Label values are keyring ids, version numbers (`"3"`),
+//! source names and the fixed words listed. One series exists per keyring
+//! (and version): with many tenants, aggregate or drop the `keyring` label
+//! in the exporter.
+//!
+//! | Metric | Kind, unit | Labels | Counts |
+//! |---|---|---|---|
+//! | `keywheel_encryptions_total` | counter | `keyring`, `version` | values encrypted, the rotation engine's re-encryptions included (blind index tags and signatures are not encryptions) |
+//! | `keywheel_decryptions_total` | counter | `keyring`, `version` | values decrypted ([`Keyring::decrypt`](crate::Keyring::decrypt), re-encryptions, the rotation engine's) |
+//! | `keywheel_decrypt_failures_total` | counter | `keyring`, `reason` | failed [`Keyring::decrypt`](crate::Keyring::decrypt), [`reencrypt`](crate::Keyring::reencrypt) and [`reencrypt_many`](crate::Keyring::reencrypt_many) calls; `reason`: `decrypt` (authentication failed), `format`, `unknown_key_version`, `key_disabled`, `key_retired`, `algorithm_mismatch`, `wrong_value_kind`, `invalid_context`, `other` |
+//! | `keywheel_rotation_values_rewritten_total` | counter | `keyring`, `source` | values a rotation job rewrote (legacy values migrated included) |
+//! | `keywheel_rotation_values_skipped_total` | counter | `keyring`, `source` | values a job left to a concurrent application write |
+//! | `keywheel_rotation_values_failed_total` | counter | `keyring`, `source` | values a job could not move (its failures; a verification sweep meets them again and counts them again) |
+//! | `keywheel_rotation_batch_duration_seconds` | histogram, seconds | `keyring`, `source` | one observation per written batch: scan, re-encryption and write |
+//! | `keywheel_rotation_jobs_total` | counter | `keyring`, `kind`, `outcome` | runs of rotation jobs that ended; `outcome`: `completed`, `completed_with_failures`, `cancelled`, `failed` |
+//! | `keywheel_census_values` | gauge | `keyring`, `version` | values per version in the last census this process took (a rotation's, the scheduler's, `census`, `verify`); a version no longer found is set to 0 |
+//! | `keywheel_active_version` | gauge | `keyring` | the Active version of the last snapshot this process loaded (0: none) |
+//! | `keywheel_lifecycle_operations_total` | counter | `keyring`, `operation`, `outcome` | lifecycle operations; `outcome`: `ok`, `refused`, `failed` |
+//! | `keywheel_scheduler_decisions_total` | counter | `keyring`, `reason`, `decision` | per due rotation, `reason` the due reason (`scheduled`, `resume`, `overdue`, `usage_limit`, `no_active_key`, `emergency`) and `decision` `rotated`, `skipped` (another instance has it), `failed`, `deferred` (over `max_concurrent`) or `paused`; per retirement candidate, `reason` `grace_period_over` and `decision` `retired`, `refused`, `in_use` or `skipped`; per quarantined version, `reason` `quarantine_over` and `decision` `destroyed` or `skipped` |
+//! | `keywheel_scheduler_ticks_total` | counter | `outcome` | scheduler ticks, `ok` or `failed` |
+//! | `keywheel_keyring_reloads_total` | counter | `keyring`, `reason`, `outcome` | snapshot loads from the store by a [`Keywheel`](crate::Keywheel); `reason`: `first_load`, `refresh_interval`, `invalidated` (this process changed the keyring), `announced` ([`mark_stale`](crate::Keywheel::mark_stale)), `outage_retry`, `unknown_version` (a decrypt met a newer version), `explicit` ([`refresh`](crate::Keywheel::refresh)); `outcome` `ok` or `failed` |
+//! | `keywheel_keyring_outage_serves_total` | counter | `keyring` | accesses served by a snapshot whose reload failed with a retryable error (see [`Keywheel::outage_serves`](crate::Keywheel::outage_serves)) |
+//!
+//! **The hot path.** A [`Keyring`](crate::Keyring) snapshot registers its
+//! counters when it is built (a load or reload by its
+//! [`Keywheel`](crate::Keywheel), or [`KeyringBuilder::build`](crate::KeyringBuilder::build))
+//! and keeps the handles: an encryption or decryption increments a stored
+//! handle, one atomic add with a recorder installed and a branch without,
+//! never a lookup by name and labels; a batch re-encryption adds its
+//! encryptions once. So **install the recorder before the first snapshot is
+//! loaded**: a snapshot built earlier counts nothing until its next reload
+//! (at most a refresh interval later). A failed decryption of
+//! [`Keywheel::decrypt`](crate::Keywheel::decrypt) on an unknown version is
+//! counted (`unknown_key_version`) even when the reload that follows finds
+//! the version and the retry succeeds. A dry run's throwaway keyring counts
+//! nothing.
+//!
+//! **Why not behind a feature.** Both facades are small, do no I/O and cost
+//! nothing measurable without a subscriber or recorder (the `field_crypto`
+//! benchmark moves by less than its noise), and a feature would let a build
+//! silently lose the metrics an operator relies on. To compile the tracing
+//! out of a binary, use `tracing`'s own `max_level_*` features.

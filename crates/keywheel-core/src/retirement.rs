@@ -31,7 +31,8 @@ impl Keywheel {
     /// keyring) is [`Rotator::retire`](crate::Rotator::retire). Runs under the
     /// keyring's lease ([`Error::RotationInProgress`] while a rotation holds it).
     pub async fn retire_forced(&self, id: &KeyringId, version: KeyVersion, reason: &str) -> Result<KeyringRecord> {
-        self.forced_retirement(id, version, reason, false).await
+        let retired = self.forced_retirement(id, version, reason, false);
+        crate::observability::lifecycle("retire_forced", Some(id), Some(version), retired).await
     }
 
     /// [`retire_forced`](Self::retire_forced), destroying the material at once
@@ -39,7 +40,8 @@ impl Keywheel {
     /// in one atomic update, a Disabled one destroyed before its quarantine
     /// ends. Irreversible.
     pub async fn retire_forced_now(&self, id: &KeyringId, version: KeyVersion, reason: &str) -> Result<KeyringRecord> {
-        self.forced_retirement(id, version, reason, true).await
+        let retired = self.forced_retirement(id, version, reason, true);
+        crate::observability::lifecycle("retire_forced", Some(id), Some(version), retired).await
     }
 
     async fn forced_retirement(
@@ -119,6 +121,11 @@ impl Keywheel {
     /// erased keyring the re-enabled version decrypts again but the keyring
     /// still encrypts nothing.
     pub async fn enable(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
+        crate::observability::lifecycle("enable", Some(id), Some(version), self.enable_body(id, version, reason)).await
+    }
+
+    /// The body of [`enable`](Self::enable).
+    async fn enable_body(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
         let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
         let result = async {
             let record = self.record(id).await?;
@@ -153,6 +160,12 @@ impl Keywheel {
     /// Needs a non-empty `reason` ([`Error::ReasonRequired`]); runs under the
     /// keyring's lease ([`Error::RotationInProgress`] while a rotation holds it).
     pub async fn destroy_keyring(&self, id: &KeyringId, reason: &str, now: bool) -> Result<KeyringRecord> {
+        crate::observability::lifecycle("destroy_keyring", Some(id), None, self.destroy_keyring_body(id, reason, now))
+            .await
+    }
+
+    /// The body of [`destroy_keyring`](Self::destroy_keyring).
+    async fn destroy_keyring_body(&self, id: &KeyringId, reason: &str, now: bool) -> Result<KeyringRecord> {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("erasure"));
         }
@@ -216,6 +229,12 @@ impl Keywheel {
     /// no keyring; on an error the keyrings before it stay erased and the
     /// call can be repeated.
     pub async fn destroy_tenant(&self, tenant: &str, reason: &str, now: bool) -> Result<Vec<KeyringRecord>> {
+        crate::observability::lifecycle("destroy_tenant", None, None, self.destroy_tenant_body(tenant, reason, now))
+            .await
+    }
+
+    /// The body of [`destroy_tenant`](Self::destroy_tenant).
+    async fn destroy_tenant_body(&self, tenant: &str, reason: &str, now: bool) -> Result<Vec<KeyringRecord>> {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("erasure"));
         }
@@ -242,6 +261,11 @@ impl Keywheel {
     /// nothing is due; then nothing is written). The scheduler calls it on
     /// every tick.
     pub async fn destroy_quarantined(&self, id: &KeyringId) -> Result<Vec<KeyVersion>> {
+        crate::observability::lifecycle("destroy_quarantined", Some(id), None, self.destroy_quarantined_body(id)).await
+    }
+
+    /// The body of [`destroy_quarantined`](Self::destroy_quarantined).
+    async fn destroy_quarantined_body(&self, id: &KeyringId) -> Result<Vec<KeyVersion>> {
         let now = self.now();
         let due = |record: &KeyringRecord| -> Vec<KeyVersion> {
             record

@@ -55,13 +55,13 @@ impl Cli {
     }
 
     /// A command for the binary: run in the scratch directory, with no
-    /// keywheel variables inherited, the store given, and the master key file
+    /// keywheel variables (nor `RUST_LOG`) inherited, the store given, and the master key file
     /// once it exists.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.current_dir(self.dir.path());
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("KEYWHEEL_") {
+            if k.to_string_lossy().starts_with("KEYWHEEL_") || k == "RUST_LOG" {
                 c.env_remove(k);
             }
         }

@@ -33,6 +33,17 @@ impl Keyring {
     /// in place in the buffer that becomes the new value, so on success no
     /// copy of the plaintext is left behind; on failure that buffer is zeroized.
     pub fn reencrypt(&self, value: &[u8], context: &Context) -> Result<Vec<u8>> {
+        match self.reencrypt_one(value, context) {
+            Ok((version, new)) => {
+                self.count_decryption(version);
+                Ok(new)
+            }
+            Err(e) => Err(self.meter.failed(e)),
+        }
+    }
+
+    /// [`reencrypt`](Self::reencrypt), and the version the value was on.
+    fn reencrypt_one(&self, value: &[u8], context: &Context) -> Result<(KeyVersion, Vec<u8>)> {
         let decoded = wire::decode(value)?;
         let opener = self.opener(&decoded)?;
         let ctx = context.encoded()?;
@@ -45,13 +56,14 @@ impl Keyring {
             }
         };
         let mut quota = Quota::reserve(sealer.slot, 1);
-        with_aad_buffer(&self.id_aad, ctx, |aad| {
+        let new = with_aad_buffer(&self.id_aad, ctx, |aad| {
             crate::nonce::protected(|nonces| {
                 quota.restart();
                 reencrypt_in_place(opener, &sealer, &decoded, aad, &mut quota, nonces, |_| Ok(None::<()>))
                     .map(|(v, _)| v)
             })?
-        })
+        })?;
+        Ok((decoded.info.version, new))
     }
 
     /// Re-encrypt many values under the Active version, each exactly as
@@ -87,7 +99,7 @@ impl Keyring {
             Ok(Reencrypted { values: new, errors, .. }) => {
                 let mut results: Vec<Result<Vec<u8>>> = new.into_iter().map(Ok).collect();
                 for (index, error) in errors {
-                    results[index] = Err(error);
+                    results[index] = Err(self.meter.failed(error));
                 }
                 results
             }
@@ -140,6 +152,7 @@ impl Keyring {
                         return match blind {
                             Some((blind, false)) => {
                                 let plaintext = self.open(&decoded, context)?;
+                                self.count_decryption(decoded.info.version);
                                 let tag = self.tag_under(sealer.slot, blind, &plaintext)?;
                                 Ok(Some((value.to_vec(), Some(tag))))
                             }
@@ -147,7 +160,10 @@ impl Keyring {
                         };
                     }
                     let blind = blind.map(|(blind, _)| blind);
-                    self.reencrypt_into_batch(&decoded, context, blind, &sealer, &mut quota, &mut aad, nonces).map(Some)
+                    let done =
+                        self.reencrypt_into_batch(&decoded, context, blind, &sealer, &mut quota, &mut aad, nonces)?;
+                    self.count_decryption(decoded.info.version);
+                    Ok(Some(done))
                 });
                 match one {
                     Ok(Some((new, tag))) => {

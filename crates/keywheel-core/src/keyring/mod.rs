@@ -14,6 +14,7 @@ mod index;
 pub(crate) use batch::BatchItem;
 
 use crate::cipher::VersionCipher;
+use crate::observability::{KeyringMeter, VersionMeter};
 use crate::usage::{KeyringUsage, UsageCell};
 use crate::wire::{self, HEADER_LEN};
 use crate::{Algorithm, Context, Error, KeyMaterial, KeyState, KeyVersion, KeyringId, Plaintext, Result};
@@ -42,6 +43,10 @@ struct Slot {
     /// keyring (and, under a [`Keywheel`](crate::Keywheel), with the instance),
     /// so reloads and invalidation do not reset the count.
     usage: Arc<UsageCell>,
+    /// The version's encryption and decryption counters (the
+    /// [manual](crate::manual#15-observability-tracing-and-metrics)),
+    /// registered when the snapshot is built.
+    meter: VersionMeter,
 }
 
 /// An immutable snapshot of one keyring (the [manual](crate::manual#1-concepts)).
@@ -74,6 +79,8 @@ pub struct Keyring {
     erased_at: Option<crate::Timestamp>,
     /// Indexed by `version - 1`: versions are dense from 1 (never reused).
     slots: Vec<Slot>,
+    /// The decryption-failure counters.
+    meter: KeyringMeter,
 }
 
 impl fmt::Debug for Keyring {
@@ -99,6 +106,7 @@ impl Keyring {
             usage: None,
             stored: Vec::new(),
             erased_at: None,
+            metered: true,
         }
     }
 
@@ -223,7 +231,18 @@ impl Keyring {
     /// snapshot cannot use, and the
     /// opaque [`Error::Decrypt`] for every authentication failure.
     pub fn decrypt(&self, value: &[u8], context: &Context) -> Result<Plaintext> {
-        self.open(&wire::decode(value)?, context)
+        let decoded = wire::decode(value).map_err(|e| self.meter.failed(e.into()))?;
+        let plaintext = self.open(&decoded, context).map_err(|e| self.meter.failed(e))?;
+        self.count_decryption(decoded.info.version);
+        Ok(plaintext)
+    }
+
+    /// Count a successful decryption under `version` (a stored counter handle:
+    /// one atomic add with a metrics recorder installed, a branch without).
+    fn count_decryption(&self, version: KeyVersion) {
+        if let Some(slot) = self.slot(version) {
+            slot.meter.decryptions.increment(1);
+        }
     }
 
     fn open(&self, decoded: &wire::Decoded<'_>, context: &Context) -> Result<Plaintext> {
@@ -293,6 +312,8 @@ pub struct KeyringBuilder {
     /// Stored counts by `version - 1`, to seed the counters with.
     stored: Vec<u64>,
     erased_at: Option<crate::Timestamp>,
+    /// Whether the snapshot registers metrics (not for a dry run's throwaway keyring).
+    metered: bool,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -362,12 +383,19 @@ impl KeyringBuilder {
         self.usage = Some(usage);
     }
 
+    /// Register no metrics: the snapshot counts nothing in the metrics
+    /// (a dry run's keyring, whose Active version is a throwaway).
+    pub(crate) fn unmetered(&mut self) {
+        self.metered = false;
+    }
+
     /// Derive every version's key and build the snapshot.
     ///
     /// Errors: more than one Active version, or a live version without material
     /// ([`Error::InvalidArgument`]), or more versions than `u32` can number.
     pub fn build(self) -> Result<Keyring> {
-        let id_aad = wire::keyring_aad_part(&self.id.canonical());
+        let canonical = self.id.canonical();
+        let id_aad = wire::keyring_aad_part(&canonical);
         let mut slots = Vec::with_capacity(self.versions.len());
         let mut active = None;
         for (index, (state, algorithm, material)) in self.versions.into_iter().enumerate() {
@@ -398,12 +426,28 @@ impl KeyringBuilder {
                 (None, None) => Arc::default(),
             };
             usage.seed(self.stored.get(index).copied().unwrap_or(0));
-            slots.push(Slot { summary: VersionSummary { version, state, algorithm }, cipher, index: index_mac, usage });
+            // Versions without a cipher neither encrypt nor decrypt: no series for them.
+            let meter = if self.metered && cipher.is_some() {
+                VersionMeter::new(&canonical, version)
+            } else {
+                VersionMeter::noop()
+            };
+            let summary = VersionSummary { version, state, algorithm };
+            slots.push(Slot { summary, cipher, index: index_mac, usage, meter });
         }
+        let meter = if self.metered { KeyringMeter::new(&canonical) } else { KeyringMeter::default() };
         if self.erased_at.is_some() && active.is_some() {
             return Err(Error::InvalidArgument("an erased keyring has no Active version".into()));
         }
-        Ok(Keyring { id: self.id, id_aad, generation: self.generation, active, erased_at: self.erased_at, slots })
+        Ok(Keyring {
+            id: self.id,
+            id_aad,
+            generation: self.generation,
+            active,
+            erased_at: self.erased_at,
+            slots,
+            meter,
+        })
     }
 }
 
@@ -447,6 +491,8 @@ impl Sealer<'_> {
 /// Counts are exact once the call returns and never too low while it runs.
 struct Quota<'a> {
     counter: &'a UsageCell,
+    /// The version's encryption counter in the metrics, raised by what was taken.
+    metric: &'a metrics::Counter,
     version: KeyVersion,
     limit: Option<u64>,
     base: u64,
@@ -459,6 +505,7 @@ impl<'a> Quota<'a> {
         let base = if n == 0 { slot.usage.total() } else { slot.usage.reserve(n) };
         Quota {
             counter: &slot.usage,
+            metric: &slot.meter.encryptions,
             version: slot.summary.version,
             limit: slot.summary.algorithm.encryption_limit(),
             base,
@@ -492,6 +539,9 @@ impl Drop for Quota<'_> {
         let unused = self.reserved.saturating_sub(self.taken);
         if unused > 0 {
             self.counter.give_back(unused);
+        }
+        if self.taken > 0 {
+            self.metric.increment(self.taken);
         }
     }
 }

@@ -4,8 +4,12 @@ use super::*;
 
 impl Rotator {
     /// Census of values per keyring and version across all sources (one keyring if given).
+    /// Every census taken here is published in the `keywheel_census_values`
+    /// gauge (the [manual](crate::manual#15-observability-tracing-and-metrics)).
     pub async fn census(&self, keyring: Option<&KeyringId>) -> Result<Census> {
-        crate::census_of(&self.sources, keyring).await
+        let census = crate::census_of(&self.sources, keyring).await?;
+        crate::observability::census_taken(&census, keyring);
+        Ok(census)
     }
 
     /// Check that every value of a keyring is on its Active version. Values
@@ -104,6 +108,8 @@ impl Rotator {
         }
         let mut builder = self.kw.unwrapped(&current).await?;
         builder.push(KeyState::Active, record.algorithm, Some(KeyMaterial::generate()?));
+        // A dry run encrypts under a throwaway version: nothing to count.
+        builder.unmetered();
         builder.build()
     }
 }

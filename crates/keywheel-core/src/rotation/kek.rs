@@ -17,6 +17,11 @@ impl Rotator {
     /// The whole procedure without downtime is in the [manual](crate::manual),
     /// "Master-key (KEK) rotation".
     pub async fn rotate_kek(&self, new: Arc<dyn KeyEncryptionKey>) -> Result<KekRotationReport> {
+        crate::observability::lifecycle("rotate_kek", None, None, self.rotate_kek_body(new)).await
+    }
+
+    /// The body of [`rotate_kek`](Self::rotate_kek).
+    async fn rotate_kek_body(&self, new: Arc<dyn KeyEncryptionKey>) -> Result<KekRotationReport> {
         // The key check value of `new`, from one throwaway wrap.
         let probe = KeyringId::new("keywheel", crate::Purpose::Custom("kek-probe".into()))?;
         let new_check = new.wrap(&probe, KeyVersion::FIRST, &KeyMaterial::generate()?).await?.key_check;

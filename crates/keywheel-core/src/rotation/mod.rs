@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::{
     AfterRotation, AuditKind, Census, Error, JobCounts, JobFailure, JobKind, JobPhase, KeyEncryptionKey, KeyMaterial,

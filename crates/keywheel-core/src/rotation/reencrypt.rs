@@ -78,6 +78,7 @@ impl Rotator {
                         keyring: Some(id.clone()),
                         skip_version: Some(to),
                     };
+                    let scan_started = Instant::now();
                     let batch = source.scan(&request).await?;
                     let Some(last) = batch.last() else {
                         scan_done = true;
@@ -88,9 +89,11 @@ impl Rotator {
                     // Re-encryption starts at once on a blocking thread; a task per
                     // batch then writes it, while this loop scans ahead or checkpoints.
                     let at = self.kw.now();
+                    let rows = batch.len();
                     let crypto =
                         start_reencryption(source.as_ref(), Arc::clone(&ring), id.clone(), to, batch, slot, at);
                     let task = write_batch(Arc::clone(source), last_cursor, crypto, Arc::clone(&writers));
+                    let task = observed_batch(&id, source.name(), to, &job.id, rows, scan_started, task);
                     in_flight.push_back(BatchTask(tokio::spawn(task)));
                 }
                 // The oldest batch's result, or else (when more could be scanned)
@@ -474,6 +477,26 @@ impl Drop for BatchTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// One batch's task in its trace span, with its metrics (see
+/// [`rotation_batch`](crate::observability::rotation_batch)).
+fn observed_batch(
+    id: &KeyringId,
+    source: &str,
+    to: KeyVersion,
+    job_id: &str,
+    rows: usize,
+    started: Instant,
+    task: impl std::future::Future<Output = Result<BatchResult>> + Send + 'static,
+) -> impl std::future::Future<Output = Result<BatchResult>> + Send + 'static {
+    let counts = |r: &BatchResult| crate::observability::BatchCounts {
+        processed: r.counts.processed,
+        rewritten: r.counts.rewritten,
+        skipped: r.counts.skipped,
+        failed: r.counts.failed,
+    };
+    crate::observability::rotation_batch(id, source, to, job_id, rows, started, counts, task)
 }
 
 fn slots_closed() -> Error {

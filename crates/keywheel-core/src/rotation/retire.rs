@@ -86,6 +86,23 @@ impl Rotator {
         policy: &Policy,
         options: &RetireOptions,
     ) -> Result<KeyringRecord> {
+        crate::observability::lifecycle(
+            "retire",
+            Some(id),
+            Some(version),
+            self.retire_with_body(id, version, policy, options),
+        )
+        .await
+    }
+
+    /// The body of [`retire_with`](Self::retire_with).
+    async fn retire_with_body(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        policy: &Policy,
+        options: &RetireOptions,
+    ) -> Result<KeyringRecord> {
         let force = options.force.as_deref();
         if force.is_some_and(|reason| reason.trim().is_empty()) {
             return Err(Error::ReasonRequired("retirement"));
@@ -99,6 +116,23 @@ impl Rotator {
     /// [`retire`](Self::retire) without force, auditing a refusal only when
     /// `audit_refusal` (the scheduler audits each refusal once, not every tick).
     pub(crate) async fn retire_checked(
+        &self,
+        id: &KeyringId,
+        version: KeyVersion,
+        policy: &Policy,
+        audit_refusal: bool,
+    ) -> Result<KeyringRecord> {
+        crate::observability::lifecycle(
+            "retire",
+            Some(id),
+            Some(version),
+            self.retire_checked_body(id, version, policy, audit_refusal),
+        )
+        .await
+    }
+
+    /// The body of [`retire_checked`](Self::retire_checked).
+    async fn retire_checked_body(
         &self,
         id: &KeyringId,
         version: KeyVersion,

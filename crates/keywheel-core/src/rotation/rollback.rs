@@ -20,6 +20,24 @@ impl Rotator {
         reencrypt: bool,
         opts: &RotateOptions,
     ) -> Result<RollbackReport> {
+        crate::observability::lifecycle(
+            "rollback",
+            Some(id),
+            None,
+            self.rollback_body(id, policy, reason, reencrypt, opts),
+        )
+        .await
+    }
+
+    /// The body of [`rollback`](Self::rollback).
+    async fn rollback_body(
+        &self,
+        id: &KeyringId,
+        policy: &Policy,
+        reason: Option<&str>,
+        reencrypt: bool,
+        opts: &RotateOptions,
+    ) -> Result<RollbackReport> {
         let lease = self.lease(id, opts).await?;
         let result = async {
             let record = self.kw.record(id).await?;

@@ -10,7 +10,7 @@ impl Rotator {
     /// lease or an unfinished job exists (resume it instead); a refusal writes
     /// nothing (no lease is taken, no expiry moved).
     pub async fn rotate(&self, id: &KeyringId, policy: &Policy, opts: &RotateOptions) -> Result<RotationReport> {
-        self.start(id, policy, opts, JobKind::Rotation).await
+        crate::observability::lifecycle("rotate", Some(id), None, self.start(id, policy, opts, JobKind::Rotation)).await
     }
 
     /// Emergency rotation away from the current Active version, flagged as
@@ -25,6 +25,11 @@ impl Rotator {
     /// under the leaked key, corrupt values) are listed in the job's failures
     /// and never hold it back. If values remain, the scheduler retries.
     pub async fn emergency(&self, id: &KeyringId, reason: &str, opts: &RotateOptions) -> Result<RotationReport> {
+        crate::observability::lifecycle("emergency_rotate", Some(id), None, self.emergency_body(id, reason, opts)).await
+    }
+
+    /// The body of [`emergency`](Self::emergency).
+    async fn emergency_body(&self, id: &KeyringId, reason: &str, opts: &RotateOptions) -> Result<RotationReport> {
         if reason.trim().is_empty() {
             return Err(Error::ReasonRequired("emergency rotation"));
         }
@@ -116,6 +121,11 @@ impl Rotator {
     /// with [`Error::RotationInProgress`], its lease untouched; the job of an
     /// erased keyring is never resumed ([`Error::KeyringErased`]).
     pub async fn resume(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
+        crate::observability::lifecycle("resume", Some(id), None, self.resume_body(id, opts)).await
+    }
+
+    /// The body of [`resume`](Self::resume).
+    async fn resume_body(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
         if self.unfinished_job(id).await?.is_none() {
             return Ok(None);
         }
@@ -163,6 +173,7 @@ impl Rotator {
         let mut lease = lease.clone();
         let mut verify_passes = 0;
         let to = job.to.ok_or_else(|| Error::InvalidArgument(format!("job {} has no target version", job.id)))?;
+        let span = crate::observability::job_span(job, resumed);
         let outcome: Result<()> = async {
             if job.phase.is_finished() {
                 // Resumed after a crash between "finished" and its audit event.
@@ -285,7 +296,9 @@ impl Rotator {
                 }
             }
         }
+        .instrument(span.clone())
         .await;
+        crate::observability::job_finished(&span, job, &outcome);
         if let Err(e) = &outcome {
             let mut event = self.kw.event(
                 Some(&id),

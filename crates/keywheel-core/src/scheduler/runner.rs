@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::due::{Due, DueReason, destruction_candidates, evaluate, retirement_candidates};
 use super::policy_for;
@@ -107,6 +108,20 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
+use crate::observability::scheduler_decision as decision;
+
+/// The `reason` label of a due rotation.
+fn due_reason(reason: DueReason) -> &'static str {
+    match reason {
+        DueReason::Scheduled => "scheduled",
+        DueReason::Resume => "resume",
+        DueReason::Overdue => "overdue",
+        DueReason::UsageLimit => "usage_limit",
+        DueReason::NoActiveKey => "no_active_key",
+        DueReason::Emergency => "emergency",
+    }
+}
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain data behind these locks stays consistent even if a holder panicked.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -185,7 +200,15 @@ impl Scheduler {
         self.tick_with(&CancelToken::new()).await
     }
 
+    /// A tick in its `keywheel.scheduler.tick` span, counted in the metrics.
     async fn tick_with(&self, shutdown: &CancelToken) -> Result<TickReport> {
+        let span = crate::observability::tick_span();
+        let result = self.tick_body(shutdown).instrument(span.clone()).await;
+        crate::observability::tick_finished(&span, &result);
+        result
+    }
+
+    async fn tick_body(&self, shutdown: &CancelToken) -> Result<TickReport> {
         let now = self.rotator.keywheel().now();
         let (records, policies, jobs) = self.gather().await?;
         let emergencies: BTreeSet<KeyringId> = locked(&self.emergencies).keys().cloned().collect();
@@ -201,9 +224,16 @@ impl Scheduler {
             destroyed: Vec::new(),
         };
         if report.paused {
+            for d in &due {
+                decision(&d.keyring, due_reason(d.reason), "paused");
+            }
             return Ok(report);
         }
-        let runs = due.iter().take(self.config.max_concurrent.max(1)).map(|d| self.run_due(d, &policies, shutdown));
+        let started = self.config.max_concurrent.max(1);
+        for d in due.iter().skip(started) {
+            decision(&d.keyring, due_reason(d.reason), "deferred");
+        }
+        let runs = due.iter().take(started).map(|d| self.run_due(d, &policies, shutdown));
         let results = futures::future::join_all(runs).await;
         for (d, result) in due.iter().zip(results) {
             match result {
@@ -219,12 +249,15 @@ impl Scheduler {
                     if d.reason == DueReason::Emergency {
                         locked(&self.emergencies).remove(&d.keyring);
                     }
+                    decision(&d.keyring, due_reason(d.reason), "rotated");
                     report.rotations.push(rotation);
                 }
                 Err(Error::RotationInProgress { .. } | Error::AlreadyRotated { .. } | Error::LeaseHeld { .. }) => {
+                    decision(&d.keyring, due_reason(d.reason), "skipped");
                     report.skipped.push(d.keyring.clone());
                 }
                 Err(e) => {
+                    decision(&d.keyring, due_reason(d.reason), "failed");
                     let mut totals = locked(&self.totals);
                     totals.rotations_scheduled += 1;
                     totals.rotations_failed += 1;
@@ -275,12 +308,17 @@ impl Scheduler {
         for id in keyrings {
             match self.rotator.keywheel().destroy_quarantined(&id).await {
                 Ok(versions) => {
+                    for _ in &versions {
+                        decision(&id, "quarantine_over", "destroyed");
+                    }
                     locked(&self.totals).destructions += versions.len() as u64;
                     destroyed.extend(versions.into_iter().map(|v| (id.clone(), v)));
                 }
                 // A rotation or an operator holds the lease, or another
                 // instance got there first: the next tick looks again.
-                Err(Error::RotationInProgress { .. } | Error::GenerationConflict { .. } | Error::LeaseHeld { .. }) => {}
+                Err(Error::RotationInProgress { .. } | Error::GenerationConflict { .. } | Error::LeaseHeld { .. }) => {
+                    decision(&id, "quarantine_over", "skipped");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -314,18 +352,21 @@ impl Scheduler {
                 let in_use = per_version.get(&c.version).copied().unwrap_or(0);
                 locked(&self.last_census).insert(c.keyring.clone(), per_version);
                 if in_use > 0 {
+                    decision(&c.keyring, "grace_period_over", "in_use");
                     continue;
                 }
             }
             let policy = policy_for(policies, &c.keyring);
             match self.rotator.retire_checked(&c.keyring, c.version, &policy, audit_refusal).await {
                 Ok(_) => {
+                    decision(&c.keyring, "grace_period_over", "retired");
                     locked(&self.totals).retirements += 1;
                     retired.push((c.keyring, c.version));
                 }
                 // Nothing proves the version unused, values still use it, or job
                 // failures reference it: refused (audited once), status warns.
                 Err(Error::RetirementUnproven { .. } | Error::RetirementRefused { .. }) => {
+                    decision(&c.keyring, "grace_period_over", "refused");
                     locked(&self.refusals_audited).insert(key);
                 }
                 // Another instance retired it, or a rotation holds the lease:
@@ -335,7 +376,7 @@ impl Scheduler {
                     | Error::RotationInProgress { .. }
                     | Error::GracePeriodNotOver { .. }
                     | Error::GenerationConflict { .. },
-                ) => {}
+                ) => decision(&c.keyring, "grace_period_over", "skipped"),
                 Err(e) => return Err(e),
             }
         }
