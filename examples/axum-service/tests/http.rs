@@ -249,14 +249,14 @@ impl Client {
     }
 }
 
-/// The sum of the samples of metric `name` whose labels contain `label`.
-fn metric(text: &str, name: &str, label: &str) -> f64 {
+/// The sum of the samples of metric `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, wanted: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
+            (n == name && wanted.iter().all(|w| labels.contains(w))).then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
 }
@@ -269,6 +269,8 @@ async fn short_activation_delay(state: &AppState, tenant: &str, delay: Duration)
     state.keywheel().set_policy(&id, &policy).await.expect("set policy");
 }
 
+// Each test has its own tenants: under `cargo test` the tests share the
+// process's one metrics recorder, whose series are labelled by keyring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_read_back_and_are_found_through_a_keyring_rotation_and_a_master_key_rotation() {
     let Some(db) = TestDb::create().await else { return };
@@ -376,7 +378,7 @@ async fn users_read_back_and_are_found_through_a_keyring_rotation_and_a_master_k
     // The metrics moved by what happened to acme/database.
     let after = svc.metrics().await;
     let acme = "keyring=\"acme/database\"";
-    let delta = |name: &str| metric(&after, name, acme) - metric(&before, name, acme);
+    let delta = |name: &str| metric(&after, name, &[acme]) - metric(&before, name, &[acme]);
     let created = *tally.created.lock().expect("tally").get("acme").unwrap_or(&0) as f64;
     let reads = *tally.reads.lock().expect("tally").get("acme").unwrap_or(&0) as f64;
     let found = *tally.found.lock().expect("tally").get("acme").unwrap_or(&0) as f64;
@@ -397,8 +399,8 @@ async fn users_read_back_and_are_found_through_a_keyring_rotation_and_a_master_k
     assert_eq!(rotation["counts"]["skipped"], 0, "{rotation}");
     assert_eq!(enc_delta, rewritten as f64 + 2.0 * created, "encryptions of acme/database");
     assert_eq!(dec_delta, rewritten as f64 + 2.0 * (reads + found + 2.0 * acme_rows as f64), "decryptions");
-    assert!(metric(&after, "keywheel_rotation_batch_duration_seconds_count", acme) > 0.0, "batches timed");
-    assert!(metric(&after, "keywheel_census_values", "version=\"2\"") > 0.0, "census gauge of v2");
+    assert!(metric(&after, "keywheel_rotation_batch_duration_seconds_count", &[acme]) > 0.0, "batches timed");
+    assert!(metric(&after, "keywheel_census_values", &[acme, "version=\"2\""]) > 0.0, "census gauge of v2");
 
     // The scheduler's status shows the rotation.
     let status: Value =
@@ -427,15 +429,15 @@ async fn users_read_back_and_are_found_through_a_keyring_rotation_and_a_master_k
 async fn errors_are_typed_json_without_values() {
     let Some(db) = TestDb::create().await else { return };
     let svc = Service::start(&db).await;
-    svc.put_tenant("acme").await;
-    svc.put_tenant("globex").await;
+    svc.put_tenant("hooli").await;
+    svc.put_tenant("umbrella").await;
     let client = Client {
         http: svc.http.clone(),
         base: svc.base.clone(),
         written: Arc::default(),
         counter: Arc::new(AtomicU64::new(1)),
     };
-    let user = client.create("acme").await.expect("create");
+    let user = client.create("hooli").await.expect("create");
     let get = |path: String| {
         let http = svc.http.clone();
         async move {
@@ -449,19 +451,19 @@ async fn errors_are_typed_json_without_values() {
     assert_eq!((s, kind(&b)), (StatusCode::NOT_FOUND, "user_not_found".into()), "{b}");
     let (s, b) = get(svc.url("/tenants/initech/users?email=a@b.c")).await;
     assert_eq!((s, kind(&b)), (StatusCode::NOT_FOUND, "tenant_not_found".into()), "{b}");
-    // Another tenant does not see acme's user.
-    let (s, b) = get(svc.url(&format!("/tenants/globex/users/{}", user.id))).await;
+    // Another tenant does not see hooli's user.
+    let (s, b) = get(svc.url(&format!("/tenants/umbrella/users/{}", user.id))).await;
     assert_eq!((s, kind(&b)), (StatusCode::NOT_FOUND, "user_not_found".into()), "{b}");
-    let (s, b) = get(svc.url(&format!("/tenants/globex/users?email={}", user.email))).await;
+    let (s, b) = get(svc.url(&format!("/tenants/umbrella/users?email={}", user.email))).await;
     assert_eq!((s, b["users"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{b}");
-    let (s, b) = get(svc.url("/tenants/acme/users")).await;
+    let (s, b) = get(svc.url("/tenants/hooli/users")).await;
     assert_eq!((s, kind(&b)), (StatusCode::BAD_REQUEST, "invalid_input".into()), "{b}");
 
     // A bad body is refused without echoing it.
     let secret = "not-an-email-but-secret-4711";
     let r = svc
         .http
-        .post(svc.url("/tenants/acme/users"))
+        .post(svc.url("/tenants/hooli/users"))
         .json(&json!({"name": "x", "email": secret}))
         .send()
         .await
@@ -471,7 +473,7 @@ async fn errors_are_typed_json_without_values() {
     assert!(text.contains("\"invalid_input\"") && !text.contains(secret), "{text}");
     let r = svc
         .http
-        .post(svc.url("/tenants/acme/users"))
+        .post(svc.url("/tenants/hooli/users"))
         .json(&json!({"name": "x", "email": secret, "api_token": "t"}))
         .send()
         .await
@@ -484,7 +486,7 @@ async fn errors_are_typed_json_without_values() {
     assert_eq!(kind(&r.json().await.expect("json")), "invalid_tenant");
 
     // Admin endpoints want the token.
-    let r = svc.http.post(svc.url("/admin/tenants/acme/rotate")).send().await.expect("POST");
+    let r = svc.http.post(svc.url("/admin/tenants/hooli/rotate")).send().await.expect("POST");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = svc.http.post(svc.url("/admin/kek/rotate")).bearer_auth("wrong").send().await.expect("POST");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -500,7 +502,7 @@ async fn errors_are_typed_json_without_values() {
 async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     let Some(db) = TestDb::create().await else { return };
     let svc = Service::start(&db).await;
-    svc.put_tenant("acme").await;
+    svc.put_tenant("wayne").await;
     let client = Client {
         http: svc.http.clone(),
         base: svc.base.clone(),
@@ -508,12 +510,12 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
         counter: Arc::new(AtomicU64::new(1)),
     };
     for _ in 0..20 {
-        client.create("acme").await.expect("create");
+        client.create("wayne").await.expect("create");
     }
     // The rotation waits 2 s for its activation delay: in flight meanwhile.
-    short_activation_delay(&svc.state, "acme", Duration::from_secs(2)).await;
+    short_activation_delay(&svc.state, "wayne", Duration::from_secs(2)).await;
     let rotate = {
-        let (http, url) = (svc.http.clone(), svc.url("/admin/tenants/acme/rotate"));
+        let (http, url) = (svc.http.clone(), svc.url("/admin/tenants/wayne/rotate"));
         tokio::spawn(async move {
             let r = http.post(url).bearer_auth(ADMIN_TOKEN).send().await.expect("the in-flight request is answered");
             (r.status(), r.json::<Value>().await.expect("report"), Instant::now())
