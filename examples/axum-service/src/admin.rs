@@ -5,7 +5,7 @@
 //! address as well.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use keywheel::{KekRotationReport, RotateOptions, RotationReport, StatusReport};
@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::{PathParams, QueryParams};
 use crate::users::keyring_id;
 
 /// The query of `GET /admin/scheduler`.
@@ -30,7 +31,7 @@ pub struct StatusQuery {
 /// version, warnings; the scheduler's totals and whether it is paused).
 pub async fn scheduler_status(
     State(state): State<AppState>,
-    Query(query): Query<StatusQuery>,
+    QueryParams(query): QueryParams<StatusQuery>,
 ) -> Result<Json<StatusReport>, ApiError> {
     Ok(Json(state.scheduler().status(query.census).await?))
 }
@@ -54,12 +55,16 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn rotate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Result<Json<RotationReport>, ApiError> {
     authorize(&state, &headers)?;
     let kid = keyring_id(&tenant)?;
     let policy = state.keywheel().policy(&kid).await?;
-    let report = state.rotator().rotate(&kid, &policy, &RotateOptions::default()).await?;
+    // In its own task: a client that hangs up does not stop the rotation halfway.
+    let (rotator, id) = (state.rotator().clone(), kid.clone());
+    let report = tokio::spawn(async move { rotator.rotate(&id, &policy, &RotateOptions::default()).await })
+        .await
+        .map_err(|_| ApiError::TaskFailed)??;
     tracing::info!(keyring = %kid, rewritten = report.counts.rewritten, failed = report.counts.failed, "rotation done");
     Ok(Json(report))
 }
@@ -74,7 +79,9 @@ pub async fn rotate_kek(
 ) -> Result<Json<KekRotationReport>, ApiError> {
     authorize(&state, &headers)?;
     let next = state.next_master_key().ok_or(ApiError::NoNextMasterKey)?;
-    let report = state.rotator().rotate_kek(next).await?;
+    let rotator = state.rotator().clone();
+    let report =
+        tokio::spawn(async move { rotator.rotate_kek(next).await }).await.map_err(|_| ApiError::TaskFailed)??;
     tracing::info!(keyrings = report.keyrings, keys = report.keys, "master key rotation done");
     Ok(Json(report))
 }

@@ -24,6 +24,15 @@ pub enum ApiError {
     /// No such user in this tenant.
     #[error("no such user")]
     UserNotFound,
+    /// No such route.
+    #[error("no such endpoint")]
+    RouteNotFound,
+    /// The route exists, not with this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// A background task of the request panicked.
+    #[error("the operation's task failed")]
+    TaskFailed,
     /// An admin endpoint was called without the right bearer token.
     #[error("missing or wrong admin token")]
     Unauthorized,
@@ -70,6 +79,9 @@ impl ApiError {
             ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
             ApiError::TenantNotFound => (StatusCode::NOT_FOUND, "tenant_not_found"),
             ApiError::UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
+            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::TaskFailed => (StatusCode::INTERNAL_SERVER_ERROR, "task_failed"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             ApiError::NoNextMasterKey => (StatusCode::CONFLICT, "no_next_master_key"),

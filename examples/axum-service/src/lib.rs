@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod backend;
 pub mod error;
+pub mod extract;
 pub mod telemetry;
 pub mod users;
 
@@ -191,6 +192,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/scheduler/resume", post(admin::resume))
         .route("/admin/tenants/{tenant}/rotate", post(admin::rotate))
         .route("/admin/kek/rotate", post(admin::rotate_kek))
+        .fallback(|| async { error::ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
 }
 

@@ -458,6 +458,15 @@ async fn errors_are_typed_json_without_values() {
     assert_eq!((s, b["users"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{b}");
     let (s, b) = get(svc.url("/tenants/hooli/users")).await;
     assert_eq!((s, kind(&b)), (StatusCode::BAD_REQUEST, "invalid_input".into()), "{b}");
+    let (s, b) = get(svc.url("/tenants/hooli/users/not-a-number")).await;
+    assert_eq!((s, kind(&b)), (StatusCode::BAD_REQUEST, "invalid_input".into()), "{b}");
+    let (s, b) = get(svc.url("/admin/scheduler?census=maybe")).await;
+    assert_eq!((s, kind(&b)), (StatusCode::BAD_REQUEST, "invalid_input".into()), "{b}");
+    let (s, b) = get(svc.url("/no/such/endpoint")).await;
+    assert_eq!((s, kind(&b)), (StatusCode::NOT_FOUND, "not_found".into()), "{b}");
+    let r = svc.http.delete(svc.url("/tenants/hooli")).send().await.expect("DELETE");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(kind(&r.json().await.expect("json")), "method_not_allowed");
 
     // A bad body is refused without echoing it.
     let secret = "not-an-email-but-secret-4711";
