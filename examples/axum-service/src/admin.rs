@@ -5,7 +5,7 @@
 //! address as well.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use keywheel::{KekRotationReport, RotateOptions, RotationReport, StatusReport};
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{PathParams, QueryParams};
+use crate::extract::Checked;
 use crate::users::keyring_id;
 
 /// The query of `GET /admin/scheduler`.
@@ -31,7 +31,7 @@ pub struct StatusQuery {
 /// version, warnings; the scheduler's totals and whether it is paused).
 pub async fn scheduler_status(
     State(state): State<AppState>,
-    QueryParams(query): QueryParams<StatusQuery>,
+    Checked(Query(query)): Checked<Query<StatusQuery>>,
 ) -> Result<Json<StatusReport>, ApiError> {
     Ok(Json(state.scheduler().status(query.census).await?))
 }
@@ -55,7 +55,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn rotate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    PathParams(tenant): PathParams<String>,
+    Checked(Path(tenant)): Checked<Path<String>>,
 ) -> Result<Json<RotationReport>, ApiError> {
     authorize(&state, &headers)?;
     let kid = keyring_id(&tenant)?;

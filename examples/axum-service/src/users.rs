@@ -9,8 +9,8 @@
 //! copied to another row, column or tenant does not decrypt.
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use keywheel::{Algorithm, BlindIndex, Context, KeyringId, Normalization, Purpose, version_of};
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use sqlx::postgres::PgRow;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{PathParams, QueryParams};
+use crate::extract::Checked;
 
 /// The table's name (also the `table` of every value's context).
 pub const TABLE: &str = "users";
@@ -80,7 +80,7 @@ pub struct Tenant {
 /// `database` purpose's policy); 201, or 200 when it exists already.
 pub async fn put_tenant(
     State(state): State<AppState>,
-    PathParams(tenant): PathParams<String>,
+    Checked(Path(tenant)): Checked<Path<String>>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     let kid = keyring_id(&tenant)?;
     let (status, ring) = match state.keywheel().create_keyring(&kid, Algorithm::Aes256Gcm).await {
@@ -177,7 +177,7 @@ impl NewUser {
 /// `POST /tenants/{tenant}/users`: encrypt and store a user; 201 with the user.
 pub async fn create(
     State(state): State<AppState>,
-    PathParams(tenant): PathParams<String>,
+    Checked(Path(tenant)): Checked<Path<String>>,
     body: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     // The rejection's own text may quote the body: answer a fixed sentence.
@@ -209,7 +209,7 @@ pub async fn create(
 /// `GET /tenants/{tenant}/users/{id}`: one user, decrypted.
 pub async fn read(
     State(state): State<AppState>,
-    PathParams((tenant, id)): PathParams<(String, i64)>,
+    Checked(Path((tenant, id))): Checked<Path<(String, i64)>>,
 ) -> Result<Json<User>, ApiError> {
     let kid = keyring_id(&tenant)?;
     let row =
@@ -227,8 +227,8 @@ pub async fn read(
 /// live key version, so lookups keep working during a rotation).
 pub async fn find(
     State(state): State<AppState>,
-    PathParams(tenant): PathParams<String>,
-    QueryParams(query): QueryParams<ByEmail>,
+    Checked(Path(tenant)): Checked<Path<String>>,
+    Checked(Query(query)): Checked<Query<ByEmail>>,
 ) -> Result<Json<Found>, ApiError> {
     let email = query.email.ok_or(ApiError::InvalidInput("the query needs ?email=…"))?;
     let kid = keyring_id(&tenant)?;
