@@ -247,6 +247,19 @@ fn ctx(row: u64) -> Context {
     Context::field("users", "email", &row_id(row))
 }
 
+/// A facade over fresh memory backends, on a manual clock.
+fn keywheel(master: &[u8; 32]) -> (Keywheel, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
+    let kw = Keywheel::builder()
+        .store(Arc::new(MemoryKeyStore::new()))
+        .kek(Arc::new(LocalKek::from_bytes(master)))
+        .audit(Arc::new(MemoryAuditSink::new()))
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .expect("builder");
+    (kw, clock)
+}
+
 fn renderings(bytes: &[u8]) -> Vec<String> {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     vec![
@@ -267,14 +280,7 @@ async fn a_rotation_moves_the_metrics_by_what_it_did_and_traces_its_job_and_batc
         assert!(lock(&rec.described).iter().any(|d| d == m.name), "{} not described", m.name);
     }
 
-    let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
-    let kw = Keywheel::builder()
-        .store(Arc::new(MemoryKeyStore::new()))
-        .kek(Arc::new(LocalKek::from_bytes(&master())))
-        .audit(Arc::new(MemoryAuditSink::new()))
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .expect("builder");
+    let (kw, _) = keywheel(&master());
     let id = KeyringId::new("obs-rotation", Purpose::Database).expect("id");
     let ring_label = id.to_string();
     let k = ring_label.as_str();
@@ -414,14 +420,7 @@ async fn a_rotation_moves_the_metrics_by_what_it_did_and_traces_its_job_and_batc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_counts_no_encryption_and_failures_and_refusals_are_counted_by_kind() {
     let rec = recorder();
-    let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
-    let kw = Keywheel::builder()
-        .store(Arc::new(MemoryKeyStore::new()))
-        .kek(Arc::new(LocalKek::from_bytes(&[7; 32])))
-        .audit(Arc::new(MemoryAuditSink::new()))
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .expect("builder");
+    let (kw, clock) = keywheel(&[7; 32]);
     let id = KeyringId::new("obs-dry-run", Purpose::Token).expect("id");
     let ring_label = id.to_string();
     let k = ring_label.as_str();

@@ -452,38 +452,36 @@ impl Keywheel {
     /// but does not verify is refused with [`Error::RecordTampered`]: it is
     /// never resealed. See the [manual](crate::manual), "Record authentication".
     pub async fn seal_unsealed(&self, id: &KeyringId, reason: &str) -> Result<bool> {
-        crate::observability::lifecycle("seal_record", Some(id), None, self.seal_unsealed_body(id, reason)).await
-    }
-
-    /// The body of [`seal_unsealed`](Self::seal_unsealed).
-    async fn seal_unsealed_body(&self, id: &KeyringId, reason: &str) -> Result<bool> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("keyring seal"));
-        }
-        let raw = self.inner.sealing.inner();
-        let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
-        if record.seal.is_some() {
-            self.verify_record(&record).await?;
-            return Ok(false);
-        }
-        if record.id != *id {
-            return Err(Error::RecordTampered {
-                keyring: id.clone(),
-                detail: format!("the store returned the record of keyring {}", record.id),
-            });
-        }
-        record.validate()?;
-        // Proves the configured KEK opens every live version before vouching for them.
-        drop(self.unwrapped(&record).await?);
-        let seal = self.inner.sealing.seal(&record).await?;
-        let cid = correlation_id()?;
-        let mut event = self.event(Some(id), AuditKind::KeyringSealed { key_id: seal.key_id.clone() }, &cid);
-        event.reason = Some(reason.to_owned());
-        let events = [event];
-        self.record_all(&events).await?;
-        let result = raw.update_keyring(id, record.generation, &[KeyringChange::Seal(seal)]).await;
-        self.finish_update(id, result, &events).await?;
-        Ok(true)
+        crate::observability::lifecycle("seal_record", Some(id), None, async {
+            if reason.trim().is_empty() {
+                return Err(Error::ReasonRequired("keyring seal"));
+            }
+            let raw = self.inner.sealing.inner();
+            let record = raw.load_keyring(id).await?.ok_or_else(|| Error::KeyringNotFound(id.clone()))?;
+            if record.seal.is_some() {
+                self.verify_record(&record).await?;
+                return Ok(false);
+            }
+            if record.id != *id {
+                return Err(Error::RecordTampered {
+                    keyring: id.clone(),
+                    detail: format!("the store returned the record of keyring {}", record.id),
+                });
+            }
+            record.validate()?;
+            // Proves the configured KEK opens every live version before vouching for them.
+            drop(self.unwrapped(&record).await?);
+            let seal = self.inner.sealing.seal(&record).await?;
+            let cid = correlation_id()?;
+            let mut event = self.event(Some(id), AuditKind::KeyringSealed { key_id: seal.key_id.clone() }, &cid);
+            event.reason = Some(reason.to_owned());
+            let events = [event];
+            self.record_all(&events).await?;
+            let result = raw.update_keyring(id, record.generation, &[KeyringChange::Seal(seal)]).await;
+            self.finish_update(id, result, &events).await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// The stored record of a keyring ([`Error::KeyringNotFound`] if absent),
@@ -499,47 +497,49 @@ impl Keywheel {
 
     /// Create a keyring with version 1 generated and Active, ready to encrypt.
     pub async fn create_keyring(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
-        crate::observability::lifecycle("create_keyring", Some(id), None, self.create_keyring_body(id, algorithm)).await
-    }
-
-    /// The body of [`create_keyring`](Self::create_keyring).
-    async fn create_keyring_body(&self, id: &KeyringId, algorithm: Algorithm) -> Result<Arc<Keyring>> {
-        // Refused before anything is audited; the store's own check below
-        // still decides a race between two creators. (Raw load: an existing
-        // keyring is reported as existing, sealed or not.)
-        if self.inner.sealing.inner().load_keyring(id).await?.is_some() {
-            return Err(Error::KeyringExists(id.clone()));
-        }
-        let now = self.now();
-        let cid = correlation_id()?;
-        let v1 = self
-            .new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated)
+        crate::observability::lifecycle("create_keyring", Some(id), None, async {
+            // Refused before anything is audited; the store's own check below
+            // still decides a race between two creators. (Raw load: an existing
+            // keyring is reported as existing, sealed or not.)
+            if self.inner.sealing.inner().load_keyring(id).await?.is_some() {
+                return Err(Error::KeyringExists(id.clone()));
+            }
+            let now = self.now();
+            let cid = correlation_id()?;
+            let v1 = self
+                .new_version_record(id, KeyVersion::FIRST, algorithm, KeyMaterial::generate()?, KeyOrigin::Generated)
+                .await?;
+            let mut record = KeyringRecord::new(id.clone(), algorithm, now);
+            record.versions.push(v1);
+            record.apply(&[KeyringChange::SetState {
+                version: KeyVersion::FIRST,
+                state: KeyState::Active,
+                at: now,
+            }])?;
+            record.generation = 1;
+            // Sealed here, before the audit, so a KEK that cannot seal fails first.
+            record.seal = Some(self.inner.sealing.seal(&record).await?);
+            self.record_all(&[
+                self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
+                self.event(
+                    Some(id),
+                    AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated },
+                    &cid,
+                ),
+                self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
+            ])
             .await?;
-        let mut record = KeyringRecord::new(id.clone(), algorithm, now);
-        record.versions.push(v1);
-        record.apply(&[KeyringChange::SetState { version: KeyVersion::FIRST, state: KeyState::Active, at: now }])?;
-        record.generation = 1;
-        // Sealed here, before the audit, so a KEK that cannot seal fails first.
-        record.seal = Some(self.inner.sealing.seal(&record).await?);
-        self.record_all(&[
-            self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid),
-            self.event(
-                Some(id),
-                AuditKind::KeyCreated { version: KeyVersion::FIRST, algorithm, origin: KeyOrigin::Generated },
-                &cid,
-            ),
-            self.event(Some(id), AuditKind::KeyActivated { version: KeyVersion::FIRST, previous: None }, &cid),
-        ])
-        .await?;
-        if let Err(e) = self.inner.sealing.inner().create_keyring(&record).await {
-            let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
-            failed.outcome = Outcome::Failed;
-            failed.reason = Some(e.to_string());
-            // The original error matters more than a failure to record the failure.
-            let _ = self.record_event(&failed).await;
-            return Err(e);
-        }
-        self.keyring(id).await
+            if let Err(e) = self.inner.sealing.inner().create_keyring(&record).await {
+                let mut failed = self.event(Some(id), AuditKind::KeyringCreated { algorithm }, &cid);
+                failed.outcome = Outcome::Failed;
+                failed.reason = Some(e.to_string());
+                // The original error matters more than a failure to record the failure.
+                let _ = self.record_event(&failed).await;
+                return Err(e);
+            }
+            self.keyring(id).await
+        })
+        .await
     }
 
     async fn new_version_record(
@@ -669,24 +669,24 @@ impl Keywheel {
     /// Active version, this activates the newest Pending version in the same
     /// update; with no Pending version it fails ([`Error::InvalidArgument`]).
     pub async fn deprecate(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
-        crate::observability::lifecycle("deprecate", Some(id), Some(version), self.deprecate_body(id, version)).await
-    }
-
-    /// The body of [`deprecate`](Self::deprecate).
-    async fn deprecate_body(&self, id: &KeyringId, version: KeyVersion) -> Result<KeyringRecord> {
-        let record = self.record(id).await?;
-        let state =
-            record.version(version).map(|v| v.state).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
-        state.check_transition(version, KeyState::Deprecated)?;
-        let successor =
-            record.versions.iter().rev().find(|v| v.state == KeyState::Pending).map(|v| v.version).ok_or_else(
-                || {
-                    Error::InvalidArgument(format!(
-                        "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
-                    ))
-                },
-            )?;
-        self.activate_with(id, successor, &[], &correlation_id()?, false).await
+        crate::observability::lifecycle("deprecate", Some(id), Some(version), async {
+            let record = self.record(id).await?;
+            let state = record
+                .version(version)
+                .map(|v| v.state)
+                .ok_or(Error::VersionNotFound { keyring: id.clone(), version })?;
+            state.check_transition(version, KeyState::Deprecated)?;
+            let successor =
+                record.versions.iter().rev().find(|v| v.state == KeyState::Pending).map(|v| v.version).ok_or_else(
+                    || {
+                        Error::InvalidArgument(format!(
+                            "cannot deprecate {version} of {id}: no Pending version to take over (add one first)"
+                        ))
+                    },
+                )?;
+            self.activate_with(id, successor, &[], &correlation_id()?, false).await
+        })
+        .await
     }
 
     /// Take the keyring's lease for lifecycle work, under a holder name unique
@@ -725,16 +725,14 @@ impl Keywheel {
 
     /// Store a keyring's policy; audited as `PolicyChanged` (before it takes effect).
     pub async fn set_policy(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
-        crate::observability::lifecycle("set_policy", Some(id), None, self.set_policy_body(id, policy)).await
-    }
-
-    /// The body of [`set_policy`](Self::set_policy).
-    async fn set_policy_body(&self, id: &KeyringId, policy: &Policy) -> Result<()> {
-        self.record(id).await?;
-        let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
-        self.record_all(&[event]).await?;
-        self.inner.store.save_policy(id, policy).await
+        crate::observability::lifecycle("set_policy", Some(id), None, async {
+            self.record(id).await?;
+            let summary = serde_json::to_string(policy).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let event = self.event(Some(id), AuditKind::PolicyChanged { summary }, &correlation_id()?);
+            self.record_all(&[event]).await?;
+            self.inner.store.save_policy(id, policy).await
+        })
+        .await
     }
 
     /// Write the encryptions this instance counted under `id` and has not

@@ -121,26 +121,25 @@ impl Keywheel {
     /// erased keyring the re-enabled version decrypts again but the keyring
     /// still encrypts nothing.
     pub async fn enable(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
-        crate::observability::lifecycle("enable", Some(id), Some(version), self.enable_body(id, version, reason)).await
-    }
-
-    /// The body of [`enable`](Self::enable).
-    async fn enable_body(&self, id: &KeyringId, version: KeyVersion, reason: Option<&str>) -> Result<KeyringRecord> {
-        let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
-        let result = async {
-            let record = self.record(id).await?;
-            let state = record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?.state;
-            if state != KeyState::Disabled {
-                return Err(Error::NotDisabled { keyring: id.clone(), version, state });
+        crate::observability::lifecycle("enable", Some(id), Some(version), async {
+            let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
+            let result = async {
+                let record = self.record(id).await?;
+                let state =
+                    record.version(version).ok_or(Error::VersionNotFound { keyring: id.clone(), version })?.state;
+                if state != KeyState::Disabled {
+                    return Err(Error::NotDisabled { keyring: id.clone(), version, state });
+                }
+                let mut event = self.event(Some(id), AuditKind::KeyEnabled { version }, &correlation_id()?);
+                event.reason = reason.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
+                let change = KeyringChange::SetState { version, state: KeyState::Deprecated, at: self.now() };
+                self.apply_audited(&record, &[change], &[event]).await
             }
-            let mut event = self.event(Some(id), AuditKind::KeyEnabled { version }, &correlation_id()?);
-            event.reason = reason.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
-            let change = KeyringChange::SetState { version, state: KeyState::Deprecated, at: self.now() };
-            self.apply_audited(&record, &[change], &[event]).await
-        }
-        .await;
-        let _ = self.store().release_lease(&lease).await;
-        result
+            .await;
+            let _ = self.store().release_lease(&lease).await;
+            result
+        })
+        .await
     }
 
     /// Erase a keyring (crypto-shredding, the answer to an erasure request):
@@ -160,19 +159,16 @@ impl Keywheel {
     /// Needs a non-empty `reason` ([`Error::ReasonRequired`]); runs under the
     /// keyring's lease ([`Error::RotationInProgress`] while a rotation holds it).
     pub async fn destroy_keyring(&self, id: &KeyringId, reason: &str, now: bool) -> Result<KeyringRecord> {
-        crate::observability::lifecycle("destroy_keyring", Some(id), None, self.destroy_keyring_body(id, reason, now))
-            .await
-    }
-
-    /// The body of [`destroy_keyring`](Self::destroy_keyring).
-    async fn destroy_keyring_body(&self, id: &KeyringId, reason: &str, now: bool) -> Result<KeyringRecord> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("erasure"));
-        }
-        let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
-        let result = self.erase_leased(id, reason, now).await;
-        let _ = self.store().release_lease(&lease).await;
-        result
+        crate::observability::lifecycle("destroy_keyring", Some(id), None, async {
+            if reason.trim().is_empty() {
+                return Err(Error::ReasonRequired("erasure"));
+            }
+            let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
+            let result = self.erase_leased(id, reason, now).await;
+            let _ = self.store().release_lease(&lease).await;
+            result
+        })
+        .await
     }
 
     async fn erase_leased(&self, id: &KeyringId, reason: &str, now: bool) -> Result<KeyringRecord> {
@@ -229,29 +225,27 @@ impl Keywheel {
     /// no keyring; on an error the keyrings before it stay erased and the
     /// call can be repeated.
     pub async fn destroy_tenant(&self, tenant: &str, reason: &str, now: bool) -> Result<Vec<KeyringRecord>> {
-        crate::observability::lifecycle("destroy_tenant", None, None, self.destroy_tenant_body(tenant, reason, now))
-            .await
-    }
-
-    /// The body of [`destroy_tenant`](Self::destroy_tenant).
-    async fn destroy_tenant_body(&self, tenant: &str, reason: &str, now: bool) -> Result<Vec<KeyringRecord>> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("erasure"));
-        }
-        let ids: Vec<KeyringId> = self.list_keyrings().await?.into_iter().filter(|id| id.tenant() == tenant).collect();
-        if ids.is_empty() {
-            return Err(Error::InvalidArgument(format!("tenant {tenant:?} has no keyring")));
-        }
-        let mut out = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let record = self.record(id).await?;
-            if record.erased_at.is_some() && !now {
-                out.push(record);
-                continue;
+        crate::observability::lifecycle("destroy_tenant", None, None, async {
+            if reason.trim().is_empty() {
+                return Err(Error::ReasonRequired("erasure"));
             }
-            out.push(self.destroy_keyring(id, reason, now).await?);
-        }
-        Ok(out)
+            let ids: Vec<KeyringId> =
+                self.list_keyrings().await?.into_iter().filter(|id| id.tenant() == tenant).collect();
+            if ids.is_empty() {
+                return Err(Error::InvalidArgument(format!("tenant {tenant:?} has no keyring")));
+            }
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let record = self.record(id).await?;
+                if record.erased_at.is_some() && !now {
+                    out.push(record);
+                    continue;
+                }
+                out.push(self.destroy_keyring(id, reason, now).await?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Destroy the material of every Disabled version of `id` whose quarantine
@@ -261,45 +255,43 @@ impl Keywheel {
     /// nothing is due; then nothing is written). The scheduler calls it on
     /// every tick.
     pub async fn destroy_quarantined(&self, id: &KeyringId) -> Result<Vec<KeyVersion>> {
-        crate::observability::lifecycle("destroy_quarantined", Some(id), None, self.destroy_quarantined_body(id)).await
-    }
-
-    /// The body of [`destroy_quarantined`](Self::destroy_quarantined).
-    async fn destroy_quarantined_body(&self, id: &KeyringId) -> Result<Vec<KeyVersion>> {
-        let now = self.now();
-        let due = |record: &KeyringRecord| -> Vec<KeyVersion> {
-            record
-                .versions
-                .iter()
-                .filter(|v| v.state == KeyState::Disabled && v.destroy_after.is_some_and(|t| t <= now))
-                .map(|v| v.version)
-                .collect()
-        };
-        if due(&self.record(id).await?).is_empty() {
-            return Ok(Vec::new());
-        }
-        let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
-        let result = async {
-            // Again under the lease: an enable may have come in between.
-            let record = self.record(id).await?;
-            let versions = due(&record);
-            if versions.is_empty() {
-                return Ok(versions);
+        crate::observability::lifecycle("destroy_quarantined", Some(id), None, async {
+            let now = self.now();
+            let due = |record: &KeyringRecord| -> Vec<KeyVersion> {
+                record
+                    .versions
+                    .iter()
+                    .filter(|v| v.state == KeyState::Disabled && v.destroy_after.is_some_and(|t| t <= now))
+                    .map(|v| v.version)
+                    .collect()
+            };
+            if due(&self.record(id).await?).is_empty() {
+                return Ok(Vec::new());
             }
-            let cid = correlation_id()?;
-            let mut changes = Vec::new();
-            let mut events = Vec::new();
-            for &version in &versions {
-                changes.push(KeyringChange::SetState { version, state: KeyState::Retired, at: now });
-                let mut e = self.event(Some(id), AuditKind::KeyRetired { version, forced: false }, &cid);
-                e.reason = Some("quarantine ended".to_owned());
-                events.push(e);
+            let lease = self.take_lease(id, self.actor(), DEFAULT_LEASE_TTL).await?;
+            let result = async {
+                // Again under the lease: an enable may have come in between.
+                let record = self.record(id).await?;
+                let versions = due(&record);
+                if versions.is_empty() {
+                    return Ok(versions);
+                }
+                let cid = correlation_id()?;
+                let mut changes = Vec::new();
+                let mut events = Vec::new();
+                for &version in &versions {
+                    changes.push(KeyringChange::SetState { version, state: KeyState::Retired, at: now });
+                    let mut e = self.event(Some(id), AuditKind::KeyRetired { version, forced: false }, &cid);
+                    e.reason = Some("quarantine ended".to_owned());
+                    events.push(e);
+                }
+                self.apply_audited(&record, &changes, &events).await?;
+                Ok(versions)
             }
-            self.apply_audited(&record, &changes, &events).await?;
-            Ok(versions)
-        }
-        .await;
-        let _ = self.store().release_lease(&lease).await;
-        result
+            .await;
+            let _ = self.store().release_lease(&lease).await;
+            result
+        })
+        .await
     }
 }

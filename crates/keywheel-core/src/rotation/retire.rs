@@ -86,31 +86,17 @@ impl Rotator {
         policy: &Policy,
         options: &RetireOptions,
     ) -> Result<KeyringRecord> {
-        crate::observability::lifecycle(
-            "retire",
-            Some(id),
-            Some(version),
-            self.retire_with_body(id, version, policy, options),
-        )
+        crate::observability::lifecycle("retire", Some(id), Some(version), async {
+            let force = options.force.as_deref();
+            if force.is_some_and(|reason| reason.trim().is_empty()) {
+                return Err(Error::ReasonRequired("retirement"));
+            }
+            let lease = self.lease(id, &RotateOptions::default()).await?;
+            let result = self.retire_leased(id, version, policy, force, true, None, options.destroy_now).await;
+            self.finish_lease(&lease).await;
+            result
+        })
         .await
-    }
-
-    /// The body of [`retire_with`](Self::retire_with).
-    async fn retire_with_body(
-        &self,
-        id: &KeyringId,
-        version: KeyVersion,
-        policy: &Policy,
-        options: &RetireOptions,
-    ) -> Result<KeyringRecord> {
-        let force = options.force.as_deref();
-        if force.is_some_and(|reason| reason.trim().is_empty()) {
-            return Err(Error::ReasonRequired("retirement"));
-        }
-        let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, force, true, None, options.destroy_now).await;
-        self.finish_lease(&lease).await;
-        result
     }
 
     /// [`retire`](Self::retire) without force, auditing a refusal only when
@@ -122,27 +108,13 @@ impl Rotator {
         policy: &Policy,
         audit_refusal: bool,
     ) -> Result<KeyringRecord> {
-        crate::observability::lifecycle(
-            "retire",
-            Some(id),
-            Some(version),
-            self.retire_checked_body(id, version, policy, audit_refusal),
-        )
+        crate::observability::lifecycle("retire", Some(id), Some(version), async {
+            let lease = self.lease(id, &RotateOptions::default()).await?;
+            let result = self.retire_leased(id, version, policy, None, audit_refusal, None, false).await;
+            self.finish_lease(&lease).await;
+            result
+        })
         .await
-    }
-
-    /// The body of [`retire_checked`](Self::retire_checked).
-    async fn retire_checked_body(
-        &self,
-        id: &KeyringId,
-        version: KeyVersion,
-        policy: &Policy,
-        audit_refusal: bool,
-    ) -> Result<KeyringRecord> {
-        let lease = self.lease(id, &RotateOptions::default()).await?;
-        let result = self.retire_leased(id, version, policy, None, audit_refusal, None, false).await;
-        self.finish_lease(&lease).await;
-        result
     }
 
     /// The checks and the retirement, under a lease the caller holds.

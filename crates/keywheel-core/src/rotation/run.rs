@@ -25,19 +25,17 @@ impl Rotator {
     /// under the leaked key, corrupt values) are listed in the job's failures
     /// and never hold it back. If values remain, the scheduler retries.
     pub async fn emergency(&self, id: &KeyringId, reason: &str, opts: &RotateOptions) -> Result<RotationReport> {
-        crate::observability::lifecycle("emergency_rotate", Some(id), None, self.emergency_body(id, reason, opts)).await
-    }
-
-    /// The body of [`emergency`](Self::emergency).
-    async fn emergency_body(&self, id: &KeyringId, reason: &str, opts: &RotateOptions) -> Result<RotationReport> {
-        if reason.trim().is_empty() {
-            return Err(Error::ReasonRequired("emergency rotation"));
-        }
-        let record = self.kw.record(id).await?;
-        record.check_not_erased()?;
-        let compromised = record.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: id.clone() })?;
-        let policy = Policy { activation_delay: Duration::ZERO, ..self.kw.policy(id).await? };
-        self.start(id, &policy, opts, JobKind::Emergency { compromised, reason: reason.to_owned() }).await
+        crate::observability::lifecycle("emergency_rotate", Some(id), None, async {
+            if reason.trim().is_empty() {
+                return Err(Error::ReasonRequired("emergency rotation"));
+            }
+            let record = self.kw.record(id).await?;
+            record.check_not_erased()?;
+            let compromised = record.active_version().ok_or_else(|| Error::NoActiveVersion { keyring: id.clone() })?;
+            let policy = Policy { activation_delay: Duration::ZERO, ..self.kw.policy(id).await? };
+            self.start(id, &policy, opts, JobKind::Emergency { compromised, reason: reason.to_owned() }).await
+        })
+        .await
     }
 
     async fn start(
@@ -121,33 +119,31 @@ impl Rotator {
     /// with [`Error::RotationInProgress`], its lease untouched; the job of an
     /// erased keyring is never resumed ([`Error::KeyringErased`]).
     pub async fn resume(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
-        crate::observability::lifecycle("resume", Some(id), None, self.resume_body(id, opts)).await
-    }
-
-    /// The body of [`resume`](Self::resume).
-    async fn resume_body(&self, id: &KeyringId, opts: &RotateOptions) -> Result<Option<RotationReport>> {
-        if self.unfinished_job(id).await?.is_none() {
-            return Ok(None);
-        }
-        // An erased keyring encrypts nothing: re-encrypting under it would only fail value by value.
-        self.kw.record(id).await?.check_not_erased()?;
-        let lease = self.lease(id, opts).await?;
-        let result = async {
-            let Some(mut job) = self.unfinished_job(id).await? else {
+        crate::observability::lifecycle("resume", Some(id), None, async {
+            if self.unfinished_job(id).await?.is_none() {
                 return Ok(None);
-            };
-            if job.phase == JobPhase::Cancelled {
-                job.phase = JobPhase::Reencrypt;
             }
-            let mut policy = self.kw.policy(id).await?;
-            if matches!(job.kind, JobKind::Emergency { .. }) {
-                policy.activation_delay = Duration::ZERO;
+            // An erased keyring encrypts nothing: re-encrypting under it would only fail value by value.
+            self.kw.record(id).await?.check_not_erased()?;
+            let lease = self.lease(id, opts).await?;
+            let result = async {
+                let Some(mut job) = self.unfinished_job(id).await? else {
+                    return Ok(None);
+                };
+                if job.phase == JobPhase::Cancelled {
+                    job.phase = JobPhase::Reencrypt;
+                }
+                let mut policy = self.kw.policy(id).await?;
+                if matches!(job.kind, JobKind::Emergency { .. }) {
+                    policy.activation_delay = Duration::ZERO;
+                }
+                self.drive(&mut job, &policy, opts, &lease, true).await.map(Some)
             }
-            self.drive(&mut job, &policy, opts, &lease, true).await.map(Some)
-        }
-        .await;
-        self.finish_lease(&lease).await;
-        result
+            .await;
+            self.finish_lease(&lease).await;
+            result
+        })
+        .await
     }
 
     pub(super) async fn save(&self, job: &mut RotationJob, lease: &Lease, run: &Instant, ms_before: u64) -> Result<()> {
