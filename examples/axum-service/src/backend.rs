@@ -1,20 +1,17 @@
 //! keywheel's durable state: the key store, the audit log, the record source
 //! of the `users` table and the live-refresh listener.
 //!
-//! This is the only module that names a keywheel storage backend. Today it is
-//! `keywheel-postgres` (tokio-postgres, its own small connection pool beside
-//! the application's sqlx pool, both on the same database). When
-//! `keywheel-sqlx` lands — the same key store, audit log and record source
-//! over the application's own `sqlx::PgPool`, sharing keywheel-postgres' SQL
-//! and schema — swapping is confined to this file: build the three from the
-//! sqlx pool instead of a `PgPool`, keep [`Backend`] and
-//! [`keywheel_backend`] as they are. Nothing else in the service changes.
+//! This is the only module that names a keywheel storage backend:
+//! `keywheel-sqlx`, the key store, audit log and record source over the
+//! application's own `sqlx::PgPool` (one pool, one driver; the SQL and the
+//! schema are the ones `keywheel-postgres` runs through tokio-postgres, so
+//! either driver reads what the other wrote).
 
 use std::sync::Arc;
 
-use keywheel::postgres::{
-    KeyType, ListenerHandle, PgAuditSink, PgKeyStore, PgPool, PgRecordSource, PgSchema, TableSpec, TlsSettings,
-    migrate, spawn_listener,
+use keywheel::sqlx::{
+    KeyType, ListenerHandle, PgSchema, SqlxAuditSink, SqlxKeyStore, SqlxRecordSource, TableSpec, migrate,
+    spawn_listener,
 };
 use keywheel::{Form, KeyEncryptionKey, Keywheel, Purpose, RecordSource, Result};
 
@@ -39,24 +36,23 @@ impl Backend {
     }
 }
 
-/// Open keywheel's storage on `database_url` (libpq-style `sslmode` and
-/// `sslrootcert` in the URL are honoured): create or upgrade its schema
-/// (`keywheel`), build the engine with `kek` as master key, start the
-/// listener that reloads a keyring as soon as another instance changes it,
-/// and open the record source of `users` (which must exist: the
-/// application's migration creates it first).
-pub async fn keywheel_backend(database_url: &str, kek: Arc<dyn KeyEncryptionKey>, actor: &str) -> Result<Backend> {
-    let pool = PgPool::connect(database_url, &TlsSettings::new()).await?;
+/// Open keywheel's storage through the application's `pool`: create or
+/// upgrade its schema (`keywheel`), build the engine with `kek` as master
+/// key, start the listener that reloads a keyring as soon as another
+/// instance changes it (it holds one of the pool's connections), and open
+/// the record source of `users` (which must exist: the application's
+/// migration creates it first).
+pub async fn keywheel_backend(pool: &sqlx::PgPool, kek: Arc<dyn KeyEncryptionKey>, actor: &str) -> Result<Backend> {
     let schema = PgSchema::default();
-    migrate(&pool, &schema).await?;
+    migrate(pool, &schema).await?;
     let keywheel = Keywheel::builder()
-        .store(Arc::new(PgKeyStore::new(pool.clone(), schema.clone())))
-        .audit(Arc::new(PgAuditSink::new(pool.clone(), schema.clone())))
+        .store(Arc::new(SqlxKeyStore::new(pool.clone(), schema.clone())))
+        .audit(Arc::new(SqlxAuditSink::new(pool.clone(), schema.clone())))
         .kek(kek)
         .actor(actor)
         .build()?;
-    let listener = spawn_listener(&pool, &schema, keywheel.clone()).await?;
-    let users = PgRecordSource::open(pool, users_table()).await?;
+    let listener = spawn_listener(pool, &schema, keywheel.clone()).await?;
+    let users = SqlxRecordSource::open(pool.clone(), users_table()).await?;
     Ok(Backend { keywheel, users: Arc::new(users), listener })
 }
 

@@ -228,7 +228,7 @@ impl App {
             Some(next) => Arc::new(KekRing::new(config.master_key.clone(), vec![next.clone()])),
             None => config.master_key.clone(),
         };
-        let backend = backend::keywheel_backend(&config.database_url, kek, "keywheel-example-axum").await?;
+        let backend = backend::keywheel_backend(&db, kek, "keywheel-example-axum").await?;
         let rotator = Rotator::new(backend.keywheel.clone())?.holder(instance_name()).source(backend.users.clone());
         let scheduler = Arc::new(Scheduler::new(
             rotator.clone(),

@@ -417,16 +417,17 @@ async fn users_read_back_and_are_found_through_a_keyring_rotation_and_a_master_k
     assert_eq!(rings.len(), 2, "{status}");
 
     // The next master key alone now opens every keyring.
-    let next_only =
-        backend::keywheel_backend(&database_url(&db), Arc::new(LocalKek::from_bytes(&NEXT_MASTER_KEY)), "test")
-            .await
-            .expect("backend on the next master key");
+    let pool = sqlx::PgPool::connect(&database_url(&db)).await.expect("a pool of its own");
+    let next_only = backend::keywheel_backend(&pool, Arc::new(LocalKek::from_bytes(&NEXT_MASTER_KEY)), "test")
+        .await
+        .expect("backend on the next master key");
     for tenant in TENANTS {
         let id = KeyringId::new(tenant, Purpose::Database).expect("id");
         let ring = next_only.keywheel.keyring(&id).await.expect("unwrapped by the next master key alone");
         assert_eq!(ring.active_version().map(|v| v.get()), Some(if tenant == "acme" { 2 } else { 1 }));
     }
     next_only.stop();
+    pool.close().await;
     svc.stop().await;
 }
 
