@@ -54,7 +54,11 @@ fn check_info(info: &ValueInfo) {
     let alg = info.algorithm;
     let (min, max) = alg.binary_len_range();
     assert_eq!(min, HEADER_LEN + alg.nonce_len() + alg.tag_len(), "shortest {alg} value");
-    assert!(info.binary_len >= min && max.is_none_or(|max| info.binary_len <= max), "{alg} value of {} bytes", info.binary_len);
+    assert!(
+        info.binary_len >= min && max.is_none_or(|max| info.binary_len <= max),
+        "{alg} value of {} bytes",
+        info.binary_len
+    );
     if alg.is_aead() {
         assert_eq!(info.binary_len, min + info.payload_len, "lengths do not add up for {alg}");
     } else {
